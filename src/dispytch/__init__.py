@@ -1,0 +1,42 @@
+"""Dispytch: async event-driven services with pydantic events and FastAPI-style dependencies."""
+
+from dispytch.app import App
+from dispytch.di.markers import Dependency, TopicSegment
+from dispytch.emitter.emitter import EventEmitter
+from dispytch.errors import (
+    ConfigurationError,
+    DecodeError,
+    DependencyCycleError,
+    DispytchError,
+    EmitError,
+    ListenerError,
+    MissingExtraError,
+    PayloadValidationError,
+    RegistrationError,
+)
+from dispytch.events import Event, EventBase
+from dispytch.handler import HandlerGroup
+from dispytch.listener.listener import EventListener
+
+__version__ = "0.11.0"
+
+__all__ = [
+    "App",
+    "ConfigurationError",
+    "DecodeError",
+    "Dependency",
+    "DependencyCycleError",
+    "DispytchError",
+    "EmitError",
+    "Event",
+    "EventBase",
+    "EventEmitter",
+    "EventListener",
+    "HandlerGroup",
+    "ListenerError",
+    "MissingExtraError",
+    "PayloadValidationError",
+    "RegistrationError",
+    "TopicSegment",
+    "__version__",
+]

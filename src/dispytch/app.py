@@ -1,0 +1,248 @@
+"""App: one object that owns a backend built from a URL, its handlers, its emitter and its life."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+from dispytch.backend import Backend, backend_from_url, redact_url
+from dispytch.emitter.emitter import EventEmitter
+from dispytch.errors import ConfigurationError, ListenerError
+from dispytch.events import EventBase
+from dispytch.handler import HandlerGroup
+from dispytch.listener.listener import EventListener, ListenerObserver, Ordering
+from dispytch.retry import Backoff
+from dispytch.serialization.deserializer import Deserializer
+from dispytch.serialization.serializer import Serializer
+
+__all__ = ["App"]
+
+logger = logging.getLogger("dispytch.app")
+
+ENV_BROKER_URL = "DISPYTCH_BROKER_URL"
+
+F = TypeVar("F", bound=Callable[..., Any])
+Hook = Callable[[], Awaitable[None] | None]
+
+
+class App:
+    """An event-driven service.
+
+    ``App("kafka://127.0.0.1:9092", group="billing")`` builds and owns the broker clients;
+    without a URL it reads ``DISPYTCH_BROKER_URL``. Register handlers with :meth:`handler` or
+    :meth:`add_handler_group`, emit with :meth:`emit`, and run it with ``dispytch run
+    module:app`` (or ``async with app:`` / ``await app.run()``).
+
+    Options not named here (``**backend_options``) go to the backend and from there to the
+    broker client, under the client's own names.
+    """
+
+    def __init__(
+        self,
+        broker_url: str | None = None,
+        *,
+        group: str = "dispytch",
+        serializer: Serializer | None = None,
+        deserializer: Deserializer | None = None,
+        concurrency: int = 64,
+        ordering: Ordering = "key",
+        shutdown_timeout: float = 30.0,
+        max_deliveries: int = 10,
+        topic_delimiter: str | None = None,
+        backend: Backend | None = None,
+        **backend_options: Any,
+    ) -> None:
+        if backend is None:
+            url = broker_url or os.environ.get(ENV_BROKER_URL)
+            if not url:
+                raise ConfigurationError(
+                    f"no broker URL: pass App('kafka://host:9092') or set {ENV_BROKER_URL} "
+                    "(memory:// runs everything in this process)"
+                )
+            backend = backend_from_url(url, **backend_options)
+        self.backend = backend
+        self.group = group
+        self.serializer = serializer
+        self.deserializer = deserializer
+        self.concurrency = concurrency
+        self.ordering = ordering
+        self.shutdown_timeout = shutdown_timeout
+        self.max_deliveries = max_deliveries
+        self.topic_delimiter = topic_delimiter or backend.topic_delimiter
+        #: ``{provider: replacement}``; applied when the app starts (handy in tests).
+        self.dependency_overrides: dict[Callable[..., Any], Any] = {}
+        self.observer: ListenerObserver | None = None
+        self._own = HandlerGroup()
+        self._groups: list[HandlerGroup] = [self._own]
+        self._startup: list[Hook] = []
+        self._shutdown: list[Hook] = []
+        self._emitter: EventEmitter | None = None
+        self._listener: EventListener | None = None
+        self._listen_task: asyncio.Task[None] | None = None
+        self._stop_requested: asyncio.Event | None = None
+
+    def __repr__(self) -> str:
+        return f"App({redact_url(self.backend.url)!r}, group={self.group!r})"
+
+    # -- registration -------------------------------------------------------------------------
+
+    def handler(
+        self,
+        topic: str | None = None,
+        event: str | None = None,
+        retries: int = 0,
+        retry_on: type[BaseException] | Sequence[type[BaseException]] | None = None,
+        retry_interval: float = 1.25,
+        *,
+        backoff: Backoff = "fixed",
+        max_retry_interval: float = 60.0,
+        jitter: float = 0.0,
+    ) -> Callable[[F], F]:
+        """Register a handler on the app itself; see :meth:`HandlerGroup.handler`."""
+        return self._own.handler(
+            topic,
+            event,
+            retries,
+            retry_on,
+            retry_interval,
+            backoff=backoff,
+            max_retry_interval=max_retry_interval,
+            jitter=jitter,
+        )
+
+    def add_handler_group(self, group: HandlerGroup) -> None:
+        if self._listener is not None:
+            raise ListenerError("add handler groups before the app starts")
+        self._groups.append(group)
+
+    def on_startup(self, func: F) -> F:
+        """Run ``func()`` (sync or async) when the app starts, before handlers receive events."""
+        self._startup.append(func)
+        return func
+
+    def on_shutdown(self, func: F) -> F:
+        """Run ``func()`` (sync or async) after the app stopped handling events."""
+        self._shutdown.append(func)
+        return func
+
+    @property
+    def has_handlers(self) -> bool:
+        return any(group.handlers for group in self._groups)
+
+    # -- emitting -----------------------------------------------------------------------------
+
+    @property
+    def emitter(self) -> EventEmitter:
+        if self._emitter is None:
+            raise ListenerError("the app is not started; use 'async with app:' or app.start()")
+        return self._emitter
+
+    async def emit(self, event: EventBase) -> None:
+        """Emit one event; returns after the broker confirmed it, raises otherwise."""
+        await self.emitter.emit(event)
+
+    async def emit_many(self, events: Iterable[EventBase]) -> None:
+        """Emit many events with pipelined confirms; returns after all were confirmed."""
+        await self.emitter.emit_many(events)
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    @property
+    def listener(self) -> EventListener | None:
+        return self._listener
+
+    async def start(self) -> None:
+        """Connect, run startup hooks, and start handling events in the background."""
+        if self._emitter is not None:
+            raise ListenerError("the app is already started")
+        self._stop_requested = asyncio.Event()
+        logger.info("starting %r", self)
+        await self.backend.connect()
+        producer = self.backend.producer()
+        self._emitter = EventEmitter(producer, self.serializer)
+        for hook in self._startup:
+            await _call(hook)
+        if self.has_handlers:
+            listener = EventListener(
+                self.backend.consumer(self.group, prefetch=self.concurrency),
+                self.deserializer,
+                self.topic_delimiter,
+                concurrency=self.concurrency,
+                ordering=self.ordering,
+                shutdown_timeout=self.shutdown_timeout,
+                dead_letter_producer=producer,
+                max_deliveries=self.max_deliveries,
+                observer=self.observer,
+                dependency_overrides=self.dependency_overrides,
+            )
+            for group in self._groups:
+                listener.add_handler_group(group)
+            routes = listener.routes()
+            await listener.subscribe()
+            self._listener = listener
+            self._listen_task = asyncio.create_task(listener.listen(), name="dispytch-listen")
+            self._listen_task.add_done_callback(self._listener_done)
+            logger.info(
+                "listening as group %r on %s",
+                self.group,
+                ", ".join(p.raw for p in routes.patterns()),
+            )
+
+    def _listener_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("listener stopped with an error", exc_info=task.exception())
+        if self._stop_requested is not None:
+            self._stop_requested.set()
+
+    def request_stop(self) -> None:
+        """Ask a running :meth:`run` to stop (what SIGTERM does)."""
+        if self._stop_requested is not None:
+            self._stop_requested.set()
+
+    async def stop(self) -> None:
+        """Stop fetching, drain in-flight work (``shutdown_timeout``), run hooks, disconnect."""
+        error: BaseException | None = None
+        if self._listener is not None and self._listen_task is not None:
+            self._listener.stop()
+            try:
+                await self._listen_task
+            except Exception as exc:
+                error = exc
+        for hook in self._shutdown:
+            try:
+                await _call(hook)
+            except Exception:
+                logger.exception("shutdown hook %r failed", hook)
+        await self.backend.close()
+        self._listener = None
+        self._listen_task = None
+        self._emitter = None
+        logger.info("stopped %r", self)
+        if error is not None:
+            raise error
+
+    async def run(self) -> None:
+        """Start, run until :meth:`request_stop` (or the listener fails), then stop."""
+        await self.start()
+        assert self._stop_requested is not None
+        try:
+            await self._stop_requested.wait()
+        finally:
+            await self.stop()
+
+    async def __aenter__(self) -> App:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+
+async def _call(hook: Hook) -> None:
+    result = hook()
+    if inspect.isawaitable(result):
+        await result

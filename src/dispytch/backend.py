@@ -1,0 +1,98 @@
+"""Backends built from a broker URL, for :class:`~dispytch.app.App`.
+
+A backend owns the clients it builds: one producer, and one consumer per listener group.
+Backends are found by URL scheme and imported only when used, so ``import dispytch`` needs no
+broker client installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+from urllib.parse import urlsplit, urlunsplit
+
+from dispytch.dead_letter import DeadLetter
+from dispytch.emitter.producer import Producer
+from dispytch.errors import ConfigurationError
+from dispytch.listener.consumer import Consumer
+
+__all__ = ["Backend", "backend_from_url", "redact_url", "register_backend"]
+
+#: scheme -> "module:attribute"; modules are imported on first use.
+_BACKENDS: dict[str, str] = {
+    "memory": "dispytch.memory:MemoryBackend",
+    "kafka": "dispytch.kafka:KafkaBackend",
+    "amqp": "dispytch.rabbitmq:RabbitMQBackend",
+    "amqps": "dispytch.rabbitmq:RabbitMQBackend",
+    "redis": "dispytch.redis:RedisBackend",
+    "rediss": "dispytch.redis:RedisBackend",
+    "redis+streams": "dispytch.redis_streams:RedisStreamsBackend",
+    "rediss+streams": "dispytch.redis_streams:RedisStreamsBackend",
+    "nats": "dispytch.nats:NATSBackend",
+}
+
+
+def register_backend(scheme: str, target: str) -> None:
+    """Make ``scheme://`` URLs build the backend at ``"module:Class"``."""
+    _BACKENDS[scheme] = target
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``, safe for logs and reprs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+class Backend(ABC):
+    """Builds and owns the clients of one broker."""
+
+    #: Delimiter of topic segments on this broker, e.g. ``.`` for AMQP routing keys.
+    topic_delimiter: ClassVar[str] = ":"
+
+    def __init__(self, url: str, **options: Any) -> None:
+        self.url = url
+        self.options = options
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({redact_url(self.url)!r})"
+
+    async def connect(self) -> None:
+        """Open connections; called once by the app before anything else."""
+
+    @abstractmethod
+    def producer(self) -> Producer:
+        """The producer used for emits and dead letters (built once, owned by the backend)."""
+
+    @abstractmethod
+    def consumer(self, group: str, *, prefetch: int) -> Consumer:
+        """A new consumer in consumer group ``group`` that fetches at most ``prefetch`` ahead."""
+
+    async def close(self) -> None:
+        """Close everything the backend opened."""
+
+    async def dead_letters(self, topic: str, limit: int = 100) -> list[DeadLetter]:
+        """Read (without removing) up to ``limit`` dead letters of ``topic``, oldest first."""
+        raise NotImplementedError(f"{type(self).__name__} cannot read dead letters back yet")
+
+
+def backend_from_url(url: str, **options: Any) -> Backend:
+    """Build the backend for ``url`` (``kafka://``, ``amqp://``, ``redis://``, ``memory://``...)."""
+    scheme = urlsplit(url).scheme.lower() if "://" in url else ""
+    target = _BACKENDS.get(scheme)
+    if target is None:
+        known = ", ".join(f"{s}://" for s in sorted(_BACKENDS))
+        raise ConfigurationError(f"unknown broker URL {redact_url(url)!r}; use one of: {known}")
+    module_name, _, attr = target.partition(":")
+    module = importlib.import_module(module_name)
+    cls: type[Backend] = getattr(module, attr)
+    return cls(url, **options)

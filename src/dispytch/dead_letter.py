@@ -1,0 +1,45 @@
+"""Dead letters: a permanently failed message's original bytes plus headers saying what failed."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+__all__ = ["DeadLetter", "dead_letter_topic"]
+
+#: Suffix of the dead-letter destination of a topic: ``orders`` -> ``orders.dlq``.
+DEAD_LETTER_SUFFIX = ".dlq"
+
+
+def dead_letter_topic(topic: str) -> str:
+    return topic + DEAD_LETTER_SUFFIX
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    """A dead-lettered message, as read back from its dead-letter destination."""
+
+    topic: str  # the original topic
+    payload: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
+    key: bytes | None = None
+
+    @property
+    def reason(self) -> str:
+        """``decode``, ``validation``, ``handler`` or ``redelivery``."""
+        return self.headers.get("x-dispytch-reason", "")
+
+    @property
+    def error(self) -> str:
+        return (
+            f"{self.headers.get('x-dispytch-error-type', '')}: "
+            f"{self.headers.get('x-dispytch-error-message', '')}"
+        )
+
+    @property
+    def handler(self) -> str | None:
+        return self.headers.get("x-dispytch-handler")
+
+    @property
+    def attempts(self) -> int:
+        return int(self.headers.get("x-dispytch-attempts", "0") or 0)

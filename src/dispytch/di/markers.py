@@ -1,0 +1,52 @@
+"""Markers that tell Dispytch where a handler parameter comes from."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["Dependency", "TopicSegment"]
+
+
+class Dependency:
+    """A value produced by ``func`` for each invocation, FastAPI style.
+
+    ``func`` may be a sync or async function, a sync or async generator (code after ``yield``
+    runs after the handler, on success and on failure), a ``@contextmanager`` /
+    ``@asynccontextmanager`` function, or a class. Its own parameters are resolved the same way
+    as a handler's. With ``use_cache=True`` (the default) one invocation calls ``func`` once,
+    however many parameters ask for it.
+
+    Use it as ``Annotated[T, Dependency(func)]`` or as a default: ``x: T = Dependency(func)``.
+    ``Dependency()`` with no function calls the annotated type itself.
+    """
+
+    __slots__ = ("func", "use_cache")
+
+    def __init__(self, func: Callable[..., Any] | None = None, *, use_cache: bool = True) -> None:
+        self.func = func
+        self.use_cache = use_cache
+
+    def __repr__(self) -> str:
+        name = getattr(self.func, "__qualname__", repr(self.func))
+        return f"Dependency({name}, use_cache={self.use_cache})"
+
+
+class TopicSegment:
+    """A value taken from a topic segment such as ``{user_id}`` in ``user:{user_id}:events``.
+
+    Validated against the annotation, e.g. ``Annotated[int, TopicSegment(gt=0)]``. The segment
+    name defaults to the parameter name; ``alias`` (or ``validation_alias``) names another one.
+    Keyword constraints (``gt``, ``max_length``, ``pattern``...) are pydantic ``Field`` constraints.
+    """
+
+    __slots__ = ("alias", "constraints")
+
+    def __init__(
+        self, alias: str | None = None, *, validation_alias: str | None = None, **constraints: Any
+    ) -> None:
+        self.alias = alias or validation_alias
+        self.constraints = constraints
+
+    def __repr__(self) -> str:
+        return f"TopicSegment(alias={self.alias!r}, constraints={self.constraints!r})"

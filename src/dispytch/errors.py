@@ -1,0 +1,54 @@
+"""The one exception hierarchy of Dispytch.
+
+Every error the framework raises derives from :class:`DispytchError`, and every message says what
+went wrong and what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class DispytchError(Exception):
+    """Base class of every error raised by Dispytch."""
+
+
+class ConfigurationError(DispytchError):
+    """The application is wired wrongly (bad URL, bad option, missing extra)."""
+
+
+class MissingExtraError(ConfigurationError, ImportError):
+    """A backend or codec needs an optional dependency that is not installed."""
+
+    def __init__(self, extra: str, module: str) -> None:
+        super().__init__(
+            f"the {extra!r} backend needs the package {module!r}, which is not installed; "
+            f'install it with: pip install "dispytch[{extra}]"'
+        )
+        self.extra = extra
+
+
+class RegistrationError(DispytchError):
+    """A handler, dependency or event class is invalid; raised when it is registered."""
+
+
+class DependencyCycleError(RegistrationError):
+    """Dependencies depend on each other in a circle."""
+
+
+class EmitError(DispytchError):
+    """An event could not be emitted; the broker did not confirm it."""
+
+
+class EventTemplateError(EmitError):
+    """An event's ``__topic__`` names a field the event does not have."""
+
+
+class DecodeError(DispytchError):
+    """A message's bytes are not a valid Dispytch envelope. Never retried."""
+
+
+class PayloadValidationError(DispytchError):
+    """An envelope's body or a topic segment failed validation. Never retried."""
+
+
+class ListenerError(DispytchError):
+    """The listener was used wrongly (for example started twice)."""

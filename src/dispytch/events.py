@@ -1,0 +1,160 @@
+"""Events: the :class:`EventBase` users emit and the :class:`Event` handlers receive.
+
+The wire envelope is ``{"id": str, "type": str, "body": {...}, "timestamp": int_ms}``, the format
+of Dispytch 0.10, kept byte-compatible in both directions.
+"""
+
+from __future__ import annotations
+
+import string
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, TypeVar
+
+from pydantic import BaseModel, Field, PrivateAttr
+
+from dispytch.errors import EventTemplateError, RegistrationError
+
+__all__ = ["Envelope", "Event", "EventBase", "TopicTemplate"]
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class TopicTemplate:
+    """A topic such as ``"user:{user_id}:events"``, parsed once per event class."""
+
+    __slots__ = ("fields", "template")
+
+    def __init__(self, template: str) -> None:
+        self.template = template
+        try:
+            parsed = list(string.Formatter().parse(template))
+        except ValueError as exc:
+            raise RegistrationError(
+                f"topic {template!r} is malformed ({exc}); put field names in single braces, "
+                "like 'user:{user_id}:events'"
+            ) from None
+        names: list[str] = []
+        for _, name, spec, conv in parsed:
+            if name is None:
+                continue
+            if not name.isidentifier() or spec or conv:
+                raise RegistrationError(
+                    f"topic {template!r} has the placeholder {{{name}}}; a placeholder must be a "
+                    "plain field name, like {user_id}"
+                )
+            names.append(name)
+        self.fields: tuple[str, ...] = tuple(names)
+
+    def render(self, event: BaseModel) -> str:
+        if not self.fields:
+            return self.template
+        return self.template.format_map({name: getattr(event, name) for name in self.fields})
+
+
+class EventBase(BaseModel):
+    """Base class of events a service emits.
+
+    Class attributes: ``__topic__`` (may hold ``{field}`` placeholders filled from the event),
+    ``__event_type__``, and optionally ``__backend_config__`` (e.g. ``KafkaEventConfig``), which
+    can also be given per event as a constructor keyword.
+    """
+
+    __topic__: ClassVar[str]
+    __event_type__: ClassVar[str]
+    __backend_config__: ClassVar[BaseModel | None] = None
+    __topic_template__: ClassVar[TopicTemplate | None] = None
+
+    id: str = Field(default_factory=_new_id)
+    _dispytch_config: BaseModel | None = PrivateAttr(default=None)
+
+    def __init__(self, /, __backend_config__: BaseModel | None = None, **data: Any) -> None:
+        super().__init__(**data)
+        if __backend_config__ is not None:
+            self._dispytch_config = __backend_config__
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        topic = cls.__dict__.get("__topic__")
+        if topic is None:
+            return
+        if not isinstance(topic, str):
+            raise RegistrationError(f"{cls.__name__}.__topic__ must be a str, got {topic!r}")
+        template = TopicTemplate(topic)
+        missing = [name for name in template.fields if name not in cls.model_fields]
+        if missing:
+            raise EventTemplateError(
+                f"{cls.__name__}.__topic__ = {topic!r} uses {missing}, which "
+                f"{'is not a field' if len(missing) == 1 else 'are not fields'} of "
+                f"{cls.__name__}; add the field or fix the placeholder"
+            )
+        cls.__topic_template__ = template
+
+    @property
+    def backend_config(self) -> BaseModel | None:
+        """The per-event backend config if one was given, else the class's."""
+        return self._dispytch_config or type(self).__backend_config__
+
+    def topic(self) -> str:
+        """The concrete topic this event goes to, placeholders filled in."""
+        template = type(self).__topic_template__
+        if template is None:
+            raise EventTemplateError(
+                f"{type(self).__name__} has no __topic__; set __topic__ = '...' on the class"
+            )
+        return template.render(self)
+
+    def event_type(self) -> str:
+        try:
+            return type(self).__event_type__
+        except AttributeError:
+            raise EventTemplateError(
+                f"{type(self).__name__} has no __event_type__; set __event_type__ = '...' "
+                "on the class"
+            ) from None
+
+    def envelope(self, timestamp_ms: int | None = None) -> dict[str, Any]:
+        """The wire envelope of this event, as a dict ready for a serializer."""
+        return {
+            "id": self.id,
+            "type": self.event_type(),
+            "body": self.model_dump(mode="json", by_alias=True, exclude={"id"}),
+            "timestamp": int(time.time() * 1000) if timestamp_ms is None else timestamp_ms,
+        }
+
+
+@dataclass(slots=True, frozen=True)
+class Envelope:
+    """A decoded, not yet validated message: what every deserializer returns."""
+
+    id: str
+    type: str
+    body: dict[str, Any]
+    timestamp: int
+
+
+BodyT = TypeVar("BodyT")
+
+
+class Event(Generic[BodyT]):
+    """What a handler receives: ``Event[Model]`` gives a validated ``body`` of type ``Model``;
+    bare ``Event`` gives the body as a dict."""
+
+    __slots__ = ("body", "id", "timestamp", "topic", "type")
+
+    def __init__(self, id: str, type: str, topic: str, body: BodyT, timestamp: int) -> None:
+        self.id = id
+        self.type = type
+        self.topic = topic
+        self.body = body
+        self.timestamp = timestamp
+
+    def __repr__(self) -> str:
+        return (
+            f"Event(id={self.id!r}, type={self.type!r}, topic={self.topic!r}, "
+            f"timestamp={self.timestamp}, body={self.body!r})"
+        )

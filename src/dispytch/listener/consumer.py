@@ -1,0 +1,104 @@
+"""The consumer half of the backend seam.
+
+A backend yields :class:`Message` objects from :meth:`Consumer.listen` and settles each one the
+listener hands back: :meth:`~Consumer.ack` after success, :meth:`~Consumer.dead_letter` for a
+permanent failure, :meth:`~Consumer.nack` when the process stops before the work was done.
+A consumer that implements only ``listen`` and ``ack`` still works.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dispytch.routing import TopicPattern
+
+__all__ = ["Consumer", "Failure", "Message"]
+
+
+@dataclass(slots=True)
+class Message:
+    """One delivery from a broker."""
+
+    topic: str
+    payload: bytes
+    #: Ordering key: messages sharing a key are handled one at a time, in arrival order.
+    key: bytes | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    #: 1 for the first delivery; brokers that count redeliveries report more.
+    delivery_attempt: int = 1
+    partition: int | None = None
+    offset: int | None = None
+    #: Backend-private handle (the client's own message object).
+    extra: Any = None
+
+
+@dataclass(slots=True, frozen=True)
+class Failure:
+    """Why a message is being dead-lettered."""
+
+    reason: str  # "decode", "validation" or "handler"
+    error_type: str
+    error_message: str
+    handler: str | None
+    attempts: int
+    failed_at_ms: int
+
+    def headers(self, message: Message) -> dict[str, str]:
+        """The dead-letter headers that describe this failure and the message's origin."""
+        out = {
+            "x-dispytch-reason": self.reason,
+            "x-dispytch-error-type": self.error_type,
+            "x-dispytch-error-message": self.error_message[:2048],
+            "x-dispytch-attempts": str(self.attempts),
+            "x-dispytch-original-topic": message.topic,
+            "x-dispytch-failed-at": str(self.failed_at_ms),
+        }
+        if self.handler is not None:
+            out["x-dispytch-handler"] = self.handler
+        if message.partition is not None:
+            out["x-dispytch-original-partition"] = str(message.partition)
+        if message.offset is not None:
+            out["x-dispytch-original-offset"] = str(message.offset)
+        return out
+
+
+class Consumer(ABC):
+    """Where messages come from and how they are settled."""
+
+    @abstractmethod
+    def listen(self) -> AsyncIterator[Message]:
+        """Yield messages until the consumer is closed."""
+
+    @abstractmethod
+    async def ack(self, message: Message) -> None:
+        """The message was handled (or dead-lettered); the broker may forget it."""
+
+    async def nack(self, message: Message) -> None:
+        """The process is stopping before the message was handled: hand it back for redelivery.
+
+        The default leaves the message unacknowledged; the broker redelivers it when the
+        connection closes.
+        """
+
+    async def dead_letter(self, message: Message, failure: Failure) -> bool:
+        """Store the message's original bytes in a dead-letter destination.
+
+        Return ``True`` when it was stored (the listener then acks the message) and ``False`` when
+        this consumer has no dead-letter destination (the listener then uses its own, if set).
+        """
+        return False
+
+    async def start(self, subscriptions: Sequence[TopicPattern]) -> None:
+        """Subscribe to what the registered handlers need, before :meth:`listen`.
+
+        Each :class:`~dispytch.routing.TopicPattern` is a literal topic or a pattern with
+        segments; it offers ``.glob`` and ``.regex`` forms for brokers that match themselves.
+        The default does nothing: a seed-style consumer was subscribed by its user.
+        """
+
+    async def close(self) -> None:
+        """Stop fetching and release the connection; unsettled messages go back to the broker."""

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from dispytch.backend import Backend
+from dispytch.dead_letter import DeadLetter
+from dispytch.listener.consumer import Consumer
+from dispytch.memory.broker import MemoryBroker
+from dispytch.memory.client import MemoryConsumer, MemoryProducer
+
+__all__ = ["MemoryBackend", "shared_broker"]
+
+_BROKERS: dict[str, MemoryBroker] = {}
+
+
+def shared_broker(name: str = "") -> MemoryBroker:
+    """The process-wide broker called ``name``: ``memory://name`` URLs in one process share it."""
+    broker = _BROKERS.get(name)
+    if broker is None:
+        broker = _BROKERS[name] = MemoryBroker()
+    return broker
+
+
+class MemoryBackend(Backend):
+    """``memory://`` (the process's default broker) or ``memory://name`` (a named one).
+
+    Pass ``broker=MemoryBroker()`` to use a private broker instead.
+    """
+
+    def __init__(
+        self, url: str = "memory://", *, broker: MemoryBroker | None = None, **options: Any
+    ):
+        super().__init__(url, **options)
+        self.broker = broker or shared_broker(urlsplit(url).netloc)
+        self._producer = MemoryProducer(self.broker)
+
+    def producer(self) -> MemoryProducer:
+        return self._producer
+
+    def consumer(self, group: str, *, prefetch: int) -> Consumer:
+        return MemoryConsumer(self.broker, group)
+
+    async def dead_letters(self, topic: str, limit: int = 100) -> list[DeadLetter]:
+        return self.broker.dead_letters(topic)[:limit]

@@ -1,0 +1,189 @@
+from __future__ import annotations
+
+import asyncio
+import re
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from dispytch.dead_letter import DEAD_LETTER_SUFFIX, DeadLetter
+from dispytch.routing import TopicPattern
+
+__all__ = ["DeadLetter", "MemoryBroker", "Record"]
+
+
+@dataclass(slots=True)
+class Record:
+    topic: str
+    offset: int
+    payload: bytes
+    key: bytes | None
+    headers: Mapping[str, str]
+
+
+@dataclass(slots=True)
+class _Group:
+    name: str
+    matchers: list[tuple[str | None, re.Pattern[str] | None]] = field(default_factory=list)
+    cursors: dict[str, int] = field(default_factory=dict)
+    ready: deque[str] = field(default_factory=deque)  # topics that may have unread records
+    redeliver: deque[Record] = field(default_factory=deque)
+    attempts: dict[tuple[str, int], int] = field(default_factory=dict)
+    unacked: int = 0
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+
+    def matches(self, topic: str) -> bool:
+        for literal, regex in self.matchers:
+            if literal == topic or (regex is not None and regex.match(topic)):
+                return True
+        return False
+
+
+class MemoryBroker:
+    """The in-process broker. Loop-agnostic: it keeps no asyncio primitive between calls."""
+
+    def __init__(self) -> None:
+        self._logs: dict[str, list[Record]] = {}
+        self._groups: dict[str, _Group] = {}
+        self._idle_waiters: list[asyncio.Future[None]] = []
+
+    # -- producing ----------------------------------------------------------------------------
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        key: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Record:
+        log = self._logs.get(topic)
+        if log is None:
+            log = self._logs[topic] = []
+            for group in self._groups.values():
+                if group.matches(topic):
+                    group.cursors[topic] = 0
+        record = Record(topic, len(log), bytes(payload), key, dict(headers or {}))
+        log.append(record)
+        for group in self._groups.values():
+            if topic in group.cursors:
+                group.ready.append(topic)
+                _wake(group.waiters)
+        return record
+
+    def records(self, topic: str) -> list[Record]:
+        """Every record ever published to ``topic``."""
+        return list(self._logs.get(topic, ()))
+
+    def dead_letters(self, topic: str | None = None) -> list[DeadLetter]:
+        """Dead letters of ``topic`` (or of every topic), oldest first."""
+        out: list[DeadLetter] = []
+        for name, log in self._logs.items():
+            if not name.endswith(DEAD_LETTER_SUFFIX):
+                continue
+            original = name[: -len(DEAD_LETTER_SUFFIX)]
+            if topic is None or topic == original:
+                out.extend(DeadLetter(original, r.payload, r.headers, r.key) for r in log)
+        return out
+
+    def replay(self, dead_letter: DeadLetter) -> None:
+        """Publish a dead letter's original bytes to its original topic again."""
+        self.publish(dead_letter.topic, dead_letter.payload, dead_letter.key)
+
+    # -- consuming ----------------------------------------------------------------------------
+
+    def subscribe(self, group_name: str, patterns: Sequence[TopicPattern]) -> None:
+        group = self._groups.setdefault(group_name, _Group(group_name))
+        for pattern in patterns:
+            if pattern.is_literal:
+                group.matchers.append((pattern.raw, None))
+            else:
+                group.matchers.append((None, re.compile(pattern.regex)))
+        for topic, log in self._logs.items():
+            if topic not in group.cursors and group.matches(topic):
+                group.cursors[topic] = 0
+                if log:
+                    group.ready.append(topic)
+        _wake(group.waiters)
+
+    async def fetch(self, group_name: str) -> tuple[Record, int]:
+        """The group's next record and its delivery attempt; waits until there is one."""
+        group = self._groups[group_name]
+        while True:
+            if group.redeliver:
+                record = group.redeliver.popleft()
+                break
+            record_or_none = self._next_unread(group)
+            if record_or_none is not None:
+                record = record_or_none
+                break
+            waiter = asyncio.get_running_loop().create_future()
+            group.waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in group.waiters:
+                    group.waiters.remove(waiter)
+        ident = (record.topic, record.offset)
+        attempt = group.attempts.get(ident, 0) + 1
+        group.attempts[ident] = attempt
+        group.unacked += 1
+        return record, attempt
+
+    def _next_unread(self, group: _Group) -> Record | None:
+        while group.ready:
+            topic = group.ready[0]
+            cursor = group.cursors[topic]
+            log = self._logs[topic]
+            if cursor < len(log):
+                group.cursors[topic] = cursor + 1
+                if cursor + 1 >= len(log):
+                    group.ready.popleft()
+                elif len(group.ready) > 1:
+                    group.ready.rotate(-1)  # take turns between topics
+                return log[cursor]
+            group.ready.popleft()
+        return None
+
+    def settle(self, group_name: str, record: Record, *, redeliver: bool) -> None:
+        group = self._groups[group_name]
+        group.unacked -= 1
+        if redeliver:
+            group.redeliver.appendleft(record)
+            _wake(group.waiters)
+        else:
+            group.attempts.pop((record.topic, record.offset), None)
+        if not redeliver and self._idle_waiters and self.pending() == 0:
+            _wake(self._idle_waiters)
+
+    # -- inspecting ---------------------------------------------------------------------------
+
+    def pending(self, group_name: str | None = None) -> int:
+        """Messages not yet acked by ``group_name`` (or by any group): unread, in flight, or
+        waiting for redelivery. Dead-letter topics count only for groups that subscribe to them.
+        """
+        groups = [self._groups[group_name]] if group_name else list(self._groups.values())
+        total = 0
+        for group in groups:
+            total += group.unacked + len(group.redeliver)
+            for topic, cursor in group.cursors.items():
+                total += len(self._logs[topic]) - cursor
+        return total
+
+    async def wait_idle(self, timeout: float = 10.0) -> None:
+        """Return once every group acked everything published so far; TimeoutError otherwise."""
+        async with asyncio.timeout(timeout):
+            while self.pending():
+                waiter = asyncio.get_running_loop().create_future()
+                self._idle_waiters.append(waiter)
+                try:
+                    await waiter
+                finally:
+                    if waiter in self._idle_waiters:
+                        self._idle_waiters.remove(waiter)
+
+
+def _wake(waiters: list[asyncio.Future[None]]) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)
+    waiters.clear()

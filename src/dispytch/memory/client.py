@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+
+from pydantic import BaseModel
+
+from dispytch.dead_letter import DEAD_LETTER_SUFFIX
+from dispytch.emitter.producer import Producer
+from dispytch.listener.consumer import Consumer, Failure, Message
+from dispytch.memory.broker import MemoryBroker, Record
+from dispytch.routing import TopicPattern
+
+__all__ = ["MemoryConsumer", "MemoryProducer"]
+
+
+class MemoryProducer(Producer):
+    """Publishes into a :class:`MemoryBroker`; the broker's 'confirm' is immediate."""
+
+    def __init__(self, broker: MemoryBroker) -> None:
+        self.broker = broker
+
+    async def send(
+        self,
+        topic: str,
+        payload: bytes,
+        config: BaseModel | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        key: bytes | None = None,
+    ) -> None:
+        self.broker.publish(topic, payload, key, headers)
+
+
+class MemoryConsumer(Consumer):
+    """One consumer of a consumer group on a :class:`MemoryBroker`.
+
+    ``topics`` subscribes seed style; with none, :meth:`start` subscribes to what the listener's
+    handlers need.
+    """
+
+    def __init__(self, broker: MemoryBroker, group: str = "default", topics: Sequence[str] = ()):
+        self.broker = broker
+        self.group = group
+        self._unacked: dict[tuple[str, int], Record] = {}
+        self._closed = False
+        if topics:
+            broker.subscribe(group, [TopicPattern(t, "", ()) for t in topics])
+
+    async def start(self, subscriptions: Sequence[TopicPattern]) -> None:
+        self.broker.subscribe(self.group, subscriptions)
+
+    async def listen(self) -> AsyncIterator[Message]:
+        while not self._closed:
+            record, attempt = await self.broker.fetch(self.group)
+            self._unacked[(record.topic, record.offset)] = record
+            yield Message(
+                topic=record.topic,
+                payload=record.payload,
+                key=record.key,
+                headers=record.headers,
+                delivery_attempt=attempt,
+                partition=0,
+                offset=record.offset,
+                extra=record,
+            )
+
+    def _settle(self, message: Message, redeliver: bool) -> None:
+        record = self._unacked.pop((message.topic, message.offset or 0), None)
+        if record is not None:
+            self.broker.settle(self.group, record, redeliver=redeliver)
+
+    async def ack(self, message: Message) -> None:
+        self._settle(message, redeliver=False)
+
+    async def nack(self, message: Message) -> None:
+        self._settle(message, redeliver=True)
+
+    async def dead_letter(self, message: Message, failure: Failure) -> bool:
+        self.broker.publish(
+            message.topic + DEAD_LETTER_SUFFIX,
+            message.payload,
+            message.key,
+            failure.headers(message),
+        )
+        return True
+
+    async def close(self) -> None:
+        """Hand every unacked message back to the group, as a broker does when a client leaves."""
+        self._closed = True
+        for record in list(self._unacked.values()):
+            self.broker.settle(self.group, record, redeliver=True)
+        self._unacked.clear()

@@ -1,0 +1,6 @@
+"""Serializers turn an envelope dict into bytes; deserializers turn bytes into an Envelope."""
+
+from dispytch.serialization.deserializer import Deserializer, envelope_from_mapping
+from dispytch.serialization.serializer import Serializer
+
+__all__ = ["Deserializer", "Serializer", "envelope_from_mapping"]

@@ -1,0 +1,101 @@
+"""One behaviour suite, run against every backend.
+
+``memory`` always runs. A live broker runs when its name is in ``DISPYTCH_BROKERS``
+(comma-separated: ``kafka,rabbitmq,redis,nats``), which ``scripts/test.sh`` sets after starting
+the brokers; a listed broker that does not answer fails the run instead of being skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from dispytch import App
+
+
+@dataclass(frozen=True)
+class BackendUnderTest:
+    name: str
+    url: str
+    port: int | None
+    #: does the broker carry an ordering key with each message (Kafka key, AMQP header)?
+    carries_keys: bool = True
+    #: does a failed message get redelivered after the consumer dies (durable backends)?
+    durable: bool = True
+    #: topic segment delimiter used for dynamic-topic tests
+    delimiter: str = ":"
+
+
+BACKENDS = {
+    "memory": BackendUnderTest("memory", "memory://", None),
+    "kafka": BackendUnderTest("kafka", "kafka://127.0.0.1:9092", 9092, delimiter="."),
+    "rabbitmq": BackendUnderTest(
+        "rabbitmq", "amqp://guest:guest@127.0.0.1:5672/", 5672, delimiter="."
+    ),
+    "redis": BackendUnderTest(
+        "redis", "redis://127.0.0.1:6379/0", 6379, carries_keys=False, durable=False
+    ),
+}
+
+
+def _listed() -> set[str]:
+    return {b.strip() for b in os.environ.get("DISPYTCH_BROKERS", "").split(",") if b.strip()}
+
+
+def _reachable(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(params=list(BACKENDS))
+def backend(request: pytest.FixtureRequest) -> BackendUnderTest:
+    spec = BACKENDS[request.param]
+    if spec.port is not None:
+        if spec.name not in _listed():
+            pytest.skip(f"{spec.name} not in DISPYTCH_BROKERS")
+        if not _reachable(spec.port):
+            pytest.fail(f"{spec.name} is listed in DISPYTCH_BROKERS but 127.0.0.1:{spec.port} "
+                        "does not answer; run: bash scripts/brokers.sh up")
+    return spec
+
+
+@pytest.fixture
+def uid() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def topic(uid: str) -> str:
+    """A fresh topic name valid on every broker (letters, digits, '_', '-')."""
+    return f"conf_{uid}"
+
+
+@pytest.fixture
+async def make_app(
+    backend: BackendUnderTest, uid: str
+) -> AsyncIterator[Callable[..., App]]:
+    """Build apps on the backend under test; each gets a fresh consumer group and is stopped."""
+    apps: list[App] = []
+    counter = iter(range(1000))
+
+    def build(**options: Any) -> App:
+        url = f"memory://conf-{uid}" if backend.name == "memory" else backend.url
+        options.setdefault("group", f"g_{uid}_{next(counter)}")
+        options.setdefault("shutdown_timeout", 5.0)
+        app = App(url, **options)
+        apps.append(app)
+        return app
+
+    yield build
+    for app in apps:
+        if app.listener is not None or app._emitter is not None:
+            await app.stop()
