@@ -99,7 +99,16 @@ def _body_type(annotation: Any, where: str) -> Any:
 class CallPlan:
     """A handler with its dependency tree flattened into steps."""
 
-    __slots__ = ("_has_cleanup", "bodies", "func", "handler_args", "name", "segments", "steps")
+    __slots__ = (
+        "_has_cleanup",
+        "_validators",
+        "bodies",
+        "func",
+        "handler_args",
+        "name",
+        "segments",
+        "steps",
+    )
 
     def __init__(
         self,
@@ -116,23 +125,32 @@ class CallPlan:
         self.bodies = bodies
         self.segments = segments
         self._has_cleanup = any(s.kind not in (_Kind.SYNC, _Kind.ASYNC) for s in steps)
+        # Bound validators, resolved once: (validate or None for a raw dict, needs id, name).
+        self._validators: list[tuple[Callable[[Any], Any] | None, bool, str]] = [
+            (None, False, "dict")
+            if model is dict
+            else (
+                model.__pydantic_validator__.validate_python,
+                issubclass(model, EventBase),
+                model.__name__,
+            )
+            for model in bodies
+        ]
 
     def events(self, envelope: Envelope, topic: str) -> list[Event[Any]]:
         """Validate the body once per body type this plan needs. Raises PayloadValidationError."""
         out: list[Event[Any]] = []
-        for model in self.bodies:
-            if model is dict:
-                body: Any = envelope.body
-            else:
+        for validate, needs_id, name in self._validators:
+            body: Any = envelope.body
+            if validate is not None:
+                if needs_id and "id" not in body:
+                    body = {**body, "id": envelope.id}
                 try:
-                    if issubclass(model, EventBase) and "id" not in envelope.body:
-                        body = model.model_validate({**envelope.body, "id": envelope.id})
-                    else:
-                        body = model.model_validate(envelope.body)
+                    body = validate(body)
                 except ValidationError as exc:
                     raise PayloadValidationError(
                         f"body of {envelope.type!r} event {envelope.id} does not match "
-                        f"{model.__name__}: {_short(exc)}"
+                        f"{name}: {_short(exc)}"
                     ) from None
             out.append(Event(envelope.id, envelope.type, topic, body, envelope.timestamp))
         return out
@@ -154,7 +172,11 @@ class CallPlan:
         results: list[Any] = []
         if not self._has_cleanup:
             for step in self.steps:
-                results.append(await self._call(step, events, segments, results, None))
+                kwargs = _kwargs(step.args, events, segments, results)
+                if step.kind is _Kind.SYNC:
+                    results.append(step.func(**kwargs))
+                else:
+                    results.append(await step.func(**kwargs))
             return await self.func(**_kwargs(self.handler_args, events, segments, results))
         cleanups: list[Any] = []
         try:

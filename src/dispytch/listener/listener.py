@@ -13,6 +13,7 @@ Delivery contract kept here, once for every backend:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import time
@@ -127,6 +128,10 @@ class EventListener:
         self._running = False
         self._subscribed = False
         self._held = 0
+        self._ready: deque[Message] = deque()
+        self._idle: list[asyncio.Future[None]] = []
+        self._workers = 0
+        self._settled: asyncio.Event | None = None
 
     # -- registration -------------------------------------------------------------------------
 
@@ -245,27 +250,34 @@ class EventListener:
         self._stop.set()
 
     async def _drain(self, timeout: float) -> None:
-        if self._tasks and timeout > 0:
-            logger.info("waiting up to %.1fs for %d in-flight messages", timeout, self.in_flight)
-            await asyncio.wait(set(self._tasks), timeout=timeout)
-        if self._tasks:
+        if self._held and timeout > 0:
+            logger.info("waiting up to %.1fs for %d in-flight messages", timeout, self._held)
+            self._settled = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._settled.wait(), timeout)
+        if self._held:
             logger.warning(
                 "%d messages not finished at shutdown; handing them back unacknowledged",
-                self.in_flight,
+                self._held,
             )
-            for task in self._tasks:
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        leftovers = list(self._ready)
+        self._ready.clear()
         for pending in self._keys.values():
-            for message in pending:
-                await self._settle_safely(self._nack, message)
-                self._release()
+            leftovers.extend(pending)
         self._keys.clear()
+        for message in leftovers:
+            await self._settle_safely(self._nack, message)
+            self._release()
 
     async def _fetch_loop(self) -> None:
         assert self._slots is not None
         slots = self._slots
         ordering = self.ordering
+        ready = self._ready
+        idle = self._idle
         stream = self.consumer.listen()
         try:
             while True:
@@ -283,7 +295,15 @@ class EventListener:
                 else:
                     key = None
                 if key is None:
-                    self._spawn(self._run_one(message))
+                    # Unkeyed work goes to a pool of long-lived workers: no task per message.
+                    ready.append(message)
+                    if idle:
+                        waiter = idle.pop()
+                        if not waiter.done():
+                            waiter.set_result(None)
+                    elif self._workers < self.concurrency:
+                        self._workers += 1
+                        self._spawn(self._worker())
                     continue
                 queued = self._keys.get(key)
                 if queued is not None:
@@ -295,6 +315,23 @@ class EventListener:
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
                 await aclose()
+
+    async def _worker(self) -> None:
+        ready = self._ready
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                while ready:
+                    message = ready.popleft()
+                    try:
+                        await self._process(message)
+                    finally:
+                        self._release()
+                waiter: asyncio.Future[None] = loop.create_future()
+                self._idle.append(waiter)
+                await waiter
+        finally:
+            self._workers -= 1
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)
@@ -310,12 +347,8 @@ class EventListener:
         assert self._slots is not None
         self._held -= 1
         self._slots.release()
-
-    async def _run_one(self, message: Message) -> None:
-        try:
-            await self._process(message)
-        finally:
-            self._release()
+        if not self._held and self._settled is not None:
+            self._settled.set()
 
     async def _run_key(self, key: Hashable, message: Message) -> None:
         queued = self._keys[key]

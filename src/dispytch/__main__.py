@@ -1,0 +1,5 @@
+import sys
+
+from dispytch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,172 @@
+"""Command line: ``dispytch run module:app``.
+
+``run`` imports the app, starts it, and on SIGINT or SIGTERM stops fetching, lets in-flight
+work finish (the app's ``shutdown_timeout``), settles it, and exits. A second signal exits at once;
+unsettled messages then stay unacknowledged and the broker redelivers them.
+``--workers N`` runs N processes under a supervisor that restarts a worker that dies;
+``--reload`` restarts the worker when a ``.py`` file under the current directory changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from dispytch.app import ENV_BROKER_URL, App
+from dispytch.errors import ConfigurationError
+
+__all__ = ["load_app", "main"]
+
+logger = logging.getLogger("dispytch.cli")
+
+
+def load_app(target: str) -> App:
+    """Import ``module:attribute``; the attribute is an App or a function returning one."""
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        raise ConfigurationError(
+            f"expected 'module:attribute', like 'billing.service:app'; got {target!r}"
+        )
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise ConfigurationError(
+            f"cannot import {module_name!r} ({exc}); run from the project directory or fix the path"
+        ) from exc
+    try:
+        obj = getattr(module, attr)
+    except AttributeError:
+        raise ConfigurationError(f"module {module_name!r} has no attribute {attr!r}") from None
+    if not isinstance(obj, App) and callable(obj):
+        obj = obj()
+    if not isinstance(obj, App):
+        raise ConfigurationError(f"{target} is a {type(obj).__name__}, not a dispytch.App")
+    return obj
+
+
+async def serve(app: App) -> None:
+    """Run ``app`` until SIGINT/SIGTERM, then shut it down gracefully."""
+    loop = asyncio.get_running_loop()
+    main_task = asyncio.current_task()
+    signals = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            logger.info("received %s; finishing in-flight events", signal.Signals(signum).name)
+            app.request_stop()
+        elif main_task is not None:
+            logger.warning("second signal; exiting now, unfinished events stay unacknowledged")
+            main_task.cancel()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        await app.run()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+def _run_one(target: str) -> int:
+    app = load_app(target)
+    try:
+        asyncio.run(serve(app))
+    except asyncio.CancelledError:
+        return 130
+    return 0
+
+
+def _snapshot(root: Path) -> dict[Path, float]:
+    out: dict[Path, float] = {}
+    for path in root.rglob("*.py"):
+        if any(part.startswith(".") or part == "__pycache__" for part in path.parts):
+            continue
+        with contextlib.suppress(OSError):
+            out[path] = path.stat().st_mtime
+    return out
+
+
+def _supervise(argv: Sequence[str], workers: int, reload: bool) -> int:
+    """Run ``workers`` child processes; restart dead ones; forward SIGINT/SIGTERM."""
+    cmd = [sys.executable, "-m", "dispytch", *argv]
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    children = [subprocess.Popen(cmd) for _ in range(workers)]
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    root = Path.cwd()
+    seen = _snapshot(root) if reload else {}
+    backoff = 0.5
+    while True:
+        time.sleep(0.5)
+        if stopping:
+            return max((child.wait() for child in children), default=0)
+        if reload:
+            now = _snapshot(root)
+            if now != seen:
+                seen = now
+                logger.info("code changed; restarting %d worker(s)", len(children))
+                for child in children:
+                    child.terminate()
+                for child in children:
+                    child.wait()
+                children = [subprocess.Popen(cmd) for _ in range(workers)]
+                continue
+        for i, child in enumerate(children):
+            code = child.poll()
+            if code is not None and not stopping:
+                logger.error(
+                    "worker %d exited with %d; restarting in %.1fs", child.pid, code, backoff
+                )
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                children[i] = subprocess.Popen(cmd)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dispytch", description="Run Dispytch services.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run an app: dispytch run module:app")
+    run.add_argument("target", help="the app, as module:attribute (e.g. billing.service:app)")
+    run.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    run.add_argument("--reload", action="store_true", help="restart on code changes (development)")
+    run.add_argument("--broker-url", help=f"broker URL; sets {ENV_BROKER_URL} for the app")
+    run.add_argument("--log-level", default=os.environ.get("DISPYTCH_LOG_LEVEL", "INFO"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
+    )
+    if args.broker_url:
+        os.environ[ENV_BROKER_URL] = args.broker_url
+    if args.workers < 1:
+        parser.error("--workers must be >= 1")
+    if args.workers > 1 or args.reload:
+        child_argv = ["run", args.target, "--log-level", args.log_level]
+        return _supervise(child_argv, args.workers, args.reload)
+    try:
+        return _run_one(args.target)
+    except ConfigurationError as exc:
+        logger.error("%s", exc)
+        return 2
