@@ -20,10 +20,10 @@ class UserCreatedEvent(BaseModel):
 user_events = HandlerGroup()
 
 
-@user_events.handler(topic="user_events", event="user_registered")
+@user_events.handler(topic='user_events', event='user_registered')
 async def handle_user_registered(
-    event: Event[UserCreatedEvent],
-    user_service: Annotated[UserService, Dependency(get_user_service)],
+        event: Event[UserCreatedEvent],
+        user_service: Annotated[UserService, Dependency(get_user_service)]
 ):
     user = event.body.user
     timestamp = event.body.timestamp
