@@ -63,8 +63,10 @@ def backend(request: pytest.FixtureRequest) -> BackendUnderTest:
         if spec.name not in _listed():
             pytest.skip(f"{spec.name} not in DISPYTCH_BROKERS")
         if not _reachable(spec.port):
-            pytest.fail(f"{spec.name} is listed in DISPYTCH_BROKERS but 127.0.0.1:{spec.port} "
-                        "does not answer; run: bash scripts/brokers.sh up")
+            pytest.fail(
+                f"{spec.name} is listed in DISPYTCH_BROKERS but 127.0.0.1:{spec.port} "
+                "does not answer; run: bash scripts/brokers.sh up"
+            )
     return spec
 
 
@@ -80,9 +82,7 @@ def topic(uid: str) -> str:
 
 
 @pytest.fixture
-async def make_app(
-    backend: BackendUnderTest, uid: str
-) -> AsyncIterator[Callable[..., App]]:
+async def make_app(backend: BackendUnderTest, uid: str) -> AsyncIterator[Callable[..., App]]:
     """Build apps on the backend under test; each gets a fresh consumer group and is stopped."""
     apps: list[App] = []
     counter = iter(range(1000))
@@ -91,6 +91,9 @@ async def make_app(
         url = f"memory://conf-{uid}" if backend.name == "memory" else backend.url
         options.setdefault("group", f"g_{uid}_{next(counter)}")
         options.setdefault("shutdown_timeout", 5.0)
+        if backend.name == "rabbitmq":
+            # Group queues are durable by design; let the test ones expire once unused.
+            options.setdefault("queue_arguments", {"x-expires": 60_000})
         app = App(url, **options)
         apps.append(app)
         return app

@@ -95,9 +95,7 @@ async def test_dynamic_topic_with_typed_segments(
     app = make_app()
 
     @app.handler(topic=pattern, event="user_seen")
-    async def handle(
-        event: Event[dict], user_id: Annotated[int, TopicSegment(gt=0)]
-    ) -> None:
+    async def handle(event: Event[dict], user_id: Annotated[int, TopicSegment(gt=0)]) -> None:
         got.append((user_id, event.topic))
 
     class UserSeen(EventBase):

@@ -1,0 +1,154 @@
+"""``amqp://`` URLs: the backend that builds and owns RabbitMQ connections for an App."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import aio_pika
+from aio_pika.abc import AbstractRobustConnection
+
+from dispytch.backend import Backend, redact_url
+from dispytch.dead_letter import DeadLetter
+from dispytch.errors import ConfigurationError
+from dispytch.listener.consumer import Consumer
+from dispytch.rabbitmq.consumer import RabbitMQGroupConsumer, connect
+from dispytch.rabbitmq.dead_letters import (
+    DEFAULT_DEAD_LETTER_EXCHANGE,
+    DeadLetterStore,
+    read_dead_letters,
+)
+from dispytch.rabbitmq.producer import RabbitMQProducer
+
+__all__ = ["RabbitMQBackend"]
+
+QueueType = Literal["quorum", "classic"]
+
+
+class RabbitMQBackend(Backend):
+    """RabbitMQ from a URL: ``App("amqp://user:pass@host:5672/vhost", group="billing")``.
+
+    What it declares (all durable, all idempotent):
+
+    * one topic exchange (``exchange``, default ``"dispytch"``); an event's topic is its routing
+      key, and topic segments are separated by ``.`` so a handler for ``user.{id}.events`` is
+      bound as ``user.*.events``;
+    * per consumer group, a queue named after the group, bound for each handler topic. It is a
+      quorum queue by default (replicated, and it counts deliveries in ``x-delivery-count``,
+      which the listener's ``max_deliveries`` uses to park a message that keeps crashing its
+      process; on RabbitMQ before 4.3 a hand-back on shutdown counts as a delivery too);
+      ``queue_type="classic"`` for a classic queue. Its prefetch is the app's ``concurrency``;
+    * dead letters: a direct exchange (``dead_letter_exchange``, default ``"dispytch.dlq"``) and
+      a classic queue ``{topic}.dlq`` per topic, declared on first use. Read them back with
+      :meth:`dead_letters` (non-destructive).
+
+    Emits return once RabbitMQ confirmed the message (publisher confirms) and routed it to a
+    queue; an event no queue is bound for raises :class:`~dispytch.errors.EmitError`, so start
+    the consuming app (or bind a queue) before emitting. Connections reconnect by themselves
+    (``aio_pika.connect_robust``); messages in flight when a connection drops are redelivered.
+
+    Args:
+        url: ``amqp://`` or ``amqps://`` URL; aio-pika query options (``?heartbeat=30``) work.
+        exchange: name of the event exchange.
+        queue_type: ``"quorum"`` or ``"classic"`` for the group queues.
+        queue_arguments: extra ``x-`` arguments for the group queues, under RabbitMQ's names,
+            e.g. ``{"x-max-length": 100000}`` (``x-queue-type`` comes from ``queue_type``).
+        dead_letter_exchange: name of the dead-letter exchange.
+        publish_timeout: seconds to wait for a publisher confirm (``None``: no limit).
+        **connect_options: passed to ``aio_pika.connect_robust`` under aio-pika's names, e.g.
+            ``timeout``, ``client_properties``, ``ssl_context``, ``reconnect_interval``.
+    """
+
+    topic_delimiter = "."
+
+    def __init__(
+        self,
+        url: str = "amqp://guest:guest@localhost:5672/",
+        *,
+        exchange: str = "dispytch",
+        queue_type: QueueType = "quorum",
+        queue_arguments: dict[str, Any] | None = None,
+        dead_letter_exchange: str = DEFAULT_DEAD_LETTER_EXCHANGE,
+        publish_timeout: float | None = 30.0,
+        **connect_options: Any,
+    ) -> None:
+        super().__init__(url, **connect_options)
+        if queue_type not in ("quorum", "classic"):
+            raise ConfigurationError(
+                f"queue_type must be 'quorum' or 'classic', got {queue_type!r}"
+            )
+        self.exchange_name = exchange
+        self.queue_type = queue_type
+        self.queue_arguments: dict[str, Any] = {"x-queue-type": queue_type}
+        self.queue_arguments.update(queue_arguments or {})
+        self.dead_letter_exchange = dead_letter_exchange
+        self.publish_timeout = publish_timeout
+        self.connect_options = connect_options
+        self.connection: AbstractRobustConnection | None = None
+        self._producer: RabbitMQProducer | None = None
+        self._dead_letters: DeadLetterStore | None = None
+        self._consumers: list[RabbitMQGroupConsumer] = []
+
+    async def connect(self) -> None:
+        """Open the publishing connection and declare the event exchange."""
+        if self.connection is not None:
+            return
+        connection = await connect(self.url, redact_url(self.url), self.connect_options)
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        exchange = await channel.declare_exchange(
+            self.exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        self.connection = connection
+        self._producer = RabbitMQProducer(exchange, timeout=self.publish_timeout)
+        self._dead_letters = DeadLetterStore(
+            channel, self.dead_letter_exchange, timeout=self.publish_timeout
+        )
+
+    def _connected(self) -> tuple[RabbitMQProducer, DeadLetterStore]:
+        if self._producer is None or self._dead_letters is None:
+            raise ConfigurationError(
+                f"{self!r} is not connected; call 'await backend.connect()' (App.start does)"
+            )
+        return self._producer, self._dead_letters
+
+    def producer(self) -> RabbitMQProducer:
+        return self._connected()[0]
+
+    def consumer(self, group: str, *, prefetch: int) -> Consumer:
+        """The consumer of ``group``: queue ``group`` on its own connection, ``prefetch`` ahead."""
+        if not group:
+            raise ConfigurationError("a RabbitMQ consumer group needs a name (the queue name)")
+        consumer = RabbitMQGroupConsumer(
+            url=self.url,
+            connect_options=self.connect_options,
+            exchange=self.exchange_name,
+            queue=group,
+            queue_arguments=self.queue_arguments,
+            prefetch=prefetch,
+            dead_letters=self._connected()[1],
+            safe_url=redact_url(self.url),
+        )
+        self._consumers.append(consumer)
+        return consumer
+
+    async def close(self) -> None:
+        consumers, self._consumers = self._consumers, []
+        for consumer in consumers:
+            await consumer.close()
+        connection, self.connection = self.connection, None
+        self._producer = self._dead_letters = None
+        if connection is not None:
+            await connection.close()
+
+    async def dead_letters(self, topic: str, limit: int = 100) -> list[DeadLetter]:
+        """Up to ``limit`` dead letters of ``topic`` from queue ``{topic}.dlq``, oldest first.
+
+        Non-destructive: they are fetched unacknowledged and handed back at once. Works before
+        :meth:`connect` and after :meth:`close` too, on a short-lived connection.
+        """
+        if self.connection is not None:
+            return await read_dead_letters(self.connection, topic, limit)
+        connection = await connect(self.url, redact_url(self.url), self.connect_options)
+        try:
+            return await read_dead_letters(connection, topic, limit)
+        finally:
+            await connection.close()

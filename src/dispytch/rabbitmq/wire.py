@@ -1,0 +1,145 @@
+"""How Dispytch data maps onto AMQP: the key header, incoming deliveries, confirmed publishes."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractRobustChannel
+from aiormq.abc import DeliveredMessage
+
+from dispytch.emitter.producer import ProducerTimeout
+from dispytch.errors import EmitError
+from dispytch.listener.consumer import Message
+
+__all__ = [
+    "DELIVERY_COUNT_HEADER",
+    "KEY_HEADER",
+    "decode_key",
+    "encode_key",
+    "publish_confirmed",
+    "str_headers",
+    "to_message",
+]
+
+#: Carries the ordering key (AMQP has no message key of its own).
+KEY_HEADER = "x-dispytch-key"
+#: Set by quorum queues: how many times the message was delivered before.
+DELIVERY_COUNT_HEADER = "x-delivery-count"
+
+
+def encode_key(key: bytes) -> str | bytearray:
+    """A key as an AMQP header value: a string when it is UTF-8 (readable by any client)."""
+    try:
+        return key.decode()
+    except UnicodeDecodeError:
+        return bytearray(key)
+
+
+def decode_key(value: Any) -> bytes | None:
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, bytes | bytearray):
+        return bytes(value)
+    return None if value is None else str(value).encode()
+
+
+def _str(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode(errors="replace")
+    return str(value)
+
+
+def str_headers(raw: Any) -> dict[str, str]:
+    """AMQP headers with every value as a string."""
+    if not raw:
+        return {}
+    return {name: _str(value) for name, value in raw.items()}
+
+
+def to_message(incoming: AbstractIncomingMessage) -> Message:
+    """The listener's view of one delivery; the aio-pika message rides along in ``extra``."""
+    raw = incoming.headers
+    headers: dict[str, str] = {}
+    key: bytes | None = None
+    attempt = 2 if incoming.redelivered else 1
+    if raw:
+        for name, value in raw.items():
+            if name == KEY_HEADER:
+                key = decode_key(value)
+            elif name == DELIVERY_COUNT_HEADER and isinstance(value, int):
+                # Quorum queues count every earlier delivery: the exact attempt number.
+                attempt = value + 1
+            headers[name] = _str(value)
+    return Message(
+        topic=incoming.routing_key or "",
+        payload=incoming.body,
+        key=key,
+        headers=headers,
+        delivery_attempt=attempt,
+        extra=incoming,
+    )
+
+
+async def publish_confirmed(
+    exchange: AbstractExchange,
+    message: aio_pika.Message,
+    routing_key: str,
+    timeout: float | None,
+) -> None:
+    """Publish with ``mandatory`` and wait for the publisher confirm; raise unless routed+stored.
+
+    RabbitMQ confirms unroutable messages too, so a ``basic.return`` is what tells us the
+    message reached no queue.
+    """
+    channel = getattr(exchange, "channel", None)  # not on the abstract class, on every exchange
+    if isinstance(channel, AbstractRobustChannel) and channel.is_closed:
+        # Reconnecting: wait for the channel to come back rather than fail a publish that
+        # would very likely succeed in a moment (bounded by the same timeout as the confirm).
+        try:
+            await asyncio.wait_for(channel.ready(), timeout)
+        except TimeoutError as exc:
+            raise ProducerTimeout(
+                f"the RabbitMQ connection was not back within {timeout}s; the message for "
+                f"{routing_key!r} was not sent"
+            ) from exc
+    try:
+        result = await exchange.publish(message, routing_key, mandatory=True, timeout=timeout)
+    except aiormq.exceptions.PublishError as exc:
+        raise _unroutable(exchange.name, routing_key) from exc
+    except aiormq.exceptions.DeliveryError as exc:
+        raise EmitError(
+            f"RabbitMQ refused the message for routing key {routing_key!r} on exchange "
+            f"{exchange.name!r} (basic.nack: the queue is over its length limit or failed); "
+            "retry later or check the queue's state"
+        ) from exc
+    except TimeoutError as exc:
+        raise ProducerTimeout(
+            f"RabbitMQ did not confirm the message for routing key {routing_key!r} within "
+            f"{timeout}s; it may or may not have been stored"
+        ) from exc
+    except (
+        aiormq.exceptions.AMQPError,
+        aiormq.exceptions.ChannelInvalidStateError,
+        ConnectionError,
+    ) as exc:
+        raise EmitError(
+            f"lost the RabbitMQ channel while publishing to {routing_key!r} "
+            f"({type(exc).__name__}: {exc}); the message may or may not have been stored; "
+            "retry once the connection is back"
+        ) from exc
+    if isinstance(result, DeliveredMessage):  # a channel opened with on_return_raises=False
+        raise _unroutable(exchange.name, routing_key)
+
+
+def _unroutable(exchange: str, routing_key: str) -> EmitError:
+    return EmitError(
+        f"no queue is bound for routing key {routing_key!r} on exchange {exchange!r}, so "
+        "RabbitMQ returned the event instead of storing it; start a consumer for this topic "
+        "first (its queue is declared and bound when it starts) or bind a queue to the "
+        "exchange for this key"
+    )

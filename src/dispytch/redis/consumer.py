@@ -1,0 +1,342 @@
+"""RedisConsumer: reads a Redis Pub/Sub subscription. At-most-once: see the class docstring."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from types import MappingProxyType
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from dispytch.errors import ConfigurationError
+from dispytch.listener.consumer import Consumer, Failure, Message
+from dispytch.redis.dead_letters import DEFAULT_DEAD_LETTER_MAXLEN, add_dead_letter
+from dispytch.redis.topics import subscription_glob
+from dispytch.retry import RetryPolicy
+from dispytch.routing import TopicPattern
+
+__all__ = ["RedisConsumer"]
+
+logger = logging.getLogger("dispytch.redis")
+
+_CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+_DATA_TYPES = frozenset({"message", "pmessage"})
+# Hand the event loop back after this many messages read without the socket running dry.
+_YIELD_EVERY = 128
+# Pub/Sub messages have no headers; one shared empty mapping saves a dict per message.
+_NO_HEADERS: MappingProxyType[str, str] = MappingProxyType({})
+
+
+class RedisConsumer(Consumer):
+    """Messages from a Redis Pub/Sub subscription.
+
+    **At most once.** Redis Pub/Sub delivers a message only to the subscribers connected when it
+    is published and never redelivers it. There is no acknowledgement: :meth:`ack` and
+    :meth:`nack` do nothing, and a message in flight when the process stops, or published while
+    the connection is down, is lost. Redis also disconnects a subscriber that falls too far
+    behind (``client-output-buffer-limit pubsub``, 32 MB by default) and drops what it had
+    queued. Use Redis Streams (``redis+streams://``) when events must not be lost.
+
+    Every subscriber receives every message: two processes subscribed to a channel both handle
+    each event (there are no competing consumer groups in Pub/Sub).
+
+    Dead letters, on the other hand, are durable: :meth:`dead_letter` appends the original bytes
+    and the failure headers to the Redis Stream ``{topic}.dlq`` (trimmed to about
+    ``dead_letter_maxlen`` entries).
+
+    Messages carry no key (Pub/Sub has none) and no partition; a listener with
+    ``ordering="partition"`` handles each channel's messages one at a time, in order.
+
+    Seed style::
+
+        pubsub = redis.pubsub()
+        await pubsub.subscribe("user_events")      # and/or psubscribe("user:*")
+        listener = EventListener(RedisConsumer(pubsub))
+
+    A PubSub that is already subscribed is used as it is; one with no subscription is
+    subscribed to what the listener's handlers need.
+
+    A background task reads the connection as fast as it can into a buffer of
+    ``buffer_size`` messages (so Redis' output buffer stays small); :meth:`listen` yields from
+    that buffer. When the connection is lost the task reconnects by itself, with capped
+    exponential backoff and jitter, and subscribes again.
+
+    Args:
+        pubsub: a ``redis.asyncio.client.PubSub``.
+        redis: the client used to write dead letters; by default one sharing ``pubsub``'s
+            connection pool.
+        dead_letter_maxlen: approximate cap of each dead-letter stream; ``None`` for no cap.
+        buffer_size: messages read ahead of the listener at most.
+        poll_interval: seconds one read waits before checking whether the consumer is closing.
+        reconnect_max_delay: cap of the wait between reconnection attempts, in seconds.
+        owns_pubsub: close ``pubsub`` and disconnect its connection pool on :meth:`close` (the
+            backend sets it for the pool it built for the consumer).
+    """
+
+    def __init__(
+        self,
+        pubsub: PubSub,
+        *,
+        redis: Redis | None = None,
+        dead_letter_maxlen: int | None = DEFAULT_DEAD_LETTER_MAXLEN,
+        buffer_size: int = 10_000,
+        poll_interval: float = 1.0,
+        reconnect_max_delay: float = 10.0,
+        owns_pubsub: bool = False,
+    ) -> None:
+        if buffer_size < 1:
+            raise ConfigurationError(f"buffer_size must be >= 1, got {buffer_size}")
+        if poll_interval <= 0:
+            raise ConfigurationError(f"poll_interval must be > 0, got {poll_interval}")
+        self.pubsub = pubsub
+        self.dead_letter_maxlen = dead_letter_maxlen
+        self.buffer_size = buffer_size
+        self.poll_interval = poll_interval
+        self.owns_pubsub = owns_pubsub
+        self._redis = redis
+        self._owns_redis = False  # a client given to us is someone else's to close
+        self._backoff = RetryPolicy(
+            interval=0.05, backoff="exponential", max_interval=reconnect_max_delay, jitter=0.5
+        )
+        self._buffer: deque[Message] = deque()
+        self._readable = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
+        self._error: BaseException | None = None
+        self._closing = False
+        self._ping_token = b""
+        self._pong_seen = asyncio.Event()
+        #: Times the consumer reconnected after losing its connection (for tests and metrics).
+        self.reconnects = 0
+
+    # -- subscribing --------------------------------------------------------------------------
+
+    async def start(self, subscriptions: Sequence[TopicPattern]) -> None:
+        """SUBSCRIBE to literal topics and PSUBSCRIBE to patterns, then start reading.
+
+        Returns once Redis confirmed the subscriptions, so events published afterwards arrive.
+        A seed-style PubSub that its user already subscribed is left as it is.
+        """
+        if self._closing:
+            raise ConfigurationError("this RedisConsumer is closed; build a new one")
+        if subscriptions and (self.owns_pubsub or not self.pubsub.subscribed):
+            channels = [p.raw for p in subscriptions if p.is_literal]
+            patterns = [subscription_glob(p) for p in subscriptions if not p.is_literal]
+            if channels:
+                await self.pubsub.subscribe(*channels)
+            if patterns:
+                await self.pubsub.psubscribe(*patterns)
+        if self.pubsub.subscribed:
+            # Redis answers a connection's commands in order: once PING's reply arrives, the
+            # subscriptions sent before it are in force.
+            self._ping_token = uuid.uuid4().hex.encode()
+            self._pong_seen.clear()
+            self._ensure_reader()
+            await self.pubsub.ping(self._ping_token)
+            try:
+                async with asyncio.timeout(max(10.0, 2 * self.poll_interval)):
+                    await self._pong_seen.wait()
+            except TimeoutError:
+                raise ConfigurationError(
+                    "Redis did not confirm the subscriptions within 10s; check that Redis is "
+                    "reachable"
+                ) from None
+        self._ensure_reader()
+
+    def _ensure_reader(self) -> None:
+        if self._reader is None:
+            self._reader = asyncio.create_task(self._read(), name="dispytch-redis-pubsub-reader")
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def listen(self) -> AsyncIterator[Message]:
+        """Yield messages until the consumer is closed. Safe to cancel while waiting."""
+        if self.pubsub.connection is None and not self.pubsub.subscribed:
+            raise ConfigurationError(
+                "the PubSub is not subscribed to anything: call pubsub.subscribe(...) / "
+                "psubscribe(...) first, or register handlers so the listener subscribes"
+            )
+        self._ensure_reader()
+        buffer = self._buffer
+        readable = self._readable
+        while True:
+            if buffer:
+                message = buffer.popleft()
+                # Resume a reader that stopped on a full buffer once half of it is free, not
+                # after every message.
+                if not self._writable.is_set() and len(buffer) <= self.buffer_size // 2:
+                    self._writable.set()
+                yield message
+                continue
+            if self._reader is None or self._reader.done() or self._closing:
+                if self._error is not None:
+                    raise self._error
+                return
+            readable.clear()
+            await readable.wait()
+
+    async def _read(self) -> None:
+        try:
+            await self._read_loop()
+        except Exception as exc:
+            self._error = exc
+            logger.error("the Redis Pub/Sub reader stopped: %s: %s", type(exc).__name__, exc)
+        finally:
+            self._readable.set()  # wake listen() so it sees the end
+
+    async def _read_loop(self) -> None:
+        pubsub = self.pubsub
+        buffer = self._buffer
+        readable = self._readable
+        writable = self._writable
+        capacity = self.buffer_size
+        failures = 0
+        streak = 0
+        while not self._closing:
+            try:
+                if failures:
+                    await self._reconnect()
+                    logger.info(
+                        "reconnected to Redis Pub/Sub after %d attempt(s); subscriptions renewed",
+                        failures,
+                    )
+                    failures = 0
+                    self.reconnects += 1
+                raw = await pubsub.get_message(
+                    ignore_subscribe_messages=True, timeout=self.poll_interval
+                )
+            except _CONNECTION_ERRORS as exc:
+                if self._closing:
+                    return
+                failures += 1
+                delay = self._backoff.delay(failures)
+                logger.warning(
+                    "Redis Pub/Sub connection %s (%s: %s); reconnecting in %.2fs (attempt %d); "
+                    "messages published meanwhile are not delivered",
+                    "lost" if failures == 1 else "still down",
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                    failures,
+                )
+                await self._pause(delay)
+                continue
+            if raw is None:
+                streak = 0
+                continue
+            kind = raw["type"]
+            if kind not in _DATA_TYPES:
+                if kind == "pong":
+                    self._check_pong(raw["data"])
+                continue
+            channel = raw["channel"]
+            data = raw["data"]
+            buffer.append(
+                Message(
+                    channel.decode() if isinstance(channel, bytes) else str(channel),
+                    data if isinstance(data, bytes) else str(data).encode(),
+                    None,
+                    _NO_HEADERS,
+                )
+            )
+            readable.set()
+            if len(buffer) >= capacity:
+                # Full: stop reading; Redis queues for us (up to its output-buffer limit).
+                writable.clear()
+                await writable.wait()
+                streak = 0
+            else:
+                streak += 1
+                if streak >= _YIELD_EVERY:
+                    # Reads from an already filled socket buffer never suspend; let the
+                    # handlers run.
+                    streak = 0
+                    await asyncio.sleep(0)
+
+    def _check_pong(self, data: Any) -> None:
+        token = data.encode() if isinstance(data, str) else data
+        if token == self._ping_token:
+            self._pong_seen.set()
+
+    async def _reconnect(self) -> None:
+        connection = self.pubsub.connection
+        if connection is None:
+            return
+        await connection.disconnect()
+        # The PubSub registered a connect callback that subscribes again to its channels and
+        # patterns; connect() runs it.
+        await connection.connect()
+
+    async def _pause(self, delay: float) -> None:
+        try:
+            async with asyncio.timeout(delay):
+                await self._stopped.wait()
+        except TimeoutError:
+            pass
+
+    async def _wake_reader(self) -> None:
+        # A PING's reply ends the reader's current read at once, so closing does not wait for
+        # the poll interval. If the connection is down the reader is not blocked in a read.
+        if self.pubsub.connection is None or not self.pubsub.connection.is_connected:
+            return
+        try:
+            async with asyncio.timeout(1.0):
+                await self.pubsub.ping(b"dispytch-close")
+        except (*_CONNECTION_ERRORS, TimeoutError):
+            pass
+
+    # -- settling -----------------------------------------------------------------------------
+
+    async def ack(self, message: Message) -> None:
+        """Nothing to do: Pub/Sub has no acknowledgement (at-most-once)."""
+
+    async def nack(self, message: Message) -> None:
+        """Nothing to do: Pub/Sub cannot redeliver; the message is lost (at-most-once)."""
+
+    async def dead_letter(self, message: Message, failure: Failure) -> bool:
+        """XADD the original bytes and the failure headers to the stream ``{topic}.dlq``."""
+        if self._redis is None:
+            self._redis = Redis(connection_pool=self.pubsub.connection_pool)
+            self._owns_redis = True  # the client only; it does not close a pool it was given
+        await add_dead_letter(
+            self._redis,
+            message.topic,
+            message.payload,
+            failure.headers(message),
+            self.dead_letter_maxlen,
+        )
+        return True
+
+    # -- closing ------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Stop reading; close the PubSub if this consumer owns it. Buffered messages are lost."""
+        if self._closing:
+            return
+        self._closing = True
+        self._stopped.set()
+        self._writable.set()
+        self._readable.set()
+        reader = self._reader
+        if reader is not None and not reader.done():
+            await self._wake_reader()
+            # The reader checks the flag at least every poll_interval; cancelling a task blocked
+            # in a redis-py read is what we avoid, so it is only the last resort.
+            done, _ = await asyncio.wait({reader}, timeout=self.poll_interval + 5.0)
+            if not done:
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
+        self._buffer.clear()
+        if self.owns_pubsub:
+            await self.pubsub.aclose()  # type: ignore[no-untyped-call]
+            await self.pubsub.connection_pool.disconnect()
+        if self._redis is not None and self._owns_redis:
+            await self._redis.aclose()
