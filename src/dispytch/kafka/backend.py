@@ -1,0 +1,227 @@
+"""``kafka://`` URLs: builds and owns aiokafka clients with safe defaults."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from dispytch.backend import Backend, redact_url
+from dispytch.dead_letter import DeadLetter, dead_letter_topic
+from dispytch.errors import ConfigurationError
+from dispytch.kafka.consumer import KafkaConsumer
+from dispytch.kafka.producer import KafkaProducer
+
+__all__ = ["KafkaBackend"]
+
+_CONSUMER_PARAMS = frozenset(inspect.signature(AIOKafkaConsumer).parameters) - {"topics", "loop"}
+_PRODUCER_PARAMS = frozenset(inspect.signature(AIOKafkaProducer).parameters) - {"loop"}
+
+#: How often a consumer refreshes metadata: bounds how long a new topic that matches a
+#: ``{segment}`` pattern goes unnoticed (aiokafka's default is 5 minutes).
+DEFAULT_METADATA_MAX_AGE_MS = 3000
+
+
+def _bootstrap(url: str) -> tuple[list[str], dict[str, Any]]:
+    """``kafka://[user:password@]host[:port][,host2[:port]]`` -> servers and auth options."""
+    rest = url.split("://", 1)[1] if "://" in url else url
+    netloc = rest.split("/", 1)[0].split("?", 1)[0]
+    userinfo, at, hosts = netloc.rpartition("@")
+    servers = []
+    for host in hosts.split(","):
+        host = host.strip()
+        if host:
+            servers.append(host if ":" in host.rsplit("]", 1)[-1] else f"{host}:9092")
+    if not servers:
+        raise ConfigurationError(
+            f"Kafka URL {redact_url(url)!r} names no broker; use kafka://host:9092[,host2:9092]"
+        )
+    auth: dict[str, Any] = {}
+    if at:
+        user, _, password = userinfo.partition(":")
+        auth = {
+            "security_protocol": "SASL_PLAINTEXT",
+            "sasl_mechanism": "PLAIN",
+            "sasl_plain_username": user,
+            "sasl_plain_password": password,
+        }
+    return servers, auth
+
+
+class KafkaBackend(Backend):
+    """Kafka through aiokafka: ``App("kafka://host:9092,host2:9092", group="billing")``.
+
+    ``kafka://user:password@host:9092`` turns on SASL PLAIN (pass ``security_protocol=
+    "SASL_SSL"`` and an ``ssl_context`` for TLS).
+
+    Options:
+        consumer_options: keyword arguments for every ``AIOKafkaConsumer`` (they win).
+        producer_options: keyword arguments for the ``AIOKafkaProducer`` (they win).
+        commit_interval, commit_every, revoke_timeout: see :class:`KafkaConsumer`.
+        any other keyword: passed to each aiokafka client whose constructor takes it, e.g.
+            ``client_id``, ``request_timeout_ms``, ``security_protocol`` go to both,
+            ``session_timeout_ms`` to consumers only, ``linger_ms`` to the producer only.
+            A keyword neither takes is an error.
+
+    Defaults, chosen so nothing is lost: consumers use the app's group as ``group_id``,
+    ``enable_auto_commit=False`` (the listener commits what it settled),
+    ``auto_offset_reset="earliest"`` and ``metadata_max_age_ms=3000`` (new topics matching a
+    pattern are found within seconds); the producer uses ``enable_idempotence=True`` and
+    ``acks="all"``. Literal handler topics are created (through the broker's auto-creation)
+    before the consumer starts. Topic segments are separated by ``.``: Kafka topic names
+    cannot contain ``:``. Dead letters go to ``{topic}.dlq``.
+    """
+
+    topic_delimiter = "."
+
+    def __init__(
+        self,
+        url: str = "kafka://localhost:9092",
+        *,
+        consumer_options: dict[str, Any] | None = None,
+        producer_options: dict[str, Any] | None = None,
+        commit_interval: float = 0.1,
+        commit_every: int = 500,
+        revoke_timeout: float = 10.0,
+        **options: Any,
+    ) -> None:
+        super().__init__(url, **options)
+        self.servers, auth = _bootstrap(url)
+        unknown = sorted(set(options) - _CONSUMER_PARAMS - _PRODUCER_PARAMS)
+        if unknown:
+            raise ConfigurationError(
+                f"unknown Kafka option(s) {', '.join(unknown)}: pass aiokafka client options "
+                "by their aiokafka names, or inside consumer_options={...} / producer_options"
+            )
+        shared = {**auth, **options}
+        self.consumer_options: dict[str, Any] = {
+            "group_id": None,
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest",
+            "metadata_max_age_ms": DEFAULT_METADATA_MAX_AGE_MS,
+            **{k: v for k, v in shared.items() if k in _CONSUMER_PARAMS},
+            **(consumer_options or {}),
+        }
+        self.producer_options: dict[str, Any] = {
+            "enable_idempotence": True,
+            "acks": "all",
+            **{k: v for k, v in shared.items() if k in _PRODUCER_PARAMS},
+            **(producer_options or {}),
+        }
+        self.commit_interval = commit_interval
+        self.commit_every = commit_every
+        self.revoke_timeout = revoke_timeout
+        self._producer: KafkaProducer | None = None
+        self._consumers: list[KafkaConsumer] = []
+
+    async def connect(self) -> None:
+        """Start the producer, so the first emit does not pay for the connection."""
+        await self.producer().start()
+
+    def producer(self) -> KafkaProducer:
+        if self._producer is None:
+            client = AIOKafkaProducer(bootstrap_servers=self.servers, **self.producer_options)
+            self._producer = KafkaProducer(client)
+        return self._producer
+
+    def consumer(self, group: str, *, prefetch: int) -> KafkaConsumer:
+        options = {**self.consumer_options}
+        if options.get("group_id") is None:
+            options["group_id"] = group
+        client = AIOKafkaConsumer(bootstrap_servers=self.servers, **options)
+        consumer = KafkaConsumer(
+            client,
+            commit_interval=self.commit_interval,
+            commit_every=self.commit_every,
+            revoke_timeout=self.revoke_timeout,
+            max_batch=max(prefetch, 1),
+            ensure_topics=self._ensure_topics,
+        )
+        self._consumers.append(consumer)
+        return consumer
+
+    async def _ensure_topics(self, topics: Sequence[str]) -> None:
+        """Make the broker create missing topics (its auto-creation, its defaults)."""
+        producer = self.producer()
+        await producer.start()
+        for topic in topics:
+            try:
+                # A metadata request for a topic asks the broker to auto-create it.
+                await producer.producer.partitions_for(topic)
+            except KafkaError as exc:
+                raise ConfigurationError(
+                    f"Kafka topic {topic!r} does not exist and the broker did not create it "
+                    f"({type(exc).__name__}); create it (kafka-topics.sh --create --topic "
+                    f"{topic}) or enable auto.create.topics.enable"
+                ) from exc
+
+    async def close(self) -> None:
+        consumers, self._consumers = self._consumers, []
+        for consumer in consumers:
+            await consumer.close()
+        if self._producer is not None:
+            await self._producer.close()
+            self._producer = None
+
+    async def dead_letters(self, topic: str, limit: int = 100) -> list[DeadLetter]:
+        """Read up to ``limit`` records of ``{topic}.dlq`` from the beginning, oldest first.
+
+        Uses a consumer without a group, so nothing is committed and nothing is removed.
+        """
+        dlq = dead_letter_topic(topic)
+        options = {
+            k: v
+            for k, v in self.consumer_options.items()
+            if k not in ("group_id", "enable_auto_commit", "auto_offset_reset")
+        }
+        reader = AIOKafkaConsumer(
+            bootstrap_servers=self.servers,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            **options,
+        )
+        await reader.start()
+        try:
+            if dlq not in await reader.topics():
+                return []
+            # The topic exists, so this metadata request creates nothing.
+            producer = self.producer()
+            await producer.start()
+            partitions = await producer.producer.partitions_for(dlq)
+            tps = [TopicPartition(dlq, p) for p in sorted(partitions)]
+            if not tps:  # just created, no partition leader known yet: nothing to read
+                return []
+            reader.assign(tps)
+            await reader.seek_to_beginning(*tps)
+            end = await reader.end_offsets(tps)
+            records: list[Any] = []
+            left = {tp for tp in tps if await reader.position(tp) < end[tp]}
+            deadline = time.monotonic() + 30
+            while left and time.monotonic() < deadline:
+                batches = await reader.getmany(*left, timeout_ms=200)
+                for tp, batch in batches.items():
+                    records.extend(r for r in batch if r.offset < end[tp])
+                for tp in list(left):
+                    if await reader.position(tp) >= end[tp]:
+                        left.discard(tp)
+            records.sort(key=lambda r: (r.timestamp, r.partition, r.offset))
+            out = []
+            for record in records[:limit]:
+                headers = {k: (v or b"").decode("utf-8", "replace") for k, v in record.headers}
+                out.append(
+                    DeadLetter(
+                        topic=headers.get("x-dispytch-original-topic", topic),
+                        payload=record.value,
+                        headers=headers,
+                        key=record.key,
+                    )
+                )
+            return out
+        finally:
+            await asyncio.shield(reader.stop())
