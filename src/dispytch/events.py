@@ -26,7 +26,7 @@ def _new_id() -> str:
 class TopicTemplate:
     """A topic such as ``"user:{user_id}:events"``, parsed once per event class."""
 
-    __slots__ = ("fields", "template")
+    __slots__ = ("_literal", "fields", "template")
 
     def __init__(self, template: str) -> None:
         self.template = template
@@ -48,10 +48,12 @@ class TopicTemplate:
                 )
             names.append(name)
         self.fields: tuple[str, ...] = tuple(names)
+        # Without placeholders the topic is fixed; "{{" still means "{", as with placeholders.
+        self._literal = "".join(text for text, _, _, _ in parsed)
 
     def render(self, event: BaseModel) -> str:
         if not self.fields:
-            return self.template
+            return self._literal
         return self.template.format_map({name: getattr(event, name) for name in self.fields})
 
 

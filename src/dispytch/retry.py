@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -47,17 +48,23 @@ class RetryPolicy:
         elif isinstance(retry_on, type):
             kinds = (retry_on,)
         else:
-            kinds = tuple(retry_on)
+            try:
+                kinds = tuple(retry_on)
+            except TypeError:  # e.g. an exception instance: reported just below
+                kinds = (retry_on,)  # type: ignore[assignment]
         for kind in kinds:
             if not (isinstance(kind, type) and issubclass(kind, BaseException)):
                 raise RegistrationError(
                     f"retry_on must be an exception class or several, got {kind!r}"
                 )
-        if retry_interval < 0 or max_retry_interval < 0:
-            raise RegistrationError("retry_interval and max_retry_interval must be >= 0")
+        if not all(_finite(v) and v >= 0 for v in (retry_interval, max_retry_interval)):
+            raise RegistrationError(
+                "retry_interval and max_retry_interval must be >= 0 (finite seconds), got "
+                f"{retry_interval!r} and {max_retry_interval!r}"
+            )
         if backoff not in ("fixed", "exponential"):
             raise RegistrationError(f"backoff must be 'fixed' or 'exponential', got {backoff!r}")
-        if not 0.0 <= jitter <= 1.0:
+        if not (_finite(jitter) and 0.0 <= jitter <= 1.0):
             raise RegistrationError(f"jitter must be between 0 and 1, got {jitter!r}")
         return cls(retries, kinds, retry_interval, backoff, max_retry_interval, jitter)
 
@@ -78,3 +85,8 @@ class RetryPolicy:
         if self.jitter:
             base *= 1.0 - self.jitter + 2.0 * self.jitter * rand()
         return float(base)
+
+
+def _finite(value: object) -> bool:
+    """A real number that is not NaN or infinite (``bool`` excluded)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

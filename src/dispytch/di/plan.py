@@ -7,6 +7,7 @@ the per-message path.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from collections.abc import Callable, Mapping
@@ -24,6 +25,13 @@ from dispytch.events import Envelope, Event, EventBase
 __all__ = ["CallPlan", "build_plan"]
 
 logger = logging.getLogger("dispytch.di")
+
+#: Keyword parameters of pydantic's Field (its ``**extra`` catch-all excluded).
+_FIELD_KEYWORDS = frozenset(
+    name
+    for name, param in inspect.signature(Field).parameters.items()
+    if param.kind is not inspect.Parameter.VAR_KEYWORD
+)
 
 
 class _Kind(Enum):
@@ -63,11 +71,12 @@ def _name(func: Any) -> str:
 def _kind_of(func: Callable[..., Any]) -> _Kind:
     plain = inspect.isroutine(func) or inspect.isclass(func)
     target = func if plain else func.__call__  # type: ignore[operator]
-    if inspect.isasyncgenfunction(target):
+    # Checking ``func`` too sees through functools.partial; ``target`` covers callable instances.
+    if inspect.isasyncgenfunction(func) or inspect.isasyncgenfunction(target):
         return _Kind.ASYNC_GEN
-    if inspect.isgeneratorfunction(target):
+    if inspect.isgeneratorfunction(func) or inspect.isgeneratorfunction(target):
         return _Kind.GEN
-    if inspect.iscoroutinefunction(target):
+    if inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(target):
         return _Kind.ASYNC
     wrapped = getattr(func, "__wrapped__", None)
     if wrapped is not None and not inspect.isclass(func):
@@ -310,7 +319,14 @@ class _Builder:
         except (TypeError, ValueError) as exc:
             raise RegistrationError(f"{where}: cannot read its signature ({exc})") from None
         try:
-            target = func.__init__ if inspect.isclass(func) else func
+            if inspect.isclass(func):
+                target: Any = func.__init__
+            elif isinstance(func, functools.partial):
+                target = func.func  # its signature drops the bound arguments; hints stay valid
+            elif inspect.isroutine(func):
+                target = func
+            else:  # a callable instance: its __call__ holds the annotations
+                target = type(func).__call__
             hints = get_type_hints(target, include_extras=True)
         except Exception as exc:
             raise RegistrationError(
@@ -378,6 +394,15 @@ class _Builder:
             )
         extra = [m for m in metadata if not isinstance(m, TopicSegment)]
         if marker.constraints:
+            # Field() only warns about unknown keywords, so a typo (gtt=0) would silently
+            # validate nothing: refuse names Field does not take.
+            unknown = sorted(set(marker.constraints) - _FIELD_KEYWORDS)
+            if unknown:
+                raise RegistrationError(
+                    f"{where}: parameter {name!r}: unknown TopicSegment constraint(s) {unknown}; "
+                    "use pydantic Field constraints such as gt, ge, lt, le, min_length, "
+                    "max_length, pattern"
+                )
             try:
                 extra.append(Field(**marker.constraints))
             except TypeError as exc:

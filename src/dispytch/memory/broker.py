@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import re
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -148,7 +149,10 @@ class MemoryBroker:
         group = self._groups[group_name]
         group.unacked -= 1
         if redeliver:
-            group.redeliver.appendleft(record)
+            # Hand records back in log order, whatever order they were nacked in (a consumer
+            # closing nacks several at once), so redelivery keeps per-key order, as a broker
+            # rewinding to the oldest unsettled offset does.
+            bisect.insort(group.redeliver, record, key=_log_order)
             _wake(group.waiters)
         else:
             group.attempts.pop((record.topic, record.offset), None)
@@ -180,6 +184,10 @@ class MemoryBroker:
                 finally:
                     if waiter in self._idle_waiters:
                         self._idle_waiters.remove(waiter)
+
+
+def _log_order(record: Record) -> tuple[str, int]:
+    return record.topic, record.offset
 
 
 def _wake(waiters: list[asyncio.Future[None]]) -> None:
