@@ -17,13 +17,13 @@ from typing import Annotated
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from pydantic import BaseModel  # noqa: E402
-from seed_emit import example_emit  # noqa: E402
-from seed_handle import user_events  # noqa: E402
-from service import get_user_service  # noqa: E402
+from pydantic import BaseModel
+from seed_emit import example_emit
+from seed_handle import user_events
+from service import get_user_service
 
-from dispytch import App, Dependency, Event, EventBase, HandlerGroup, TopicSegment  # noqa: E402
-from dispytch.testing import TestClient  # noqa: E402
+from dispytch import App, Dependency, Event, EventBase, HandlerGroup, TopicSegment
+from dispytch.testing import TestClient
 
 app = App("memory://demo", group="demo")
 app.add_handler_group(user_events)
