@@ -124,15 +124,23 @@ def main() -> None:
         framework.append(asyncio.run(dispytch_loop(data, args.concurrency)))
     us_plain = statistics.median(plain) / args.events * 1e6
     us_fw = statistics.median(framework) / args.events * 1e6
-    print(f"machine: {platform.machine()} {platform.python_implementation()} "
-          f"{platform.python_version()}, dispytch {dispytch.__version__}, "
-          f"pydantic {pydantic.VERSION}")
-    print(f"events: {args.events}, payload: {len(data[0])} bytes, repeats: {args.repeats}, "
-          f"concurrency: {args.concurrency}")
-    print(f"plain loop (decode+validate+ack):      {us_plain:7.2f} us/event "
-          f"({1e6 / us_plain:,.0f} events/s)")
-    print(f"dispytch (decode+validate+dep+ack):    {us_fw:7.2f} us/event "
-          f"({1e6 / us_fw:,.0f} events/s)")
+    print(
+        f"machine: {platform.machine()} {platform.python_implementation()} "
+        f"{platform.python_version()}, dispytch {dispytch.__version__}, "
+        f"pydantic {pydantic.VERSION}"
+    )
+    print(
+        f"events: {args.events}, payload: {len(data[0])} bytes, repeats: {args.repeats}, "
+        f"concurrency: {args.concurrency}"
+    )
+    print(
+        f"plain loop (decode+validate+ack):      {us_plain:7.2f} us/event "
+        f"({1e6 / us_plain:,.0f} events/s)"
+    )
+    print(
+        f"dispytch (decode+validate+dep+ack):    {us_fw:7.2f} us/event "
+        f"({1e6 / us_fw:,.0f} events/s)"
+    )
     print(f"ratio dispytch/plain: {us_fw / us_plain:.2f}x")
 
 
