@@ -409,7 +409,7 @@ class _Builder:
                 raise RegistrationError(f"{where}: bad TopicSegment constraint: {exc}") from None
         if base is inspect.Parameter.empty:
             base = str
-        target = Annotated[(base, *extra)] if extra else base
+        target: Any = Annotated[(base, *extra)] if extra else base
         try:
             adapter: TypeAdapter[Any] = TypeAdapter(target)
         except Exception as exc:
