@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 from dispytch.backend import Backend, backend_from_url, redact_url
@@ -15,7 +15,6 @@ from dispytch.errors import ConfigurationError, ListenerError
 from dispytch.events import EventBase
 from dispytch.handler import HandlerGroup
 from dispytch.listener.listener import EventListener, ListenerObserver, Ordering
-from dispytch.retry import Backoff
 from dispytch.serialization.deserializer import Deserializer
 from dispytch.serialization.serializer import Serializer
 
@@ -78,6 +77,8 @@ class App:
         self.observer: ListenerObserver | None = None
         self._own = HandlerGroup()
         self._groups: list[HandlerGroup] = [self._own]
+        #: Register a handler on the app itself; see :meth:`HandlerGroup.handler`.
+        self.handler = self._own.handler
         self._startup: list[Hook] = []
         self._shutdown: list[Hook] = []
         self._emitter: EventEmitter | None = None
@@ -89,30 +90,6 @@ class App:
         return f"App({redact_url(self.backend.url)!r}, group={self.group!r})"
 
     # -- registration -------------------------------------------------------------------------
-
-    def handler(
-        self,
-        topic: str | None = None,
-        event: str | None = None,
-        retries: int = 0,
-        retry_on: type[BaseException] | Sequence[type[BaseException]] | None = None,
-        retry_interval: float = 1.25,
-        *,
-        backoff: Backoff = "fixed",
-        max_retry_interval: float = 60.0,
-        jitter: float = 0.0,
-    ) -> Callable[[F], F]:
-        """Register a handler on the app itself; see :meth:`HandlerGroup.handler`."""
-        return self._own.handler(
-            topic,
-            event,
-            retries,
-            retry_on,
-            retry_interval,
-            backoff=backoff,
-            max_retry_interval=max_retry_interval,
-            jitter=jitter,
-        )
 
     def add_handler_group(self, group: HandlerGroup) -> None:
         if self._listener is not None:

@@ -73,6 +73,9 @@ class HandlerGroup:
         self.default_topic = default_topic
         self.default_event = default_event
         self.handlers: list[HandlerSpec] = []
+        # Checks of the listeners this group was added to, run on each new handler so a
+        # mismatch (e.g. the topic delimiter) is reported at registration too.
+        self._checks: list[Callable[[HandlerSpec], object]] = []
 
     def handler(
         self,
@@ -99,6 +102,8 @@ class HandlerGroup:
 
         def decorator(func: F) -> F:
             spec = make_spec(func, topic or self.default_topic, event or self.default_event, retry)
+            for check in self._checks:
+                check(spec)
             self.handlers.append(spec)
             return func
 

@@ -18,7 +18,7 @@ import inspect
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from typing import Any, Literal, Protocol, TypeVar
 
 from dispytch.emitter.producer import Producer
@@ -26,7 +26,6 @@ from dispytch.errors import DecodeError, ListenerError, PayloadValidationError, 
 from dispytch.events import Envelope, Event
 from dispytch.handler import HandlerGroup, HandlerSpec
 from dispytch.listener.consumer import Consumer, Failure, Message
-from dispytch.retry import Backoff
 from dispytch.routing import RouteTable, TopicPattern
 from dispytch.serialization.deserializer import Deserializer
 from dispytch.serialization.json import JSONDeserializer
@@ -115,7 +114,10 @@ class EventListener:
         self.observer = observer
         self.dependency_overrides = dependency_overrides
         self._own = HandlerGroup()
+        self._own._checks.append(self._check)
         self._groups: list[HandlerGroup] = [self._own]
+        #: Register a handler on this listener itself; see :meth:`HandlerGroup.handler`.
+        self.handler = self._own.handler
         self._routes: RouteTable[HandlerSpec] | None = None
         self._ack = _as_async(consumer.ack)
         self._nack = _as_async(getattr(consumer, "nack", None) or (lambda m: None))
@@ -135,43 +137,13 @@ class EventListener:
 
     # -- registration -------------------------------------------------------------------------
 
-    def handler(
-        self,
-        topic: str | None = None,
-        event: str | None = None,
-        retries: int = 0,
-        retry_on: type[BaseException] | Sequence[type[BaseException]] | None = None,
-        retry_interval: float = 1.25,
-        *,
-        backoff: Backoff = "fixed",
-        max_retry_interval: float = 60.0,
-        jitter: float = 0.0,
-    ) -> Callable[[F], F]:
-        """Register a handler directly on this listener; see :meth:`HandlerGroup.handler`."""
-        register = self._own.handler(
-            topic,
-            event,
-            retries,
-            retry_on,
-            retry_interval,
-            backoff=backoff,
-            max_retry_interval=max_retry_interval,
-            jitter=jitter,
-        )
-
-        def decorator(func: F) -> F:
-            register(func)
-            self._check(self._own.handlers[-1])
-            return func
-
-        return decorator
-
     def add_handler_group(self, group: HandlerGroup) -> None:
         """Add every handler of ``group`` (also those registered on it later, before listen)."""
         if self._running:
             raise ListenerError("add handler groups before listen() starts")
         for spec in group.handlers:
             self._check(spec)
+        group._checks.append(self._check)
         self._groups.append(group)
 
     def _check(self, spec: HandlerSpec) -> TopicPattern:
