@@ -41,6 +41,8 @@ BACKENDS = {
     "redis": BackendUnderTest(
         "redis", "redis://127.0.0.1:6379/0", 6379, carries_keys=False, durable=False
     ),
+    "redis_streams": BackendUnderTest("redis_streams", "redis+streams://127.0.0.1:6379/0", 6379),
+    "nats": BackendUnderTest("nats", "nats://127.0.0.1:4222", 4222, delimiter="."),
 }
 
 
@@ -94,6 +96,10 @@ async def make_app(backend: BackendUnderTest, uid: str) -> AsyncIterator[Callabl
         if backend.name == "rabbitmq":
             # Group queues are durable by design; let the test ones expire once unused.
             options.setdefault("queue_arguments", {"x-expires": 60_000})
+        if backend.name == "nats":
+            # Streams of their own, deleted below, so test subjects never pile up on the server.
+            options.setdefault("stream", f"conf_{uid}")
+            options.setdefault("dead_letter_stream", f"conf_{uid}_dlq")
         app = App(url, **options)
         apps.append(app)
         return app
@@ -102,3 +108,22 @@ async def make_app(backend: BackendUnderTest, uid: str) -> AsyncIterator[Callabl
     for app in apps:
         if app.listener is not None or app._emitter is not None:
             await app.stop()
+    if backend.name == "redis_streams" and apps:
+        await _delete_redis_keys(backend.url, uid)
+    if backend.name == "nats" and apps:
+        from tests.backends.nats_streams import delete_streams
+
+        await delete_streams(backend.url, f"conf_{uid}", f"conf_{uid}_dlq")
+
+
+async def _delete_redis_keys(url: str, uid: str) -> None:
+    """DEL the streams (and their .dlq) a test created: every key holding the test's uid."""
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(url.replace("+streams", "", 1))
+    try:
+        keys = [key async for key in client.scan_iter(match=f"*{uid}*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()

@@ -1,0 +1,305 @@
+"""``nats://`` URLs: the backend that builds and owns a NATS connection for an App."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATSClient
+from nats.js import JetStreamContext
+
+from dispytch.backend import Backend, redact_url
+from dispytch.dead_letter import DeadLetter
+from dispytch.errors import ConfigurationError
+from dispytch.listener.consumer import Consumer
+from dispytch.nats.consumer import NATSGroupConsumer
+from dispytch.nats.dead_letters import (
+    DEFAULT_DEAD_LETTER_STREAM,
+    DeadLetterStore,
+    read_dead_letters,
+)
+from dispytch.nats.producer import NATSProducer
+from dispytch.nats.streams import add_subjects
+
+__all__ = ["NATSBackend"]
+
+logger = logging.getLogger("dispytch.nats")
+
+DeliverPolicyName = Literal["all", "new"]
+
+_WEEK = 7 * 24 * 3600.0
+
+
+class NATSBackend(Backend):
+    """NATS JetStream from a URL: ``App("nats://[user:pass@]host:4222", group="billing")``.
+
+    An event's topic is its NATS subject; topic segments are separated by ``.``, so a handler
+    for ``user.{id}.events`` consumes ``user.*.events``.
+
+    What it creates on the server (all idempotent, safe with many processes):
+
+    * **The event stream** ``stream`` (default ``"dispytch"``, file storage, messages kept
+      ``max_age`` = 7 days unless ``stream_options`` says otherwise). Its subjects grow as
+      needed: when a group starts, every handler subject is added to it, unless another stream
+      already captures that subject (then the consumer is created on that stream: streams you
+      manage yourself keep working). Subjects that overlap are merged into one wildcard
+      (``a.b.*`` + ``a.*.c`` -> ``a.*.*``), as JetStream refuses overlapping subjects.
+      Subjects are never removed.
+    * **Emits to a subject no stream captures raise** :class:`~dispytch.errors.EmitError`
+      (no PubAck); nothing is added implicitly, as a dynamic topic would add one subject per
+      value. Start the consuming app first (its subjects persist in the stream), or list the
+      subjects an emit-only app publishes to with ``subjects=["orders.>"]``: they are added
+      on :meth:`connect`.
+    * **Per group and handler subject, a durable pull consumer** named after both (``.``,
+      ``*`` and ``>`` replaced, plus a hash), filtering that subject, with explicit acks. A
+      new group reads the subject's whole history (``deliver_policy="all"``, like Kafka's
+      ``earliest``); ``"new"`` starts at the end. A message not acked within ``ack_wait``
+      seconds (its process died) is redelivered; JetStream counts deliveries and the
+      listener dead-letters a message delivered more than ``max_deliveries`` times, so
+      ``max_deliver`` is unlimited by default. ``max_ack_pending`` bounds unacked messages
+      of the whole group (all its processes): default ``max(1000, 4 * concurrency)``.
+      Consumers outlive the process; pass ``inactive_threshold`` (seconds) to let JetStream
+      delete one unused that long.
+    * **Dead letters** go to stream ``dead_letter_stream`` (default ``"dispytch_dlq"``,
+      subjects ``dispytch_dlq.>``), under ``dispytch_dlq.{topic}``: a separate namespace,
+      because a subject lives in one stream only and ``orders.dlq`` would be consumed by a
+      handler for ``orders.{kind}``. :meth:`dead_letters` reads them back.
+
+    Emits return after the stream's PubAck. A handler's message is acked (``+ACK``) only
+    after it was handled or dead-lettered; a shutdown hands unfinished ones back (``-NAK``).
+    The connection reconnects forever by itself (``reconnect_time_wait`` seconds apart);
+    fetch loops resume once it is back, and one line is logged per disconnect and reconnect.
+
+    Args:
+        url: ``nats://[user:password@]host:port`` (``tls://`` too).
+        stream: name of the event stream the backend manages.
+        subjects: subjects (wildcards allowed) added to ``stream`` on :meth:`connect`.
+        stream_options: ``StreamConfig`` fields (nats-py names) used when the stream is
+            created, e.g. ``{"max_age": 86400, "max_bytes": 10**9, "num_replicas": 3}``.
+        dead_letter_stream: name of the dead-letter stream (and its subject prefix).
+        dead_letter_stream_options: ``StreamConfig`` fields for the dead-letter stream.
+        ack_wait: seconds JetStream waits for an ack before redelivering.
+        max_ack_pending: unacked messages allowed per group consumer.
+        max_deliver: JetStream's delivery limit (``None``: unlimited).
+        deliver_policy: ``"all"`` or ``"new"``, for consumers created from now on.
+        inactive_threshold: seconds after which JetStream deletes an unused group consumer.
+        fetch_timeout: seconds one fetch waits; stopping may take this long.
+        publish_timeout: seconds to wait for a PubAck.
+        connect_timeout: seconds to wait for the first connection before raising.
+        **connect_options: passed to ``nats.connect`` under nats-py's names (``name``,
+            ``tls``, ``user_credentials``, ``reconnect_time_wait``, ``ping_interval``...).
+    """
+
+    topic_delimiter = "."
+
+    def __init__(
+        self,
+        url: str = "nats://127.0.0.1:4222",
+        *,
+        stream: str = "dispytch",
+        subjects: list[str] | tuple[str, ...] = (),
+        stream_options: dict[str, Any] | None = None,
+        dead_letter_stream: str = DEFAULT_DEAD_LETTER_STREAM,
+        dead_letter_stream_options: dict[str, Any] | None = None,
+        ack_wait: float = 30.0,
+        max_ack_pending: int | None = None,
+        max_deliver: int | None = None,
+        deliver_policy: DeliverPolicyName = "all",
+        inactive_threshold: float | None = None,
+        fetch_timeout: float = 1.0,
+        publish_timeout: float = 10.0,
+        connect_timeout: float = 30.0,
+        **connect_options: Any,
+    ) -> None:
+        super().__init__(url, **connect_options)
+        if deliver_policy not in ("all", "new"):
+            raise ConfigurationError(
+                f"deliver_policy must be 'all' or 'new', got {deliver_policy!r}"
+            )
+        if ack_wait <= 0:
+            raise ConfigurationError(f"ack_wait must be > 0 seconds, got {ack_wait}")
+        for name, value in (("stream", stream), ("dead_letter_stream", dead_letter_stream)):
+            if not value or any(c in value for c in ".*> \t"):
+                raise ConfigurationError(
+                    f"{name}={value!r} is not a valid JetStream stream name: use letters, "
+                    "digits, '_' and '-'"
+                )
+        self.stream = stream
+        self.subjects = list(subjects)
+        self.stream_options: dict[str, Any] = {"max_age": _WEEK}
+        self.stream_options.update(stream_options or {})
+        self.dead_letter_stream = dead_letter_stream
+        self.dead_letter_stream_options = dict(dead_letter_stream_options or {})
+        self.ack_wait = ack_wait
+        self.max_ack_pending = max_ack_pending
+        self.max_deliver = max_deliver
+        self.deliver_policy = deliver_policy
+        self.inactive_threshold = inactive_threshold
+        self.fetch_timeout = fetch_timeout
+        self.publish_timeout = publish_timeout
+        self.connect_timeout = connect_timeout
+        self.connect_options = connect_options
+        self.connection: NATSClient | None = None
+        self.jetstream: JetStreamContext | None = None
+        self._producer: NATSProducer | None = None
+        self._dead_letters: DeadLetterStore | None = None
+        self._consumers: list[NATSGroupConsumer] = []
+
+    async def connect(self) -> None:
+        """Connect, check JetStream is on, create the dead-letter stream, add ``subjects``."""
+        if self.connection is not None:
+            return
+        connection = await _connect(self.url, self.connect_timeout, self.connect_options)
+        try:
+            js = connection.jetstream(timeout=self.publish_timeout)
+            try:
+                await js.account_info()
+            except (
+                nats.errors.NoRespondersError,
+                nats.errors.TimeoutError,
+                nats.js.errors.ServiceUnavailableError,
+            ) as exc:
+                raise ConfigurationError(
+                    f"the NATS server at {redact_url(self.url)} does not answer JetStream "
+                    f"requests ({type(exc).__name__}); start nats-server with JetStream "
+                    "enabled (nats-server -js) or enable it for this account"
+                ) from None
+            store = DeadLetterStore(
+                js,
+                self.dead_letter_stream,
+                stream_options=self.dead_letter_stream_options,
+                timeout=self.publish_timeout,
+            )
+            await store.ensure()
+            if self.subjects:
+                await add_subjects(js, self.stream, self.subjects, self.stream_options)
+        except BaseException:
+            await connection.close()
+            raise
+        self.connection = connection
+        self.jetstream = js
+        self._producer = NATSProducer(js, timeout=self.publish_timeout)
+        self._dead_letters = store
+
+    def _connected(self) -> tuple[JetStreamContext, NATSProducer, DeadLetterStore]:
+        if self.jetstream is None or self._producer is None or self._dead_letters is None:
+            raise ConfigurationError(
+                f"{self!r} is not connected; call 'await backend.connect()' (App.start does)"
+            )
+        return self.jetstream, self._producer, self._dead_letters
+
+    def producer(self) -> NATSProducer:
+        return self._connected()[1]
+
+    def consumer(self, group: str, *, prefetch: int) -> Consumer:
+        """The consumer of ``group``: durable pull consumers, ``prefetch`` messages ahead."""
+        if not group:
+            raise ConfigurationError("a NATS consumer group needs a name (it names the consumers)")
+        js, _, dead_letters = self._connected()
+        consumer = NATSGroupConsumer(
+            js,
+            group=group,
+            stream=self.stream,
+            stream_options=self.stream_options,
+            consumer_options={
+                "ack_wait": self.ack_wait,
+                "max_ack_pending": self.max_ack_pending or max(1000, 4 * prefetch),
+                "max_deliver": self.max_deliver,
+                "deliver_policy": self.deliver_policy,
+                "inactive_threshold": self.inactive_threshold,
+            },
+            prefetch=prefetch,
+            fetch_timeout=self.fetch_timeout,
+            dead_letters=dead_letters,
+        )
+        self._consumers.append(consumer)
+        return consumer
+
+    async def close(self) -> None:
+        consumers, self._consumers = self._consumers, []
+        for consumer in consumers:
+            await consumer.close()
+        connection, self.connection = self.connection, None
+        self.jetstream = None
+        self._producer = self._dead_letters = None
+        if connection is not None and not connection.is_closed:
+            # close() flushes what is buffered first: the last acks reach the server.
+            await connection.close()
+
+    async def dead_letters(self, topic: str, limit: int = 100) -> list[DeadLetter]:
+        """Up to ``limit`` dead letters of ``topic``, oldest first, without removing them.
+
+        Works before :meth:`connect` and after :meth:`close` too, on a short-lived connection.
+        """
+        prefix = self.dead_letter_stream
+        if self.jetstream is not None:
+            return await read_dead_letters(
+                self.jetstream, self.dead_letter_stream, prefix, topic, limit
+            )
+        connection = await _connect(self.url, self.connect_timeout, self.connect_options)
+        try:
+            return await read_dead_letters(
+                connection.jetstream(timeout=self.publish_timeout),
+                self.dead_letter_stream,
+                prefix,
+                topic,
+                limit,
+            )
+        finally:
+            await connection.close()
+
+
+async def _connect(url: str, timeout: float, options: dict[str, Any]) -> NATSClient:
+    """``nats.connect`` that reconnects forever once connected, but gives up on the first
+    connection after ``timeout`` seconds with an error naming the URL without its password."""
+    safe_url = redact_url(url)
+    last_error: list[BaseException] = []
+    client_ref: list[NATSClient] = []
+
+    async def on_error(exc: Exception) -> None:
+        last_error[:] = [exc]
+        logger.debug("NATS connection error at %s: %s: %s", safe_url, type(exc).__name__, exc)
+
+    async def on_disconnect() -> None:
+        # nats-py calls this on close() too: only a lost connection is worth a warning.
+        if client_ref and client_ref[0].is_closed:
+            return
+        logger.warning("disconnected from NATS at %s; reconnecting", safe_url)
+
+    async def on_reconnect() -> None:
+        logger.info("reconnected to NATS at %s", safe_url)
+
+    settings: dict[str, Any] = {
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 1,
+        "error_cb": on_error,
+        "disconnected_cb": on_disconnect,
+        "reconnected_cb": on_reconnect,
+    }
+    settings.update(options)
+    try:
+        client: NATSClient = await asyncio.wait_for(nats.connect(url, **settings), timeout)
+    except (TimeoutError, OSError, nats.errors.Error) as exc:
+        cause = last_error[0] if last_error else exc
+        text = f"{type(cause).__name__}: {cause}"
+        password = _password(url)
+        if password:
+            text = text.replace(password, "***")
+        raise ConfigurationError(
+            f"cannot connect to NATS at {safe_url} ({text}); check that nats-server runs "
+            "there and that the URL's credentials are right"
+        ) from None
+    client_ref.append(client)
+    return client
+
+
+def _password(url: str) -> str | None:
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None

@@ -1,0 +1,336 @@
+"""Consumers: one over pull subscriptions the user made (seed style), one that owns a group's."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from dispytch.errors import ConfigurationError
+from dispytch.listener.consumer import Consumer, Failure, Message
+from dispytch.nats.dead_letters import DeadLetterStore
+from dispytch.nats.streams import stream_for
+from dispytch.nats.subjects import consumer_name, covers, overlaps
+from dispytch.nats.wire import to_message
+from dispytch.routing import TopicPattern
+
+__all__ = ["NATSConsumer", "NATSGroupConsumer"]
+
+logger = logging.getLogger("dispytch.nats")
+
+PullSubscription = JetStreamContext.PullSubscription
+
+#: Seconds between fetch attempts after an error, doubling up to the cap.
+_ERROR_BACKOFF = 0.5
+_ERROR_BACKOFF_CAP = 15.0
+
+
+@dataclass(slots=True, eq=False)
+class _Feed:
+    """One pull subscription and its share of the prefetch budget."""
+
+    sub: PullSubscription
+    budget: int
+    #: subjects of earlier feeds on the same stream that may match this feed's messages too
+    shadowed_by: tuple[str, ...] = ()
+    inflight: int = 0
+    room: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def refill_at(self) -> int:
+        # Fetch again once half the budget is settled: bigger batches, fewer round trips,
+        # and the listener still has the other half to work on meanwhile.
+        return self.budget // 2
+
+
+class NATSConsumer(Consumer):
+    """Consumes JetStream pull subscriptions you created yourself (seed style)::
+
+        sub = await js.pull_subscribe("orders.*", durable="billing", stream="ORDERS")
+        listener = EventListener(NATSConsumer(sub), topic_delimiter=".")
+
+    Each subscription is fetched in batches by a task of its own; at most ``prefetch``
+    messages (split evenly between subscriptions, at least one each) are fetched and not yet
+    settled. The topic of a message is its subject; ``delivery_attempt`` is JetStream's
+    ``num_delivered`` and ``offset`` the stream sequence.
+
+    Settling: ``ack`` sends ``+ACK``, ``nack`` sends ``-NAK`` (JetStream redelivers at once);
+    both are buffered and flushed by nats-py without a round trip each. A message never
+    settled (the process died) is redelivered after the consumer's ``ack_wait``.
+    Dead letters go to ``dead_letters`` (a :class:`~dispytch.nats.DeadLetterStore`); without
+    one the listener's own dead-letter producer is used.
+
+    Args:
+        subscriptions: nats-py pull subscriptions (``js.pull_subscribe(...)``).
+        prefetch: how many messages may be fetched and not yet settled.
+        fetch_timeout: seconds one fetch waits for messages; also how long :meth:`close`
+            may wait for a fetch in progress (a fetch is never cancelled).
+        dead_letters: where permanent failures are stored.
+    """
+
+    def __init__(
+        self,
+        *subscriptions: PullSubscription,
+        prefetch: int = 64,
+        fetch_timeout: float = 1.0,
+        dead_letters: DeadLetterStore | None = None,
+    ) -> None:
+        if prefetch < 1:
+            raise ConfigurationError(f"prefetch must be >= 1, got {prefetch}")
+        if fetch_timeout <= 0:
+            raise ConfigurationError(f"fetch_timeout must be > 0, got {fetch_timeout}")
+        self.subscriptions: list[PullSubscription] = list(subscriptions)
+        self.prefetch = prefetch
+        self.fetch_timeout = fetch_timeout
+        self.dead_letters = dead_letters
+        self._shadows: list[tuple[str, ...]] = []
+        self._feeds: dict[int, _Feed] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._ready: deque[tuple[_Feed, Msg]] = deque()
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._stopped = 0  # fetch loops that ended
+
+    # -- fetching -----------------------------------------------------------------------------
+
+    def _spawn_fetchers(self) -> None:
+        if self._tasks or self._closing:
+            return
+        if not self.subscriptions:
+            raise ConfigurationError(
+                "NATSConsumer has no subscription to fetch from: pass nats-py pull "
+                "subscriptions, e.g. NATSConsumer(await js.pull_subscribe('orders', durable="
+                "'billing'))"
+            )
+        budget = max(1, self.prefetch // len(self.subscriptions))
+        for i, sub in enumerate(self.subscriptions):
+            shadows = self._shadows[i] if i < len(self._shadows) else ()
+            feed = _Feed(sub, budget, shadows)
+            self._feeds[sub._sub._id] = feed
+            self._tasks.append(
+                asyncio.create_task(self._fetch_loop(feed), name=f"dispytch-nats-fetch-{i}")
+            )
+
+    async def _fetch_loop(self, feed: _Feed) -> None:
+        try:
+            await self._fetch_until_closed(feed)
+        finally:
+            self._stopped += 1
+            self._wakeup.set()
+
+    async def _fetch_until_closed(self, feed: _Feed) -> None:
+        backoff = _ERROR_BACKOFF
+        sub = feed.sub
+        while not self._closing:
+            if feed.inflight > feed.refill_at:
+                feed.room.clear()
+                await feed.room.wait()
+                continue
+            try:
+                msgs = await sub.fetch(feed.budget - feed.inflight, timeout=self.fetch_timeout)
+            except nats.errors.TimeoutError:
+                continue  # nothing new (or reconnecting): ask again
+            except nats.errors.ConnectionClosedError:
+                # Closed for good: a lost connection is "reconnecting", not closed.
+                if not self._closing:
+                    logger.warning(
+                        "the NATS connection of consumer %r was closed; it stops fetching",
+                        sub._consumer,
+                    )
+                return
+            except Exception as exc:
+                if self._closing:
+                    return
+                # E.g. the consumer was deleted, or the server is unavailable: keep asking,
+                # slowly (nats-py reconnects by itself).
+                logger.warning(
+                    "fetch from JetStream consumer %r failed (%s: %s); retrying in %.1fs",
+                    sub._consumer,
+                    type(exc).__name__,
+                    exc,
+                    backoff,
+                )
+                await self._pause(feed, backoff)
+                backoff = min(backoff * 2, _ERROR_BACKOFF_CAP)
+                continue
+            backoff = _ERROR_BACKOFF
+            shadows = feed.shadowed_by
+            for msg in msgs:
+                if shadows and any(covers(s, msg.subject) for s in shadows):
+                    # An earlier subscription of this group delivers it too and runs every
+                    # matching handler: this copy is redundant.
+                    await msg.ack()
+                    continue
+                feed.inflight += 1
+                self._ready.append((feed, msg))
+            if self._ready:
+                self._wakeup.set()
+
+    async def _pause(self, feed: _Feed, seconds: float) -> None:
+        """Sleep ``seconds`` unless :meth:`close` wakes the feed first."""
+        feed.room.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(feed.room.wait(), seconds)
+
+    async def start(self, subscriptions: Sequence[TopicPattern]) -> None:
+        """Start fetching (seed style the subscriptions were made by their user)."""
+        self._spawn_fetchers()
+
+    async def listen(self) -> AsyncIterator[Message]:
+        self._spawn_fetchers()
+        ready = self._ready
+        wakeup = self._wakeup
+        while True:
+            if ready:
+                _, msg = ready.popleft()
+                yield to_message(msg)
+                continue
+            if self._closing or self._stopped == len(self._tasks):
+                return
+            wakeup.clear()
+            await wakeup.wait()
+
+    # -- settling -----------------------------------------------------------------------------
+
+    def _settled(self, msg: Msg) -> None:
+        feed = self._feeds.get(msg._sid or 0)
+        if feed is None:
+            return
+        feed.inflight -= 1
+        if feed.inflight <= feed.refill_at:
+            feed.room.set()
+
+    async def ack(self, message: Message) -> None:
+        msg: Msg = message.extra
+        try:
+            await msg.ack()
+        finally:
+            self._settled(msg)
+
+    async def nack(self, message: Message) -> None:
+        msg: Msg = message.extra
+        try:
+            await msg.nak()
+        finally:
+            self._settled(msg)
+
+    async def dead_letter(self, message: Message, failure: Failure) -> bool:
+        if self.dead_letters is None:
+            return False
+        await self.dead_letters.put(message, failure)
+        return True
+
+    # -- closing ------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Stop fetching (waiting for a fetch in progress to end) and hand back what was
+        fetched but never listened to."""
+        if self._closing:
+            return
+        self._closing = True
+        for feed in self._feeds.values():
+            feed.room.set()
+        self._wakeup.set()
+        if self._tasks:
+            done, pending = await asyncio.wait(self._tasks, timeout=self.fetch_timeout + 5.0)
+            for task in pending:  # a fetch stuck past its own timeout: give up on it
+                task.cancel()
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    logger.error("JetStream fetch task failed", exc_info=task.exception())
+        while self._ready:
+            feed, msg = self._ready.popleft()
+            feed.inflight -= 1
+            try:
+                await msg.nak()
+            except nats.errors.Error as exc:  # connection gone: ack_wait redelivers it
+                logger.debug("could not hand back a fetched message: %s", exc)
+
+
+class NATSGroupConsumer(NATSConsumer):
+    """The consumer of one group, built by :class:`~dispytch.nats.NATSBackend`.
+
+    On :meth:`start`, for each handler subscription it finds the stream storing the subject
+    (or adds the subject to the backend's stream), creates or updates a durable pull consumer
+    named after the group and the subject, and subscribes to it.
+    """
+
+    def __init__(
+        self,
+        jetstream: JetStreamContext,
+        *,
+        group: str,
+        stream: str,
+        stream_options: Mapping[str, Any],
+        consumer_options: Mapping[str, Any],
+        prefetch: int,
+        fetch_timeout: float,
+        dead_letters: DeadLetterStore,
+    ) -> None:
+        super().__init__(prefetch=prefetch, fetch_timeout=fetch_timeout, dead_letters=dead_letters)
+        self.jetstream = jetstream
+        self.group = group
+        self.stream = stream
+        self.stream_options = dict(stream_options)
+        self.consumer_options = dict(consumer_options)
+
+    async def start(self, subscriptions: Sequence[TopicPattern]) -> None:
+        if self.subscriptions or self._closing:
+            return
+        js = self.jetstream
+        placed: list[tuple[str, str]] = []  # (stream, filter subject), in subscription order
+        for subject in dict.fromkeys(p.glob for p in subscriptions):
+            stream = await stream_for(js, self.stream, subject, self.stream_options)
+            name = consumer_name(self.group, subject)
+            await _ensure_consumer(js, stream, name, subject, self.consumer_options)
+            self.subscriptions.append(await js.pull_subscribe_bind(durable=name, stream=stream))
+            placed.append((stream, subject))
+        self._shadows = [
+            tuple(s for st, s in placed[:i] if st == stream and overlaps(s, subject))
+            for i, (stream, subject) in enumerate(placed)
+        ]
+        if self.subscriptions:
+            self._spawn_fetchers()
+
+    async def close(self) -> None:
+        await super().close()
+        for sub in self.subscriptions:
+            try:
+                await sub.unsubscribe()
+            except (nats.errors.Error, ValueError) as exc:
+                logger.debug("could not unsubscribe from %r: %s", sub._consumer, exc)
+
+
+async def _ensure_consumer(
+    js: JetStreamContext, stream: str, name: str, subject: str, options: Mapping[str, Any]
+) -> None:
+    """Create durable ``name`` on ``stream`` (or update its editable settings)."""
+    config = ConsumerConfig(
+        durable_name=name,
+        filter_subject=subject,
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy(options.get("deliver_policy", "all")),
+        ack_wait=options.get("ack_wait"),
+        max_ack_pending=options.get("max_ack_pending"),
+        max_deliver=options.get("max_deliver"),
+        inactive_threshold=options.get("inactive_threshold"),
+    )
+    try:
+        await js.add_consumer(stream, config)
+    except nats.js.errors.APIError as exc:
+        raise ConfigurationError(
+            f"JetStream refused consumer {name!r} on stream {stream!r} for {subject!r}: "
+            f"{exc.description} (code {exc.err_code}); if its settings changed in a way "
+            f"JetStream cannot update, delete it (nats consumer rm {stream} {name}) and "
+            "restart; if the stream does not capture the whole subject, widen its subjects"
+        ) from exc

@@ -1,0 +1,272 @@
+"""NATS JetStream backend against a live server (runs when DISPYTCH_BROKERS lists nats)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated
+
+import nats
+import pytest
+from nats.aio.client import Client as NATSClient
+from nats.js import JetStreamContext
+from pydantic import BaseModel
+
+from dispytch import App, Event, EventBase, EventEmitter, EventListener, TopicSegment
+from dispytch.dead_letter import DeadLetter
+from dispytch.errors import EmitError
+from dispytch.nats import (
+    DeadLetterStore,
+    NATSBackend,
+    NATSConsumer,
+    NATSEventConfig,
+    NATSProducer,
+)
+from dispytch.nats.consumer import NATSGroupConsumer
+from dispytch.routing import TopicPattern
+from tests.backends.nats_streams import delete_streams
+from tests.helpers import wait_until
+
+URL = "nats://127.0.0.1:4222"
+
+pytestmark = [pytest.mark.broker("nats"), pytest.mark.timeout(60)]
+
+
+@pytest.fixture(autouse=True)
+def _nats_listed() -> None:
+    listed = {b.strip() for b in os.environ.get("DISPYTCH_BROKERS", "").split(",")}
+    if "nats" not in listed:
+        pytest.skip("nats not in DISPYTCH_BROKERS")
+    try:
+        socket.create_connection(("127.0.0.1", 4222), timeout=1).close()
+    except OSError:
+        pytest.fail("nats is listed but 127.0.0.1:4222 does not answer")
+
+
+@dataclass
+class Server:
+    """An admin connection and the names of this test's streams (deleted afterwards)."""
+
+    nc: NATSClient
+    js: JetStreamContext
+    uid: str
+
+    @property
+    def stream(self) -> str:
+        return f"t_{self.uid}"
+
+    @property
+    def dlq(self) -> str:
+        return f"t_{self.uid}_dlq"
+
+    def topic(self, name: str) -> str:
+        return f"t_{self.uid}_{name}"
+
+    def backend(self, **options: object) -> NATSBackend:
+        return NATSBackend(URL, stream=self.stream, dead_letter_stream=self.dlq, **options)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Server]:
+    nc = await nats.connect(URL)
+    state = Server(nc, nc.jetstream(), uuid.uuid4().hex[:10])
+    yield state
+    await nc.close()
+    await delete_streams(URL, state.stream, state.dlq)
+
+
+class Order(BaseModel):
+    order_id: int
+
+
+def order_event(topic: str, partition_key: str | None = None) -> type[EventBase]:
+    class OrderPlaced(EventBase):
+        __topic__ = topic
+        __event_type__ = "order_placed"
+        __backend_config__ = NATSEventConfig(partition_key=partition_key)
+        order_id: int
+
+    return OrderPlaced
+
+
+async def test_seed_style_round_trip(server: Server) -> None:
+    topic = server.topic("orders")
+    js = server.js
+    await js.add_stream(name=server.stream, subjects=[f"{topic}.>"])
+    sub = await js.pull_subscribe(f"{topic}.*", durable="billing", stream=server.stream)
+    consumer = NATSConsumer(sub, dead_letters=DeadLetterStore(js, server.dlq))
+    listener = EventListener(consumer, topic_delimiter=".")
+    got: list[tuple[int, str, str]] = []
+
+    @listener.handler(topic=f"{topic}.{{region}}", event="order_placed")
+    async def handle(event: Event[Order], region: Annotated[str, TopicSegment()]) -> None:
+        got.append((event.body.order_id, region, event.topic))
+
+    task = asyncio.create_task(listener.listen())
+    emitter = EventEmitter(NATSProducer(js))
+    await emitter.emit(order_event(f"{topic}.eu")(order_id=1))
+    await wait_until(lambda: len(got) == 1, what="the event")
+    listener.stop()
+    await task
+    assert got == [(1, "eu", f"{topic}.eu")]
+    await wait_until_acked(js, server.stream, "billing")
+
+
+async def wait_until_acked(js: JetStreamContext, stream: str, consumer: str) -> None:
+    async def acked() -> None:
+        while True:
+            info = await js.consumer_info(stream, consumer)
+            if info.num_ack_pending == 0 and info.num_pending == 0:
+                return
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(acked(), 10)
+
+
+async def test_emit_to_uncovered_subject_raises_then_subjects_option_covers_it(
+    server: Server,
+) -> None:
+    topic = server.topic("nowhere")
+    app = App(backend=server.backend())
+    async with app:
+        with pytest.raises(EmitError, match="subjects"):
+            await app.emit(order_event(topic)(order_id=1))
+    # An emit-only app lists what it publishes; the stream then stores it.
+    app = App(backend=server.backend(subjects=[f"{topic}.>", topic]))
+    async with app:
+        await app.emit(order_event(topic)(order_id=2))
+        await app.emit(order_event(f"{topic}.eu")(order_id=3))
+    info = await server.js.stream_info(server.stream)
+    assert info.state.messages == 2
+    assert sorted(info.config.subjects or []) == sorted([topic, f"{topic}.>"])
+
+
+async def _group_consumer(
+    backend: NATSBackend, group: str, topic: str, prefetch: int = 1
+) -> NATSGroupConsumer:
+    consumer = backend.consumer(group, prefetch=prefetch)
+    assert isinstance(consumer, NATSGroupConsumer)
+    await consumer.start([TopicPattern.parse(topic, ".")])
+    return consumer
+
+
+async def test_nack_redelivers_with_attempt_two(server: Server) -> None:
+    topic = server.topic("nak")
+    backend = server.backend()
+    await backend.connect()
+    try:
+        consumer = await _group_consumer(backend, "g", topic)
+        await backend.producer().send(topic, b"payload", key=b"k1")
+        stream = consumer.listen()
+        first = await asyncio.wait_for(anext(stream), 10)
+        assert (first.delivery_attempt, first.key, first.payload) == (1, b"k1", b"payload")
+        await consumer.nack(first)
+        second = await asyncio.wait_for(anext(stream), 10)
+        assert second.offset == first.offset
+        assert second.delivery_attempt == 2
+        await consumer.ack(second)
+        await stream.aclose()  # type: ignore[attr-defined]
+    finally:
+        await backend.close()
+
+
+async def test_unacked_message_of_a_dead_consumer_is_redelivered_after_ack_wait(
+    server: Server,
+) -> None:
+    topic = server.topic("dies")
+    first_process = server.backend(ack_wait=1.0)
+    await first_process.connect()
+    consumer = await _group_consumer(first_process, "g", topic)
+    await first_process.producer().send(topic, b"work")
+    stream = consumer.listen()
+    held = await asyncio.wait_for(anext(stream), 10)
+    assert held.delivery_attempt == 1
+    # The process goes away holding the message: no ack, no nak.
+    await stream.aclose()  # type: ignore[attr-defined]
+    await first_process.close()
+    died_at = time.monotonic()
+
+    second_process = server.backend(ack_wait=1.0)
+    await second_process.connect()
+    try:
+        consumer = await _group_consumer(second_process, "g", topic)
+        stream = consumer.listen()
+        again = await asyncio.wait_for(anext(stream), 10)
+        waited = time.monotonic() - died_at
+        assert again.offset == held.offset
+        assert again.delivery_attempt == 2
+        assert waited >= 0.5, f"redelivered after {waited:.2f}s, before ack_wait"
+        await consumer.ack(again)
+        await stream.aclose()  # type: ignore[attr-defined]
+    finally:
+        await second_process.close()
+
+
+async def test_dead_letters_keep_bytes_key_and_failure_headers(server: Server) -> None:
+    topic = server.topic("broken")
+    app = App(backend=server.backend(), group="g", shutdown_timeout=5.0)
+
+    @app.handler(topic=topic, event="order_placed", retries=1, retry_interval=0.01)
+    async def broken(event: Event[Order]) -> None:
+        raise ValueError(f"cannot place order {event.body.order_id}\nsecond line")
+
+    async with app:
+        sent = order_event(topic, partition_key="customer-7")(order_id=9)
+        await app.emit(sent)
+
+        async def dead_letter_arrives() -> list[DeadLetter]:
+            while True:
+                found = await app.backend.dead_letters(topic)
+                if found:
+                    return found
+                await asyncio.sleep(0.02)
+
+        dead = await asyncio.wait_for(dead_letter_arrives(), 20)
+    assert len(dead) == 1
+    letter = dead[0]
+    assert letter.topic == topic
+    assert sent.id.encode() in letter.payload
+    assert letter.key == b"customer-7"
+    assert letter.reason == "handler"
+    assert letter.attempts == 2
+    assert letter.error == "ValueError: cannot place order 9 second line"
+    assert letter.headers["x-dispytch-original-topic"] == topic
+    assert int(letter.headers["x-dispytch-original-offset"]) >= 1
+    # Stored in the dead-letter stream, away from the event stream's consumers.
+    msg = await server.js.get_last_msg(server.dlq, f"{server.dlq}.{topic}")
+    assert msg.data == letter.payload
+    # The original was acked after the dead letter was stored: nothing is redelivered.
+    info = await server.js.stream_info(server.stream)
+    assert info.state.messages == 1
+    # readable again after close, on a short-lived connection
+    assert len(await app.backend.dead_letters(topic)) == 1
+
+
+async def test_overlapping_patterns_deliver_each_event_once(server: Server) -> None:
+    base = server.topic("ov")
+    got: list[str] = []
+    app = App(backend=server.backend(), group="g", shutdown_timeout=5.0)
+
+    @app.handler(topic=f"{base}.{{a}}.c", event="order_placed")
+    async def first(event: Event[Order]) -> None:
+        got.append("first")
+
+    @app.handler(topic=f"{base}.b.{{c}}", event="order_placed")
+    async def second(event: Event[Order]) -> None:
+        got.append("second")
+
+    async with app:
+        await app.emit(order_event(f"{base}.b.c")(order_id=1))
+        await app.emit(order_event(f"{base}.x.c")(order_id=2))
+        await wait_until(lambda: len(got) >= 3, what="three handler runs")
+        info = await server.js.stream_info(server.stream)
+        assert info.config.subjects == [f"{base}.*.*"]  # merged: JetStream forbids overlaps
+        # Every delivery settled (acked after its handlers ran): a duplicate would show now.
+        for name in [c.name for c in await server.js.consumers_info(server.stream)]:
+            await wait_until_acked(server.js, server.stream, name)
+    assert sorted(got) == ["first", "first", "second"]
