@@ -1,11 +1,31 @@
 #!/usr/bin/env bash
 # The whole test suite: start the local brokers (installing what is missing), then run pytest
 # against memory and every live broker. Extra arguments go to pytest.
+#
+# DISPYTCH_BROKERS lists backend names (comma-separated); several backends can share one broker
+# (redis and redis_streams both need the redis server), so the list is translated to broker names,
+# without duplicates, for brokers.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-BROKERS="${DISPYTCH_BROKERS-kafka,rabbitmq,redis,nats}"
-if [ -n "$BROKERS" ]; then
-  bash scripts/brokers.sh up ${BROKERS//,/ }
+BACKENDS="${DISPYTCH_BROKERS-kafka,rabbitmq,redis,redis_streams,nats}"
+
+broker_of() { # backend name -> broker name for brokers.sh
+  case "$1" in
+    redis_streams) printf 'redis' ;;
+    *) printf '%s' "$1" ;;
+  esac
+}
+
+SERVERS=()
+IFS=',' read -r -a NAMES <<< "$BACKENDS"
+for name in "${NAMES[@]}"; do
+  name="${name// /}"
+  [ -n "$name" ] || continue
+  server="$(broker_of "$name")"
+  case " ${SERVERS[*]-} " in *" $server "*) ;; *) SERVERS+=("$server") ;; esac
+done
+if [ "${#SERVERS[@]}" -gt 0 ]; then
+  bash scripts/brokers.sh up "${SERVERS[@]}"
 fi
-export DISPYTCH_BROKERS="$BROKERS"
+export DISPYTCH_BROKERS="$BACKENDS"
 exec python -m pytest "$@"

@@ -1,0 +1,155 @@
+"""Batched acknowledgements: one pipelined round trip of XACKs for many settled entries.
+
+Acknowledging entry by entry costs a round trip (~100 µs of client CPU) per event; collecting the
+ids for a few milliseconds and sending one ``XACK stream group id id …`` per stream in one
+pipeline is more than ten times faster. An ack that is not yet flushed when the process dies is
+simply not acknowledged: the entry stays pending and is delivered again (at-least-once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from dispytch.retry import RetryPolicy
+
+__all__ = ["AckBatcher"]
+
+logger = logging.getLogger("dispytch.redis_streams")
+
+_CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+# Ids per XACK command; one pipeline carries as many commands as needed.
+_IDS_PER_COMMAND = 1000
+
+
+class AckBatcher:
+    """Collects ``(stream, id)`` acks and flushes them every ``interval`` seconds, or at once
+    when ``max_pending`` are waiting. A connection error keeps the ids and retries with backoff.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        group: str,
+        *,
+        interval: float = 0.005,
+        max_pending: int = 512,
+        reconnect_max_delay: float = 10.0,
+    ) -> None:
+        self.redis = redis
+        self.group = group
+        self.interval = interval
+        self.max_pending = max_pending
+        self._pending: dict[str, list[str]] = {}
+        self._count = 0
+        self._wake = asyncio.Event()
+        self._full = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+        self._closing = False
+        self._backoff = RetryPolicy(
+            interval=0.05, backoff="exponential", max_interval=reconnect_max_delay, jitter=0.5
+        )
+        #: Entries Redis confirmed as acknowledged so far (for tests and metrics).
+        self.acked = 0
+
+    @property
+    def pending(self) -> int:
+        """Acks collected and not yet sent to Redis."""
+        return self._count
+
+    def add(self, stream: str, entry_id: str) -> None:
+        """Queue one ack; it reaches Redis within ``interval`` seconds."""
+        ids = self._pending.get(stream)
+        if ids is None:
+            ids = self._pending[stream] = []
+        ids.append(entry_id)
+        self._count += 1
+        if self._count >= self.max_pending:
+            self._full.set()
+        if not self._wake.is_set():
+            self._wake.set()
+            if self._flusher is None:
+                self._flusher = asyncio.create_task(self._run(), name="dispytch-redis-streams-ack")
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            await self._wake.wait()
+            if not self._closing and not self._full.is_set():
+                # Let the acks of the next few milliseconds join this round trip.
+                try:
+                    async with asyncio.timeout(self.interval):
+                        await self._full.wait()
+                except TimeoutError:
+                    pass
+            batch, self._pending, self._count = self._pending, {}, 0
+            self._wake.clear()
+            self._full.clear()
+            try:
+                await self._send(batch)
+            except _CONNECTION_ERRORS as exc:
+                failures += 1
+                self._restore(batch)
+                if self._closing:
+                    return
+                delay = self._backoff.delay(failures)
+                # One warning per outage (and every tenth attempt), not one per attempt.
+                log = logger.warning if failures == 1 or failures % 10 == 0 else logger.debug
+                log(
+                    "could not acknowledge %d entries (%s: %s); retrying in %.2fs",
+                    sum(len(ids) for ids in batch.values()),
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                continue
+            if failures:
+                logger.info("acknowledgements reach Redis again after %d failure(s)", failures)
+                failures = 0
+            if self._closing and not self._count:
+                return
+
+    async def _send(self, batch: dict[str, list[str]]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for stream, ids in batch.items():
+            for start in range(0, len(ids), _IDS_PER_COMMAND):
+                pipe.xack(stream, self.group, *ids[start : start + _IDS_PER_COMMAND])
+        results = await pipe.execute(raise_on_error=False)
+        for result in results:
+            if isinstance(result, BaseException):
+                # NOGROUP: the stream or its group was deleted; nothing is left to acknowledge.
+                logger.debug("XACK refused: %s", result)
+            else:
+                self.acked += int(result)
+
+    def _restore(self, batch: dict[str, list[str]]) -> None:
+        for stream, ids in batch.items():
+            newer = self._pending.get(stream)
+            self._pending[stream] = ids if newer is None else ids + newer
+            self._count += len(ids)
+        self._wake.set()
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Send what is collected (waiting up to ``timeout`` seconds), then stop."""
+        self._closing = True
+        flusher = self._flusher
+        if flusher is None:
+            return
+        self._wake.set()
+        self._full.set()
+        done, _ = await asyncio.wait({flusher}, timeout=timeout)
+        if not done:
+            flusher.cancel()
+            await asyncio.gather(flusher, return_exceptions=True)
+        self._flusher = None
+        if self._count:
+            logger.warning(
+                "%d acknowledgement(s) could not be sent before closing; those entries will be "
+                "delivered again",
+                self._count,
+            )

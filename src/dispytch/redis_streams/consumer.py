@@ -1,0 +1,641 @@
+"""RedisStreamsConsumer: one consumer of a Redis Streams consumer group. At-least-once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import socket
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from dispytch.errors import ConfigurationError
+from dispytch.listener.consumer import Consumer, Failure, Message
+from dispytch.redis_streams.acks import AckBatcher
+from dispytch.redis_streams.dead_letters import add_dead_letter
+from dispytch.redis_streams.fields import decode_fields
+from dispytch.redis_streams.topics import PatternMatcher
+from dispytch.retry import RetryPolicy
+from dispytch.routing import TopicPattern
+
+__all__ = ["RedisStreamsConsumer", "default_consumer_name"]
+
+logger = logging.getLogger("dispytch.redis_streams")
+
+_CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+# Ids per XCLAIM command when refreshing or releasing many entries at once.
+_IDS_PER_COMMAND = 1000
+
+
+def default_consumer_name() -> str:
+    """``hostname-pid-random``: unique per process, readable in ``XINFO CONSUMERS``."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+class RedisStreamsConsumer(Consumer):
+    """Entries of one or more Redis Streams, read as one consumer of a consumer group.
+
+    **At least once.** An entry read with ``XREADGROUP`` stays in the group's pending entries
+    list (PEL) until it is acknowledged, and it is acknowledged only after it was handled (or
+    dead-lettered). Every consumer of a group shares the work: each entry goes to one of them.
+
+    * **Acks are batched**: :meth:`ack` only records the id; a background task sends one
+      pipelined ``XACK`` per stream every ``ack_interval`` seconds, or at once when
+      ``ack_batch`` are waiting, and on :meth:`close`. An ack not yet sent when the process dies
+      is lost, so the entry is delivered again.
+    * **A dead consumer's entries come back**: every consumer periodically looks for entries
+      that have been pending for more than ``claim_idle_ms`` (``XPENDING … IDLE``) and claims
+      them (``XCLAIM``), so the in-flight entries of a process killed with SIGKILL are delivered
+      again to a live consumer after about ``claim_idle_ms``. Their ``delivery_attempt`` is
+      Redis' delivery count. A live consumer refreshes the idle time of the entries it holds on
+      the same schedule (``XCLAIM … JUSTID``), so an entry handled for longer than
+      ``claim_idle_ms`` is not taken from a consumer that is still working on it.
+    * **A restarted consumer resumes**: with a fixed ``consumer`` name, :meth:`start` first
+      re-reads this consumer's own pending entries.
+    * :meth:`nack` hands an entry back at once: it stays pending but is marked idle for
+      ``claim_idle_ms``, so the next claim sweep of any consumer (this one included, within
+      ``claim_idle_ms / 3``) delivers it again; closing does the same for entries read ahead and
+      never handed to a handler (keeping their delivery count).
+    * :meth:`dead_letter` appends the original bytes, key and failure headers to the stream
+      ``{topic}.dlq`` (see :mod:`dispytch.redis_streams.dead_letters`).
+
+    Topics with ``{segments}``: Redis has no pattern subscription for streams, so the consumer
+    finds matching stream keys with ``SCAN … MATCH <glob> TYPE stream`` at start and every
+    ``discovery_interval`` seconds, and creates the group on each new one. An event on a stream
+    that did not exist before is therefore handled up to ``discovery_interval`` seconds late
+    (never lost: the group is created at ``start_id`` ``"0"``, the stream's beginning). ``SCAN``
+    walks the whole keyspace, so on a database with millions of keys raise the interval.
+
+    Messages carry the ``key`` field as their ordering key; ``partition`` and ``offset`` are
+    ``None`` and ``extra`` is the entry id (``"1700000000000-0"``).
+
+    Seed style::
+
+        redis = Redis.from_url("redis://localhost:6379/0")        # decode_responses=False
+        consumer = RedisStreamsConsumer(redis, streams=["user_events"], group="billing")
+        listener = EventListener(consumer)
+
+    Args:
+        redis: a ``redis.asyncio.Redis`` client with ``decode_responses=False``.
+        streams: stream keys to read, seed style. Without any, :meth:`start` reads what the
+            listener's handlers need.
+        group: the consumer group, created (``XGROUP CREATE … MKSTREAM``) when missing.
+        consumer: this consumer's name in the group; by default ``hostname-pid-random``.
+        prefetch: most entries held (read and not yet settled) at once.
+        claim_idle_ms: an entry pending longer than this is taken from its consumer as dead.
+            Must exceed the longest pause of a live process (its refresh runs every third of it).
+        poll_interval: longest single ``XREADGROUP … BLOCK``, in seconds; also how long closing
+            may wait for the read in progress.
+        discovery_interval: seconds between ``SCAN``s for new streams matching a pattern.
+        ack_interval: seconds acks are collected before they are sent.
+        ack_batch: acks that are sent at once, without waiting for ``ack_interval``.
+        dead_letter_maxlen: approximate cap of each ``.dlq`` stream; ``None`` keeps all.
+        start_id: where a newly created group starts: ``"0"`` (every entry already in the
+            stream, the default) or ``"$"`` (only new ones).
+        reconnect_max_delay: cap of the wait between reconnection attempts, in seconds.
+        owns_client: close ``redis`` and its connection pool on :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        streams: Sequence[str] = (),
+        *,
+        group: str,
+        consumer: str | None = None,
+        prefetch: int = 64,
+        claim_idle_ms: int = 30_000,
+        poll_interval: float = 1.0,
+        discovery_interval: float = 1.0,
+        ack_interval: float = 0.005,
+        ack_batch: int = 512,
+        dead_letter_maxlen: int | None = None,
+        start_id: str = "0",
+        reconnect_max_delay: float = 10.0,
+        owns_client: bool = False,
+    ) -> None:
+        if isinstance(streams, str):
+            raise ConfigurationError(f"streams must be a list of stream keys, not {streams!r}")
+        if not group:
+            raise ConfigurationError("group must be a non-empty consumer group name")
+        if prefetch < 1:
+            raise ConfigurationError(f"prefetch must be >= 1, got {prefetch}")
+        if claim_idle_ms < 1:
+            raise ConfigurationError(f"claim_idle_ms must be >= 1, got {claim_idle_ms}")
+        if poll_interval <= 0 or discovery_interval <= 0 or ack_interval < 0 or ack_batch < 1:
+            raise ConfigurationError(
+                "poll_interval and discovery_interval must be > 0, ack_interval >= 0 and "
+                "ack_batch >= 1"
+            )
+        if redis.connection_pool.connection_kwargs.get("decode_responses"):
+            raise ConfigurationError(
+                "RedisStreamsConsumer needs a client with decode_responses=False (payloads are "
+                "bytes); build it with Redis.from_url(url) or pass decode_responses=False"
+            )
+        self.redis = redis
+        self.group = group
+        self.name = consumer or default_consumer_name()
+        self.prefetch = prefetch
+        self.claim_idle_ms = claim_idle_ms
+        self.poll_interval = poll_interval
+        self.discovery_interval = discovery_interval
+        self.dead_letter_maxlen = dead_letter_maxlen
+        self.start_id = start_id
+        self.owns_client = owns_client
+        self._named = consumer is not None
+        self._seed_streams = list(streams)
+        # The blocking read gets a connection of its own, so acks never queue behind it.
+        self._reader_client = Redis(
+            connection_pool=redis.connection_pool, single_connection_client=True
+        )
+        self._reader_id: int | None = None
+        self._acks = AckBatcher(
+            redis,
+            group,
+            interval=ack_interval,
+            max_pending=ack_batch,
+            reconnect_max_delay=reconnect_max_delay,
+        )
+        self._backoff = RetryPolicy(
+            interval=0.05, backoff="exponential", max_interval=reconnect_max_delay, jitter=0.5
+        )
+        # A third of the idle limit: a live consumer refreshes its entries well before then.
+        self._sweep_interval = min(max(claim_idle_ms / 3000, 0.02), 10.0)
+        # Refill the read-ahead when a quarter of it is free, so reads stay batched.
+        self._low_water = max(1, prefetch // 4)
+        self._literal: list[str] = []
+        self._matchers: list[PatternMatcher] = []
+        #: stream -> {entry id: delivery attempt} of entries read and not yet settled.
+        self._inflight: dict[str, dict[str, int]] = {}
+        self._read_ids: dict[str, str] = {}  # the XREADGROUP argument: stream -> ">"
+        self._names: dict[bytes, str] = {}
+        self._recover: dict[str, str] = {}  # stream -> cursor into this consumer's own PEL
+        self._held = 0
+        self._buffer: deque[Message] = deque()
+        self._readable = asyncio.Event()
+        self._room = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
+        self._error: BaseException | None = None
+        self._started = False
+        self._closing = False
+        self._next_sweep = 0.0
+        self._next_discovery = 0.0
+        #: Times the consumer reconnected after losing its connection (for tests and metrics).
+        self.reconnects = 0
+
+    @property
+    def streams(self) -> list[str]:
+        """The streams read right now (literal ones and those found for patterns)."""
+        return list(self._read_ids)
+
+    @property
+    def acks_pending(self) -> int:
+        """Acks recorded and not yet sent to Redis."""
+        return self._acks.pending
+
+    # -- subscribing --------------------------------------------------------------------------
+
+    async def start(self, subscriptions: Sequence[TopicPattern] = ()) -> None:
+        """Create the group on each stream (and on those matching a pattern), then start reading.
+
+        Streams given to the constructor (seed style) take precedence over ``subscriptions``.
+        Returns once the groups exist, so events emitted afterwards are received.
+        """
+        if self._closing:
+            raise ConfigurationError("this RedisStreamsConsumer is closed; build a new one")
+        if self._started:
+            return
+        if self._seed_streams:
+            self._literal = list(dict.fromkeys(self._seed_streams))
+        else:
+            self._literal = list(dict.fromkeys(p.raw for p in subscriptions if p.is_literal))
+            self._matchers = [PatternMatcher(p) for p in subscriptions if not p.is_literal]
+        await self._create_groups(self._literal)
+        for stream in self._literal:
+            self._add_stream(stream)
+        await self._discover()
+        self._started = True
+        self._reader = asyncio.create_task(self._read_loop(), name="dispytch-redis-streams-read")
+
+    async def _create_groups(self, streams: Sequence[str]) -> list[str]:
+        """XGROUP CREATE … MKSTREAM on each stream; return those where the group now exists."""
+        if not streams:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for stream in streams:
+            pipe.xgroup_create(stream, self.group, id=self.start_id, mkstream=True)
+        results = await pipe.execute(raise_on_error=False)
+        ready: list[str] = []
+        for stream, result in zip(streams, results, strict=True):
+            if isinstance(result, _CONNECTION_ERRORS):
+                raise result
+            if isinstance(result, ResponseError) and not str(result).startswith("BUSYGROUP"):
+                raise ConfigurationError(
+                    f"cannot create consumer group {self.group!r} on {stream!r}: {result}; "
+                    "the key must be a stream (or not exist)"
+                )
+            ready.append(stream)
+        return ready
+
+    def _add_stream(self, stream: str) -> None:
+        if stream in self._read_ids:
+            return
+        self._read_ids[stream] = ">"
+        self._names[stream.encode()] = stream
+        self._inflight.setdefault(stream, {})
+        self._recover[stream] = "-"
+
+    async def _discover(self) -> None:
+        """SCAN for streams matching the patterns; join the group on the new ones."""
+        if not self._matchers:
+            self._next_discovery = math.inf
+            return
+        self._next_discovery = time.monotonic() + self.discovery_interval
+        found: list[str] = []
+        for matcher in self._matchers:
+            async for raw in self.redis.scan_iter(match=matcher.glob, count=1000, _type="stream"):
+                stream = raw.decode() if isinstance(raw, bytes) else str(raw)
+                if stream not in self._read_ids and matcher(stream) and stream not in found:
+                    found.append(stream)
+        if not found:
+            return
+        try:
+            ready = await self._create_groups(found)
+        except ConfigurationError as exc:  # the key changed type between SCAN and XGROUP
+            logger.warning("skipping a stream found for a pattern: %s", exc)
+            return
+        for stream in ready:
+            self._add_stream(stream)
+        logger.debug("now also reading %s", ", ".join(ready))
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def listen(self) -> AsyncIterator[Message]:
+        """Yield entries until the consumer is closed (or its reader failed for good)."""
+        if not self._started:
+            await self.start()
+        buffer = self._buffer
+        readable = self._readable
+        while True:
+            while buffer:
+                yield buffer.popleft()
+            if self._error is not None:
+                raise self._error
+            if self._closing:
+                return
+            readable.clear()
+            self._room.set()  # the read-ahead is empty: the reader may refill it now
+            await readable.wait()
+
+    async def _read_loop(self) -> None:
+        failures = 0
+        rejoin = False
+        while not self._closing:
+            try:
+                if failures:
+                    await self._reconnected(failures)
+                    failures = 0
+                    rejoin = False
+                if rejoin:
+                    await self._rejoin()
+                    rejoin = False
+                await self._step()
+            except _CONNECTION_ERRORS as exc:
+                if self._closing:
+                    return
+                failures += 1
+                delay = self._backoff.delay(failures)
+                # One warning per outage (and every tenth attempt), not one per attempt.
+                log = logger.warning if failures == 1 or failures % 10 == 0 else logger.debug
+                log(
+                    "Redis connection %s (%s: %s); reconnecting in %.2fs (attempt %d)",
+                    "lost" if failures == 1 else "still down",
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                    failures,
+                )
+                await self._pause(delay)
+            except ResponseError as exc:
+                if str(exc).startswith("NOGROUP"):
+                    # A stream (or the group) was deleted, or Redis restarted without its data.
+                    logger.warning(
+                        "Redis lost consumer group %r (%s); creating it again", self.group, exc
+                    )
+                    rejoin = True
+                    await self._pause(self.poll_interval / 10)  # no storm if it keeps happening
+                    continue
+                self._fail(exc)
+                return
+            except Exception as exc:
+                self._fail(exc)
+                return
+
+    def _fail(self, exc: BaseException) -> None:
+        logger.error("Redis Streams reader stopped: %s: %s", type(exc).__name__, exc)
+        self._error = exc
+        self._readable.set()
+
+    async def _reconnected(self, failures: int) -> None:
+        await self.redis.ping()
+        self._reader_id = None
+        await self._rejoin()
+        self.reconnects += 1
+        logger.info("reconnected to Redis after %d attempt(s); reading again", failures)
+
+    async def _rejoin(self) -> None:
+        """Create the group again where it is missing; forget streams that are gone."""
+        await self._create_groups(self._literal)
+        for stream in list(self._read_ids):
+            if stream not in self._literal:
+                del self._read_ids[stream]
+                self._names.pop(stream.encode(), None)
+                self._recover.pop(stream, None)
+        await self._discover()
+
+    async def _step(self) -> None:
+        now = time.monotonic()
+        if self._matchers and now >= self._next_discovery:
+            await self._discover()
+        if now >= self._next_sweep:
+            self._next_sweep = now + self._sweep_interval
+            await self._refresh()
+            await self._claim_idle()
+        if self._recover:
+            await self._recover_own()
+            return
+        room = self.prefetch - self._held
+        wait = max(0.001, min(self._next_sweep, self._next_discovery) - time.monotonic())
+        if room <= 0 or not self._read_ids or (self._buffer and room < self._low_water):
+            self._room.clear()
+            try:
+                async with asyncio.timeout(min(wait, self.poll_interval)):
+                    await self._room.wait()
+            except TimeoutError:
+                pass
+            return
+        if self._reader_id is None:
+            self._reader_id = int(await self._reader_client.client_id())
+        per_stream = -(-room // len(self._read_ids))
+        reply = await self._reader_client.xreadgroup(
+            self.group,
+            self.name,
+            self._read_ids,  # type: ignore[arg-type]
+            count=per_stream,
+            block=max(1, int(min(wait, self.poll_interval) * 1000)),
+        )
+        if reply:
+            self._take(reply)
+
+    def _take(self, reply: Any) -> None:
+        buffer = self._buffer
+        names = self._names
+        count = 0
+        items = reply.items() if isinstance(reply, dict) else reply  # RESP3 or RESP2
+        for raw_stream, entries in items:
+            stream = names.get(raw_stream) or raw_stream.decode()
+            inflight = self._inflight[stream]
+            for raw_id, fields in entries:
+                payload, key, headers = decode_fields(fields)
+                entry_id = raw_id.decode()
+                inflight[entry_id] = 1
+                buffer.append(Message(stream, payload, key, headers, 1, None, None, entry_id))
+                count += 1
+        if count:
+            self._held += count
+            self._readable.set()
+
+    def _take_claimed(self, stream: str, claimed: Any, attempts: dict[bytes, int]) -> None:
+        inflight = self._inflight[stream]
+        count = 0
+        for raw_id, fields in claimed or ():
+            if fields is None:  # deleted from the stream meanwhile
+                continue
+            entry_id = raw_id.decode()
+            if entry_id in inflight:
+                continue
+            attempt = attempts.get(raw_id, 1)
+            payload, key, headers = decode_fields(fields)
+            inflight[entry_id] = attempt
+            self._buffer.append(
+                Message(stream, payload, key, headers, attempt, None, None, entry_id)
+            )
+            count += 1
+        if count:
+            self._held += count
+            self._readable.set()
+
+    async def _recover_own(self) -> None:
+        """Deliver again this consumer's own pending entries (a restart with the same name)."""
+        for stream, cursor in list(self._recover.items()):
+            room = self.prefetch - self._held
+            if room <= 0:
+                self._room.clear()
+                try:
+                    async with asyncio.timeout(self.poll_interval):
+                        await self._room.wait()
+                except TimeoutError:
+                    pass
+                return
+            if not self._named:  # a fresh random name has no history
+                del self._recover[stream]
+                continue
+            pending: list[dict[str, Any]] = await self.redis.xpending_range(
+                stream, self.group, cursor, "+", room, consumername=self.name
+            )
+            if len(pending) < room:
+                del self._recover[stream]
+            else:
+                self._recover[stream] = "(" + pending[-1]["message_id"].decode()
+            await self._claim(stream, pending, 0)
+
+    async def _claim(self, stream: str, pending: list[dict[str, Any]], min_idle: int) -> None:
+        inflight = self._inflight.get(stream, {})
+        wanted = [p for p in pending if p["message_id"].decode() not in inflight]
+        if not wanted:
+            return
+        # XCLAIM adds one to the delivery count Redis reported: this is that next delivery.
+        attempts = {p["message_id"]: int(p["times_delivered"]) + 1 for p in wanted}
+        claimed = await self.redis.xclaim(
+            stream, self.group, self.name, min_idle, [p["message_id"] for p in wanted]
+        )
+        self._take_claimed(stream, claimed, attempts)
+
+    async def _claim_idle(self) -> None:
+        """Take entries pending longer than ``claim_idle_ms`` (their consumer is presumed dead)."""
+        room = self.prefetch - self._held
+        streams = list(self._read_ids)
+        if room <= 0 or not streams:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for stream in streams:
+            pipe.xpending_range(stream, self.group, "-", "+", room, idle=self.claim_idle_ms)
+        results = await pipe.execute(raise_on_error=False)
+        for stream, pending in zip(streams, results, strict=True):
+            if isinstance(pending, _CONNECTION_ERRORS):
+                raise pending
+            if isinstance(pending, BaseException) or not pending:
+                continue  # NOGROUP: the XREADGROUP that follows handles it
+            room = self.prefetch - self._held
+            if room <= 0:
+                return
+            await self._claim(stream, pending[:room], self.claim_idle_ms)
+
+    async def _refresh(self) -> None:
+        """Reset the idle time of the entries this consumer holds: it is alive and working."""
+        await self._xclaim_ids({s: list(ids) for s, ids in self._inflight.items() if ids})
+
+    async def _xclaim_ids(
+        self, ids: dict[str, list[Any]], *, idle: int | None = None, retry: int | None = None
+    ) -> None:
+        if not ids:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for stream, stream_ids in ids.items():
+            for start in range(0, len(stream_ids), _IDS_PER_COMMAND):
+                pipe.xclaim(
+                    stream,
+                    self.group,
+                    self.name,
+                    0,
+                    stream_ids[start : start + _IDS_PER_COMMAND],
+                    idle=idle,
+                    retrycount=retry,
+                    justid=True,
+                )
+        await pipe.execute(raise_on_error=False)
+
+    async def _pause(self, delay: float) -> None:
+        try:
+            async with asyncio.timeout(delay):
+                await self._stopped.wait()
+        except TimeoutError:
+            pass
+
+    # -- settling -----------------------------------------------------------------------------
+
+    def _settled(self, message: Message) -> bool:
+        inflight = self._inflight.get(message.topic)
+        if inflight is None or inflight.pop(message.extra, None) is None:
+            return False  # settled twice, or not ours
+        self._held -= 1
+        if self.prefetch - self._held >= self._low_water:
+            self._room.set()
+        return True
+
+    async def ack(self, message: Message) -> None:
+        """Record the ack; it is sent with others in one pipelined XACK within ``ack_interval``."""
+        if self._settled(message):
+            self._acks.add(message.topic, message.extra)
+
+    async def nack(self, message: Message) -> None:
+        """Hand the entry back: it stays pending, marked idle so the next claim sweep of any
+        consumer in the group delivers it again (its delivery count goes up by one)."""
+        if self._settled(message):
+            await self._release({message.topic: [message.extra]})
+            self._next_sweep = 0.0
+
+    async def _release(self, ids: dict[str, list[str]], retry: int | None = None) -> None:
+        try:
+            await self._xclaim_ids(ids, idle=self.claim_idle_ms, retry=retry)
+        except _CONNECTION_ERRORS as exc:
+            # Still pending under this consumer's name: claimed after claim_idle_ms instead.
+            logger.debug("could not hand back entries at once (%s: %s)", type(exc).__name__, exc)
+
+    async def dead_letter(self, message: Message, failure: Failure) -> bool:
+        """XADD the original bytes, key and failure headers to the stream ``{topic}.dlq``."""
+        headers = failure.headers(message)
+        if message.extra is not None:
+            headers["x-dispytch-original-id"] = str(message.extra)
+        await add_dead_letter(
+            self.redis,
+            message.topic,
+            message.payload,
+            message.key,
+            headers,
+            self.dead_letter_maxlen,
+        )
+        return True
+
+    # -- closing ------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Stop reading, send the collected acks, hand back what was read and not settled."""
+        if self._closing:
+            return
+        self._closing = True
+        self._stopped.set()
+        self._room.set()
+        self._readable.set()
+        reader = self._reader
+        if reader is not None and not reader.done():
+            await self._unblock_reader()
+            # The reader checks the flag at least every poll_interval; cancelling a task blocked
+            # in a redis-py read is what we avoid, so it is only the last resort.
+            done, _ = await asyncio.wait({reader}, timeout=self.poll_interval + 5.0)
+            if not done:
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
+        await self._acks.close()
+        await self._hand_back()
+        await self._forget_consumer()
+        self._buffer.clear()
+        await self._reader_client.aclose()
+        if self.owns_client:
+            await self.redis.aclose()
+            await self.redis.connection_pool.disconnect()
+
+    async def _unblock_reader(self) -> None:
+        if self._reader_id is None:
+            return
+        try:
+            async with asyncio.timeout(1.0):
+                await self.redis.execute_command(  # type: ignore[no-untyped-call]
+                    "CLIENT", "UNBLOCK", self._reader_id
+                )
+        except (*_CONNECTION_ERRORS, ResponseError, TimeoutError):
+            pass
+
+    async def _hand_back(self) -> None:
+        """Entries read ahead and never handed out go back with their delivery count unchanged;
+        entries handed out and never settled go back as they are."""
+        unread: dict[tuple[str, int], list[str]] = {}
+        for message in self._buffer:
+            unread.setdefault((message.topic, message.delivery_attempt - 1), []).append(
+                str(message.extra)
+            )
+            self._inflight[message.topic].pop(str(message.extra), None)
+        for (stream, retry), ids in unread.items():
+            await self._release({stream: ids}, retry=retry)
+        await self._release({s: list(ids) for s, ids in self._inflight.items() if ids})
+        self._inflight.clear()
+        self._held = 0
+
+    async def _forget_consumer(self) -> None:
+        """Remove a generated consumer name from the groups where it holds nothing, so names
+        of stopped processes do not pile up in ``XINFO CONSUMERS``."""
+        if self._named or not self._read_ids:
+            return
+        streams = list(self._read_ids)
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for stream in streams:
+                pipe.xpending_range(stream, self.group, "-", "+", 1, consumername=self.name)
+            pending = await pipe.execute(raise_on_error=False)
+            pipe = self.redis.pipeline(transaction=False)
+            for stream, entries in zip(streams, pending, strict=True):
+                if isinstance(entries, list) and not entries:
+                    pipe.xgroup_delconsumer(stream, self.group, self.name)
+            await pipe.execute(raise_on_error=False)
+        except _CONNECTION_ERRORS:
+            pass
