@@ -1,0 +1,394 @@
+"""Delivery guarantees under faults, on the durable brokers (Kafka, RabbitMQ).
+
+Each scenario emits numbered events (every emit either confirmed or raised), runs the consumer
+as its own process (``dispytch run``) whose handler records each sequence number durably before
+returning, injects a fault, and checks: no confirmed event lost, duplicates within the in-flight
+window (``concurrency`` per fault). Sizes: ``DISPYTCH_FAULT_EVENTS`` (default 2000).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Callable
+
+import pytest
+
+from dispytch import App
+from tests.faults.conftest import Broker
+from tests.faults.harness import (
+    ConsumerProcess,
+    Producer,
+    Records,
+    brokers_sh,
+    check,
+    duplicate_window,
+    fault_events,
+    record_result,
+    wait_for,
+)
+
+N = fault_events()
+# Deadlines scale with the size knob; the defaults keep the whole suite within a few minutes.
+DRAIN = 60.0 + N / 50
+pytestmark = [pytest.mark.fault, pytest.mark.timeout(240 + N // 20)]
+
+MakeConsumer = Callable[..., ConsumerProcess]
+
+
+def _distinct(records: Records, at_least: int) -> Callable[[], bool]:
+    return lambda: len(records.handled()) >= at_least
+
+
+def _busy(records: Records, handled: int, in_flight: int) -> Callable[[], bool]:
+    """At least ``handled`` events done and at least ``in_flight`` handlers running now."""
+
+    def check_busy() -> bool:
+        done = len(records.handled())
+        return done >= handled and len(records.started()) - done >= in_flight
+
+    return check_busy
+
+
+async def _wait_all(
+    records: Records, producer: Producer, consumers: list[ConsumerProcess], what: str
+) -> None:
+    """Wait until every confirmed event was handled; on timeout, say which are missing."""
+    await wait_for(
+        lambda: producer.confirmed <= records.handled().keys(),
+        DRAIN,
+        what,
+        watch=consumers,
+        interval=0.05,
+        detail=lambda: check(producer.confirmed, records.handled()).summary(),
+    )
+
+
+async def test_sigkill_mid_stream_then_restart(
+    broker: Broker, topic: str, consumers: MakeConsumer, records: Records, producer_app: App
+) -> None:
+    """SIGKILL the consumer while handlers run; a restarted one handles everything."""
+    window = 16
+    consumer = consumers(concurrency=window, delay=0.01).start()
+    await consumer.ready()  # its subscription (RabbitMQ: its queue) now exists
+    await consumer.stop()
+    producer = Producer(producer_app, topic)
+    start = time.monotonic()
+    await producer.emit(N)
+    assert not producer.raised, list(producer.raised.items())[:5]
+    # Working through a backlog with 10 ms handlers keeps the whole window in flight.
+    consumer.start()
+    await wait_for(
+        _busy(records, N // 3, window // 2),
+        DRAIN,
+        "a third handled, more in flight",
+        watch=[consumer],
+    )
+    await consumer.kill()
+    at_kill = len(records.handled())
+    assert at_kill < N, "the stream ended before the kill; nothing was tested"
+
+    consumer.start()
+    await _wait_all(records, producer, [consumer], "every event after the restart")
+    await consumer.stop()
+
+    report = check(producer.confirmed, records.handled())
+    bound = duplicate_window(producer_app, window)
+    record_result(
+        "SIGKILL mid-stream, restart",
+        broker.name,
+        producer.attempted,
+        report,
+        time.monotonic() - start,
+        bound=bound,
+        note=f"killed after {at_kill} handled",
+    )
+    assert not report.lost, report.summary()
+    assert not report.unexpected, report.summary()
+    assert report.duplicates <= bound, report.summary()
+
+
+async def test_sigterm_drains_slow_handlers(
+    broker: Broker, topic: str, consumers: MakeConsumer, records: Records, producer_app: App
+) -> None:
+    """SIGTERM with slow handlers in flight: they finish and are settled, the process exits
+    within the shutdown timeout, and a restarted consumer sees no duplicate."""
+    window, shutdown = 8, 15.0
+    consumer = consumers(concurrency=window, delay=0.2, shutdown_timeout=shutdown).start()
+    await consumer.ready()
+    producer = Producer(producer_app, topic)
+    start = time.monotonic()
+    await producer.emit(N)
+    assert not producer.raised, list(producer.raised.items())[:5]
+
+    await wait_for(
+        _busy(records, 2 * window, window // 2), DRAIN, "slow handlers in flight", watch=[consumer]
+    )
+    took = await consumer.stop(timeout=shutdown + 20)
+    started, handled = records.started(), records.handled()
+    unfinished = sorted(started.keys() - handled.keys())
+    assert not unfinished, f"in-flight handlers were cut short at SIGTERM: {unfinished}"
+    assert took < shutdown, f"graceful stop took {took:.1f}s (shutdown_timeout={shutdown})"
+
+    consumer.start(delay=0.0)
+    await _wait_all(records, producer, [consumer], "every event after the restart")
+    await consumer.stop()
+
+    report = check(producer.confirmed, records.handled())
+    record_result(
+        "SIGTERM drains slow handlers",
+        broker.name,
+        producer.attempted,
+        report,
+        time.monotonic() - start,
+        bound=0,
+        note=f"stopped in {took:.1f}s",
+    )
+    assert not report.lost, report.summary()
+    assert not report.unexpected, report.summary()
+    assert report.duplicates == 0, report.summary()
+
+
+async def test_shutdown_timeout_exceeded_hands_work_back(
+    broker: Broker, topic: str, consumers: MakeConsumer, records: Records, producer_app: App
+) -> None:
+    """Handlers slower than ``shutdown_timeout``: cut short at SIGTERM, not acknowledged, and
+    delivered again after a restart."""
+    window, shutdown = 8, 1.0
+    consumer = consumers(concurrency=window, delay=60.0, shutdown_timeout=shutdown).start()
+    await consumer.ready()
+    producer = Producer(producer_app, topic)
+    start = time.monotonic()
+    await producer.emit(N)
+    assert not producer.raised, list(producer.raised.items())[:5]
+
+    await wait_for(
+        lambda: len(records.started()) >= window,
+        DRAIN,
+        "a full window of slow handlers",
+        watch=[consumer],
+    )
+    took = await consumer.stop(timeout=shutdown + 20)
+    cut_short = set(records.started())
+    assert not records.handled(), "a 60 s handler finished within a 1 s shutdown timeout?"
+
+    consumer.start(delay=0.0)
+    await _wait_all(records, producer, [consumer], "every event after the restart")
+    await consumer.stop()
+
+    handled = records.handled()
+    report = check(producer.confirmed, handled)
+    record_result(
+        "shutdown timeout exceeded",
+        broker.name,
+        producer.attempted,
+        report,
+        time.monotonic() - start,
+        bound=0,
+        note=f"{len(cut_short)} cut short, stopped in {took:.1f}s",
+    )
+    assert cut_short <= handled.keys(), "work cut short at shutdown did not come back"
+    assert not report.lost, report.summary()
+    assert not report.unexpected, report.summary()
+    assert report.duplicates == 0, report.summary()
+
+
+async def test_poison_event_is_dead_lettered_and_the_rest_flow(
+    broker: Broker, topic: str, consumers: MakeConsumer, records: Records, producer_app: App
+) -> None:
+    """A handler that always fails: bounded attempts, then a dead letter with failure details;
+    every other event is handled."""
+    window, retries = 16, 2
+    poison = sorted({N // 7, N // 2, N - 3})
+    consumer = consumers(concurrency=window, poison=poison, retries=retries).start()
+    await consumer.ready()
+    producer = Producer(producer_app, topic)
+    start = time.monotonic()
+    await producer.emit(N)
+    assert not producer.raised, list(producer.raised.items())[:5]
+
+    await wait_for(
+        _distinct(records, N - len(poison)), DRAIN, "every healthy event", watch=[consumer]
+    )
+    dead: list = []
+
+    async def all_dead_lettered() -> bool:
+        dead[:] = await producer_app.backend.dead_letters(topic)
+        return len(dead) >= len(poison)
+
+    await wait_for(
+        all_dead_lettered, 60, f"{len(poison)} dead letters", watch=[consumer], interval=0.2
+    )
+    await consumer.stop()
+
+    seqs = sorted(json.loads(d.payload)["body"]["seq"] for d in dead)
+    assert seqs == poison
+    for letter in dead:
+        assert letter.reason == "handler", letter.headers
+        assert letter.error.startswith("PoisonError: event "), letter.error
+        assert letter.attempts == retries + 1, letter.headers
+        assert letter.handler and "record" in letter.handler, letter.headers
+        assert letter.headers.get("x-dispytch-original-topic") == topic, letter.headers
+    attempts = records.started()
+    assert {seq: attempts[seq] for seq in poison} == {seq: retries + 1 for seq in poison}
+
+    handled = records.handled()
+    assert not set(poison) & handled.keys()
+    report = check(set(producer.confirmed) - set(poison), handled)
+    record_result(
+        "poison event dead-lettered",
+        broker.name,
+        producer.attempted,
+        report,
+        time.monotonic() - start,
+        bound=0,
+        note=f"{len(poison)} poison, {retries + 1} attempts each, all dead-lettered",
+    )
+    assert not report.lost, report.summary()
+    assert not report.unexpected, report.summary()
+    assert report.duplicates == 0, report.summary()
+
+
+async def test_broker_restart_mid_stream(
+    broker: Broker, topic: str, consumers: MakeConsumer, records: Records, producer_app: App
+) -> None:
+    """Restart the broker (data kept) mid-stream: emits during the outage raise or are
+    confirmed, never vanish; the same consumer process reconnects and handles every confirmed
+    event."""
+    window = 16
+    consumer = consumers(concurrency=window, delay=0.01).start()
+    await consumer.ready()
+    producer = Producer(producer_app, topic)
+    start = time.monotonic()
+    third = N // 3
+    await producer.emit(third)
+    assert not producer.raised, list(producer.raised.items())[:5]
+    await wait_for(_distinct(records, third // 3), DRAIN, "events flowing", watch=[consumer])
+    pid = consumer.pid
+
+    restart = asyncio.create_task(brokers_sh("restart", broker.name))
+    outage_raised = 0
+    try:
+        # Keep emitting while the broker goes down and comes back, in small paced batches.
+        while not restart.done():
+            before = len(producer.raised)
+            await producer.emit(10, batch=10, deadline=120)
+            outage_raised += len(producer.raised) - before
+            await asyncio.wait({restart}, timeout=0.1)
+        restart_took = restart.result()
+        outage_emits = producer.attempted - third
+
+        # After the restart: the producer must recover by itself (first emits may still fail).
+        async def producer_recovered() -> bool:
+            return await producer.emit(10, batch=10, deadline=120) == 10
+
+        recovered = await wait_for(
+            producer_recovered, 120, "emits to be confirmed again", interval=0.2
+        )
+        await producer.emit(max(0, N - producer.attempted))
+    finally:
+        if not restart.done():
+            await asyncio.wait({restart})
+        await brokers_sh("up", broker.name)  # leave it running and healthy whatever happened
+
+    confirmed = producer.confirmed
+    back = time.monotonic()
+    await _wait_all(records, producer, [consumer], "the consumer to reconnect and handle them all")
+    caught_up = time.monotonic() - back
+    assert consumer.pid == pid and consumer.alive, "the consumer process did not survive"
+    await consumer.stop()
+
+    report = check(confirmed, records.handled(), maybe=producer.raised)
+    raised = len(producer.raised)
+    bound = duplicate_window(producer_app, window)
+    delivered_anyway = len(set(producer.raised) & records.handled().keys())
+    record_result(
+        "broker restart mid-stream",
+        broker.name,
+        producer.attempted,
+        report,
+        time.monotonic() - start,
+        raised=raised,
+        bound=bound,
+        note=(
+            f"restart {restart_took:.0f}s; {outage_emits} emits during it, {outage_raised} "
+            f"raised, {delivered_anyway} of those stored anyway; emits ok again "
+            f"{recovered:.1f}s after it, consumer caught up {caught_up:.1f}s later"
+        ),
+    )
+    assert not report.lost, report.summary()
+    assert not report.unexpected, report.summary()
+    assert report.duplicates <= bound, report.summary()
+
+
+@pytest.mark.parametrize("broker", ["kafka"], indirect=True)
+async def test_kafka_rebalance_consumer_joins_and_leaves(
+    broker: Broker, topic: str, consumers: MakeConsumer, records: Records, producer_app: App
+) -> None:
+    """A second consumer joins the group mid-stream, takes partitions, then leaves (SIGTERM):
+    nothing is lost, duplicates stay within the in-flight window per rebalance."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=f"127.0.0.1:{broker.port}")
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=4, replication_factor=1)])
+    finally:
+        await admin.close()
+
+    window = 16
+    first = consumers("a", concurrency=window, delay=0.005).start()
+    await first.ready()
+    producer = Producer(producer_app, topic)
+    start = time.monotonic()
+    stop = asyncio.Event()
+
+    async def paced() -> None:
+        # ~500 events/s until the test is done with the rebalances and N were emitted.
+        while not (stop.is_set() and producer.attempted >= N):
+            await producer.emit(25, batch=25)
+            if not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.05)
+
+    emitting = asyncio.create_task(paced())
+    try:
+        await wait_for(_distinct(records, N // 4), DRAIN, "events flowing", watch=[first])
+        second = consumers("b", concurrency=window, delay=0.005).start()
+        await wait_for(
+            lambda: len(records.handled("b")) >= 50,
+            60,
+            "the joining consumer to get partitions",
+            watch=[first, second],
+        )
+        await second.stop()
+        after_leave = len(records.handled("a"))
+        await wait_for(
+            lambda: len(records.handled("a")) >= after_leave + 100,
+            60,
+            "the first consumer to take the partitions back",
+            watch=[first],
+        )
+    finally:
+        stop.set()
+        await emitting
+    assert not producer.raised, list(producer.raised.items())[:5]
+    await _wait_all(records, producer, [first], "every event")
+    await first.stop()
+
+    report = check(producer.confirmed, records.handled())
+    bound = 2 * duplicate_window(producer_app, window)
+    record_result(
+        "Kafka rebalance: join, then leave",
+        broker.name,
+        producer.attempted,
+        report,
+        time.monotonic() - start,
+        bound=bound,
+        note=f"4 partitions; b handled {len(records.handled('b'))}",
+    )
+    assert not report.lost, report.summary()
+    assert not report.unexpected, report.summary()
+    assert report.duplicates <= bound, report.summary()
