@@ -24,8 +24,8 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from dispytch import App, Event, EventBase
-from dispytch.redis_streams import RedisStreamsConsumer, RedisStreamsProducer
-from dispytch.redis_streams.backend import client_url
+from dispytch.redis.streams import RedisStreamsConsumer, RedisStreamsProducer
+from dispytch.redis.streams.backend import client_url
 from dispytch.serialization.json import JSONSerializer
 
 

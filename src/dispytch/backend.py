@@ -27,8 +27,8 @@ _BACKENDS: dict[str, str] = {
     "amqps": "dispytch.rabbitmq:RabbitMQBackend",
     "redis": "dispytch.redis:RedisBackend",
     "rediss": "dispytch.redis:RedisBackend",
-    "redis+streams": "dispytch.redis_streams:RedisStreamsBackend",
-    "rediss+streams": "dispytch.redis_streams:RedisStreamsBackend",
+    "redis+streams": "dispytch.redis.streams:RedisStreamsBackend",
+    "rediss+streams": "dispytch.redis.streams:RedisStreamsBackend",
     "nats": "dispytch.nats:NATSBackend",
 }
 

@@ -24,14 +24,14 @@ from tests.helpers import wait_until
 
 redis_asyncio = pytest.importorskip("redis.asyncio")
 
-from dispytch.redis_streams import (  # noqa: E402
+from dispytch.redis.fields import decode_fields, encode_fields  # noqa: E402
+from dispytch.redis.streams import (  # noqa: E402
     RedisStreamsBackend,
     RedisStreamsConsumer,
     RedisStreamsProducer,
 )
-from dispytch.redis_streams.backend import client_url  # noqa: E402
-from dispytch.redis_streams.fields import decode_fields, encode_fields  # noqa: E402
-from dispytch.redis_streams.topics import PatternMatcher, scan_glob  # noqa: E402
+from dispytch.redis.streams.backend import client_url  # noqa: E402
+from dispytch.redis.topics import PatternMatcher, subscription_glob  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -124,7 +124,7 @@ def test_entry_fields_round_trip_and_payload_only_entries() -> None:
 
 def test_pattern_globs_and_discovery_filter() -> None:
     pattern = TopicPattern.parse("we?rd[1]:{user_id}:events", ":")
-    assert scan_glob(pattern) == "we\\?rd\\[1\\]:*:events"
+    assert subscription_glob(pattern) == "we\\?rd\\[1\\]:*:events"
     matcher = PatternMatcher(TopicPattern.parse("user:{user_id}", ":"))
     assert matcher("user:42")
     assert not matcher("user:42:extra")  # '*' spans ':' in Redis; the regex does not
@@ -221,7 +221,7 @@ async def _xack_calls(redis: Any) -> int:
 _CRASHING_CONSUMER = """
 import asyncio, sys
 from redis.asyncio import Redis
-from dispytch.redis_streams import RedisStreamsConsumer
+from dispytch.redis.streams import RedisStreamsConsumer
 
 async def main():
     client = Redis.from_url("redis://127.0.0.1:6379/0")

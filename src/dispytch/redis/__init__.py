@@ -1,4 +1,8 @@
-"""Redis Pub/Sub backend. AT MOST ONCE: read this before relying on it.
+"""Redis backend, two modes: Pub/Sub here (``redis://``), Streams in :mod:`dispytch.redis.streams`
+(``redis+streams://``). Both share this package's client, pipelining, topic and dead-letter
+modules.
+
+Pub/Sub is AT MOST ONCE: read this before relying on it.
 
 Redis Pub/Sub forwards a published message to the subscribers connected at that moment and
 keeps nothing. So with this backend:

@@ -12,21 +12,18 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from dispytch.errors import ConfigurationError
 from dispytch.listener.consumer import Consumer, Failure, Message
+from dispytch.redis.connection import CONNECTION_ERRORS, Reconnection, pause, stop_reader
 from dispytch.redis.dead_letters import DEFAULT_DEAD_LETTER_MAXLEN, add_dead_letter
 from dispytch.redis.topics import subscription_glob
-from dispytch.retry import RetryPolicy
 from dispytch.routing import TopicPattern
 
 __all__ = ["RedisConsumer"]
 
 logger = logging.getLogger("dispytch.redis")
 
-_CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 _DATA_TYPES = frozenset({"message", "pmessage"})
 # Hand the event loop back after this many messages read without the socket running dry.
 _YIELD_EVERY = 128
@@ -102,8 +99,13 @@ class RedisConsumer(Consumer):
         self.owns_pubsub = owns_pubsub
         self._redis = redis
         self._owns_redis = False  # a client given to us is someone else's to close
-        self._backoff = RetryPolicy(
-            interval=0.05, backoff="exponential", max_interval=reconnect_max_delay, jitter=0.5
+        # Every failed attempt is a warning: each one means more published messages are lost.
+        self._reconnection = Reconnection(
+            logger,
+            "Redis Pub/Sub",
+            reconnect_max_delay,
+            consequence="; messages published meanwhile are not delivered",
+            warn_every_attempt=True,
         )
         self._buffer: deque[Message] = deque()
         self._readable = asyncio.Event()
@@ -198,36 +200,24 @@ class RedisConsumer(Consumer):
         readable = self._readable
         writable = self._writable
         capacity = self.buffer_size
-        failures = 0
+        reconnection = self._reconnection
         streak = 0
         while not self._closing:
             try:
-                if failures:
+                if reconnection.failures:
                     await self._reconnect()
                     logger.info(
                         "reconnected to Redis Pub/Sub after %d attempt(s); subscriptions renewed",
-                        failures,
+                        reconnection.succeeded(),
                     )
-                    failures = 0
                     self.reconnects += 1
                 raw = await pubsub.get_message(
                     ignore_subscribe_messages=True, timeout=self.poll_interval
                 )
-            except _CONNECTION_ERRORS as exc:
+            except CONNECTION_ERRORS as exc:
                 if self._closing:
                     return
-                failures += 1
-                delay = self._backoff.delay(failures)
-                logger.warning(
-                    "Redis Pub/Sub connection %s (%s: %s); reconnecting in %.2fs (attempt %d); "
-                    "messages published meanwhile are not delivered",
-                    "lost" if failures == 1 else "still down",
-                    type(exc).__name__,
-                    exc,
-                    delay,
-                    failures,
-                )
-                await self._pause(delay)
+                await pause(self._stopped, reconnection.failed(exc))
                 continue
             if raw is None:
                 streak = 0
@@ -275,13 +265,6 @@ class RedisConsumer(Consumer):
         # patterns; connect() runs it.
         await connection.connect()
 
-    async def _pause(self, delay: float) -> None:
-        try:
-            async with asyncio.timeout(delay):
-                await self._stopped.wait()
-        except TimeoutError:
-            pass
-
     async def _wake_reader(self) -> None:
         # A PING's reply ends the reader's current read at once, so closing does not wait for
         # the poll interval. If the connection is down the reader is not blocked in a read.
@@ -290,7 +273,7 @@ class RedisConsumer(Consumer):
         try:
             async with asyncio.timeout(1.0):
                 await self.pubsub.ping(b"dispytch-close")
-        except (*_CONNECTION_ERRORS, TimeoutError):
+        except (*CONNECTION_ERRORS, TimeoutError):
             pass
 
     # -- settling -----------------------------------------------------------------------------
@@ -310,6 +293,7 @@ class RedisConsumer(Consumer):
             self._redis,
             message.topic,
             message.payload,
+            None,
             failure.headers(message),
             self.dead_letter_maxlen,
         )
@@ -325,15 +309,8 @@ class RedisConsumer(Consumer):
         self._stopped.set()
         self._writable.set()
         self._readable.set()
-        reader = self._reader
-        if reader is not None and not reader.done():
-            await self._wake_reader()
-            # The reader checks the flag at least every poll_interval; cancelling a task blocked
-            # in a redis-py read is what we avoid, so it is only the last resort.
-            done, _ = await asyncio.wait({reader}, timeout=self.poll_interval + 5.0)
-            if not done:
-                reader.cancel()
-                await asyncio.gather(reader, return_exceptions=True)
+        # The reader checks the flag at least every poll_interval.
+        await stop_reader(self._reader, self._wake_reader, self.poll_interval + 5.0)
         self._buffer.clear()
         if self.owns_pubsub:
             await self.pubsub.aclose()  # type: ignore[no-untyped-call]

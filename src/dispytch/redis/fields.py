@@ -1,4 +1,4 @@
-"""How a message is laid out in a stream entry. Pure.
+"""How a message is laid out in a stream entry (Streams messages and dead letters). Pure.
 
 An entry has these fields (names are ASCII bytes):
 

@@ -1,4 +1,4 @@
-"""Redis Streams backend: durable, at-least-once delivery on Redis.
+"""The Streams mode of the Redis backend: durable, at-least-once delivery on Redis.
 
 Each topic is a stream whose key is the topic; a listener group is a Redis consumer group, so
 the processes of one group share the entries and every group receives every entry. An entry is
@@ -6,12 +6,12 @@ acknowledged (``XACK``, batched) only after it was handled or dead-lettered; the
 process held are claimed by a live consumer after ``claim_idle_ms`` (30 s by default) and
 delivered again with a higher ``delivery_attempt``. Dead letters go to the stream ``{topic}.dlq``.
 
-Entry layout (see :mod:`dispytch.redis_streams.fields`): ``payload`` (bytes, required), ``key``
+Entry layout (see :mod:`dispytch.redis.fields`): ``payload`` (bytes, required), ``key``
 (ordering key, optional), ``h:<name>`` (one per header, optional).
 
 Seed style::
 
-    from dispytch.redis_streams import RedisStreamsConsumer, RedisStreamsProducer
+    from dispytch.redis.streams import RedisStreamsConsumer, RedisStreamsProducer
 
     redis = Redis.from_url("redis://localhost:6379/0")
     listener = EventListener(RedisStreamsConsumer(redis, streams=["user_events"], group="billing"))
@@ -21,17 +21,11 @@ App style: ``App("redis+streams://[:password@]host:6379/0", group="billing", **o
 options go to :class:`RedisStreamsBackend`.
 """
 
-from dispytch.errors import MissingExtraError
-
-try:
-    import redis.asyncio  # noqa: F401
-except ImportError as exc:  # pragma: no cover - exercised without the extra installed
-    raise MissingExtraError("redis", "redis") from exc
-
+# Importing the parent package dispytch.redis already checked that redis-py is installed.
 from dispytch.dead_letter import DeadLetter
-from dispytch.redis_streams.backend import RedisStreamsBackend, RedisStreamsUnavailableError
-from dispytch.redis_streams.consumer import RedisStreamsConsumer
-from dispytch.redis_streams.producer import RedisStreamsProducer
+from dispytch.redis.streams.backend import RedisStreamsBackend, RedisStreamsUnavailableError
+from dispytch.redis.streams.consumer import RedisStreamsConsumer
+from dispytch.redis.streams.producer import RedisStreamsProducer
 
 __all__ = [
     "DeadLetter",

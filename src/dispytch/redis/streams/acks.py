@@ -12,16 +12,18 @@ import asyncio
 import logging
 
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from dispytch.retry import RetryPolicy
+from dispytch.redis.connection import (
+    CONNECTION_ERRORS,
+    backoff_policy,
+    outage_level,
+    stop_reader,
+)
 
 __all__ = ["AckBatcher"]
 
-logger = logging.getLogger("dispytch.redis_streams")
+logger = logging.getLogger("dispytch.redis.streams")
 
-_CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 # Ids per XACK command; one pipeline carries as many commands as needed.
 _IDS_PER_COMMAND = 1000
 
@@ -50,9 +52,7 @@ class AckBatcher:
         self._full = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
         self._closing = False
-        self._backoff = RetryPolicy(
-            interval=0.05, backoff="exponential", max_interval=reconnect_max_delay, jitter=0.5
-        )
+        self._backoff = backoff_policy(reconnect_max_delay)
         #: Entries Redis confirmed as acknowledged so far (for tests and metrics).
         self.acked = 0
 
@@ -91,15 +91,14 @@ class AckBatcher:
             self._full.clear()
             try:
                 await self._send(batch)
-            except _CONNECTION_ERRORS as exc:
+            except CONNECTION_ERRORS as exc:
                 failures += 1
                 self._restore(batch)
                 if self._closing:
                     return
                 delay = self._backoff.delay(failures)
-                # One warning per outage (and every tenth attempt), not one per attempt.
-                log = logger.warning if failures == 1 or failures % 10 == 0 else logger.debug
-                log(
+                logger.log(
+                    outage_level(failures),
                     "could not acknowledge %d entries (%s: %s); retrying in %.2fs",
                     sum(len(ids) for ids in batch.values()),
                     type(exc).__name__,
@@ -134,18 +133,16 @@ class AckBatcher:
             self._count += len(ids)
         self._wake.set()
 
+    async def _wake_flusher(self) -> None:
+        self._wake.set()
+        self._full.set()
+
     async def close(self, timeout: float = 5.0) -> None:
         """Send what is collected (waiting up to ``timeout`` seconds), then stop."""
         self._closing = True
-        flusher = self._flusher
-        if flusher is None:
+        if self._flusher is None:
             return
-        self._wake.set()
-        self._full.set()
-        done, _ = await asyncio.wait({flusher}, timeout=timeout)
-        if not done:
-            flusher.cancel()
-            await asyncio.gather(flusher, return_exceptions=True)
+        await stop_reader(self._flusher, self._wake_flusher, timeout)
         self._flusher = None
         if self._count:
             logger.warning(

@@ -14,24 +14,21 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from dispytch.errors import ConfigurationError
 from dispytch.listener.consumer import Consumer, Failure, Message
-from dispytch.redis_streams.acks import AckBatcher
-from dispytch.redis_streams.dead_letters import add_dead_letter
-from dispytch.redis_streams.fields import decode_fields
-from dispytch.redis_streams.topics import PatternMatcher
-from dispytch.retry import RetryPolicy
+from dispytch.redis.connection import CONNECTION_ERRORS, Reconnection, pause, stop_reader
+from dispytch.redis.dead_letters import add_dead_letter
+from dispytch.redis.fields import decode_fields
+from dispytch.redis.streams.acks import AckBatcher
+from dispytch.redis.topics import PatternMatcher
 from dispytch.routing import TopicPattern
 
 __all__ = ["RedisStreamsConsumer", "default_consumer_name"]
 
-logger = logging.getLogger("dispytch.redis_streams")
+logger = logging.getLogger("dispytch.redis.streams")
 
-_CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 # Ids per XCLAIM command when refreshing or releasing many entries at once.
 _IDS_PER_COMMAND = 1000
 
@@ -66,7 +63,7 @@ class RedisStreamsConsumer(Consumer):
       ``claim_idle_ms / 3``) delivers it again; closing does the same for entries read ahead and
       never handed to a handler (keeping their delivery count).
     * :meth:`dead_letter` appends the original bytes, key and failure headers to the stream
-      ``{topic}.dlq`` (see :mod:`dispytch.redis_streams.dead_letters`).
+      ``{topic}.dlq`` (see :mod:`dispytch.redis.dead_letters`).
 
     Topics with ``{segments}``: Redis has no pattern subscription for streams, so the consumer
     finds matching stream keys with ``SCAN … MATCH <glob> TYPE stream`` at start and every
@@ -165,9 +162,7 @@ class RedisStreamsConsumer(Consumer):
             max_pending=ack_batch,
             reconnect_max_delay=reconnect_max_delay,
         )
-        self._backoff = RetryPolicy(
-            interval=0.05, backoff="exponential", max_interval=reconnect_max_delay, jitter=0.5
-        )
+        self._reconnection = Reconnection(logger, "Redis", reconnect_max_delay)
         # A third of the idle limit: a live consumer refreshes its entries well before then.
         self._sweep_interval = min(max(claim_idle_ms / 3000, 0.02), 10.0)
         # Refill the read-ahead when a quarter of it is free, so reads stay batched.
@@ -237,7 +232,7 @@ class RedisStreamsConsumer(Consumer):
         results = await pipe.execute(raise_on_error=False)
         ready: list[str] = []
         for stream, result in zip(streams, results, strict=True):
-            if isinstance(result, _CONNECTION_ERRORS):
+            if isinstance(result, CONNECTION_ERRORS):
                 raise result
             if isinstance(result, ResponseError) and not str(result).startswith("BUSYGROUP"):
                 raise ConfigurationError(
@@ -298,34 +293,21 @@ class RedisStreamsConsumer(Consumer):
             await readable.wait()
 
     async def _read_loop(self) -> None:
-        failures = 0
+        reconnection = self._reconnection
         rejoin = False
         while not self._closing:
             try:
-                if failures:
-                    await self._reconnected(failures)
-                    failures = 0
+                if reconnection.failures:
+                    await self._reconnected()
                     rejoin = False
                 if rejoin:
                     await self._rejoin()
                     rejoin = False
                 await self._step()
-            except _CONNECTION_ERRORS as exc:
+            except CONNECTION_ERRORS as exc:
                 if self._closing:
                     return
-                failures += 1
-                delay = self._backoff.delay(failures)
-                # One warning per outage (and every tenth attempt), not one per attempt.
-                log = logger.warning if failures == 1 or failures % 10 == 0 else logger.debug
-                log(
-                    "Redis connection %s (%s: %s); reconnecting in %.2fs (attempt %d)",
-                    "lost" if failures == 1 else "still down",
-                    type(exc).__name__,
-                    exc,
-                    delay,
-                    failures,
-                )
-                await self._pause(delay)
+                await pause(self._stopped, reconnection.failed(exc))
             except ResponseError as exc:
                 if str(exc).startswith("NOGROUP"):
                     # A stream (or the group) was deleted, or Redis restarted without its data.
@@ -333,7 +315,9 @@ class RedisStreamsConsumer(Consumer):
                         "Redis lost consumer group %r (%s); creating it again", self.group, exc
                     )
                     rejoin = True
-                    await self._pause(self.poll_interval / 10)  # no storm if it keeps happening
+                    await pause(
+                        self._stopped, self.poll_interval / 10
+                    )  # no storm if it keeps happening
                     continue
                 self._fail(exc)
                 return
@@ -346,11 +330,12 @@ class RedisStreamsConsumer(Consumer):
         self._error = exc
         self._readable.set()
 
-    async def _reconnected(self, failures: int) -> None:
+    async def _reconnected(self) -> None:
         await self.redis.ping()
         self._reader_id = None
         await self._rejoin()
         self.reconnects += 1
+        failures = self._reconnection.succeeded()
         logger.info("reconnected to Redis after %d attempt(s); reading again", failures)
 
     async def _rejoin(self) -> None:
@@ -482,7 +467,7 @@ class RedisStreamsConsumer(Consumer):
             pipe.xpending_range(stream, self.group, "-", "+", room, idle=self.claim_idle_ms)
         results = await pipe.execute(raise_on_error=False)
         for stream, pending in zip(streams, results, strict=True):
-            if isinstance(pending, _CONNECTION_ERRORS):
+            if isinstance(pending, CONNECTION_ERRORS):
                 raise pending
             if isinstance(pending, BaseException) or not pending:
                 continue  # NOGROUP: the XREADGROUP that follows handles it
@@ -515,13 +500,6 @@ class RedisStreamsConsumer(Consumer):
                 )
         await pipe.execute(raise_on_error=False)
 
-    async def _pause(self, delay: float) -> None:
-        try:
-            async with asyncio.timeout(delay):
-                await self._stopped.wait()
-        except TimeoutError:
-            pass
-
     # -- settling -----------------------------------------------------------------------------
 
     def _settled(self, message: Message) -> bool:
@@ -548,7 +526,7 @@ class RedisStreamsConsumer(Consumer):
     async def _release(self, ids: dict[str, list[str]], retry: int | None = None) -> None:
         try:
             await self._xclaim_ids(ids, idle=self.claim_idle_ms, retry=retry)
-        except _CONNECTION_ERRORS as exc:
+        except CONNECTION_ERRORS as exc:
             # Still pending under this consumer's name: claimed after claim_idle_ms instead.
             logger.debug("could not hand back entries at once (%s: %s)", type(exc).__name__, exc)
 
@@ -577,15 +555,8 @@ class RedisStreamsConsumer(Consumer):
         self._stopped.set()
         self._room.set()
         self._readable.set()
-        reader = self._reader
-        if reader is not None and not reader.done():
-            await self._unblock_reader()
-            # The reader checks the flag at least every poll_interval; cancelling a task blocked
-            # in a redis-py read is what we avoid, so it is only the last resort.
-            done, _ = await asyncio.wait({reader}, timeout=self.poll_interval + 5.0)
-            if not done:
-                reader.cancel()
-                await asyncio.gather(reader, return_exceptions=True)
+        # The reader checks the flag at least every poll_interval.
+        await stop_reader(self._reader, self._unblock_reader, self.poll_interval + 5.0)
         await self._acks.close()
         await self._hand_back()
         await self._forget_consumer()
@@ -603,7 +574,7 @@ class RedisStreamsConsumer(Consumer):
                 await self.redis.execute_command(  # type: ignore[no-untyped-call]
                     "CLIENT", "UNBLOCK", self._reader_id
                 )
-        except (*_CONNECTION_ERRORS, ResponseError, TimeoutError):
+        except (*CONNECTION_ERRORS, ResponseError, TimeoutError):
             pass
 
     async def _hand_back(self) -> None:
@@ -637,5 +608,5 @@ class RedisStreamsConsumer(Consumer):
                 if isinstance(entries, list) and not entries:
                     pipe.xgroup_delconsumer(stream, self.group, self.name)
             await pipe.execute(raise_on_error=False)
-        except _CONNECTION_ERRORS:
+        except CONNECTION_ERRORS:
             pass

@@ -1,0 +1,108 @@
+"""What both modes' backends share: the Redis client built from the URL, the connect check,
+closing, and reading dead letters back."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Generic, TypeVar
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from dispytch.backend import Backend, redact_url
+from dispytch.dead_letter import DeadLetter
+from dispytch.emitter.producer import Producer
+from dispytch.errors import ConfigurationError
+from dispytch.listener.consumer import Consumer
+from dispytch.redis.dead_letters import read_dead_letters
+
+__all__ = ["RedisBackendBase", "RedisUnavailableError", "client_url"]
+
+ProducerT = TypeVar("ProducerT", bound=Producer)
+ConsumerT = TypeVar("ConsumerT", bound=Consumer)
+
+# The mode is in the scheme for Dispytch only; redis-py knows the plain ones.
+_SCHEMES = {"redis+streams": "redis", "rediss+streams": "rediss"}
+
+
+class RedisUnavailableError(ConfigurationError, ConnectionError):
+    """Redis did not answer when the backend connected."""
+
+
+def client_url(url: str) -> str:
+    """The ``redis://`` URL redis-py understands for a ``redis+streams://`` one."""
+    scheme, sep, rest = url.partition("://")
+    return f"{_SCHEMES.get(scheme.lower(), scheme)}{sep}{rest}"
+
+
+class RedisBackendBase(Backend, Generic[ProducerT]):
+    """A backend owning one Redis client for emits and dead letters, one producer, and the
+    consumers it built (each with a client of its own)."""
+
+    topic_delimiter = ":"
+    #: Raised by :meth:`connect` when Redis does not answer.
+    unavailable_error: ClassVar[type[RedisUnavailableError]] = RedisUnavailableError
+
+    def __init__(self, url: str, *, publish_timeout: float | None, **options: Any) -> None:
+        super().__init__(url, **options)
+        self.publish_timeout = publish_timeout
+        self._client: Redis | None = None
+        self._producer: ProducerT | None = None
+        self._consumers: list[Consumer] = []
+
+    def _build(self, **overrides: Any) -> Redis:
+        """A new client for the URL; ``overrides`` win over the backend's options."""
+        try:
+            return Redis.from_url(client_url(self.url), **{**self.options, **overrides})
+        except (ValueError, TypeError) as exc:
+            # redis-py's messages may quote the URL; say it again without the password.
+            scheme = self.url.partition("://")[0] or "redis"
+            raise ConfigurationError(
+                f"cannot build a Redis client from {redact_url(self.url)!r}: "
+                f"{type(exc).__name__}; use {scheme}://[:password@]host:port/db and options that "
+                "redis.asyncio.Redis.from_url accepts"
+            ) from None
+
+    @property
+    def client(self) -> Redis:
+        """The client used for emits and dead letters (built on first use)."""
+        if self._client is None:
+            self._client = self._build()
+        return self._client
+
+    async def connect(self) -> None:
+        """Check that Redis answers, so a wrong URL fails at start, not at the first emit."""
+        try:
+            await self.client.ping()
+        except RedisError as exc:
+            raise self.unavailable_error(
+                f"Redis at {redact_url(self.url)} did not answer ({type(exc).__name__}: {exc}); "
+                "check the URL and that Redis is running"
+            ) from None
+
+    def producer(self) -> ProducerT:
+        if self._producer is None:
+            self._producer = self._new_producer()
+        return self._producer
+
+    def _new_producer(self) -> ProducerT:
+        raise NotImplementedError
+
+    def _owned(self, consumer: ConsumerT) -> ConsumerT:
+        """Remember ``consumer`` so :meth:`close` closes it."""
+        self._consumers.append(consumer)
+        return consumer
+
+    async def close(self) -> None:
+        for consumer in self._consumers:
+            await consumer.close()
+        self._consumers.clear()
+        if self._producer is not None:
+            await self._producer.close()
+            self._producer = None
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def dead_letters(self, topic: str, limit: int = 100) -> list[DeadLetter]:
+        """Read (without removing) up to ``limit`` dead letters of ``topic`` from ``topic.dlq``."""
+        return await read_dead_letters(self.client, topic, limit)

@@ -1,0 +1,132 @@
+"""PipelinedProducer: sends written in call order, batched into pipelined round trips.
+
+Both modes' producers are one of these: they differ only in the command queued per send
+(``PUBLISH`` or ``XADD``) and in what Redis' reply means.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any, ClassVar, Generic, TypeVar
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from dispytch.emitter.producer import Producer, ProducerTimeout
+from dispytch.errors import ConfigurationError, EmitError
+
+__all__ = ["PipelinedProducer"]
+
+ItemT = TypeVar("ItemT")
+
+
+class PipelinedProducer(Producer, Generic[ItemT]):
+    """Queues sends and writes them, in call order, as pipelined batches of one command each.
+
+    One background task writes one batch (at most ``max_batch`` commands) at a time, so
+    concurrent sends (``emit_many``, many tasks) reach Redis in call order. Each send gets the
+    reply to its own command; it raises :class:`ProducerTimeout` when no reply came within
+    ``timeout`` seconds, and :class:`EmitError` when Redis refused it or the connection failed.
+
+    A subclass names its ``command`` and writes it with :meth:`_queue`.
+    """
+
+    #: The Redis command of one send, for messages (``"PUBLISH"``).
+    command: ClassVar[str]
+    #: What a confirmed send is, for the timeout message (``"published"``).
+    outcome: ClassVar[str]
+    #: Appended to the message of a refused command: what to check.
+    refusal_hint: ClassVar[str] = ""
+
+    def __init__(self, redis: Redis, *, timeout: float | None = 10.0, max_batch: int = 1024):
+        if max_batch < 1:
+            raise ConfigurationError(f"max_batch must be >= 1, got {max_batch}")
+        self.redis = redis
+        self.timeout = timeout
+        self.max_batch = max_batch
+        self._pending: deque[tuple[str, ItemT, asyncio.Future[Any]]] = deque()
+        self._flusher: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def _queue(self, pipe: Pipeline, topic: str, item: ItemT) -> None:
+        """Add the command that sends ``item`` to ``topic`` to ``pipe``."""
+        raise NotImplementedError
+
+    async def _submit(self, topic: str, item: ItemT) -> Any:
+        """Send ``item`` with the next batch; return Redis' reply to its command."""
+        if self._closed:
+            raise EmitError(
+                f"this {type(self).__name__} is closed; emit through a started app/producer"
+            )
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((topic, item, future))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(
+                self._flush(), name=f"dispytch-redis-{self.command.lower()}"
+            )
+        return await future
+
+    async def _flush(self) -> None:
+        # One flusher at a time: batches go out one after the other, so call order is kept.
+        try:
+            while self._pending:
+                count = min(len(self._pending), self.max_batch)
+                await self._write([self._pending.popleft() for _ in range(count)])
+        finally:
+            self._flusher = None
+            while self._pending:  # only when cancelled: nobody will send these any more
+                _fail(self._pending.popleft()[2], EmitError("the producer stopped before sending"))
+
+    async def _write(self, batch: list[tuple[str, ItemT, asyncio.Future[Any]]]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for topic, item, _ in batch:
+            self._queue(pipe, topic, item)
+        try:
+            async with asyncio.timeout(self.timeout):
+                results = await pipe.execute(raise_on_error=False)
+        except (TimeoutError, RedisTimeoutError) as exc:
+            error: EmitError = ProducerTimeout(
+                f"Redis did not confirm {len(batch)} {self.command} command(s) within "
+                f"{self.timeout}s ({exc or type(exc).__name__}); they may or may not have been "
+                f"{self.outcome}. Check that Redis is reachable, or raise the producer's timeout."
+            )
+        except (RedisError, OSError) as exc:
+            error = EmitError(
+                f"could not {self.command} to Redis ({type(exc).__name__}: {exc}); check that "
+                "Redis is running and reachable"
+            )
+        except BaseException:
+            for _, _, future in batch:
+                _fail(future, EmitError("the producer was cancelled while sending"))
+            raise
+        else:
+            for (topic, _, future), result in zip(batch, results, strict=True):
+                if future.done():
+                    continue  # the caller gave up (cancelled)
+                if isinstance(result, BaseException):
+                    future.set_exception(
+                        EmitError(
+                            f"Redis refused {self.command} to {topic!r}: {result}"
+                            f"{self.refusal_hint}"
+                        )
+                    )
+                else:
+                    future.set_result(result)
+            return
+        for _, _, future in batch:
+            _fail(future, error)
+
+    async def close(self) -> None:
+        """Wait for sends in progress, then refuse new ones. The Redis client stays open."""
+        self._closed = True
+        flusher = self._flusher
+        if flusher is not None:
+            await asyncio.gather(flusher, return_exceptions=True)
+
+
+def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
