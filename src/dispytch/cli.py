@@ -105,6 +105,11 @@ def _supervise(argv: Sequence[str], workers: int, reload: bool) -> int:
     cmd = [sys.executable, "-m", "dispytch", *argv]
     stopping = False
 
+    def spawn() -> subprocess.Popen[bytes]:
+        # A session of its own: a Ctrl-C in the terminal reaches the supervisor only, which
+        # forwards it once (a worker that got it twice would stop at once, without draining).
+        return subprocess.Popen(cmd, start_new_session=True)
+
     def on_signal(signum: int, _frame: object) -> None:
         nonlocal stopping
         stopping = True
@@ -112,7 +117,7 @@ def _supervise(argv: Sequence[str], workers: int, reload: bool) -> int:
             if child.poll() is None:
                 child.send_signal(signum)
 
-    children = [subprocess.Popen(cmd) for _ in range(workers)]
+    children = [spawn() for _ in range(workers)]
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     root = Path.cwd()
@@ -131,7 +136,7 @@ def _supervise(argv: Sequence[str], workers: int, reload: bool) -> int:
                     child.terminate()
                 for child in children:
                     child.wait()
-                children = [subprocess.Popen(cmd) for _ in range(workers)]
+                children = [spawn() for _ in range(workers)]
                 continue
         for i, child in enumerate(children):
             code = child.poll()
@@ -141,7 +146,7 @@ def _supervise(argv: Sequence[str], workers: int, reload: bool) -> int:
                 )
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
-                children[i] = subprocess.Popen(cmd)
+                children[i] = spawn()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -106,3 +106,43 @@ def test_dispytch_run_stops_gracefully_on_sigterm(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_dispytch_run_workers_drain_once_on_ctrl_c(tmp_path: Path) -> None:
+    """Ctrl-C hits the whole foreground process group; each worker must see it once."""
+    import os
+    import signal
+    import time
+
+    (tmp_path / "svc.py").write_text(
+        "from dispytch import App, Event\n"
+        "app = App('memory://cli')\n"
+        "@app.handler(topic='t', event='e')\n"
+        "async def h(event: Event): ...\n"
+        "@app.on_startup\n"
+        "def ready():\n"
+        "    print('READY', flush=True)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dispytch", "run", "svc:app", "--workers", "2"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, like a shell job
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        deadline = time.monotonic() + 30
+        ready = 0
+        while ready < 2 and time.monotonic() < deadline:
+            ready += "READY" in proc.stdout.readline()
+        assert ready == 2
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+        err = proc.stderr.read()
+        assert err.count("stopped App('memory://cli'") == 2
+        assert "second signal" not in err
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
