@@ -27,9 +27,11 @@ def main(path: str) -> int:
     print("|---|---|---:|---:|---:|---:|---:|---:|---|")
     for row in rows.values():
         bound = "" if row["bound"] is None else f" (≤ {row['bound']})"
+        lost = "n/a" if row["lost"] is None else row["lost"]
+        duplicates = "n/a" if row["duplicates"] is None else f"{row['duplicates']}{bound}"
         print(
             f"| {row['scenario']} | {row['backend']} | {row['events']} | {row['confirmed']} "
-            f"| {row['raised']} | {row['lost']} | {row['duplicates']}{bound} "
+            f"| {row['raised']} | {lost} | {duplicates} "
             f"| {row['duration_s']} s | {row['note']} |"
         )
     return 0

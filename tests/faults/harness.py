@@ -12,6 +12,7 @@ import asyncio
 import inspect
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -32,6 +33,11 @@ EVENT_TYPE = "fault_event"
 def fault_events() -> int:
     """Events per scenario: ``DISPYTCH_FAULT_EVENTS`` (default 2000)."""
     return int(os.environ.get("DISPYTCH_FAULT_EVENTS") or 2000)
+
+
+def fault_backlog() -> int:
+    """Events in the backlog scenario: ``DISPYTCH_FAULT_BACKLOG`` (default 20000)."""
+    return int(os.environ.get("DISPYTCH_FAULT_BACKLOG") or 20_000)
 
 
 def event_class(topic: str) -> type[EventBase]:
@@ -156,9 +162,15 @@ def check(confirmed: Iterable[int], handled: Counter[int], *, maybe: Iterable[in
 
 def duplicate_window(app: App, concurrency: int) -> int:
     """How many handled events one fault may replay: the unsettled in-flight window
-    (``concurrency``), plus, on Kafka, records settled but not yet committed (commits are
-    batched: at most ``commit_every`` records or ``commit_interval`` seconds behind)."""
-    return concurrency + int(getattr(app.backend, "commit_every", 0))
+    (``concurrency``), plus settled events whose settlement is batched and may not have reached
+    the broker: on Kafka records not yet committed (at most ``commit_every`` records or
+    ``commit_interval`` seconds behind), on Redis Streams acks not yet sent (``ack_batch``)."""
+    backend = app.backend
+    batched = int(getattr(backend, "commit_every", 0))
+    options = getattr(backend, "consumer_options", None)
+    if isinstance(options, dict):
+        batched += int(options.get("ack_batch", 0))
+    return concurrency + batched
 
 
 # -- producer ----------------------------------------------------------------------------------
@@ -224,6 +236,11 @@ class ConsumerProcess:
     delay: float = 0.0
     poison: Sequence[int] = ()
     retries: int = 0
+    crash: Sequence[int] = ()
+    crash_delay: float = 0.0
+    max_deliveries: int = 10
+    fsync: bool = True
+    options: dict[str, Any] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     runs: int = 0
 
@@ -250,6 +267,11 @@ class ConsumerProcess:
             "FAULT_DELAY": str(self.delay),
             "FAULT_POISON": ",".join(map(str, self.poison)),
             "FAULT_RETRIES": str(self.retries),
+            "FAULT_CRASH": ",".join(map(str, self.crash)),
+            "FAULT_CRASH_DELAY": str(self.crash_delay),
+            "FAULT_MAX_DELIVERIES": str(self.max_deliveries),
+            "FAULT_FSYNC": "1" if self.fsync else "0",
+            "FAULT_OPTIONS": json.dumps(self.options),
             "PYTHONUNBUFFERED": "1",
         }
         with self.log_path.open("wb") as log:
@@ -325,6 +347,55 @@ class ConsumerProcess:
         assert code == 0, f"consumer exited with {code} after SIGTERM{self.describe()}"
         return took
 
+    async def stats(self, timeout: float = 10.0) -> dict[str, int]:
+        """Ask the process for a ``fault-stats`` line (SIGUSR1) and return its numbers:
+        ``tasks``, ``inflight``, ``peak``, ``connects``."""
+        before = len(_STATS.findall(self.log()))
+        self.signal(signal.SIGUSR1)
+        found: list[tuple[str, ...]] = []
+
+        def answered() -> bool:
+            found[:] = _STATS.findall(self.log())
+            return len(found) > before
+
+        await wait_for(answered, timeout, f"consumer {self.name} to report its stats", watch=[self])
+        return dict(
+            zip(("tasks", "inflight", "peak", "connects"), map(int, found[-1]), strict=True)
+        )
+
+    def open_fds(self) -> int:
+        """File descriptors the process holds now."""
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def rss_kb(self) -> int:
+        """Resident memory of the process now (``VmRSS``), in KiB."""
+        with open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        raise AssertionError(f"no VmRSS in /proc/{self.pid}/status")
+
+    def connections_to(self, port: int) -> set[int]:
+        """Local ports of the process's established TCP connections to ``127.0.0.1:port``."""
+        inodes = set()
+        for fd in os.listdir(f"/proc/{self.pid}/fd"):
+            try:
+                link = os.readlink(f"/proc/{self.pid}/fd/{fd}")
+            except FileNotFoundError:
+                continue
+            if link.startswith("socket:["):
+                inodes.add(int(link[8:-1]))
+        ports = set()
+        with open("/proc/net/tcp") as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                local, remote, state, inode = fields[1], fields[2], fields[3], int(fields[9])
+                # 0100007F:port is 127.0.0.1 in /proc/net/tcp's byte order; 01 = ESTABLISHED.
+                if inode in inodes and state == "01" and remote == f"0100007F:{port:04X}":
+                    ports.add(int(local.split(":")[1], 16))
+        return ports
+
     def cleanup(self) -> None:
         """Kill the process if a failed test left it running."""
         if self.process is not None and self.process.poll() is None:
@@ -332,7 +403,36 @@ class ConsumerProcess:
             self.process.wait(10)
 
 
+_STATS = re.compile(r"fault-stats tasks=(\d+) inflight=(\d+) peak=(\d+) connects=(\d+)")
+
+
 # -- brokers -----------------------------------------------------------------------------------
+
+
+async def run(*argv: str, timeout: float = 60.0) -> str:
+    """Run a command; fail with its output unless it exits 0. Returns its output."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise AssertionError(f"{' '.join(argv)} did not finish in {timeout}s") from None
+    text = out.decode(errors="replace")
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)} failed ({proc.returncode}):\n{text}")
+    return text
+
+
+async def reset_connections(port: int, local_ports: Iterable[int]) -> None:
+    """Abort the TCP connections ``127.0.0.1:<local> -> 127.0.0.1:port`` with ``ss -K`` (the
+    kernel destroys the socket and sends a RST; needs root and CONFIG_INET_DIAG_DESTROY)."""
+    for local in local_ports:
+        await run(
+            "ss", "-K", "dst", "127.0.0.1", "dport", "=", f":{port}", "sport", "=", f":{local}"
+        )
 
 
 async def brokers_sh(*args: str, timeout: float = 300.0) -> float:
@@ -368,7 +468,7 @@ def record_result(
     scenario: str,
     backend: str,
     events: int,
-    report: Report,
+    report: Report | None,
     duration: float,
     *,
     raised: int = 0,
@@ -376,15 +476,16 @@ def record_result(
     note: str = "",
 ) -> None:
     """Append the scenario's numbers to ``DISPYTCH_FAULT_RESULTS`` (JSON lines), if set;
-    ``python scripts/fault_report.py FILE`` renders them as the RELIABILITY.md table."""
+    ``python scripts/fault_report.py FILE`` renders them as the RELIABILITY.md table. Without a
+    ``report`` (the scenario measures something else) lost and duplicates are left empty."""
     row = {
         "scenario": scenario,
         "backend": backend,
         "events": events,
-        "confirmed": report.confirmed,
+        "confirmed": events if report is None else report.confirmed,
         "raised": raised,
-        "lost": len(report.lost),
-        "duplicates": report.duplicates,
+        "lost": None if report is None else len(report.lost),
+        "duplicates": None if report is None else report.duplicates,
         "bound": bound,
         "duration_s": round(duration, 1),
         "note": note,

@@ -1,9 +1,11 @@
-"""Delivery guarantees under faults, on the durable brokers (Kafka, RabbitMQ).
+"""Delivery guarantees under faults, on the durable backends (Kafka, RabbitMQ, NATS JetStream,
+Redis Streams).
 
 Each scenario emits numbered events (every emit either confirmed or raised), runs the consumer
 as its own process (``dispytch run``) whose handler records each sequence number durably before
 returning, injects a fault, and checks: no confirmed event lost, duplicates within the in-flight
-window (``concurrency`` per fault). Sizes: ``DISPYTCH_FAULT_EVENTS`` (default 2000).
+window (``concurrency`` per fault). Sizes: ``DISPYTCH_FAULT_EVENTS`` (default 2000),
+``DISPYTCH_FAULT_BACKLOG`` (default 20000) for the backlog scenario.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -25,12 +29,18 @@ from tests.faults.harness import (
     brokers_sh,
     check,
     duplicate_window,
+    event_class,
+    fault_backlog,
     fault_events,
     record_result,
+    reset_connections,
+    run,
     wait_for,
 )
 
 N = fault_events()
+BACKLOG = fault_backlog()
+RESETS = int(os.environ.get("DISPYTCH_FAULT_RESETS") or 2)
 # Deadlines scale with the size knob; the defaults keep the whole suite within a few minutes.
 DRAIN = 60.0 + N / 50
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(240 + N // 20)]
@@ -152,22 +162,36 @@ async def test_sigterm_drains_slow_handlers(
 
 
 async def test_shutdown_timeout_exceeded_hands_work_back(
-    broker: Broker, topic: str, consumers: MakeConsumer, records: Records, producer_app: App
+    broker: Broker,
+    topic: str,
+    consumers: MakeConsumer,
+    records: Records,
+    producer_app: App,
+    backend_options: dict[str, Any],
 ) -> None:
     """Handlers slower than ``shutdown_timeout``: cut short at SIGTERM, not acknowledged, and
     delivered again after a restart."""
     window, shutdown = 8, 1.0
-    consumer = consumers(concurrency=window, delay=60.0, shutdown_timeout=shutdown).start()
+    options = dict(backend_options)
+    if broker.name == "nats":
+        # JetStream would redeliver a 60 s handler's event after ack_wait (2 s) while it runs:
+        # the known gap that test_handler_longer_than_redelivery_timeout shows.
+        options["ack_wait"] = 120.0
+    consumer = consumers(
+        concurrency=window, delay=60.0, shutdown_timeout=shutdown, options=options
+    ).start()
     await consumer.ready()
     producer = Producer(producer_app, topic)
     start = time.monotonic()
     await producer.emit(N)
     assert not producer.raised, list(producer.raised.items())[:5]
 
+    # Half the window at least: NATS fetches again only once half its budget is settled, so
+    # when its first fetch came back short the rest of the window stays empty for 60 s.
     await wait_for(
-        lambda: len(records.started()) >= window,
+        lambda: len(records.started()) >= window // 2,
         DRAIN,
-        "a full window of slow handlers",
+        "slow handlers in flight",
         watch=[consumer],
     )
     took = await consumer.stop(timeout=shutdown + 20)
@@ -251,6 +275,21 @@ async def test_poison_event_is_dead_lettered_and_the_rest_flow(
     assert report.duplicates == 0, report.summary()
 
 
+async def _restart(broker: Broker) -> float:
+    """Restart the broker, keeping its data; return the seconds it took.
+
+    scripts/brokers.sh runs Redis without persistence (a restart would wipe every stream), so
+    Redis is stopped with ``SHUTDOWN SAVE`` (a snapshot, which the new server loads): a Redis
+    with persistence being restarted.
+    """
+    if broker.service != "redis":
+        return await brokers_sh("restart", broker.service)
+    start = time.monotonic()
+    await run("redis-cli", "-h", "127.0.0.1", "-p", str(broker.port), "shutdown", "save")
+    await brokers_sh("up", "redis")
+    return time.monotonic() - start
+
+
 async def test_broker_restart_mid_stream(
     broker: Broker, topic: str, consumers: MakeConsumer, records: Records, producer_app: App
 ) -> None:
@@ -268,7 +307,7 @@ async def test_broker_restart_mid_stream(
     await wait_for(_distinct(records, third // 3), DRAIN, "events flowing", watch=[consumer])
     pid = consumer.pid
 
-    restart = asyncio.create_task(brokers_sh("restart", broker.name))
+    restart = asyncio.create_task(_restart(broker))
     outage_raised = 0
     try:
         # Keep emitting while the broker goes down and comes back, in small paced batches.
@@ -291,7 +330,7 @@ async def test_broker_restart_mid_stream(
     finally:
         if not restart.done():
             await asyncio.wait({restart})
-        await brokers_sh("up", broker.name)  # leave it running and healthy whatever happened
+        await brokers_sh("up", broker.service)  # leave it running and healthy whatever happened
 
     confirmed = producer.confirmed
     back = time.monotonic()
@@ -392,3 +431,269 @@ async def test_kafka_rebalance_consumer_joins_and_leaves(
     assert not report.lost, report.summary()
     assert not report.unexpected, report.summary()
     assert report.duplicates <= bound, report.summary()
+
+
+async def test_connections_reset_repeatedly(
+    broker: Broker, topic: str, consumers: MakeConsumer, records: Records, producer_app: App
+) -> None:
+    """Abort the consumer's broker connections (``ss -K``) several times while it works through
+    a stream of events: it reconnects by itself each time, without a storm of connection
+    attempts, handles every event, and ends with no more tasks or file descriptors than
+    before."""
+    window, resets = 8, RESETS
+    consumer = consumers(concurrency=window, delay=0.01).start()
+    await consumer.ready()
+    producer = Producer(producer_app, topic)
+    start = time.monotonic()
+    stop = asyncio.Event()
+
+    async def paced() -> None:
+        # ~500 events/s until the resets are done and N were emitted.
+        while not (stop.is_set() and producer.attempted >= N):
+            await producer.emit(25, batch=25)
+            if not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.05)
+
+    emitting = asyncio.create_task(paced())
+    timeline: list[str] = []
+    try:
+        await wait_for(_distinct(records, 200), DRAIN, "events flowing", watch=[consumer])
+        before = await consumer.stats()
+        fds_before = consumer.open_fds()
+        for i in range(resets):
+            old = consumer.connections_to(broker.port)
+            assert old, f"the consumer has no connection to port {broker.port}"
+            mark = len(records.handled())
+            t = time.monotonic()
+            await reset_connections(broker.port, old)
+            await wait_for(
+                lambda old=old: not consumer.connections_to(broker.port) & old,
+                5,
+                "the reset connections to go (ss -K needs root and CONFIG_INET_DIAG_DESTROY)",
+                watch=[consumer],
+            )
+
+            def reconnected(old: set[int] = old, mark: int = mark) -> bool:
+                # New connections, and events handled through them since the reset.
+                now = consumer.connections_to(broker.port)
+                return bool(now - old) and len(records.handled()) >= mark + 100
+
+            await wait_for(
+                reconnected, 60, f"the consumer to reconnect after reset {i + 1}", watch=[consumer]
+            )
+            timeline.append(f"{time.monotonic() - t:.1f}")
+    finally:
+        stop.set()
+        await emitting
+    await producer.emit(200)  # and some more, all after the last reset
+    assert not producer.raised, list(producer.raised.items())[:5]
+    await _wait_all(records, producer, [consumer], "every event after the resets")
+
+    # Leaks: what the resets left behind goes away once the consumer is back to normal.
+    after: dict[str, int] = {}
+
+    async def settled_down() -> bool:
+        after.update(await consumer.stats())
+        return after["tasks"] <= before["tasks"] + 2 and consumer.open_fds() <= fds_before + 2
+
+    await wait_for(
+        settled_down,
+        20,
+        "tasks and file descriptors back to their number before the resets",
+        watch=[consumer],
+        interval=0.5,
+        detail=lambda: (
+            f"before: {before}, {fds_before} fds; now: {after}, {consumer.open_fds()} fds"
+        ),
+    )
+    fds_after = consumer.open_fds()
+    await consumer.stop()
+
+    # Each reset costs each connection one new attempt; a storm would be many per reset.
+    connects = after["connects"] - before["connects"]
+    connect_bound = resets * (before["connects"] + 2)
+    report = check(producer.confirmed, records.handled())
+    bound = resets * duplicate_window(producer_app, window)
+    record_result(
+        "connections reset repeatedly",
+        broker.name,
+        producer.attempted,
+        report,
+        time.monotonic() - start,
+        bound=bound,
+        note=(
+            f"{resets} resets, flowing again after {', '.join(timeline)} s; "
+            f"{connects} connection attempts (≤ {connect_bound}); tasks {before['tasks']} -> "
+            f"{after['tasks']}, fds {fds_before} -> {fds_after}"
+        ),
+    )
+    assert connects <= connect_bound, (
+        f"{connects} connection attempts for {resets} resets (the consumer made "
+        f"{before['connects']} to start): a reconnection storm{consumer.describe()}"
+    )
+    assert not report.lost, report.summary()
+    assert not report.unexpected, report.summary()
+    assert report.duplicates <= bound, report.summary()
+
+
+async def test_backlog_with_slow_handler(
+    broker: Broker, topic: str, consumers: MakeConsumer, records: Records, producer_app: App
+) -> None:
+    """A consumer started on a large backlog with a slow handler holds at most ``concurrency``
+    events in its handlers, and its memory stays flat while it works through the backlog."""
+    window, sample_for, warm_up = 16, 10.0, 2.0
+    consumer = consumers(concurrency=window, delay=0.002, fsync=False).start()
+    await consumer.ready()  # its subscription exists: the backlog is kept for its group
+    await consumer.stop()
+
+    event = event_class(topic)
+    t = time.monotonic()
+    for first in range(0, BACKLOG, 5000):
+        await producer_app.emit_many(
+            event(seq=seq) for seq in range(first, min(BACKLOG, first + 5000))
+        )
+    loaded = time.monotonic() - t
+
+    consumer.start()
+    await consumer.ready()
+    began = time.monotonic()
+    samples: list[tuple[float, int]] = []
+
+    def sampled_enough() -> bool:
+        samples.append((time.monotonic() - began, consumer.rss_kb()))
+        return samples[-1][0] >= sample_for or len(records.handled()) >= BACKLOG
+
+    await wait_for(sampled_enough, sample_for + 30, "RSS samples", watch=[consumer], interval=0.25)
+    stats = await consumer.stats()
+    handled = len(records.handled())
+    await consumer.stop()
+
+    steady = [rss for at, rss in samples if at >= warm_up] or [samples[-1][1]]
+    growth_mb = (max(steady) - steady[0]) / 1024
+    record_result(
+        "backlog, slow handler",
+        broker.name,
+        BACKLOG,
+        None,
+        time.monotonic() - began,
+        note=(
+            f"loaded in {loaded:.1f}s; {handled} handled in {samples[-1][0]:.0f}s (2 ms "
+            f"handler); peak in-flight {stats['peak']} (bound {window}); RSS "
+            f"{samples[0][1] // 1024} -> {steady[0] // 1024} MB at {warm_up:.0f}s -> "
+            f"{samples[-1][1] // 1024} MB, growth after warm-up {growth_mb:.1f} MB"
+        ),
+    )
+    assert handled > 0, "nothing was handled"
+    assert stats["peak"] <= window, f"{stats['peak']} handlers ran at once (concurrency {window})"
+    assert stats["peak"] >= window // 2, f"only {stats['peak']} in flight: was it starved?"
+    assert growth_mb < 30, f"RSS grew {growth_mb:.1f} MB after warm-up: {samples}"
+
+
+@pytest.mark.parametrize("broker", ["rabbitmq", "nats", "redis_streams"], indirect=True)
+async def test_event_that_crashes_the_process_is_dead_lettered(
+    broker: Broker, topic: str, consumers: MakeConsumer, records: Records, producer_app: App
+) -> None:
+    """A handler that ends the process (``os._exit(1)``) for one event: restarted consumers
+    keep dying on it until the broker's delivery count passes ``max_deliveries``, then it is
+    dead-lettered (reason ``redelivery``) without running the handler, and the rest flow.
+    (Kafka keeps no delivery count across processes: see RELIABILITY.md.)"""
+    window, max_deliveries = 16, 3
+    events = min(N, 500)
+    crash = events // 2
+    consumer = consumers(
+        concurrency=window, crash=[crash], crash_delay=0.3, max_deliveries=max_deliveries
+    ).start()
+    await consumer.ready()
+    producer = Producer(producer_app, topic)
+    start = time.monotonic()
+    await producer.emit(events)
+    assert not producer.raised, list(producer.raised.items())[:5]
+
+    crashes: list[int] = []
+    dead: list = []
+
+    async def dead_lettered() -> bool:
+        if not consumer.alive:
+            assert consumer.process is not None
+            code = consumer.process.returncode
+            assert code == 1, f"consumer exited with {code}, not the crash's 1{consumer.describe()}"
+            crashes.append(len(records.handled()))
+            assert len(crashes) <= max_deliveries, f"crashed {len(crashes)} times: {crashes}"
+            consumer.start()
+            return False
+        dead[:] = await producer_app.backend.dead_letters(topic)
+        return bool(dead)
+
+    await wait_for(dead_lettered, 120, "the crashing event to be dead-lettered", interval=0.1)
+    healthy = producer.confirmed - {crash}
+    await wait_for(
+        lambda: healthy <= records.handled().keys(),
+        DRAIN,
+        "every other event",
+        watch=[consumer],
+        detail=lambda: check(healthy, records.handled()).summary(),
+    )
+    await consumer.stop()
+
+    assert len(dead) == 1, [d.headers for d in dead]
+    letter = dead[0]
+    assert json.loads(letter.payload)["body"]["seq"] == crash
+    assert letter.reason == "redelivery", letter.headers
+    assert letter.attempts == max_deliveries + 1, letter.headers
+    assert len(crashes) == max_deliveries, crashes
+    assert records.started()[crash] == max_deliveries  # the last delivery never ran the handler
+
+    handled = records.handled()
+    report = check(healthy, handled)
+    bound = len(crashes) * duplicate_window(producer_app, window)
+    record_result(
+        "event that crashes the process",
+        broker.name,
+        producer.attempted,
+        report,
+        time.monotonic() - start,
+        bound=bound,
+        note=(
+            f"max_deliveries={max_deliveries}: {len(crashes)} crashes, then dead-lettered "
+            f"(reason {letter.reason}, attempts {letter.attempts})"
+        ),
+    )
+    assert not report.lost, report.summary()
+    assert not report.unexpected, report.summary()
+    assert report.duplicates <= bound, report.summary()
+
+
+@pytest.mark.parametrize(
+    "broker",
+    [
+        pytest.param(
+            "nats",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="known gap: the NATS consumer sends no in-progress (+WPI) for a message "
+                "being handled, so JetStream redelivers it after ack_wait (RELIABILITY.md)",
+            ),
+        ),
+        "redis_streams",
+    ],
+    indirect=True,
+)
+async def test_handler_longer_than_redelivery_timeout(
+    broker: Broker, topic: str, consumers: MakeConsumer, records: Records, producer_app: App
+) -> None:
+    """A live consumer whose handler runs longer than the broker's redelivery timeout
+    (``ack_wait`` / ``claim_idle_ms``, 2 s here) keeps its events: none is delivered again
+    while its handler runs, with free slots asking the broker for more."""
+    events, delay = 4, 5.0
+    consumer = consumers(concurrency=8, delay=delay).start()
+    await consumer.ready()
+    producer = Producer(producer_app, topic)
+    await producer.emit(events)
+    await wait_for(
+        lambda: len(records.handled()) >= events, delay + 30, "the slow handlers", watch=[consumer]
+    )
+    await consumer.stop()
+    started = records.started()
+    assert max(started.values()) == 1, f"delivered again while being handled: {started}"
+    assert max(records.handled().values()) == 1, records.handled()
