@@ -7,7 +7,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -15,6 +15,7 @@ import nats
 import pytest
 from nats.aio.client import Client as NATSClient
 from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig
 from pydantic import BaseModel
 
 from dispytch import App, Event, EventBase, EventEmitter, EventListener, TopicSegment
@@ -270,3 +271,92 @@ async def test_overlapping_patterns_deliver_each_event_once(server: Server) -> N
         for name in [c.name for c in await server.js.consumers_info(server.stream)]:
             await wait_until_acked(server.js, server.stream, name)
     assert sorted(got) == ["first", "first", "second"]
+
+
+async def test_handler_longer_than_ack_wait_runs_once_and_is_acked(server: Server) -> None:
+    """Held messages are reported in progress: JetStream does not redeliver them meanwhile."""
+    topic = server.topic("slow")
+    starts: list[int] = []
+    app = App(
+        backend=server.backend(ack_wait=1.0), group="g", max_deliveries=2, shutdown_timeout=10
+    )
+
+    @app.handler(topic=topic, event="order_placed")
+    async def slow(event: Event[Order]) -> None:
+        starts.append(event.body.order_id)
+        await asyncio.sleep(3.0)  # three ack_waits
+
+    async with app:
+        await app.emit(order_event(topic)(order_id=1))
+        await wait_until(lambda: bool(starts), what="the slow handler")
+        name = (await server.js.consumers_info(server.stream))[0].name
+        await wait_until_acked(server.js, server.stream, name)
+        info = await server.js.consumer_info(server.stream, name)
+        assert info.delivered.consumer_seq == 1  # counts redeliveries too
+        assert await app.backend.dead_letters(topic) == []
+    assert starts == [1]
+
+
+async def test_seed_style_consumer_reads_ack_wait_and_keeps_held_messages(
+    server: Server,
+) -> None:
+    """Without ``ack_wait=``, the consumer's own ``ack_wait`` sets the in-progress period."""
+    topic = server.topic("seedslow")
+    js = server.js
+    await js.add_stream(name=server.stream, subjects=[topic])
+    sub = await js.pull_subscribe(
+        topic, durable="slow", stream=server.stream, config=ConsumerConfig(ack_wait=1.0)
+    )
+    consumer = NATSConsumer(sub)
+    await NATSProducer(js).send(topic, b"work")
+    stream = consumer.listen()
+    held = await asyncio.wait_for(anext(stream), 10)
+    assert held.delivery_attempt == 1
+    # Nothing else is ever fetched while the message is held for three ack_waits.
+    again = asyncio.ensure_future(anext(stream))
+    done, _ = await asyncio.wait({again}, timeout=3.0)
+    await consumer.ack(held)
+    await consumer.close()
+    assert not done, "delivered again while held"
+    with pytest.raises(StopAsyncIteration):  # the stream ends once closed
+        await asyncio.wait_for(again, 10)
+    await wait_until_acked(js, server.stream, "slow")
+    info = await js.consumer_info(server.stream, "slow")
+    assert info.delivered.consumer_seq == 1  # counts redeliveries too
+
+
+async def test_free_slots_are_refilled_while_slow_handlers_run(server: Server) -> None:
+    """The consumer fetches again as soon as there is room, not once half its budget is
+    free: with 5 of 8 slots busy, 3 more events still start."""
+    topic = server.topic("refill")
+    window = 8
+    running: set[int] = set()
+    release = asyncio.Event()
+    app = App(
+        backend=server.backend(),
+        group="g",
+        concurrency=window,
+        ordering="none",
+        shutdown_timeout=10,
+    )
+
+    @app.handler(topic=topic, event="order_placed")
+    async def slow(event: Event[Order]) -> None:
+        running.add(event.body.order_id)
+        await release.wait()
+
+    def started(count: int) -> Callable[[], bool]:
+        return lambda: len(running) == count
+
+    event = order_event(topic)
+    async with app:
+        try:
+            # One at a time: each fetch comes back short, leaving 5 of 8 slots busy.
+            for i in range(5):
+                await app.emit(event(order_id=i))
+                await wait_until(started(i + 1), what=f"handler {i}")
+            for i in range(5, window):
+                await app.emit(event(order_id=i))
+            await wait_until(started(window), what="every slot busy")
+        finally:
+            release.set()

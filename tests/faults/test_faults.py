@@ -172,13 +172,8 @@ async def test_shutdown_timeout_exceeded_hands_work_back(
     """Handlers slower than ``shutdown_timeout``: cut short at SIGTERM, not acknowledged, and
     delivered again after a restart."""
     window, shutdown = 8, 1.0
-    options = dict(backend_options)
-    if broker.name == "nats":
-        # JetStream would redeliver a 60 s handler's event after ack_wait (2 s) while it runs:
-        # the known gap that test_handler_longer_than_redelivery_timeout shows.
-        options["ack_wait"] = 120.0
     consumer = consumers(
-        concurrency=window, delay=60.0, shutdown_timeout=shutdown, options=options
+        concurrency=window, delay=60.0, shutdown_timeout=shutdown, options=backend_options
     ).start()
     await consumer.ready()
     producer = Producer(producer_app, topic)
@@ -186,10 +181,8 @@ async def test_shutdown_timeout_exceeded_hands_work_back(
     await producer.emit(N)
     assert not producer.raised, list(producer.raised.items())[:5]
 
-    # Half the window at least: NATS fetches again only once half its budget is settled, so
-    # when its first fetch came back short the rest of the window stays empty for 60 s.
     await wait_for(
-        lambda: len(records.started()) >= window // 2,
+        lambda: len(records.started()) >= window,
         DRAIN,
         "slow handlers in flight",
         watch=[consumer],
@@ -666,17 +659,7 @@ async def test_event_that_crashes_the_process_is_dead_lettered(
 
 @pytest.mark.parametrize(
     "broker",
-    [
-        pytest.param(
-            "nats",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="known gap: the NATS consumer sends no in-progress (+WPI) for a message "
-                "being handled, so JetStream redelivers it after ack_wait (RELIABILITY.md)",
-            ),
-        ),
-        "redis_streams",
-    ],
+    ["nats", "redis_streams"],
     indirect=True,
 )
 async def test_handler_longer_than_redelivery_timeout(

@@ -33,6 +33,11 @@ PullSubscription = JetStreamContext.PullSubscription
 #: Seconds between fetch attempts after an error, doubling up to the cap.
 _ERROR_BACKOFF = 0.5
 _ERROR_BACKOFF_CAP = 15.0
+#: JetStream's own default ack_wait, assumed when a subscription's consumer cannot be asked.
+_DEFAULT_ACK_WAIT = 30.0
+#: Bounds of the in-progress period (a third of the redelivery timeout).
+_MIN_PROGRESS_INTERVAL = 0.05
+_MAX_PROGRESS_INTERVAL = 10.0
 
 
 @dataclass(slots=True, eq=False)
@@ -46,12 +51,6 @@ class _Feed:
     inflight: int = 0
     room: asyncio.Event = field(default_factory=asyncio.Event)
 
-    @property
-    def refill_at(self) -> int:
-        # Fetch again once half the budget is settled: bigger batches, fewer round trips,
-        # and the listener still has the other half to work on meanwhile.
-        return self.budget // 2
-
 
 class NATSConsumer(Consumer):
     """Consumes JetStream pull subscriptions you created yourself (seed style)::
@@ -61,12 +60,17 @@ class NATSConsumer(Consumer):
 
     Each subscription is fetched in batches by a task of its own; at most ``prefetch``
     messages (split evenly between subscriptions, at least one each) are fetched and not yet
-    settled. The topic of a message is its subject; ``delivery_attempt`` is JetStream's
+    settled, and a subscription asks for more as soon as one of its messages is settled
+    (a fetch waits up to ``fetch_timeout`` for messages, so an idle stream is not polled in a
+    loop). The topic of a message is its subject; ``delivery_attempt`` is JetStream's
     ``num_delivered`` and ``offset`` the stream sequence.
 
     Settling: ``ack`` sends ``+ACK``, ``nack`` sends ``-NAK`` (JetStream redelivers at once);
     both are buffered and flushed by nats-py without a round trip each. A message never
-    settled (the process died) is redelivered after the consumer's ``ack_wait``.
+    settled (the process died) is redelivered after the consumer's ``ack_wait``. While this
+    consumer holds a message (fetched, not yet settled) it tells JetStream every third of
+    ``ack_wait`` that the message is in progress (``+WPI``), so a handler running longer than
+    ``ack_wait`` keeps its message instead of seeing it delivered again.
     Dead letters go to ``dead_letters`` (a :class:`~dispytch.nats.DeadLetterStore`); without
     one the listener's own dead-letter producer is used.
 
@@ -76,6 +80,10 @@ class NATSConsumer(Consumer):
         fetch_timeout: seconds one fetch waits for messages; also how long :meth:`close`
             may wait for a fetch in progress (a fetch is never cancelled).
         dead_letters: where permanent failures are stored.
+        ack_wait: seconds JetStream waits for an ack before redelivering (the consumers'
+            ``ack_wait``); held messages are reported in progress every third of it.
+            ``None``: read from the subscriptions' consumers (the shortest of their
+            ``ack_wait`` and ``backoff``) when fetching starts.
     """
 
     def __init__(
@@ -84,20 +92,28 @@ class NATSConsumer(Consumer):
         prefetch: int = 64,
         fetch_timeout: float = 1.0,
         dead_letters: DeadLetterStore | None = None,
+        ack_wait: float | None = None,
     ) -> None:
         if prefetch < 1:
             raise ConfigurationError(f"prefetch must be >= 1, got {prefetch}")
         if fetch_timeout <= 0:
             raise ConfigurationError(f"fetch_timeout must be > 0, got {fetch_timeout}")
+        if ack_wait is not None and ack_wait <= 0:
+            raise ConfigurationError(f"ack_wait must be > 0 seconds, got {ack_wait}")
         self.subscriptions: list[PullSubscription] = list(subscriptions)
         self.prefetch = prefetch
         self.fetch_timeout = fetch_timeout
         self.dead_letters = dead_letters
+        self.ack_wait = ack_wait
         self._shadows: list[tuple[str, ...]] = []
         self._feeds: dict[int, _Feed] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._ready: deque[tuple[_Feed, Msg]] = deque()
+        #: id(msg) -> msg of every message fetched and not yet settled: reported in progress.
+        self._held: dict[int, Msg] = {}
+        self._progress: asyncio.Task[None] | None = None
         self._wakeup = asyncio.Event()
+        self._closed = asyncio.Event()
         self._closing = False
         self._stopped = 0  # fetch loops that ended
 
@@ -120,6 +136,7 @@ class NATSConsumer(Consumer):
             self._tasks.append(
                 asyncio.create_task(self._fetch_loop(feed), name=f"dispytch-nats-fetch-{i}")
             )
+        self._progress = asyncio.create_task(self._progress_loop(), name="dispytch-nats-progress")
 
     async def _fetch_loop(self, feed: _Feed) -> None:
         try:
@@ -131,15 +148,21 @@ class NATSConsumer(Consumer):
     async def _fetch_until_closed(self, feed: _Feed) -> None:
         backoff = _ERROR_BACKOFF
         sub = feed.sub
+        held = self._held
         while not self._closing:
-            if feed.inflight > feed.refill_at:
+            room = feed.budget - feed.inflight
+            if room <= 0:
                 feed.room.clear()
                 await feed.room.wait()
                 continue
             try:
-                msgs = await sub.fetch(feed.budget - feed.inflight, timeout=self.fetch_timeout)
-            except nats.errors.TimeoutError:
-                continue  # nothing new (or reconnecting): ask again
+                # Whatever room there is, even one slot: a fetch returns what is available at
+                # once and otherwise waits up to fetch_timeout, so this never spins.
+                msgs = await sub.fetch(room, timeout=self.fetch_timeout)
+            except TimeoutError:
+                # Nothing new (or reconnecting): ask again. nats-py raises its own
+                # TimeoutError, or asyncio's from deep inside a multi-message fetch.
+                continue
             except nats.errors.ConnectionClosedError:
                 # Closed for good: a lost connection is "reconnecting", not closed.
                 if not self._closing:
@@ -172,9 +195,65 @@ class NATSConsumer(Consumer):
                     await msg.ack()
                     continue
                 feed.inflight += 1
+                held[id(msg)] = msg
                 self._ready.append((feed, msg))
             if self._ready:
                 self._wakeup.set()
+
+    # -- keeping held messages ---------------------------------------------------------------
+
+    async def _progress_loop(self) -> None:
+        """Every third of ``ack_wait``, tell JetStream each held message is being worked on.
+
+        One task for all held messages; the ``+WPI`` publishes are buffered and flushed by
+        nats-py together, without a round trip each.
+        """
+        interval = await self._progress_interval()
+        while not self._closing:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closed.wait(), interval)
+            if self._closing:
+                return
+            try:
+                for msg in list(self._held.values()):
+                    await msg.in_progress()
+            except nats.errors.ConnectionClosedError:
+                return  # closed for good: nothing held can be kept any more
+            except nats.errors.Error as exc:
+                # E.g. reconnecting with a full outbound buffer: try again next period.
+                logger.warning(
+                    "could not report held JetStream messages in progress (%s: %s); "
+                    "those handled for longer than ack_wait may be delivered again",
+                    type(exc).__name__,
+                    exc,
+                )
+
+    async def _progress_interval(self) -> float:
+        ack_wait = self.ack_wait
+        if ack_wait is None:
+            ack_wait = await self._redelivery_timeout()
+        return min(max(ack_wait / 3, _MIN_PROGRESS_INTERVAL), _MAX_PROGRESS_INTERVAL)
+
+    async def _redelivery_timeout(self) -> float:
+        """The shortest time after which one of the subscriptions' consumers redelivers."""
+        timeouts: list[float] = []
+        for sub in self.subscriptions:
+            try:
+                config = (await sub.consumer_info()).config
+            except Exception as exc:
+                logger.warning(
+                    "could not read the ack_wait of JetStream consumer %r (%s: %s); "
+                    "assuming %.0fs: pass ack_wait= to NATSConsumer to set it",
+                    sub._consumer,
+                    type(exc).__name__,
+                    exc,
+                    _DEFAULT_ACK_WAIT,
+                )
+                timeouts.append(_DEFAULT_ACK_WAIT)
+                continue
+            timeouts.append(config.ack_wait or _DEFAULT_ACK_WAIT)
+            timeouts.extend(config.backoff or ())  # redelivery after backoff[n] instead
+        return min(timeouts, default=_DEFAULT_ACK_WAIT)
 
     async def _pause(self, feed: _Feed, seconds: float) -> None:
         """Sleep ``seconds`` unless :meth:`close` wakes the feed first."""
@@ -203,26 +282,24 @@ class NATSConsumer(Consumer):
     # -- settling -----------------------------------------------------------------------------
 
     def _settled(self, msg: Msg) -> None:
+        if self._held.pop(id(msg), None) is None:
+            return  # settled twice, or not ours
         feed = self._feeds.get(msg._sid or 0)
         if feed is None:
             return
         feed.inflight -= 1
-        if feed.inflight <= feed.refill_at:
-            feed.room.set()
+        feed.room.set()
 
     async def ack(self, message: Message) -> None:
         msg: Msg = message.extra
-        try:
-            await msg.ack()
-        finally:
-            self._settled(msg)
+        # No longer held before the +ACK goes out: no in-progress signal after it.
+        self._settled(msg)
+        await msg.ack()
 
     async def nack(self, message: Message) -> None:
         msg: Msg = message.extra
-        try:
-            await msg.nak()
-        finally:
-            self._settled(msg)
+        self._settled(msg)
+        await msg.nak()
 
     async def dead_letter(self, message: Message, failure: Failure) -> bool:
         if self.dead_letters is None:
@@ -238,9 +315,13 @@ class NATSConsumer(Consumer):
         if self._closing:
             return
         self._closing = True
+        self._closed.set()
         for feed in self._feeds.values():
             feed.room.set()
         self._wakeup.set()
+        if self._progress is not None:
+            self._progress.cancel()  # may be asking for ack_wait: no need to wait for that
+            await asyncio.gather(self._progress, return_exceptions=True)
         if self._tasks:
             done, pending = await asyncio.wait(self._tasks, timeout=self.fetch_timeout + 5.0)
             for task in pending:  # a fetch stuck past its own timeout: give up on it
@@ -250,7 +331,7 @@ class NATSConsumer(Consumer):
                     logger.error("JetStream fetch task failed", exc_info=task.exception())
         while self._ready:
             feed, msg = self._ready.popleft()
-            feed.inflight -= 1
+            self._settled(msg)
             try:
                 await msg.nak()
             except nats.errors.Error as exc:  # connection gone: ack_wait redelivers it
@@ -277,7 +358,12 @@ class NATSGroupConsumer(NATSConsumer):
         fetch_timeout: float,
         dead_letters: DeadLetterStore,
     ) -> None:
-        super().__init__(prefetch=prefetch, fetch_timeout=fetch_timeout, dead_letters=dead_letters)
+        super().__init__(
+            prefetch=prefetch,
+            fetch_timeout=fetch_timeout,
+            dead_letters=dead_letters,
+            ack_wait=consumer_options.get("ack_wait"),
+        )
         self.jetstream = jetstream
         self.group = group
         self.stream = stream
