@@ -99,7 +99,11 @@ class EventBase(BaseModel):
     @property
     def backend_config(self) -> BaseModel | None:
         """The per-event backend config if one was given, else the class's."""
-        return self._dispytch_config or type(self).__backend_config__
+        # Straight from pydantic's private-attribute dict: ``self._dispytch_config`` goes
+        # through BaseModel.__getattr__, which costs more than the rest of an emit's envelope.
+        private = self.__pydantic_private__
+        config = private.get("_dispytch_config") if private else None
+        return config or type(self).__backend_config__
 
     def topic(self) -> str:
         """The concrete topic this event goes to, placeholders filled in."""

@@ -73,9 +73,26 @@ def test_demo_command_runs() -> None:
     assert re.search(r"dead-lettered: shop:7:orders after \d attempt\(s\): ValueError", out)
 
 
+def _wait_for_lines(proc: subprocess.Popen[str], text: str, count: int, timeout: float) -> None:
+    """Read the process's stdout until ``text`` appeared on ``count`` lines, with a deadline."""
+    import selectors
+    import time
+
+    assert proc.stdout is not None
+    seen = 0
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        while seen < count:
+            left = deadline - time.monotonic()
+            if left <= 0 or proc.poll() is not None:
+                raise AssertionError(f"saw {text!r} {seen}/{count} times before the deadline")
+            if selector.select(timeout=left):
+                seen += text in proc.stdout.readline()
+
+
 def test_dispytch_run_stops_gracefully_on_sigterm(tmp_path: Path) -> None:
     import signal
-    import time
 
     (tmp_path / "svc.py").write_text(
         "from dispytch import App, Event\n"
@@ -94,12 +111,7 @@ def test_dispytch_run_stops_gracefully_on_sigterm(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 30
-        line = ""
-        while "READY" not in line and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-        assert "READY" in line
+        _wait_for_lines(proc, "READY", 1, timeout=60)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
         assert "stopped App('memory://cli'" in (proc.stderr.read() if proc.stderr else "")
@@ -112,7 +124,6 @@ def test_dispytch_run_workers_drain_once_on_ctrl_c(tmp_path: Path) -> None:
     """Ctrl-C hits the whole foreground process group; each worker must see it once."""
     import os
     import signal
-    import time
 
     (tmp_path / "svc.py").write_text(
         "from dispytch import App, Event\n"
@@ -132,12 +143,8 @@ def test_dispytch_run_workers_drain_once_on_ctrl_c(tmp_path: Path) -> None:
         start_new_session=True,  # its own process group, like a shell job
     )
     try:
-        assert proc.stdout is not None and proc.stderr is not None
-        deadline = time.monotonic() + 30
-        ready = 0
-        while ready < 2 and time.monotonic() < deadline:
-            ready += "READY" in proc.stdout.readline()
-        assert ready == 2
+        assert proc.stderr is not None
+        _wait_for_lines(proc, "READY", 2, timeout=60)
         os.killpg(proc.pid, signal.SIGINT)
         assert proc.wait(timeout=30) == 0
         err = proc.stderr.read()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass
 from enum import Enum
@@ -175,6 +175,13 @@ class CallPlan:
                     f"{_short(exc)}"
                 ) from None
         return values
+
+    def start(self, events: list[Event[Any]], segments: list[Any]) -> Awaitable[Any]:
+        """What :meth:`run` does, as an awaitable: a handler without dependencies is called
+        directly (one coroutine less per message on the hot path)."""
+        if not self.steps:
+            return self.func(**_kwargs(self.handler_args, events, segments, []))  # type: ignore[no-any-return]
+        return self.run(events, segments)
 
     async def run(self, events: list[Event[Any]], segments: list[Any]) -> Any:
         """Resolve the dependencies and call the handler once."""

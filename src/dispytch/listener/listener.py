@@ -46,6 +46,10 @@ class ListenerObserver(Protocol):
     def on_dead_letter(self, message: Message, failure: Failure) -> None: ...
 
 
+#: Distinct (topic, event type) pairs whose handler lists are memoised before the memo resets.
+_MATCH_CACHE_SIZE = 4096
+
+
 def _as_async(func: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
     if inspect.iscoroutinefunction(func):
         return func
@@ -125,7 +129,8 @@ class EventListener:
         self._consumer_dead_letter = _as_async(dead_letter) if dead_letter else None
         self._tasks: set[asyncio.Task[None]] = set()
         self._keys: dict[Hashable, deque[Message]] = {}
-        self._slots: asyncio.Semaphore | None = None
+        # Set while the fetch loop waits for a free slot (held == concurrency); _release wakes it.
+        self._room: asyncio.Future[None] | None = None
         self._stop: asyncio.Event | None = None
         self._running = False
         self._subscribed = False
@@ -134,6 +139,7 @@ class EventListener:
         self._idle: list[asyncio.Future[None]] = []
         self._workers = 0
         self._settled: asyncio.Event | None = None
+        self._matches: dict[tuple[str, str], list[tuple[HandlerSpec, dict[str, str]]]] = {}
 
     # -- registration -------------------------------------------------------------------------
 
@@ -190,7 +196,6 @@ class EventListener:
         if self._running:
             raise ListenerError("this listener is already listening; create another one")
         self._running = True
-        self._slots = asyncio.Semaphore(self.concurrency)
         if self._stop is None:
             self._stop = asyncio.Event()
         await self.subscribe()
@@ -245,19 +250,24 @@ class EventListener:
             self._release()
 
     async def _fetch_loop(self) -> None:
-        assert self._slots is not None
-        slots = self._slots
+        limit = self.concurrency
+        loop = asyncio.get_running_loop()
         ordering = self.ordering
         ready = self._ready
         idle = self._idle
         stream = self.consumer.listen()
         try:
             while True:
-                await slots.acquire()  # backpressure: fetch only with a free slot
+                if self._held >= limit:  # backpressure: fetch only with a free slot
+                    self._room = room = loop.create_future()
+                    try:
+                        await room
+                    finally:
+                        self._room = None
+                    continue
                 try:
                     message = await anext(stream)
                 except StopAsyncIteration:
-                    slots.release()
                     return
                 self._held += 1
                 if ordering == "key":
@@ -316,9 +326,10 @@ class EventListener:
             logger.error("listener task failed", exc_info=task.exception())
 
     def _release(self) -> None:
-        assert self._slots is not None
         self._held -= 1
-        self._slots.release()
+        room = self._room
+        if room is not None and not room.done():
+            room.set_result(None)
         if not self._held and self._settled is not None:
             self._settled.set()
 
@@ -340,8 +351,55 @@ class EventListener:
     # -- one message --------------------------------------------------------------------------
 
     async def _process(self, message: Message) -> None:
+        # One coroutine per message from here to the handler's plan: this is the hot path.
         try:
-            await self._handle(message)
+            if message.delivery_attempt > self.max_deliveries:
+                await self._dead_letter(
+                    message,
+                    Failure(
+                        "redelivery",
+                        "TooManyDeliveries",
+                        f"delivered {message.delivery_attempt} times (max_deliveries="
+                        f"{self.max_deliveries}); the process kept stopping while handling it",
+                        None,
+                        message.delivery_attempt,
+                        _now_ms(),
+                    ),
+                )
+                return
+            try:
+                envelope = self.deserializer.deserialize(message.payload)
+            except Exception as exc:
+                kind = "DecodeError" if isinstance(exc, DecodeError) else type(exc).__name__
+                await self._dead_letter(
+                    message, Failure("decode", kind, str(exc), None, 1, _now_ms())
+                )
+                return
+            matches = self._lookup(message.topic, envelope.type)
+            if not matches:
+                logger.debug(
+                    "no handler for %r on %r; acknowledging event %s",
+                    envelope.type,
+                    message.topic,
+                    envelope.id,
+                )
+                await self._settle_safely(self._ack, message)
+                return
+            if len(matches) == 1:
+                spec, segments = matches[0]
+                failure = await self._run_handler(spec, segments, envelope, message)
+            else:
+                results = await asyncio.gather(
+                    *(self._run_handler(spec, segs, envelope, message) for spec, segs in matches)
+                )
+                failure = next((f for f in results if f is not None), None)
+            if failure is not None:
+                await self._dead_letter(message, failure)
+                return
+            try:
+                await self._ack(message)
+            except Exception as exc:
+                self._settle_failed(message, exc)
         except asyncio.CancelledError:
             await self._settle_safely(self._nack, message)
             raise
@@ -351,48 +409,16 @@ class EventListener:
             )
             await self._settle_safely(self._nack, message)
 
-    async def _handle(self, message: Message) -> None:
-        if message.delivery_attempt > self.max_deliveries:
-            await self._dead_letter(
-                message,
-                Failure(
-                    "redelivery",
-                    "TooManyDeliveries",
-                    f"delivered {message.delivery_attempt} times (max_deliveries="
-                    f"{self.max_deliveries}); the process kept stopping while handling it",
-                    None,
-                    message.delivery_attempt,
-                    _now_ms(),
-                ),
-            )
-            return
-        try:
-            envelope = self.deserializer.deserialize(message.payload)
-        except Exception as exc:
-            kind = "DecodeError" if isinstance(exc, DecodeError) else type(exc).__name__
-            await self._dead_letter(message, Failure("decode", kind, str(exc), None, 1, _now_ms()))
-            return
-        matches = self.routes().lookup(message.topic, envelope.type)
-        if not matches:
-            logger.debug(
-                "no handler for %r on %r; acknowledging event %s",
-                envelope.type,
-                message.topic,
-                envelope.id,
-            )
-            await self._settle_safely(self._ack, message)
-            return
-        if len(matches) == 1:
-            failure = await self._run_handler(matches[0][0], matches[0][1], envelope, message)
-        else:
-            results = await asyncio.gather(
-                *(self._run_handler(spec, segs, envelope, message) for spec, segs in matches)
-            )
-            failure = next((f for f in results if f is not None), None)
-        if failure is None:
-            await self._settle_safely(self._ack, message)
-        else:
-            await self._dead_letter(message, failure)
+    def _lookup(self, topic: str, event_type: str) -> list[tuple[HandlerSpec, dict[str, str]]]:
+        """The handlers for ``(topic, event_type)``, memoised (bounded: both come off the wire)."""
+        key = (topic, event_type)
+        matches = self._matches.get(key)
+        if matches is None:
+            matches = self.routes().lookup(topic, event_type)
+            if len(self._matches) >= _MATCH_CACHE_SIZE:
+                self._matches.clear()
+            self._matches[key] = matches
+        return matches
 
     async def _run_handler(
         self, spec: HandlerSpec, raw_segments: dict[str, str], envelope: Envelope, message: Message
@@ -407,7 +433,7 @@ class EventListener:
         attempt = 1
         while True:
             try:
-                await plan.run(events, segments)
+                await plan.start(events, segments)
             except Exception as exc:
                 if retry.should_retry(exc, attempt):
                     delay = retry.delay(attempt)
@@ -472,10 +498,14 @@ class EventListener:
         try:
             await settle(message)
         except Exception as exc:
-            # The broker will redeliver what it did not hear about; the log says so.
-            logger.warning(
-                "could not settle message from %r (%s: %s); the broker will redeliver it",
-                message.topic,
-                type(exc).__name__,
-                exc,
-            )
+            self._settle_failed(message, exc)
+
+    @staticmethod
+    def _settle_failed(message: Message, exc: Exception) -> None:
+        # The broker will redeliver what it did not hear about; the log says so.
+        logger.warning(
+            "could not settle message from %r (%s: %s); the broker will redeliver it",
+            message.topic,
+            type(exc).__name__,
+            exc,
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from dispytch.errors import DecodeError
@@ -15,6 +16,20 @@ from dispytch.serialization.deserializer import (
 from dispytch.serialization.serializer import Serializer
 
 __all__ = ["JSONDeserializer", "JSONSerializer"]
+
+# json.loads() wraps the C scanner in two Python calls and two whitespace regex matches; a
+# compact document (what serializers write) needs neither. Anything else takes json.loads.
+_scan_once: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
+def _loads(text: str) -> Any:
+    try:
+        value, end = _scan_once(text, 0)
+    except StopIteration:
+        return json.loads(text)  # leading whitespace, or not JSON: json.loads says which
+    if end != len(text):
+        return json.loads(text)  # trailing whitespace is fine, trailing data raises
+    return value
 
 
 class JSONSerializer(Serializer):
@@ -41,7 +56,7 @@ class JSONDeserializer(Deserializer):
                 f"{self.max_payload_bytes}"
             )
         try:
-            data = json.loads(payload.decode(self.encoding))
+            data = _loads(payload.decode(self.encoding))
         except RecursionError:
             raise DecodeError("JSON nested too deeply") from None
         except (UnicodeDecodeError, ValueError) as exc:

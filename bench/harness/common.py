@@ -1,0 +1,245 @@
+"""What every variant shares: the event, its bytes, the work per event, the meter, results."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import resource
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+
+from dispytch import EventBase
+from dispytch.serialization.json import JSONSerializer
+
+RESULT_PREFIX = "BENCH-RESULT "
+_SERIALIZER = JSONSerializer()
+EVENT_TYPE = "user_registered"
+
+
+class User(BaseModel):
+    id: int
+    email: str
+    name: str
+
+
+class Body(BaseModel):
+    """The event body every variant validates."""
+
+    user: User
+    seq: int
+    key: str
+
+
+class Envelope(BaseModel):
+    """The whole wire envelope, for frameworks that validate the message as one model."""
+
+    id: str
+    type: str
+    body: Body
+    timestamp: int
+
+
+def event_class(topic: str, config: BaseModel | None = None) -> type[EventBase]:
+    """A Dispytch event class publishing to ``topic`` (classes are per topic)."""
+    namespace: dict[str, Any] = {
+        "__topic__": topic,
+        "__event_type__": EVENT_TYPE,
+        "__annotations__": {"user": User, "seq": int, "key": str},
+    }
+    if config is not None:
+        namespace["__backend_config__"] = config
+    return type("UserRegistered", (EventBase,), namespace)
+
+
+def body(seq: int, keys: int = 1000) -> dict[str, Any]:
+    return {
+        "user": {"id": 100_000 + seq % 997, "email": "ada@example.com", "name": "Ada"},
+        "seq": seq,
+        "key": f"k{seq % keys:04d}",
+    }
+
+
+def payload(seq: int, keys: int = 1000) -> bytes:
+    """The exact bytes Dispytch's JSON serializer writes for event ``seq`` (~207 bytes)."""
+    envelope = {
+        "id": str(uuid.uuid4()),
+        "type": EVENT_TYPE,
+        "body": body(seq, keys),
+        "timestamp": 1_760_000_000_000 + seq,
+    }
+    return _SERIALIZER.serialize(envelope)
+
+
+def payloads(n: int, keys: int = 1000) -> list[bytes]:
+    return [payload(i, keys) for i in range(n)]
+
+
+def work(data: bytes) -> Body:
+    """What a raw loop does per event: decode JSON, check the type, validate the body."""
+    envelope = json.loads(data)
+    if envelope["type"] != EVENT_TYPE:
+        raise ValueError(envelope["type"])
+    return Body.model_validate(envelope["body"])
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@dataclass
+class Meter:
+    """Counts handled events; times the first to the ``expected``-th, wall clock and CPU.
+
+    Timing from the first event (not from start) keeps connection set-up and consumer-group
+    joins out of the rate, alike for every variant.
+    """
+
+    expected: int
+    count: int = 0
+    wall0: float = 0.0
+    cpu0: float = 0.0
+    wall1: float = 0.0
+    cpu1: float = 0.0
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    last_seen: float = 0.0
+
+    def tick(self) -> None:
+        self.count += 1
+        if self.count == 1:
+            self.wall0 = time.perf_counter()
+            self.cpu0 = time.process_time()
+        if self.count == self.expected:
+            self.wall1 = time.perf_counter()
+            self.cpu1 = time.process_time()
+            self.done.set()
+
+    async def wait(self, idle_timeout: float = 10.0, total_timeout: float = 600.0) -> None:
+        """Wait until all arrived, or nothing arrived for ``idle_timeout`` seconds (lost ones)."""
+        deadline = time.monotonic() + total_timeout
+        seen = -1
+        while not self.done.is_set() and time.monotonic() < deadline:
+            try:
+                await asyncio.wait_for(self.done.wait(), idle_timeout)
+            except TimeoutError:
+                if self.count == seen:
+                    break
+                seen = self.count
+        if not self.done.is_set():
+            self.wall1 = time.perf_counter()
+            self.cpu1 = time.process_time()
+
+    def result(self, **extra: Any) -> dict[str, Any]:
+        n = max(self.count - 1, 1)
+        wall = max(self.wall1 - self.wall0, 1e-9)
+        return {
+            "events": self.count,
+            "lost": self.expected - self.count,
+            "rate": n / wall,
+            "cpu_us": (self.cpu1 - self.cpu0) / n * 1e6,
+            "seconds": wall,
+            **extra,
+        }
+
+
+def timed_publish_result(n: int, wall: float, cpu: float, **extra: Any) -> dict[str, Any]:
+    return {"events": n, "rate": n / wall, "cpu_us": cpu / n * 1e6, "seconds": wall, **extra}
+
+
+class Stopwatch:
+    """Wall clock and process CPU of a block: ``with Stopwatch() as w: ...; w.wall, w.cpu``."""
+
+    def __enter__(self) -> Stopwatch:
+        self.wall = self.cpu = 0.0
+        self._w = time.perf_counter()
+        self._c = time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self._w
+        self.cpu = time.process_time() - self._c
+
+
+def rss_kib() -> int:
+    """Current resident set size of this process in KiB (Linux /proc)."""
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def max_rss_kib() -> int:
+    """Peak RSS of this process in KiB: ``VmHWM``, the high-water mark of its own memory.
+
+    Not ``ru_maxrss``: Linux carries a process's ``ru_maxrss`` over ``execve``, so a worker
+    spawned by an orchestrator that once held a 200,000-event backlog would report the
+    orchestrator's peak. Falls back to ``ru_maxrss`` where ``/proc`` is missing.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+class RssSampler:
+    """Samples this process's RSS every ``interval`` seconds in the background."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        self.interval = interval
+        self.samples: list[tuple[float, int]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._t0 = time.perf_counter()
+
+    def start(self) -> None:
+        self._t0 = time.perf_counter()
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            self.samples.append((time.perf_counter() - self._t0, rss_kib()))
+            await asyncio.sleep(self.interval)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self.samples.append((time.perf_counter() - self._t0, rss_kib()))
+
+
+def emit_result(result: dict[str, Any]) -> None:
+    sys.stdout.write(RESULT_PREFIX + json.dumps(result) + "\n")
+    sys.stdout.flush()
+
+
+@dataclass
+class Spec:
+    """One measurement, as passed from the orchestrator to a worker process (JSON)."""
+
+    scenario: str  # consume | publish | io | memory
+    backend: str
+    variant: str  # raw | dispytch | faststream
+    events: int
+    target: str = ""  # topic / queue / channel prepared for this run
+    group: str = ""
+    url: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+    profile: str = ""  # write cProfile stats here
+
+    def dumps(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def loads(cls, text: str) -> Spec:
+        return cls(**json.loads(text))
+
+
+Runner = Callable[[Spec], Any]

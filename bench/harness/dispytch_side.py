@@ -1,0 +1,143 @@
+"""The Dispytch variant, the same for every backend: an App from the URL, one handler."""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+from collections.abc import Sequence
+from typing import Any
+
+from dispytch import App, Event, EventBase
+from harness.common import (
+    EVENT_TYPE,
+    Body,
+    Meter,
+    RssSampler,
+    Spec,
+    Stopwatch,
+    body,
+    event_class,
+    max_rss_kib,
+    rss_kib,
+    timed_publish_result,
+)
+
+
+def consuming_app(spec: Spec, meter: Meter, sleep: float = 0.0, **options: Any) -> App:
+    """An app whose one handler validates ``Event[Body]`` (and awaits ``sleep`` seconds)."""
+    app = App(
+        spec.url,
+        group=spec.group,
+        concurrency=int(spec.options.get("concurrency", 100)),
+        ordering=spec.options.get("ordering", "key"),
+        **options,
+    )
+    if sleep:
+
+        @app.handler(topic=spec.target, event=EVENT_TYPE)
+        async def slow(event: Event[Body]) -> None:
+            await asyncio.sleep(sleep)
+            meter.tick()
+
+    else:
+
+        @app.handler(topic=spec.target, event=EVENT_TYPE)
+        async def handle(event: Event[Body]) -> None:
+            meter.tick()
+
+    return app
+
+
+async def consume(spec: Spec, **options: Any) -> dict[str, Any]:
+    meter = Meter(spec.events)
+    app = consuming_app(spec, meter, **options)
+    await app.start()
+    try:
+        await meter.wait()
+    finally:
+        await app.stop()
+    return meter.result()
+
+
+async def io_ordered(spec: Spec, **options: Any) -> dict[str, Any]:
+    """Handlers await ``sleep_ms``; every key's events must arrive in ``seq`` order."""
+    meter = Meter(spec.events)
+    sleep = float(spec.options.get("sleep_ms", 10)) / 1000
+    last: dict[str, int] = {}
+    violations = [0]
+    app = App(
+        spec.url,
+        group=spec.group,
+        concurrency=int(spec.options.get("concurrency", 1000)),
+        ordering="key",
+        **options,
+    )
+
+    @app.handler(topic=spec.target, event=EVENT_TYPE)
+    async def handle(event: Event[Body]) -> None:
+        b = event.body
+        if last.get(b.key, -1) >= b.seq:
+            violations[0] += 1
+        last[b.key] = b.seq
+        await asyncio.sleep(sleep)
+        meter.tick()
+
+    await app.start()
+    try:
+        await meter.wait(idle_timeout=30)
+    finally:
+        await app.stop()
+    return meter.result(order_violations=violations[0], keys=len(last))
+
+
+async def memory(spec: Spec, **options: Any) -> dict[str, Any]:
+    """Drain a big backlog with a slow handler while sampling RSS."""
+    meter = Meter(spec.events)
+    sleep = float(spec.options.get("sleep_ms", 1)) / 1000
+    app = consuming_app(spec, meter, sleep=sleep, **options)
+    sampler = RssSampler(float(spec.options.get("sample_every", 0.5)))
+    base = rss_kib()
+    sampler.start()
+    await app.start()
+    started = rss_kib()
+    try:
+        await meter.wait(total_timeout=1800)
+    finally:
+        await app.stop()
+        await sampler.stop()
+    samples = sampler.samples
+    return meter.result(
+        rss_before_kib=base,
+        rss_started_kib=started,
+        max_rss_kib=max_rss_kib(),
+        ru_maxrss_kib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        rss_samples=[(round(t, 2), kib) for t, kib in samples],
+    )
+
+
+def publish_events(spec: Spec, n: int, config: Any = None) -> Sequence[EventBase]:
+    cls = event_class(spec.target, config)
+    return [cls(**body(i)) for i in range(n)]
+
+
+async def publish(spec: Spec, **options: Any) -> dict[str, Any]:
+    """Sequential confirmed emits, then ``emit_many`` in batches of ``batch``."""
+    seq_n = int(spec.options.get("sequential", max(spec.events // 10, 1)))
+    batch = int(spec.options.get("batch", 1000))
+    app = App(spec.url, group=spec.group, **options)
+    await app.start()
+    try:
+        events = publish_events(spec, seq_n)
+        with Stopwatch() as seq:
+            for event in events:
+                await app.emit(event)
+        events = publish_events(spec, spec.events)
+        with Stopwatch() as many:
+            for i in range(0, len(events), batch):
+                await app.emit_many(events[i : i + batch])
+    finally:
+        await app.stop()
+    return {
+        "sequential": timed_publish_result(seq_n, seq.wall, seq.cpu),
+        "batched": timed_publish_result(spec.events, many.wall, many.cpu, batch=batch),
+    }

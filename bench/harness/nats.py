@@ -1,0 +1,207 @@
+"""NATS JetStream: a file-backed stream per scenario, one durable pull consumer per run.
+
+Dispytch's NATS backend is JetStream (durable, acked), so this compares JetStream consumers:
+nats-py's pull subscription (fetch 100, one ``+ACK`` per message), Dispytch (which uses the
+stream the bench created, as it captures the subject) and FastStream's pull subscriber.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+import nats
+from nats.js.api import StreamConfig
+
+from harness import dispytch_side
+from harness.common import (
+    Envelope,
+    Meter,
+    Spec,
+    Stopwatch,
+    body,
+    payloads,
+    timed_publish_result,
+    unique,
+    work,
+)
+
+URL = "nats://127.0.0.1:4222"
+NAME = "nats"
+
+
+class Setup:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.streams: list[str] = []
+        self.backlogs: dict[str, tuple[str, str]] = {}
+
+    async def check(self) -> str | None:
+        try:
+            nc = await asyncio.wait_for(nats.connect(self.url, max_reconnect_attempts=0), 5)
+            await nc.jetstream().account_info()
+            await nc.close()
+        except Exception as exc:
+            return f"NATS JetStream does not answer ({type(exc).__name__})"
+        return None
+
+    async def _stream(self, js: Any, scenario: str, **config: Any) -> tuple[str, str]:
+        token = uuid.uuid4().hex[:10]
+        name, subject = f"bench_{scenario}_{token}", f"bench.{scenario}.{token}"
+        await js.add_stream(StreamConfig(name=name, subjects=[subject], **config))
+        self.streams.append(name)
+        return name, subject
+
+    async def prepare(self, scenario: str, specs: list[Spec]) -> None:
+        nc = await nats.connect(self.url)
+        try:
+            js = nc.jetstream()
+            if scenario == "publish":
+                name, subject = await self._stream(js, scenario, max_msgs=1000)
+            elif scenario in self.backlogs:
+                name, subject = self.backlogs[scenario]
+            else:
+                name, subject = await self._stream(js, scenario)
+                data = payloads(max(s.events for s in specs))
+                for i in range(0, len(data), 2000):
+                    await asyncio.gather(*(js.publish(subject, d) for d in data[i : i + 2000]))
+                self.backlogs[scenario] = (name, subject)
+        finally:
+            await nc.close()
+        for spec in specs:
+            spec.target = subject
+            spec.group = unique(f"bench-{spec.variant}")
+            spec.options["stream"] = name
+
+    async def cleanup(self) -> None:
+        if not self.streams:
+            return
+        nc = await nats.connect(self.url)
+        try:
+            js = nc.jetstream()
+            for name in self.streams:
+                await js.delete_stream(name)
+        finally:
+            await nc.close()
+        self.streams = []
+        self.backlogs = {}
+
+
+async def consume_raw(spec: Spec) -> dict[str, Any]:
+    nc = await nats.connect(spec.url)
+    js = nc.jetstream()
+    sub = await js.pull_subscribe(spec.target, durable=spec.group, stream=spec.options["stream"])
+    meter = Meter(spec.events)
+
+    async def loop() -> None:
+        while not meter.done.is_set():
+            try:
+                messages = await sub.fetch(100, timeout=0.2)
+            except nats.errors.TimeoutError:
+                continue
+            for message in messages:
+                work(message.data)
+                await message.ack()
+                meter.tick()
+
+    task = asyncio.create_task(loop())
+    try:
+        await meter.wait()
+        meter.done.set()
+        await asyncio.wait_for(task, 10)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await nc.close()
+    return meter.result()
+
+
+async def consume_dispytch(spec: Spec) -> dict[str, Any]:
+    return await dispytch_side.consume(spec)
+
+
+async def consume_faststream(spec: Spec) -> dict[str, Any]:
+    from faststream.nats import JStream, NatsBroker, PullSub
+
+    broker = NatsBroker(spec.url, logger=None)
+    meter = Meter(spec.events)
+
+    @broker.subscriber(  # type: ignore[untyped-decorator]
+        spec.target,
+        stream=JStream(spec.options["stream"], declare=False),
+        durable=spec.group,
+        pull_sub=PullSub(batch_size=100),
+    )
+    async def handle(event: Envelope) -> None:
+        meter.tick()
+
+    await broker.start()
+    try:
+        await meter.wait()
+    finally:
+        await broker.stop()
+    return meter.result()
+
+
+def _envelopes(n: int) -> list[dict[str, Any]]:
+    return [
+        {"id": str(uuid.uuid4()), "type": "user_registered", "body": body(i), "timestamp": 0}
+        for i in range(n)
+    ]
+
+
+async def publish_raw(spec: Spec) -> dict[str, Any]:
+    seq_n = int(spec.options.get("sequential", max(spec.events // 10, 1)))
+    batch = int(spec.options.get("batch", 1000))
+    nc = await nats.connect(spec.url)
+    js = nc.jetstream()
+    try:
+        items = _envelopes(seq_n)
+        with Stopwatch() as seq:
+            for item in items:
+                await js.publish(spec.target, json.dumps(item).encode())
+        items = _envelopes(spec.events)
+        with Stopwatch() as many:
+            for i in range(0, len(items), batch):
+                await asyncio.gather(
+                    *(js.publish(spec.target, json.dumps(x).encode()) for x in items[i : i + batch])
+                )
+    finally:
+        await nc.close()
+    return {
+        "sequential": timed_publish_result(seq_n, seq.wall, seq.cpu),
+        "batched": timed_publish_result(spec.events, many.wall, many.cpu, batch=batch),
+    }
+
+
+async def publish_dispytch(spec: Spec) -> dict[str, Any]:
+    return await dispytch_side.publish(spec)
+
+
+async def publish_faststream(spec: Spec) -> dict[str, Any]:
+    from faststream.nats import NatsBroker
+
+    seq_n = int(spec.options.get("sequential", max(spec.events // 10, 1)))
+    batch = int(spec.options.get("batch", 1000))
+    broker = NatsBroker(spec.url, logger=None)
+    await broker.start()
+    stream = spec.options["stream"]
+    try:
+        items = _envelopes(seq_n)
+        with Stopwatch() as seq:
+            for item in items:
+                await broker.publish(item, spec.target, stream=stream)
+        items = _envelopes(spec.events)
+        with Stopwatch() as many:
+            for i in range(0, len(items), batch):
+                await asyncio.gather(
+                    *(broker.publish(x, spec.target, stream=stream) for x in items[i : i + batch])
+                )
+    finally:
+        await broker.stop()
+    return {
+        "sequential": timed_publish_result(seq_n, seq.wall, seq.cpu),
+        "batched": timed_publish_result(spec.events, many.wall, many.cpu, batch=batch),
+    }

@@ -1,0 +1,527 @@
+"""Dispytch side by side with the raw client loop and FastStream, on every backend.
+
+    python bench/run.py [--backends memory,kafka,rabbitmq,redis,redis_streams,nats]
+                        [--scenarios consume,publish,io,memory] [--events 50000] [--repeats 3]
+
+Every measurement runs in a fresh worker process (``--worker``), so client CPU (µs/event,
+``time.process_time``) and peak RSS are the consuming process's own. Variants run interleaved
+(raw, Dispytch, FastStream, rotated each repeat) so drift on a busy machine hits all of them;
+medians and ratios are printed with the machine, versions and the command. See bench/README.md.
+
+FastStream is never a dependency of Dispytch. Install it for the benchmark only::
+
+    python3 -m venv /tmp/bench-venv
+    /tmp/bench-venv/bin/pip install -e . "faststream[kafka,rabbit,redis,nats]<0.8"
+
+The FastStream workers run with the first interpreter that can import it: this one,
+``$BENCH_FASTSTREAM_PYTHON``, or /tmp/bench-venv/bin/python. Without one, the FastStream
+variant is skipped (and says so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import importlib
+import io
+import json
+import os
+import platform
+import pstats
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+
+from harness.common import RESULT_PREFIX, Spec, emit_result  # noqa: E402
+
+BACKENDS = ("memory", "kafka", "rabbitmq", "redis", "redis_streams", "nats")
+SCENARIOS = ("consume", "publish", "io", "memory")
+VARIANTS = ("raw", "rawbatch", "dispytch", "faststream")
+#: Dispytch packages that must import for a backend to be benchmarked at all.
+DISPYTCH_MODULE = {
+    "memory": "dispytch.memory",
+    "kafka": "dispytch.kafka",
+    "rabbitmq": "dispytch.rabbitmq",
+    "redis": "dispytch.redis",
+    "redis_streams": "dispytch.redis.streams",
+    "nats": "dispytch.nats",
+}
+HARNESS_MODULE = {"redis": "harness.redis_pubsub"}
+FASTSTREAM_SETUP = (
+    "python3 -m venv /tmp/bench-venv && /tmp/bench-venv/bin/pip install -e . "
+    '"faststream[kafka,rabbit,redis,nats]<0.8"'
+)
+
+# Targets of issue 5: (kind, backend) -> (versus, minimum ratio of Dispytch's events/s).
+TARGETS: dict[tuple[str, str], list[tuple[str, float]]] = {
+    ("consume", "redis"): [("raw", 0.7), ("faststream", 5.0)],
+    ("consume", "nats"): [("raw", 0.7), ("faststream", 5.0)],
+    ("consume", "memory"): [("raw", 0.7)],
+    ("consume", "kafka"): [("raw", 1.5), ("faststream", 2.0)],
+    ("consume", "rabbitmq"): [("raw", 1.5), ("faststream", 2.0)],
+    ("consume", "redis_streams"): [("raw", 1.5), ("faststream", 2.0)],
+    ("io", "kafka"): [("faststream", 50.0)],
+}
+
+
+# -- worker side -------------------------------------------------------------------------------
+
+
+def harness_module(backend: str) -> Any:
+    return importlib.import_module(HARNESS_MODULE.get(backend, f"harness.{backend}"))
+
+
+def worker(text: str) -> None:
+    spec = Spec.loads(text)
+    func = getattr(harness_module(spec.backend), f"{spec.scenario}_{spec.variant}")
+    if spec.profile:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        result = asyncio.run(func(spec))
+        profiler.disable()
+        profiler.dump_stats(spec.profile)
+    else:
+        result = asyncio.run(func(spec))
+    emit_result(result)
+
+
+# -- orchestrator side -------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    backend: str
+    kind: str  # consume | publish-seq | publish-batch | io | memory
+    variant: str
+    repeat: int
+    result: dict[str, Any]
+
+
+@dataclass
+class Run:
+    args: argparse.Namespace
+    faststream_python: str | None
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def say(self, text: str) -> None:
+        print(text, flush=True)
+
+
+def find_faststream(explicit: str | None) -> tuple[str | None, str]:
+    candidates: list[str | None] = [explicit] if explicit else []
+    candidates += [
+        sys.executable,
+        os.environ.get("BENCH_FASTSTREAM_PYTHON"),
+        "/tmp/bench-venv/bin/python",
+    ]
+    for python in candidates:
+        if not python or not os.path.exists(python):
+            continue
+        probe = subprocess.run(
+            [
+                python,
+                "-c",
+                "import faststream, dispytch, importlib.metadata as m; "
+                'print(m.version("faststream"))',
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if probe.returncode == 0:
+            return python, probe.stdout.strip()
+    return None, ""
+
+
+def versions(python: str) -> str:
+    code = (
+        "import importlib.metadata as m\n"
+        "out=[]\n"
+        "for d in ('dispytch','pydantic','aiokafka','aio-pika','redis','hiredis','nats-py',"
+        "'faststream'):\n"
+        "    try: out.append(f'{d} {m.version(d)}')\n"
+        "    except Exception: pass\n"
+        "print(', '.join(out))"
+    )
+    probe = subprocess.run([python, "-c", code], capture_output=True, text=True)
+    return probe.stdout.strip()
+
+
+def machine() -> str:
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return (
+        f"{platform.machine()} {os.cpu_count()} cores {model}, {platform.system()} "
+        f"{platform.release()}, {platform.python_implementation()} {platform.python_version()}"
+    )
+
+
+async def run_worker(python: str, spec: Spec, timeout: float) -> dict[str, Any]:
+    proc = await asyncio.create_subprocess_exec(
+        python,
+        os.path.join(HERE, "run.py"),
+        "--worker",
+        spec.dumps(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=os.path.dirname(HERE),
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return {"error": f"worker timed out after {timeout:.0f}s"}
+    for line in out.decode().splitlines():
+        if line.startswith(RESULT_PREFIX):
+            result: dict[str, Any] = json.loads(line[len(RESULT_PREFIX) :])
+            return result
+    tail = err.decode().strip().splitlines()[-3:]
+    return {"error": " | ".join(tail) or f"worker exited with {proc.returncode}"}
+
+
+def spec_options(args: argparse.Namespace, scenario: str) -> tuple[int, dict[str, Any]]:
+    if scenario == "consume":
+        return args.events, {"concurrency": args.concurrency}
+    if scenario == "publish":
+        return args.events, {"sequential": args.sequential, "batch": args.batch}
+    if scenario == "io":
+        return args.io_events, {"sleep_ms": args.io_sleep_ms, "concurrency": args.io_concurrency}
+    return args.memory_events, {"sleep_ms": args.memory_sleep_ms, "concurrency": args.concurrency}
+
+
+def describe(variant: str, result: dict[str, Any]) -> str:
+    if "error" in result:
+        return f"{variant}: ERROR {result['error']}"
+    if "skip" in result:
+        return f"{variant}: skipped ({result['skip']})"
+    parts = []
+    for label in ("sequential", "batched"):
+        if label in result:
+            r = result[label]
+            parts.append(f"{label} {r['rate']:,.0f}/s ({r['cpu_us']:.1f} µs)")
+    if not parts:
+        parts.append(f"{result['rate']:,.0f} events/s ({result['cpu_us']:.1f} µs/event)")
+        if result.get("lost"):
+            parts.append(f"lost {result['lost']}")
+        if "order_violations" in result:
+            parts.append(f"order violations {result['order_violations']}")
+        if "max_rss_kib" in result:
+            parts.append(f"peak RSS {result['max_rss_kib'] / 1024:.0f} MiB")
+    return f"{variant}: " + ", ".join(parts)
+
+
+async def bench_backend(run: Run, backend: str) -> None:
+    args = run.args
+    try:
+        importlib.import_module(DISPYTCH_MODULE[backend])
+    except Exception as exc:
+        run.notes.append(f"{backend}: skipped, {DISPYTCH_MODULE[backend]} does not import ({exc})")
+        run.say(run.notes[-1])
+        return
+    try:
+        module = harness_module(backend)
+    except ImportError as exc:
+        run.notes.append(f"{backend}: skipped, no harness module ({exc})")
+        run.say(run.notes[-1])
+        return
+    url = args.url.get(backend, module.URL)
+    setup = module.Setup(url)
+    reason = await setup.check()
+    if reason:
+        run.notes.append(f"{backend}: skipped, {reason}")
+        run.say(run.notes[-1])
+        return
+    try:
+        for scenario in args.scenarios:
+            variants = [
+                v
+                for v in args.variants
+                if hasattr(module, f"{scenario}_{v}")
+                and (v != "faststream" or run.faststream_python)
+            ]
+            if not variants:
+                continue
+            repeats = 1 if scenario == "memory" else args.repeats
+            events, options = spec_options(args, scenario)
+            for repeat in range(repeats):
+                order = variants[repeat % len(variants) :] + variants[: repeat % len(variants)]
+                specs = []
+                for variant in order:
+                    n = events
+                    if scenario == "io" and variant == "faststream":
+                        n = args.io_faststream_events
+                    if (scenario, variant) in getattr(module, "CAPPED", ()):
+                        n = min(n, args.capped_events)
+                    specs.append(
+                        Spec(scenario, backend, variant, n, url=url, options=dict(options))
+                    )
+                await setup.prepare(scenario, specs)
+                for spec in specs:
+                    python = sys.executable
+                    if spec.variant == "faststream":
+                        assert run.faststream_python is not None
+                        python = run.faststream_python
+                    result = await run_worker(python, spec, args.worker_timeout)
+                    run.say(
+                        f"  {backend} {scenario} #{repeat + 1} {describe(spec.variant, result)}"
+                    )
+                    if "sequential" in result:
+                        for label in ("sequential", "batched"):
+                            kind = "publish-seq" if label == "sequential" else "publish-batch"
+                            run.rows.append(Row(backend, kind, spec.variant, repeat, result[label]))
+                    else:
+                        run.rows.append(Row(backend, scenario, spec.variant, repeat, result))
+    finally:
+        await setup.cleanup()
+
+
+def medians(rows: Iterable[Row]) -> dict[tuple[str, str, str], tuple[float, float, int]]:
+    grouped: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        if "rate" in row.result:
+            grouped.setdefault((row.backend, row.kind, row.variant), []).append(row.result)
+    return {
+        key: (
+            statistics.median(r["rate"] for r in results),
+            statistics.median(r["cpu_us"] for r in results),
+            len(results),
+        )
+        for key, results in grouped.items()
+    }
+
+
+def cell(value: tuple[float, float, int] | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value[0]:,.0f} ({value[1]:.1f})"
+
+
+def ratio(a: tuple[float, float, int] | None, b: tuple[float, float, int] | None) -> str:
+    if a is None or b is None or not b[0]:
+        return "-"
+    return f"{a[0] / b[0]:.2f}"
+
+
+def table(run: Run) -> list[str]:
+    med = medians(run.rows)
+    lines = [
+        "| backend | scenario | raw loop events/s (µs/event) | raw, batched settle "
+        "| Dispytch | FastStream | Dispytch / raw | Dispytch / raw batched "
+        "| Dispytch / FastStream |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    kinds = ("consume", "publish-seq", "publish-batch", "io")
+    for backend in dict.fromkeys(r.backend for r in run.rows):
+        for kind in kinds:
+            raw = med.get((backend, kind, "raw"))
+            rawbatch = med.get((backend, kind, "rawbatch"))
+            dis = med.get((backend, kind, "dispytch"))
+            fs = med.get((backend, kind, "faststream"))
+            if raw is None and dis is None and fs is None:
+                continue
+            lines.append(
+                f"| {backend} | {kind} | {cell(raw)} | {cell(rawbatch)} | {cell(dis)} "
+                f"| {cell(fs)} | {ratio(dis, raw)} | {ratio(dis, rawbatch)} | {ratio(dis, fs)} |"
+            )
+    return lines
+
+
+def verdicts(run: Run) -> list[str]:
+    med = medians(run.rows)
+    out = []
+    for (kind, backend), goals in TARGETS.items():
+        dis = med.get((backend, kind, "dispytch"))
+        for versus, goal in goals:
+            other = med.get((backend, kind, versus))
+            if dis is None or other is None:
+                continue
+            value = dis[0] / other[0]
+            mark = "met" if value >= goal else "NOT met"
+            out.append(
+                f"- {backend} {kind}: Dispytch/{versus} {value:.2f} (target ≥ {goal}) {mark}"
+            )
+    for backend in dict.fromkeys(r.backend for r in run.rows):
+        seq = med.get((backend, "publish-seq", "dispytch"))
+        many = med.get((backend, "publish-batch", "dispytch"))
+        if seq and many and backend in ("kafka", "rabbitmq"):
+            value = many[0] / seq[0]
+            mark = "met" if value >= 10 else "NOT met"
+            out.append(
+                f"- {backend} publish: Dispytch batched/sequential {value:.1f} (target ≥ 10) {mark}"
+            )
+    for row in run.rows:
+        if row.kind == "io" and row.variant == "dispytch":
+            v = row.result.get("order_violations")
+            out.append(
+                f"- {row.backend} io #{row.repeat + 1}: Dispytch per-key order violations {v}"
+            )
+    out.extend(
+        f"- {row.backend} memory: {memory_summary(row.result)}"
+        for row in run.rows
+        if row.kind == "memory" and "rss_samples" in row.result
+    )
+    return out
+
+
+def memory_summary(result: dict[str, Any]) -> str:
+    samples = result["rss_samples"]
+    mib = [kib / 1024 for _, kib in samples]
+    n = len(mib)
+    picks = [mib[min(int(n * q), n - 1)] for q in (0.1, 0.25, 0.5, 0.75, 0.99)]
+    return (
+        f"{result['events']:,} events at {result['rate']:,.0f}/s; RSS at start "
+        f"{result['rss_started_kib'] / 1024:.0f} MiB, over the drain (10/25/50/75/99 % of "
+        f"samples) {' / '.join(f'{p:.0f}' for p in picks)} MiB, peak (VmHWM) "
+        f"{result['max_rss_kib'] / 1024:.0f} MiB"
+    )
+
+
+def print_profiles(run: Run, profiles: dict[str, str], top: int) -> None:
+    for backend, path in profiles.items():
+        if not os.path.exists(path):
+            continue
+        out = io.StringIO()
+        stats = pstats.Stats(path, stream=out)
+        stats.sort_stats("tottime").print_stats(top)
+        run.say(f"\n### cProfile, Dispytch consume on {backend} (top {top} by own time)\n")
+        body = out.getvalue()
+        start = body.find("   ncalls")
+        run.say(body[start:] if start >= 0 else body)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--backends", default=",".join(BACKENDS))
+    p.add_argument("--scenarios", default="consume,publish,io,memory")
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--events", type=int, default=50_000, help="backlog size / batched publishes")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--concurrency", type=int, default=100, help="prefetch / Dispytch concurrency")
+    p.add_argument("--sequential", type=int, default=None, help="sequential emits (events/10)")
+    p.add_argument("--batch", type=int, default=1000, help="events per batched emit")
+    p.add_argument(
+        "--capped-events",
+        type=int,
+        default=3000,
+        help="events for variants a backend marks as too slow for the full backlog",
+    )
+    p.add_argument("--io-events", type=int, default=20_000)
+    p.add_argument("--io-faststream-events", type=int, default=300)
+    p.add_argument("--io-sleep-ms", type=float, default=10.0)
+    p.add_argument("--io-concurrency", type=int, default=1000)
+    p.add_argument("--memory-events", type=int, default=200_000)
+    p.add_argument("--memory-sleep-ms", type=float, default=1.0)
+    p.add_argument("--worker-timeout", type=float, default=420.0)
+    p.add_argument("--faststream-python", default=None)
+    p.add_argument(
+        "--url", action="append", default=[], help="backend=URL, e.g. kafka=kafka://h:9092"
+    )
+    p.add_argument("--profile", action="store_true", help="cProfile Dispytch consume per backend")
+    p.add_argument("--profile-top", type=int, default=25)
+    p.add_argument("--json-out", default=None, help="write every raw result here")
+    args = p.parse_args(argv)
+    args.backends = [b for b in args.backends.split(",") if b]
+    args.scenarios = [s for s in args.scenarios.split(",") if s]
+    args.variants = [v for v in args.variants.split(",") if v]
+    for name, allowed in (("backends", BACKENDS), ("scenarios", SCENARIOS), ("variants", VARIANTS)):
+        bad = set(getattr(args, name)) - set(allowed)
+        if bad:
+            p.error(f"unknown {name}: {', '.join(sorted(bad))} (choose from {', '.join(allowed)})")
+    if args.sequential is None:
+        args.sequential = max(args.events // 10, 1)
+    urls = {}
+    for item in args.url:
+        name, _, url = item.partition("=")
+        urls[name] = url
+    args.url = urls
+    return args
+
+
+async def orchestrate(args: argparse.Namespace) -> Run:
+    fs_python, fs_version = (None, "")
+    if "faststream" in args.variants:
+        fs_python, fs_version = find_faststream(args.faststream_python)
+    run = Run(args, fs_python)
+    command = "python bench/run.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    run.say(f"command: {command}")
+    run.say(f"machine: {machine()}")
+    run.say(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    run.say(f"versions: {versions(sys.executable)}")
+    if "faststream" in args.variants:
+        if fs_python is None:
+            run.notes.append(
+                "FastStream variant SKIPPED: faststream is not importable. Set it up with: "
+                + FASTSTREAM_SETUP
+            )
+            run.say(run.notes[-1])
+        elif fs_python != sys.executable:
+            run.say(f"FastStream {fs_version} workers run with {fs_python}: {versions(fs_python)}")
+    started = time.perf_counter()
+    profiles: dict[str, str] = {}
+    for backend in args.backends:
+        await bench_backend(run, backend)
+        if args.profile and any(r.backend == backend for r in run.rows):
+            module = harness_module(backend)
+            setup = module.Setup(args.url.get(backend, module.URL))
+            spec = Spec("consume", backend, "dispytch", args.events, url=setup.url)
+            spec.options = {"concurrency": args.concurrency}
+            spec.profile = f"/tmp/dispytch-bench-{backend}.prof"
+            try:
+                await setup.prepare("consume", [spec])
+                await run_worker(sys.executable, spec, args.worker_timeout)
+                profiles[backend] = spec.profile
+            finally:
+                await setup.cleanup()
+    run.say(
+        f"\nload average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}, "
+        f"took {time.perf_counter() - started:.0f}s"
+    )
+    run.say(f"medians of {args.repeats} (memory scenario: 1 run); events/s (client CPU µs/event)\n")
+    for line in table(run):
+        run.say(line)
+    lines = verdicts(run)
+    if lines:
+        run.say("\ntargets (issue 5):")
+        for line in lines:
+            run.say(line)
+    for note in run.notes:
+        run.say(f"note: {note}")
+    print_profiles(run, profiles, args.profile_top)
+    if args.json_out:
+        write_json(args.json_out, run.rows)
+    return run
+
+
+def write_json(path: str, rows: list[Row]) -> None:
+    with open(path, "w") as f:
+        json.dump([r.__dict__ for r in rows], f, indent=1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--worker"]:
+        worker(argv[1])
+        return
+    asyncio.run(orchestrate(parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()
