@@ -74,21 +74,32 @@ def test_demo_command_runs() -> None:
 
 
 def _wait_for_lines(proc: subprocess.Popen[str], text: str, count: int, timeout: float) -> None:
-    """Read the process's stdout until ``text`` appeared on ``count`` lines, with a deadline."""
+    """Read the process's stdout until ``text`` appeared ``count`` times, with a deadline.
+
+    Reads the raw file descriptor: a buffered ``readline`` could swallow two lines at once and
+    leave ``select`` waiting for data that already arrived.
+    """
+    import os
     import selectors
     import time
 
     assert proc.stdout is not None
-    seen = 0
+    fd = proc.stdout.fileno()
+    seen = ""
     deadline = time.monotonic() + timeout
     with selectors.DefaultSelector() as selector:
-        selector.register(proc.stdout, selectors.EVENT_READ)
-        while seen < count:
+        selector.register(fd, selectors.EVENT_READ)
+        while seen.count(text) < count:
             left = deadline - time.monotonic()
             if left <= 0 or proc.poll() is not None:
-                raise AssertionError(f"saw {text!r} {seen}/{count} times before the deadline")
+                raise AssertionError(
+                    f"saw {text!r} {seen.count(text)}/{count} times before the deadline"
+                )
             if selector.select(timeout=left):
-                seen += text in proc.stdout.readline()
+                chunk = os.read(fd, 4096).decode()
+                if not chunk:
+                    raise AssertionError(f"stdout closed after {seen.count(text)} {text!r}")
+                seen += chunk
 
 
 def test_dispytch_run_stops_gracefully_on_sigterm(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from dispytch.emitter.producer import Producer, ProducerTimeout
+from dispytch.emitter.producer import Outgoing, Producer, ProducerTimeout
 from dispytch.events import EventBase
 from dispytch.serialization.json import JSONSerializer
 from dispytch.serialization.serializer import Serializer
@@ -87,8 +87,17 @@ class EventEmitter:
         or reported).
         """
         now = int(time.time() * 1000)
-        sends = [self._send(event, now) for event in events]
-        results = await asyncio.gather(*sends, return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
+        if isinstance(self.producer, Producer):
+            outgoing = []
+            for event in events:
+                topic, payload = self.encode(event, now)
+                config = event.backend_config
+                outgoing.append(Outgoing(topic, payload, config, ordering_key(config)))
+            errors = [e for e in await self.producer.send_many(outgoing) if e is not None]
+        else:  # a seed-era producer: concurrent sends
+            results = await asyncio.gather(
+                *(self._send(event, now) for event in events), return_exceptions=True
+            )
+            errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise errors[0]

@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from pydantic import BaseModel
 
 from dispytch.errors import EmitError
 
-__all__ = ["Producer", "ProducerTimeout"]
+__all__ = ["Outgoing", "Producer", "ProducerTimeout"]
 
 
 class ProducerTimeout(EmitError, TimeoutError):
     """The broker did not confirm an event in time. The event may or may not have been stored."""
+
+
+@dataclass(slots=True, frozen=True)
+class Outgoing:
+    """One message for :meth:`Producer.send_many`."""
+
+    topic: str
+    payload: bytes
+    config: BaseModel | None = None
+    key: bytes | None = None
+    headers: Mapping[str, str] | None = None
 
 
 class Producer(ABC):
@@ -33,6 +46,22 @@ class Producer(ABC):
         headers: Mapping[str, str] | None = None,
         key: bytes | None = None,
     ) -> None: ...
+
+    async def send_many(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
+        """Send several messages, pipelined; return once each was confirmed or failed.
+
+        The result has one entry per message: ``None`` when confirmed, else the error. The
+        default runs :meth:`send` concurrently; a backend overrides it when its client can
+        enqueue a batch more cheaply than one coroutine per message.
+        """
+        results = await asyncio.gather(
+            *(
+                self.send(m.topic, m.payload, m.config, headers=m.headers, key=m.key)
+                for m in messages
+            ),
+            return_exceptions=True,
+        )
+        return [r if isinstance(r, BaseException) else None for r in results]
 
     async def close(self) -> None:
         """Release what the producer owns. The default owns nothing."""

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 from pydantic import BaseModel
 
-from dispytch.emitter.producer import Producer, ProducerTimeout
+from dispytch.emitter.producer import Outgoing, Producer, ProducerTimeout
 from dispytch.errors import EmitError
 
 __all__ = ["KafkaProducer", "record_key"]
@@ -71,6 +71,35 @@ class KafkaProducer(Producer):
         headers: Mapping[str, str] | None = None,
         key: bytes | None = None,
     ) -> None:
+        (error,) = await self.send_many([Outgoing(topic, payload, config, key, headers)])
+        if error is not None:
+            raise error
+
+    async def send_many(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
+        """Append every record to the client's batches, then wait for all their acks."""
+        if not self._started():
+            await self.start()
+        deliveries: list[asyncio.Future[Any] | BaseException] = []
+        for message in messages:
+            try:
+                deliveries.append(await self._append(message))
+            except KafkaError as exc:
+                deliveries.append(_emit_error(message.topic, exc))
+        results: list[BaseException | None] = []
+        for message, delivery in zip(messages, deliveries, strict=True):
+            if isinstance(delivery, BaseException):
+                results.append(delivery)
+                continue
+            try:
+                await delivery
+            except KafkaError as exc:
+                results.append(_emit_error(message.topic, exc))
+            else:
+                results.append(None)
+        return results
+
+    async def _append(self, message: Outgoing) -> asyncio.Future[Any]:
+        topic, config, key = message.topic, message.config, message.key
         partition: int | None = None
         timestamp_ms: int | None = None
         kafka_headers: list[tuple[str, bytes]] | None = None
@@ -84,38 +113,43 @@ class KafkaProducer(Producer):
                 kafka_headers = [
                     (k, v if isinstance(v, bytes) else str(v).encode()) for k, v in extra.items()
                 ]
-        if headers:
-            kafka_headers = (kafka_headers or []) + [(k, v.encode()) for k, v in headers.items()]
-        if not self._started():
-            await self.start()
-        try:
-            # ``send`` only appends to a batch, so concurrent callers share round trips; the
-            # returned future resolves with this record's own acknowledgement. One caller at a
-            # time appends: when a batch is full, aiokafka wakes *every* waiting caller, and
-            # thousands of concurrent emits (emit_many) would otherwise crawl (~40x slower).
-            async with self._enqueue[hash(topic) % _STRIPES]:
-                delivery = await self.producer.send(
-                    topic,
-                    payload,
-                    key=key,
-                    partition=partition,
-                    timestamp_ms=timestamp_ms,
-                    headers=kafka_headers,
-                )
-            await delivery
-        except KafkaTimeoutError as exc:
-            raise ProducerTimeout(
-                f"Kafka did not acknowledge a record for topic {topic!r} in time ({exc!r}); "
-                "it may or may not be stored. Check the broker, or raise request_timeout_ms"
-            ) from exc
-        except KafkaError as exc:
-            raise EmitError(
-                f"Kafka refused a record for topic {topic!r}: {type(exc).__name__}: {exc}. "
-                "Check that the topic exists (or auto-creation is on) and the client may write it"
-            ) from exc
+        if message.headers:
+            kafka_headers = (kafka_headers or []) + [
+                (k, v.encode()) for k, v in message.headers.items()
+            ]
+        # ``send`` only appends to a batch, so concurrent callers share round trips; the
+        # returned future resolves with this record's own acknowledgement. One caller at a
+        # time appends: when a batch is full, aiokafka wakes *every* waiting caller, and
+        # thousands of concurrent emits would otherwise crawl (~40x slower).
+        async with self._enqueue[hash(topic) % _STRIPES]:
+            delivery: asyncio.Future[Any] = await self.producer.send(
+                topic,
+                message.payload,
+                key=key,
+                partition=partition,
+                timestamp_ms=timestamp_ms,
+                headers=kafka_headers,
+            )
+        return delivery
 
     async def close(self) -> None:
         """Flush and stop the client if this producer started it."""
         if self._owns:
             self._owns = False
             await self.producer.stop()
+
+
+def _emit_error(topic: str, exc: KafkaError) -> EmitError:
+    error: EmitError
+    if isinstance(exc, KafkaTimeoutError):
+        error = ProducerTimeout(
+            f"Kafka did not acknowledge a record for topic {topic!r} in time ({exc!r}); "
+            "it may or may not be stored. Check the broker, or raise request_timeout_ms"
+        )
+    else:
+        error = EmitError(
+            f"Kafka refused a record for topic {topic!r}: {type(exc).__name__}: {exc}. "
+            "Check that the topic exists (or auto-creation is on) and the client may write it"
+        )
+    error.__cause__ = exc
+    return error

@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from pydantic import BaseModel
 
 from dispytch.dead_letter import DEAD_LETTER_SUFFIX
-from dispytch.emitter.producer import Producer
+from dispytch.emitter.producer import Outgoing, Producer
 from dispytch.listener.consumer import Consumer, Failure, Message
 from dispytch.memory.broker import MemoryBroker, Record
 from dispytch.routing import TopicPattern
@@ -29,6 +29,12 @@ class MemoryProducer(Producer):
         key: bytes | None = None,
     ) -> None:
         self.broker.publish(topic, payload, key, headers)
+
+    async def send_many(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
+        publish = self.broker.publish
+        for m in messages:
+            publish(m.topic, m.payload, m.key, m.headers)
+        return [None] * len(messages)
 
 
 class MemoryConsumer(Consumer):
