@@ -9,7 +9,7 @@ import resource
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -146,6 +146,20 @@ class Meter:
             "seconds": wall,
             **extra,
         }
+
+
+async def drive(
+    meter: Meter, loop: Coroutine[Any, Any, None], close: Callable[[], Awaitable[Any]]
+) -> dict[str, Any]:
+    """Run a consume ``loop`` until ``meter`` has counted every event, then close the client."""
+    task = asyncio.create_task(loop)
+    try:
+        await meter.wait()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await close()
+    return meter.result()
 
 
 def timed_publish_result(n: int, wall: float, cpu: float, **extra: Any) -> dict[str, Any]:

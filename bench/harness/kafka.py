@@ -16,6 +16,7 @@ from harness.common import (
     Spec,
     Stopwatch,
     body,
+    drive,
     payloads,
     timed_publish_result,
     unique,
@@ -129,14 +130,7 @@ async def consume_raw(spec: Spec) -> dict[str, Any]:
             if meter.done.is_set():
                 return
 
-    task = asyncio.create_task(loop())
-    try:
-        await meter.wait()
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await consumer.stop()
-    return meter.result()
+    return await drive(meter, loop(), consumer.stop)
 
 
 async def consume_rawbatch(spec: Spec) -> dict[str, Any]:
@@ -161,14 +155,7 @@ async def consume_rawbatch(spec: Spec) -> dict[str, Any]:
             if batches:
                 await consumer.commit()
 
-    task = asyncio.create_task(loop())
-    try:
-        await meter.wait()
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await consumer.stop()
-    return meter.result()
+    return await drive(meter, loop(), consumer.stop)
 
 
 async def consume_dispytch(spec: Spec) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from harness.common import (
     Spec,
     Stopwatch,
     body,
+    drive,
     payloads,
     timed_publish_result,
     unique,
@@ -122,14 +123,7 @@ async def consume_raw(spec: Spec) -> dict[str, Any]:
                 if meter.done.is_set():
                     return
 
-    task = asyncio.create_task(loop())
-    try:
-        await meter.wait()
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await connection.close()
-    return meter.result()
+    return await drive(meter, loop(), connection.close)
 
 
 async def consume_rawbatch(spec: Spec) -> dict[str, Any]:
@@ -155,14 +149,7 @@ async def consume_rawbatch(spec: Spec) -> dict[str, Any]:
                 if meter.done.is_set():
                     return
 
-    task = asyncio.create_task(loop())
-    try:
-        await meter.wait()
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await connection.close()
-    return meter.result()
+    return await drive(meter, loop(), connection.close)
 
 
 async def consume_dispytch(spec: Spec) -> dict[str, Any]:
