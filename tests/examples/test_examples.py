@@ -164,3 +164,27 @@ def test_dispytch_run_workers_drain_once_on_ctrl_c(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _readme_block(marker: str) -> str:
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    (block,) = [b for b in blocks if marker in b]
+    return block
+
+
+async def test_readme_quickstart_service_and_its_test_run() -> None:
+    """The README's quickstart service, tested the way the README says to test it."""
+    namespace: dict[str, object] = {"__name__": "billing_service"}
+    exec(compile(_readme_block("# billing/service.py"), "README-quickstart", "exec"), namespace)
+
+    welcomed: list[str] = []
+
+    class FakeMailer:
+        async def welcome(self, email: str) -> None:
+            welcomed.append(email)
+
+    namespace["FakeMailer"] = FakeMailer
+    exec(compile(_readme_block("async def test_welcome"), "README-test", "exec"), namespace)
+    await namespace["test_welcome"]()  # type: ignore[operator]
+    assert welcomed == ["a@example.com"]
