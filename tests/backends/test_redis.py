@@ -503,3 +503,37 @@ async def test_a_full_read_ahead_buffer_pauses_the_reader_without_losing_order(
     await consumer.close()
     assert consumer._reader is not None and consumer._reader.done()
     await pubsub.aclose()
+
+
+async def test_a_burst_longer_than_a_read_batch_arrives_whole_and_in_order(
+    redis: Any, uid: str
+) -> None:
+    # The reader drains what the socket already holds in batches; a channel the user gave a
+    # redis-py handler still goes to that handler, and closing does not wait for the poll.
+    topic, handled = f"burst_{uid}", f"burst_handled_{uid}"
+    seen_by_handler: list[bytes] = []
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(topic, **{handled: lambda m: seen_by_handler.append(m["data"])})
+    consumer = RedisConsumer(pubsub, poll_interval=30)
+    await consumer.start([])
+    pipe = redis.pipeline(transaction=False)
+    for i in range(1000):
+        pipe.publish(topic, str(i).encode())
+        if i % 100 == 0:
+            pipe.publish(handled, str(i).encode())
+    await pipe.execute()
+    got: list[int] = []
+    stream = consumer.listen()
+    async with asyncio.timeout(10):
+        async for message in stream:
+            assert message.topic == topic
+            got.append(int(message.payload))
+            if len(got) == 1000:
+                break
+    assert got == list(range(1000))
+    assert seen_by_handler == [str(i).encode() for i in range(0, 1000, 100)]
+    await stream.aclose()  # type: ignore[attr-defined]
+    async with asyncio.timeout(5):  # far less than poll_interval
+        await consumer.close()
+    assert consumer._reader is not None and consumer._reader.done()
+    await pubsub.aclose()

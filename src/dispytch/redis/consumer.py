@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
@@ -12,6 +13,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
+from redis.asyncio.connection import AbstractConnection
 
 from dispytch.errors import ConfigurationError
 from dispytch.listener.consumer import Consumer, Failure, Message
@@ -25,8 +27,13 @@ __all__ = ["RedisConsumer"]
 logger = logging.getLogger("dispytch.redis")
 
 _DATA_TYPES = frozenset({"message", "pmessage"})
-# Hand the event loop back after this many messages read without the socket running dry.
-_YIELD_EVERY = 128
+# A data reply's kind -> where its channel is ([kind, channel, data] or [kind, pattern,
+# channel, data]); str kinds when the client decodes responses.
+_CHANNEL_INDEX: dict[Any, int] = {b"message": 1, "message": 1, b"pmessage": 2, "pmessage": 2}
+# Messages read in one go while the socket has data; then the event loop gets a turn.
+_BATCH = 128
+# redis-py 8 renamed the check for buffered reply bytes (the old name now warns).
+_CAN_READ = "can_read" if hasattr(AbstractConnection, "can_read") else "can_read_destructive"
 # Pub/Sub messages have no headers; one shared empty mapping saves a dict per message.
 _NO_HEADERS: MappingProxyType[str, str] = MappingProxyType({})
 
@@ -197,12 +204,13 @@ class RedisConsumer(Consumer):
     async def _read_loop(self) -> None:
         pubsub = self.pubsub
         buffer = self._buffer
+        append = buffer.append
         readable = self._readable
         writable = self._writable
         capacity = self.buffer_size
         reconnection = self._reconnection
-        streak = 0
         while not self._closing:
+            count = 0
             try:
                 if reconnection.failures:
                     await self._reconnect()
@@ -211,25 +219,68 @@ class RedisConsumer(Consumer):
                         reconnection.succeeded(),
                     )
                     self.reconnects += 1
-                raw = await pubsub.get_message(
-                    ignore_subscribe_messages=True, timeout=self.poll_interval
-                )
+                # A timed read, so the closing flag is seen at least every poll_interval (and
+                # health checks go out when due). It runs once per batch, not per message.
+                response = await pubsub.parse_response(block=False, timeout=self.poll_interval)
+                while response is not None:
+                    index = _CHANNEL_INDEX.get(response[0]) if isinstance(response, list) else None
+                    # response[1] is the channel or pattern a redis-py handler would be under.
+                    if index is not None and not (
+                        pubsub.patterns if index == 2 else pubsub.channels
+                    ).get(response[1]):
+                        # A data message with no redis-py handler: build the Message straight
+                        # from the reply (handle_message would build a dict first).
+                        channel = response[index]
+                        data = response[index + 1]
+                        append(
+                            Message(
+                                channel.decode() if type(channel) is bytes else str(channel),
+                                data if type(data) is bytes else str(data).encode(),
+                                None,
+                                _NO_HEADERS,
+                            )
+                        )
+                        count += 1
+                        if count == 1:
+                            readable.set()
+                    else:
+                        self._take(await pubsub.handle_message(response, True))  # type: ignore[no-untyped-call]
+                    if count >= _BATCH or len(buffer) >= capacity or self._closing:
+                        break
+                    # Drain the replies already received without a timeout: the read below
+                    # cannot block for long, as bytes of the next reply are already here.
+                    connection = pubsub.connection
+                    if connection is None or not await getattr(connection, _CAN_READ)():
+                        break
+                    response = await connection.read_response(
+                        timeout=math.inf, disconnect_on_error=False, push_request=True
+                    )
             except CONNECTION_ERRORS as exc:
                 if self._closing:
                     return
+                if count:
+                    readable.set()
                 await pause(self._stopped, reconnection.failed(exc))
                 continue
-            if raw is None:
-                streak = 0
-                continue
-            kind = raw["type"]
-            if kind not in _DATA_TYPES:
-                if kind == "pong":
-                    self._check_pong(raw["data"])
-                continue
+            if count:
+                readable.set()
+            if len(buffer) >= capacity:
+                # Full: stop reading; Redis queues for us (up to its output-buffer limit).
+                writable.clear()
+                await writable.wait()
+            elif count >= _BATCH:
+                # Reads from an already filled socket buffer never suspend; let the handlers run.
+                await asyncio.sleep(0)
+
+    def _take(self, raw: dict[str, Any] | None) -> None:
+        """A reply handle_message parsed: a pong, or a message of a kind the fast path skips."""
+        if raw is None:
+            return
+        kind = raw["type"]
+        if kind in _DATA_TYPES:
             channel = raw["channel"]
             data = raw["data"]
-            buffer.append(
+            self._buffer.append(
                 Message(
                     channel.decode() if isinstance(channel, bytes) else str(channel),
                     data if isinstance(data, bytes) else str(data).encode(),
@@ -237,19 +288,9 @@ class RedisConsumer(Consumer):
                     _NO_HEADERS,
                 )
             )
-            readable.set()
-            if len(buffer) >= capacity:
-                # Full: stop reading; Redis queues for us (up to its output-buffer limit).
-                writable.clear()
-                await writable.wait()
-                streak = 0
-            else:
-                streak += 1
-                if streak >= _YIELD_EVERY:
-                    # Reads from an already filled socket buffer never suspend; let the
-                    # handlers run.
-                    streak = 0
-                    await asyncio.sleep(0)
+            self._readable.set()
+        elif kind == "pong":
+            self._check_pong(raw["data"])
 
     def _check_pong(self, data: Any) -> None:
         token = data.encode() if isinstance(data, str) else data
