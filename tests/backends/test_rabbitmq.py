@@ -252,6 +252,57 @@ async def test_key_headers_and_delivery_attempt(broker: Broker, queue_type: str)
     assert await broker.ready_count(group) == 0
 
 
+async def test_batched_acks_never_cover_unsettled_deliveries(broker: Broker) -> None:
+    queue_name = broker.name("q")
+    broker.queues.append(queue_name)
+    connection = await aio_pika.connect(URL)
+    try:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(queue_name, durable=True)
+        for n in range(1, 10):
+            await channel.default_exchange.publish(
+                aio_pika.Message(str(n).encode()), routing_key=queue_name
+            )
+        consumer = RabbitMQConsumer(queue)
+        await consumer.start([])
+        stream = consumer.listen()
+        got = {}
+        for _ in range(9):
+            message = await anext(stream)
+            got[int(message.payload)] = message
+        sent: list[tuple[str, int, bool]] = []
+        amqp = got[1].extra.channel
+        real_ack, real_nack = amqp.basic_ack, amqp.basic_nack
+
+        async def spy_ack(tag: int, multiple: bool = False, **kw: Any) -> None:
+            sent.append(("ack", tag, multiple))
+            await real_ack(tag, multiple=multiple, **kw)
+
+        async def spy_nack(tag: int, multiple: bool = False, **kw: Any) -> None:
+            sent.append(("nack", tag, multiple))
+            await real_nack(tag, multiple=multiple, **kw)
+
+        amqp.basic_ack, amqp.basic_nack = spy_ack, spy_nack
+        # Settled out of order; the batch goes out on the timer (or when the consumer idles).
+        for n in (3, 2):
+            await consumer.ack(got[n])
+        await consumer.nack(got[5])  # handed back at once, alone
+        for n in (1, 4, 6, 7):
+            await consumer.ack(got[n])
+        # 1..7 is one contiguous settled run: one multiple ack; 8 and 9 are still in flight.
+        await wait_until(lambda: ("ack", 7, True) in sent, what="the batched ack")
+        assert sent == [("nack", 5, False), ("ack", 7, True)]
+        await consumer.ack(got[9])  # 8 still in flight: 9 may only be acked on its own
+        await consumer.close()
+        # On close: 9 alone, and the redelivered 5 (a new tag, > 9) if it arrived, handed back.
+        assert [s for s in sent[2:] if s[0] == "ack"] == [("ack", 9, False)]
+        assert all(s[0] == "nack" and s[1] > 9 for s in sent[2:] if s[0] != "ack")
+        await channel.close()  # 8 was never settled: the broker requeues it
+        assert await broker.ready_count(queue_name) == 2  # 8, and 5 handed back
+    finally:
+        await connection.close()
+
+
 async def test_unacked_message_redelivered_after_consumer_dies(broker: Broker) -> None:
     exchange_name, group, topic = broker.name("x"), broker.name("g"), broker.name("t")
     broker.exchanges.append(exchange_name)

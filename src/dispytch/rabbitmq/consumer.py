@@ -14,9 +14,11 @@ from aio_pika.abc import (
     AbstractQueue,
     AbstractRobustConnection,
 )
+from aiormq.abc import AbstractChannel
 
 from dispytch.errors import ConfigurationError
 from dispytch.listener.consumer import Consumer, Failure, Message
+from dispytch.rabbitmq.acks import ChannelAcks
 from dispytch.rabbitmq.dead_letters import DEFAULT_DEAD_LETTER_EXCHANGE, DeadLetterStore
 from dispytch.rabbitmq.wire import to_message
 from dispytch.routing import TopicPattern
@@ -27,6 +29,11 @@ logger = logging.getLogger("dispytch.rabbitmq")
 
 #: Seconds to wait for basic.cancel-ok on close before giving up (closing the channel follows).
 _CANCEL_TIMEOUT = 5.0
+#: Most acks folded into one ``basic.ack(multiple=True)`` (the group consumer also keeps it at
+#: half its prefetch, so finished messages never fill the broker's window).
+_ACK_BATCH = 64
+#: Seconds a finished message waits at most for its batched ``basic.ack``.
+_ACK_DELAY = 0.005
 
 
 class RabbitMQConsumer(Consumer):
@@ -40,6 +47,12 @@ class RabbitMQConsumer(Consumer):
     Dead letters go to the durable direct exchange ``dead_letter_exchange`` and the queue
     ``{topic}.dlq``, published on the first queue's channel with a publisher confirm; pass
     ``dead_letter_exchange=None`` to leave dead letters to the listener's own producer.
+
+    Acks are batched: one ``basic.ack(multiple=True)`` settles the contiguous run of finished
+    deliveries of a channel, sent once 64 of them are due, after at most 5 ms, when the consumer
+    is idle or waits for more messages, and on close. It never covers a delivery still being
+    handled (nor one of another consumer on the same channel). Hand-backs (``basic.nack``) go
+    out at once.
 
     The delivery attempt is exact on quorum queues (``x-delivery-count``); on classic queues it
     is 2 for any redelivery, as RabbitMQ only says whether a message was delivered before.
@@ -60,6 +73,15 @@ class RabbitMQConsumer(Consumer):
         self._buffer: asyncio.Queue[AbstractIncomingMessage | None] = asyncio.Queue()
         self._consumer_tags: list[tuple[AbstractQueue, str]] = []
         self._closed = False
+        # Batched acks: what is settled per channel; one lock keeps ack/nack frames in the
+        # order they were decided (a multiple ack sent early would swallow a later nack).
+        self._acks: dict[AbstractChannel, ChannelAcks] = {}
+        self._ack_batch = _ACK_BATCH
+        self._in_flight = 0  # handed to the listener, not settled yet
+        self._send_lock = asyncio.Lock()
+        self._armed = False  # a timed flush is scheduled or running
+        self._timer: asyncio.TimerHandle | None = None
+        self._flusher: asyncio.Task[None] | None = None
 
     def _first_channel(self) -> Any:
         return self.queues[0].channel
@@ -76,7 +98,7 @@ class RabbitMQConsumer(Consumer):
 
     async def _deliver(self, incoming: AbstractIncomingMessage) -> None:
         if self._closed:
-            await incoming.nack(requeue=True)
+            await self._hand_back(incoming)
             return
         self._buffer.put_nowait(incoming)
 
@@ -91,6 +113,9 @@ class RabbitMQConsumer(Consumer):
             await self._consume()
         buffer = self._buffer
         while True:
+            if self._armed and buffer.empty():
+                # About to wait for the broker, which may be waiting for our acks (prefetch).
+                await self._flush()
             incoming = await buffer.get()
             if incoming is None:
                 return
@@ -100,13 +125,91 @@ class RabbitMQConsumer(Consumer):
                 # Delivered on a channel that was lost since (a reconnect happened): RabbitMQ
                 # has requeued it and will deliver it again on the new channel.
                 continue
+            self._in_flight += 1
             yield to_message(incoming)
 
     async def ack(self, message: Message) -> None:
-        await message.extra.ack()
+        self._in_flight -= 1
+        incoming: AbstractIncomingMessage = message.extra
+        channel = incoming.channel  # raises once the channel is gone: its tags are void
+        acks = self._acks.get(channel) or self._track(channel)
+        acks.settle(incoming.delivery_tag or 0)
+        if acks.unsent >= self._ack_batch:
+            async with self._send_lock:
+                await self._send(channel, acks, stragglers=False, force=False)
+        elif self._in_flight <= 0 and self._buffer.empty():
+            await self._flush()  # idle: nothing to batch with, so no reason to wait
+        if not self._armed and acks.pending:
+            self._arm()
 
     async def nack(self, message: Message) -> None:
-        await message.extra.nack(requeue=True)
+        self._in_flight -= 1
+        await self._hand_back(message.extra)
+
+    async def _hand_back(self, incoming: AbstractIncomingMessage) -> None:
+        """``basic.nack(requeue=True)`` at once, for this delivery only."""
+        channel = incoming.channel
+        tag = incoming.delivery_tag or 0
+        acks = self._acks.get(channel) or self._track(channel)
+        async with self._send_lock:
+            acks.settle(tag, sent=True)
+            await channel.basic_nack(tag, multiple=False, requeue=True)
+
+    def _track(self, channel: AbstractChannel) -> ChannelAcks:
+        # A new channel (first delivery, or a reconnect): forget the ones that closed, their
+        # tags are void and the broker redelivers their messages.
+        for gone in [c for c in self._acks if c.is_closed]:
+            del self._acks[gone]
+        acks = self._acks[channel] = ChannelAcks()
+        return acks
+
+    def _arm(self) -> None:
+        self._armed = True
+        self._timer = asyncio.get_running_loop().call_later(_ACK_DELAY, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._flusher = asyncio.get_running_loop().create_task(self._timed_flush())
+
+    async def _timed_flush(self) -> None:
+        try:
+            await self._flush(stragglers=True)
+        finally:
+            self._armed = False
+            if not self._closed and any(acks.pending for acks in self._acks.values()):
+                self._arm()
+
+    async def _flush(self, *, stragglers: bool = False, force: bool = False) -> None:
+        async with self._send_lock:
+            for channel, acks in list(self._acks.items()):
+                await self._send(channel, acks, stragglers=stragglers, force=force)
+
+    async def _send(
+        self, channel: AbstractChannel, acks: ChannelAcks, *, stragglers: bool, force: bool
+    ) -> None:
+        """Send what ``acks`` has due (the send lock is held)."""
+        if channel.is_closed:
+            self._acks.pop(channel, None)
+            return
+        due = acks.take_due()
+        lone = acks.take_stragglers(force=force) if stragglers else []
+        try:
+            if due is not None:
+                await channel.basic_ack(due, multiple=True)
+            for tag in lone:
+                await channel.basic_ack(tag)
+        except aiormq.exceptions.ChannelInvalidStateError as exc:
+            # The channel went away meanwhile: the broker redelivers what it still holds.
+            logger.debug("could not send acks on %r: %s", channel, exc)
+            self._acks.pop(channel, None)
+        except Exception as exc:
+            logger.warning(
+                "could not send acks on %r (%s: %s); RabbitMQ will redeliver those messages",
+                channel,
+                type(exc).__name__,
+                exc,
+            )
+            self._acks.pop(channel, None)
 
     async def dead_letter(self, message: Message, failure: Failure) -> bool:
         if self._dead_letters is None:
@@ -128,14 +231,23 @@ class RabbitMQConsumer(Consumer):
             except Exception as exc:  # the channel went away meanwhile: nothing to cancel
                 logger.debug("could not cancel consumer %s: %s", tag, exc)
         self._consumer_tags.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
         while not self._buffer.empty():
             incoming = self._buffer.get_nowait()
             if incoming is None:
                 continue
             try:
-                await incoming.nack(requeue=True)
+                await self._hand_back(incoming)
             except Exception as exc:  # channel gone: the broker requeued it already
                 logger.debug("could not hand back a buffered message: %s", exc)
+        # Every handed-out message is settled by now (the listener drains before closing).
+        await self._flush(stragglers=True, force=True)
+        self._acks.clear()
+        self._armed = False
         self._buffer.put_nowait(None)
 
 
@@ -169,6 +281,7 @@ class RabbitMQGroupConsumer(RabbitMQConsumer):
         self.queue_name = queue
         self.queue_arguments = dict(queue_arguments)
         self.prefetch = prefetch
+        self._ack_batch = max(1, min(_ACK_BATCH, prefetch // 2))
         self.connection: AbstractRobustConnection | None = None
 
     async def start(self, subscriptions: Sequence[TopicPattern]) -> None:
