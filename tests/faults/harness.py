@@ -141,6 +141,12 @@ class Report:
             f"unexpected={self.unexpected[:20]}"
         )
 
+    def assert_delivered(self, duplicate_bound: int) -> None:
+        """Nothing lost, nothing unexpected, duplicates within the in-flight window."""
+        assert not self.lost, self.summary()
+        assert not self.unexpected, self.summary()
+        assert self.duplicates <= duplicate_bound, self.summary()
+
 
 def check(confirmed: Iterable[int], handled: Counter[int], *, maybe: Iterable[int] = ()) -> Report:
     """Compare what the broker confirmed with what the consumers handled.

@@ -115,9 +115,7 @@ async def test_sigkill_mid_stream_then_restart(
         bound=bound,
         note=f"killed after {at_kill} handled",
     )
-    assert not report.lost, report.summary()
-    assert not report.unexpected, report.summary()
-    assert report.duplicates <= bound, report.summary()
+    report.assert_delivered(bound)
 
 
 async def test_sigterm_drains_slow_handlers(
@@ -156,9 +154,7 @@ async def test_sigterm_drains_slow_handlers(
         bound=0,
         note=f"stopped in {took:.1f}s",
     )
-    assert not report.lost, report.summary()
-    assert not report.unexpected, report.summary()
-    assert report.duplicates == 0, report.summary()
+    report.assert_delivered(0)
 
 
 async def test_shutdown_timeout_exceeded_hands_work_back(
@@ -207,9 +203,7 @@ async def test_shutdown_timeout_exceeded_hands_work_back(
         note=f"{len(cut_short)} cut short, stopped in {took:.1f}s",
     )
     assert cut_short <= handled.keys(), "work cut short at shutdown did not come back"
-    assert not report.lost, report.summary()
-    assert not report.unexpected, report.summary()
-    assert report.duplicates == 0, report.summary()
+    report.assert_delivered(0)
 
 
 async def test_poison_event_is_dead_lettered_and_the_rest_flow(
@@ -263,9 +257,7 @@ async def test_poison_event_is_dead_lettered_and_the_rest_flow(
         bound=0,
         note=f"{len(poison)} poison, {retries + 1} attempts each, all dead-lettered",
     )
-    assert not report.lost, report.summary()
-    assert not report.unexpected, report.summary()
-    assert report.duplicates == 0, report.summary()
+    report.assert_delivered(0)
 
 
 async def _restart(broker: Broker) -> float:
@@ -350,9 +342,7 @@ async def test_broker_restart_mid_stream(
             f"{recovered:.1f}s after it, consumer caught up {caught_up:.1f}s later"
         ),
     )
-    assert not report.lost, report.summary()
-    assert not report.unexpected, report.summary()
-    assert report.duplicates <= bound, report.summary()
+    report.assert_delivered(bound)
 
 
 @pytest.mark.parametrize("broker", ["kafka"], indirect=True)
@@ -421,9 +411,7 @@ async def test_kafka_rebalance_consumer_joins_and_leaves(
         bound=bound,
         note=f"4 partitions; b handled {len(records.handled('b'))}",
     )
-    assert not report.lost, report.summary()
-    assert not report.unexpected, report.summary()
-    assert report.duplicates <= bound, report.summary()
+    report.assert_delivered(bound)
 
 
 async def test_connections_reset_repeatedly(
@@ -525,9 +513,7 @@ async def test_connections_reset_repeatedly(
         f"{connects} connection attempts for {resets} resets (the consumer made "
         f"{before['connects']} to start): a reconnection storm{consumer.describe()}"
     )
-    assert not report.lost, report.summary()
-    assert not report.unexpected, report.summary()
-    assert report.duplicates <= bound, report.summary()
+    report.assert_delivered(bound)
 
 
 async def test_backlog_with_slow_handler(
@@ -652,9 +638,7 @@ async def test_event_that_crashes_the_process_is_dead_lettered(
             f"(reason {letter.reason}, attempts {letter.attempts})"
         ),
     )
-    assert not report.lost, report.summary()
-    assert not report.unexpected, report.summary()
-    assert report.duplicates <= bound, report.summary()
+    report.assert_delivered(bound)
 
 
 @pytest.mark.parametrize(
