@@ -180,6 +180,36 @@ class Stopwatch:
         self.cpu = time.process_time() - self._c
 
 
+def publish_results(
+    seq_n: int, seq: Stopwatch, batch_n: int, many: Stopwatch, batch: int
+) -> dict[str, Any]:
+    """The sequential and batched publish numbers of one publish measurement."""
+    return {
+        "sequential": timed_publish_result(seq_n, seq.wall, seq.cpu),
+        "batched": timed_publish_result(batch_n, many.wall, many.cpu, batch=batch),
+    }
+
+
+class OrderedWork:
+    """The I/O-bound handler's work: check per-key ``seq`` order, await, count."""
+
+    def __init__(self, meter: Meter, sleep: float) -> None:
+        self.meter = meter
+        self.sleep = sleep
+        self.last: dict[str, int] = {}
+        self.violations = 0
+
+    async def handle(self, key: str, seq: int) -> None:
+        if self.last.get(key, -1) >= seq:
+            self.violations += 1
+        self.last[key] = seq
+        await asyncio.sleep(self.sleep)
+        self.meter.tick()
+
+    def result(self) -> dict[str, Any]:
+        return self.meter.result(order_violations=self.violations, keys=len(self.last))
+
+
 def rss_kib() -> int:
     """Current resident set size of this process in KiB (Linux /proc)."""
     with open("/proc/self/statm") as f:

@@ -12,14 +12,15 @@ from harness.common import (
     EVENT_TYPE,
     Body,
     Meter,
+    OrderedWork,
     RssSampler,
     Spec,
     Stopwatch,
     body,
     event_class,
     max_rss_kib,
+    publish_results,
     rss_kib,
-    timed_publish_result,
 )
 
 
@@ -63,8 +64,7 @@ async def io_ordered(spec: Spec, **options: Any) -> dict[str, Any]:
     """Handlers await ``sleep_ms``; every key's events must arrive in ``seq`` order."""
     meter = Meter(spec.events)
     sleep = float(spec.options.get("sleep_ms", 10)) / 1000
-    last: dict[str, int] = {}
-    violations = [0]
+    work = OrderedWork(meter, sleep)
     app = App(
         spec.url,
         group=spec.group,
@@ -75,19 +75,14 @@ async def io_ordered(spec: Spec, **options: Any) -> dict[str, Any]:
 
     @app.handler(topic=spec.target, event=EVENT_TYPE)
     async def handle(event: Event[Body]) -> None:
-        b = event.body
-        if last.get(b.key, -1) >= b.seq:
-            violations[0] += 1
-        last[b.key] = b.seq
-        await asyncio.sleep(sleep)
-        meter.tick()
+        await work.handle(event.body.key, event.body.seq)
 
     await app.start()
     try:
         await meter.wait(idle_timeout=30)
     finally:
         await app.stop()
-    return meter.result(order_violations=violations[0], keys=len(last))
+    return work.result()
 
 
 async def memory(spec: Spec, **options: Any) -> dict[str, Any]:
@@ -137,7 +132,4 @@ async def publish(spec: Spec, **options: Any) -> dict[str, Any]:
                 await app.emit_many(events[i : i + batch])
     finally:
         await app.stop()
-    return {
-        "sequential": timed_publish_result(seq_n, seq.wall, seq.cpu),
-        "batched": timed_publish_result(spec.events, many.wall, many.cpu, batch=batch),
-    }
+    return publish_results(seq_n, seq, spec.events, many, batch)

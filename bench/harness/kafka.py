@@ -13,12 +13,13 @@ from harness import dispytch_side
 from harness.common import (
     Envelope,
     Meter,
+    OrderedWork,
     Spec,
     Stopwatch,
     body,
     drive,
     payloads,
-    timed_publish_result,
+    publish_results,
     unique,
     work,
 )
@@ -225,10 +226,7 @@ async def publish_raw(spec: Spec) -> dict[str, Any]:
                 await asyncio.gather(*futures)
     finally:
         await producer.stop()
-    return {
-        "sequential": timed_publish_result(seq_n, seq.wall, seq.cpu),
-        "batched": timed_publish_result(spec.events, many.wall, many.cpu, batch=batch),
-    }
+    return publish_results(seq_n, seq, spec.events, many, batch)
 
 
 async def publish_dispytch(spec: Spec) -> dict[str, Any]:
@@ -259,10 +257,7 @@ async def publish_faststream(spec: Spec) -> dict[str, Any]:
                 await broker.publish_batch(*items[i : i + batch], topic=spec.target)
     finally:
         await broker.stop()
-    return {
-        "sequential": timed_publish_result(seq_n, seq.wall, seq.cpu),
-        "batched": timed_publish_result(spec.events, many.wall, many.cpu, batch=batch),
-    }
+    return publish_results(seq_n, seq, spec.events, many, batch)
 
 
 async def io_dispytch(spec: Spec) -> dict[str, Any]:
@@ -276,8 +271,7 @@ async def io_faststream(spec: Spec) -> dict[str, Any]:
     broker = _faststream_broker(spec)
     meter = Meter(spec.events)
     sleep = float(spec.options.get("sleep_ms", 10)) / 1000
-    last: dict[str, int] = {}
-    violations = [0]
+    work = OrderedWork(meter, sleep)
 
     @broker.subscriber(  # type: ignore[untyped-decorator]
         spec.target,
@@ -286,19 +280,14 @@ async def io_faststream(spec: Spec) -> dict[str, Any]:
         ack_policy=AckPolicy.ACK,
     )
     async def handle(event: Envelope) -> None:
-        b = event.body
-        if last.get(b.key, -1) >= b.seq:
-            violations[0] += 1
-        last[b.key] = b.seq
-        await asyncio.sleep(sleep)
-        meter.tick()
+        await work.handle(event.body.key, event.body.seq)
 
     await broker.start()
     try:
         await meter.wait(idle_timeout=30)
     finally:
         await broker.stop()
-    return meter.result(order_violations=violations[0], keys=len(last))
+    return work.result()
 
 
 async def memory_dispytch(spec: Spec) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any
 from dispytch import App
 from dispytch.memory import MemoryBackend, MemoryBroker, MemoryConsumer, MemoryProducer
 from harness import dispytch_side
-from harness.common import Meter, Spec, Stopwatch, payloads, timed_publish_result, work
+from harness.common import Meter, Spec, Stopwatch, payloads, publish_results, work
 
 URL = "memory://"
 NAME = "memory"
@@ -93,10 +93,7 @@ async def publish_raw(spec: Spec) -> dict[str, Any]:
             await asyncio.gather(
                 *(producer.send("bench", json.dumps(x).encode()) for x in items[i : i + batch])
             )
-    return {
-        "sequential": timed_publish_result(seq_n, seq.wall, seq.cpu),
-        "batched": timed_publish_result(spec.events, many.wall, many.cpu, batch=batch),
-    }
+    return publish_results(seq_n, seq, spec.events, many, batch)
 
 
 async def publish_dispytch(spec: Spec) -> dict[str, Any]:

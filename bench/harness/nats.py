@@ -23,7 +23,7 @@ from harness.common import (
     Stopwatch,
     body,
     payloads,
-    timed_publish_result,
+    publish_results,
     unique,
     work,
 )
@@ -170,10 +170,7 @@ async def publish_raw(spec: Spec) -> dict[str, Any]:
                 )
     finally:
         await nc.close()
-    return {
-        "sequential": timed_publish_result(seq_n, seq.wall, seq.cpu),
-        "batched": timed_publish_result(spec.events, many.wall, many.cpu, batch=batch),
-    }
+    return publish_results(seq_n, seq, spec.events, many, batch)
 
 
 async def publish_dispytch(spec: Spec) -> dict[str, Any]:
@@ -201,7 +198,4 @@ async def publish_faststream(spec: Spec) -> dict[str, Any]:
                 )
     finally:
         await broker.stop()
-    return {
-        "sequential": timed_publish_result(seq_n, seq.wall, seq.cpu),
-        "batched": timed_publish_result(spec.events, many.wall, many.cpu, batch=batch),
-    }
+    return publish_results(seq_n, seq, spec.events, many, batch)

@@ -18,12 +18,13 @@ from harness import dispytch_side
 from harness.common import (
     Envelope,
     Meter,
+    OrderedWork,
     Spec,
     Stopwatch,
     body,
     drive,
     payloads,
-    timed_publish_result,
+    publish_results,
     unique,
     work,
 )
@@ -214,10 +215,7 @@ async def publish_raw(spec: Spec) -> dict[str, Any]:
                 await asyncio.gather(*(publish(x) for x in items[i : i + batch]))
     finally:
         await connection.close()
-    return {
-        "sequential": timed_publish_result(seq_n, seq.wall, seq.cpu),
-        "batched": timed_publish_result(spec.events, many.wall, many.cpu, batch=batch),
-    }
+    return publish_results(seq_n, seq, spec.events, many, batch)
 
 
 async def publish_dispytch(spec: Spec) -> dict[str, Any]:
@@ -250,10 +248,7 @@ async def publish_faststream(spec: Spec) -> dict[str, Any]:
                 await asyncio.gather(*(publish(x) for x in items[i : i + batch]))
     finally:
         await broker.stop()
-    return {
-        "sequential": timed_publish_result(seq_n, seq.wall, seq.cpu),
-        "batched": timed_publish_result(spec.events, many.wall, many.cpu, batch=batch),
-    }
+    return publish_results(seq_n, seq, spec.events, many, batch)
 
 
 async def io_dispytch(spec: Spec) -> dict[str, Any]:
@@ -265,24 +260,18 @@ async def io_faststream(spec: Spec) -> dict[str, Any]:
     broker, subscriber = _faststream_subscriber(spec, 1)
     meter = Meter(spec.events)
     sleep = float(spec.options.get("sleep_ms", 10)) / 1000
-    last: dict[str, int] = {}
-    violations = [0]
+    work = OrderedWork(meter, sleep)
 
     @subscriber  # type: ignore[untyped-decorator]
     async def handle(event: Envelope) -> None:
-        b = event.body
-        if last.get(b.key, -1) >= b.seq:
-            violations[0] += 1
-        last[b.key] = b.seq
-        await asyncio.sleep(sleep)
-        meter.tick()
+        await work.handle(event.body.key, event.body.seq)
 
     await broker.start()
     try:
         await meter.wait(idle_timeout=30)
     finally:
         await broker.stop()
-    return meter.result(order_violations=violations[0], keys=len(last))
+    return work.result()
 
 
 async def memory_dispytch(spec: Spec) -> dict[str, Any]:

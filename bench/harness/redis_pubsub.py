@@ -30,7 +30,7 @@ from harness.common import (
     Stopwatch,
     body,
     payloads,
-    timed_publish_result,
+    publish_results,
     unique,
     work,
 )
@@ -187,10 +187,7 @@ async def publish_raw(spec: Spec) -> dict[str, Any]:
                 await pipe.execute()
     finally:
         await client.aclose()
-    return {
-        "sequential": timed_publish_result(seq_n, seq.wall, seq.cpu),
-        "batched": timed_publish_result(spec.events, many.wall, many.cpu, batch=batch),
-    }
+    return publish_results(seq_n, seq, spec.events, many, batch)
 
 
 async def publish_dispytch(spec: Spec) -> dict[str, Any]:
@@ -219,7 +216,4 @@ async def publish_faststream(spec: Spec) -> dict[str, Any]:
                     await pipe.execute()
     finally:
         await broker.stop()
-    return {
-        "sequential": timed_publish_result(seq_n, seq.wall, seq.cpu),
-        "batched": timed_publish_result(spec.events, many.wall, many.cpu, batch=batch),
-    }
+    return publish_results(seq_n, seq, spec.events, many, batch)
