@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import time
 from collections.abc import Callable
 
@@ -16,3 +18,25 @@ async def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.005)
+
+
+def listed_brokers() -> set[str]:
+    """Backend names in ``DISPYTCH_BROKERS`` (comma-separated), which ``scripts/test.sh`` sets."""
+    return {b.strip() for b in os.environ.get("DISPYTCH_BROKERS", "").split(",") if b.strip()}
+
+
+def require_broker(name: str, port: int) -> None:
+    """Skip unless ``name`` is listed; fail (not skip) when it is listed but does not answer."""
+    if name not in listed_brokers():
+        import pytest
+
+        pytest.skip(f"{name} not in DISPYTCH_BROKERS")
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        import pytest
+
+        pytest.fail(
+            f"{name} is listed in DISPYTCH_BROKERS but 127.0.0.1:{port} does not answer; "
+            "run: bash scripts/brokers.sh up"
+        )

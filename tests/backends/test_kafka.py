@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -14,7 +12,7 @@ from pydantic import BaseModel
 
 from dispytch import App, Dependency, Event, EventBase, EventEmitter, EventListener, HandlerGroup
 from dispytch.routing import TopicPattern
-from tests.helpers import wait_until
+from tests.helpers import require_broker, wait_until
 
 aiokafka = pytest.importorskip("aiokafka")
 
@@ -32,16 +30,7 @@ URL = f"kafka://{SERVERS}"
 
 @pytest.fixture(autouse=True)
 def _live() -> None:
-    listed = {b.strip() for b in os.environ.get("DISPYTCH_BROKERS", "").split(",")}
-    if "kafka" not in listed:
-        pytest.skip("kafka not in DISPYTCH_BROKERS")
-    try:
-        socket.create_connection(("127.0.0.1", 9092), timeout=1).close()
-    except OSError:
-        pytest.fail(
-            "kafka is listed in DISPYTCH_BROKERS but 127.0.0.1:9092 does not answer; "
-            "run: bash scripts/brokers.sh up"
-        )
+    require_broker("kafka", 9092)
 
 
 @pytest.fixture

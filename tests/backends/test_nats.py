@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -31,7 +29,7 @@ from dispytch.nats import (
 from dispytch.nats.consumer import NATSGroupConsumer
 from dispytch.routing import TopicPattern
 from tests.backends.nats_streams import delete_streams
-from tests.helpers import wait_until
+from tests.helpers import require_broker, wait_until
 
 URL = "nats://127.0.0.1:4222"
 
@@ -40,13 +38,7 @@ pytestmark = [pytest.mark.broker("nats"), pytest.mark.timeout(60)]
 
 @pytest.fixture(autouse=True)
 def _nats_listed() -> None:
-    listed = {b.strip() for b in os.environ.get("DISPYTCH_BROKERS", "").split(",")}
-    if "nats" not in listed:
-        pytest.skip("nats not in DISPYTCH_BROKERS")
-    try:
-        socket.create_connection(("127.0.0.1", 4222), timeout=1).close()
-    except OSError:
-        pytest.fail("nats is listed but 127.0.0.1:4222 does not answer")
+    require_broker("nats", 4222)
 
 
 @dataclass

@@ -2,8 +2,6 @@
 
 # No `from __future__ import annotations`: the README handler's annotations name locals.
 import asyncio
-import os
-import socket
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -23,7 +21,7 @@ from dispytch.rabbitmq import (
     RabbitMQProducer,
 )
 from dispytch.routing import TopicPattern
-from tests.helpers import wait_until
+from tests.helpers import require_broker, wait_until
 
 URL = "amqp://guest:guest@127.0.0.1:5672/"
 
@@ -32,13 +30,7 @@ pytestmark = [pytest.mark.broker("rabbitmq"), pytest.mark.timeout(60)]
 
 @pytest.fixture(autouse=True)
 def _rabbitmq_listed() -> None:
-    listed = {b.strip() for b in os.environ.get("DISPYTCH_BROKERS", "").split(",")}
-    if "rabbitmq" not in listed:
-        pytest.skip("rabbitmq not in DISPYTCH_BROKERS")
-    try:
-        socket.create_connection(("127.0.0.1", 5672), timeout=1).close()
-    except OSError:
-        pytest.fail("rabbitmq is listed but 127.0.0.1:5672 does not answer")
+    require_broker("rabbitmq", 5672)
 
 
 @dataclass

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,7 +25,7 @@ from dispytch import (
 from dispytch.emitter.producer import ProducerTimeout
 from dispytch.errors import EmitError
 from dispytch.routing import TopicPattern
-from tests.helpers import wait_until
+from tests.helpers import require_broker, wait_until
 
 redis_asyncio = pytest.importorskip("redis.asyncio")
 
@@ -45,16 +44,7 @@ URL = "redis://127.0.0.1:6379/0"
 
 
 def _live() -> None:
-    listed = {b.strip() for b in os.environ.get("DISPYTCH_BROKERS", "").split(",")}
-    if "redis" not in listed:
-        pytest.skip("redis not in DISPYTCH_BROKERS")
-    try:
-        socket.create_connection(("127.0.0.1", 6379), timeout=1).close()
-    except OSError:
-        pytest.fail(
-            "redis is listed in DISPYTCH_BROKERS but 127.0.0.1:6379 does not answer; "
-            "run: bash scripts/brokers.sh up"
-        )
+    require_broker("redis", 6379)
 
 
 @pytest.fixture

@@ -4,9 +4,7 @@ parts. Every test works on streams named after a fresh uid and deletes them afte
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
 import sys
 import time
 import uuid
@@ -20,7 +18,7 @@ from dispytch import App, Event, EventBase, EventEmitter, EventListener, TopicSe
 from dispytch.errors import ConfigurationError
 from dispytch.listener.consumer import Message
 from dispytch.routing import TopicPattern
-from tests.helpers import wait_until
+from tests.helpers import require_broker, wait_until
 
 redis_asyncio = pytest.importorskip("redis.asyncio")
 
@@ -40,16 +38,7 @@ PLAIN_URL = "redis://127.0.0.1:6379/0"
 
 
 def _live() -> None:
-    listed = {b.strip() for b in os.environ.get("DISPYTCH_BROKERS", "").split(",")}
-    if "redis_streams" not in listed:
-        pytest.skip("redis_streams not in DISPYTCH_BROKERS")
-    try:
-        socket.create_connection(("127.0.0.1", 6379), timeout=1).close()
-    except OSError:
-        pytest.fail(
-            "redis_streams is listed in DISPYTCH_BROKERS but 127.0.0.1:6379 does not answer; "
-            "run: bash scripts/brokers.sh up redis"
-        )
+    require_broker("redis_streams", 6379)
 
 
 @pytest.fixture

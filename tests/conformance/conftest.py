@@ -7,8 +7,6 @@ the brokers; a listed broker that does not answer fails the run instead of being
 
 from __future__ import annotations
 
-import os
-import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -17,6 +15,7 @@ from typing import Any
 import pytest
 
 from dispytch import App
+from tests.helpers import require_broker
 
 
 @dataclass(frozen=True)
@@ -46,29 +45,11 @@ BACKENDS = {
 }
 
 
-def _listed() -> set[str]:
-    return {b.strip() for b in os.environ.get("DISPYTCH_BROKERS", "").split(",") if b.strip()}
-
-
-def _reachable(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
 @pytest.fixture(params=list(BACKENDS))
 def backend(request: pytest.FixtureRequest) -> BackendUnderTest:
     spec = BACKENDS[request.param]
     if spec.port is not None:
-        if spec.name not in _listed():
-            pytest.skip(f"{spec.name} not in DISPYTCH_BROKERS")
-        if not _reachable(spec.port):
-            pytest.fail(
-                f"{spec.name} is listed in DISPYTCH_BROKERS but 127.0.0.1:{spec.port} "
-                "does not answer; run: bash scripts/brokers.sh up"
-            )
+        require_broker(spec.name, spec.port)
     return spec
 
 
