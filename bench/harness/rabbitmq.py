@@ -1,7 +1,8 @@
 """RabbitMQ: durable classic queues filled through the ``dispytch`` topic exchange.
 
 Every run drains its own queue (all of one repeat's queues are bound to one routing key and
-filled by one pass of confirmed publishes). Dispytch uses ``queue_type="classic"`` so that all
+filled by one pass of confirmed publishes); every publish run emits to a routing key of its own,
+bound to one capped sink queue. Dispytch uses ``queue_type="classic"`` so that all
 three variants consume the same kind of queue, with a prefetch of ``--concurrency``.
 """
 
@@ -64,10 +65,12 @@ class Setup:
             for spec in specs:
                 queue_name = unique(f"bench-{spec.variant}")
                 queue = await channel.declare_queue(queue_name, durable=True, arguments=arguments)
-                await queue.bind(exchange, routing_key)
+                # Emits get a sink each (a shared key would store every emit once per variant).
+                key = f"{routing_key}.{spec.variant}" if scenario == "publish" else routing_key
+                await queue.bind(exchange, key)
                 self.queues.append(queue_name)
                 spec.group = queue_name
-                spec.target = routing_key
+                spec.target = key
             if scenario != "publish":
                 await _fill(exchange, routing_key, max(s.events for s in specs), scenario == "io")
         finally:

@@ -9,12 +9,8 @@ from typing import Any
 
 import aio_pika
 import aiormq
-from aio_pika.abc import (
-    AbstractIncomingMessage,
-    AbstractQueue,
-    AbstractRobustConnection,
-)
-from aiormq.abc import AbstractChannel
+from aio_pika.abc import AbstractQueue, AbstractRobustChannel, AbstractRobustConnection
+from aiormq.abc import AbstractChannel, DeliveredMessage
 
 from dispytch.errors import ConfigurationError
 from dispytch.listener.consumer import Consumer, Failure, Message
@@ -44,6 +40,10 @@ class RabbitMQConsumer(Consumer):
     ``requeue=True``. Set the channel's prefetch (``channel.set_qos(prefetch_count=...)``) to
     bound how many messages RabbitMQ pushes ahead of the handlers.
 
+    Deliveries are taken from the channel's aiormq channel (``basic.consume`` below aio-pika, so
+    no aio-pika message object and task per delivery); on a robust channel the subscriptions are
+    made again whenever aio-pika reopens it after a reconnect.
+
     Dead letters go to the durable direct exchange ``dead_letter_exchange`` and the queue
     ``{topic}.dlq``, published on the first queue's channel with a publisher confirm; pass
     ``dead_letter_exchange=None`` to leave dead letters to the listener's own producer.
@@ -69,9 +69,12 @@ class RabbitMQConsumer(Consumer):
             if dead_letter_exchange is not None
             else None
         )
-        # Filled by aio-pika's delivery callbacks; RabbitMQ's prefetch bounds its size.
-        self._buffer: asyncio.Queue[AbstractIncomingMessage | None] = asyncio.Queue()
-        self._consumer_tags: list[tuple[AbstractQueue, str]] = []
+        # Filled by the delivery callback; RabbitMQ's prefetch bounds its size.
+        self._buffer: asyncio.Queue[DeliveredMessage | None] = asyncio.Queue()
+        # (queue, the aiormq channel consuming it, consumer tag) per live subscription.
+        self._consumer_tags: list[tuple[AbstractQueue, AbstractChannel, str]] = []
+        self._watched: list[AbstractRobustChannel] = []  # robust channels we resubscribe on
+        self._subscribed = False
         self._closed = False
         # Batched acks: what is settled per channel; one lock keeps ack/nack frames in the
         # order they were decided (a multiple ack sent early would swallow a later nack).
@@ -92,48 +95,79 @@ class RabbitMQConsumer(Consumer):
                 "RabbitMQConsumer has no queue to consume: pass the aio-pika queues, "
                 "e.g. RabbitMQConsumer(queue)"
             )
+        self._subscribed = True
         for queue in self.queues:
-            tag = await queue.consume(self._deliver)
-            self._consumer_tags.append((queue, tag))
+            await self._subscribe(queue)
+            channel = queue.channel
+            if isinstance(channel, AbstractRobustChannel) and channel not in self._watched:
+                channel.reopen_callbacks.add(self._on_reopen)
+                self._watched.append(channel)
 
-    async def _deliver(self, incoming: AbstractIncomingMessage) -> None:
+    async def _subscribe(self, queue: AbstractQueue) -> None:
+        amqp = await queue.channel.get_underlay_channel()
+        ok = await amqp.basic_consume(queue.name, self._deliver)
+        self._consumer_tags.append((queue, amqp, ok.consumer_tag or ""))
+
+    async def _on_reopen(self, channel: Any, *_: Any) -> None:
+        """aio-pika reopened a robust channel (after a reconnect) and declared its queues
+        again: consume them again. The old channel's deliveries are requeued by the broker."""
         if self._closed:
-            await self._hand_back(incoming)
             return
-        self._buffer.put_nowait(incoming)
+        self._consumer_tags = [t for t in self._consumer_tags if t[0].channel is not channel]
+        for queue in self.queues:
+            if queue.channel is not channel:
+                continue
+            try:
+                await self._subscribe(queue)
+            except Exception as exc:
+                logger.error(
+                    "could not consume queue %r again after a reconnect (%s: %s); "
+                    "restart the service to resume it",
+                    queue.name,
+                    type(exc).__name__,
+                    exc,
+                )
+
+    async def _deliver(self, delivered: DeliveredMessage) -> None:
+        if self._closed:
+            await self._hand_back(delivered)
+            return
+        self._buffer.put_nowait(delivered)
 
     async def start(self, subscriptions: Sequence[TopicPattern]) -> None:
         """Start consuming now (seed style the queues are already bound by their user), so the
         ``basic.consume`` round trip is done before :meth:`listen` and never cut short by it."""
-        if not self._consumer_tags:
+        if not self._subscribed:
             await self._consume()
 
     async def listen(self) -> AsyncIterator[Message]:
-        if not self._consumer_tags:
+        if not self._subscribed:
             await self._consume()
         buffer = self._buffer
         while True:
             if self._armed and buffer.empty():
                 # About to wait for the broker, which may be waiting for our acks (prefetch).
                 await self._flush()
-            incoming = await buffer.get()
-            if incoming is None:
+            delivered = await buffer.get()
+            if delivered is None:
                 return
-            try:
-                incoming.channel  # noqa: B018 - raises once the delivering channel is gone
-            except aiormq.exceptions.ChannelInvalidStateError:
+            if delivered.channel.is_closed:
                 # Delivered on a channel that was lost since (a reconnect happened): RabbitMQ
                 # has requeued it and will deliver it again on the new channel.
                 continue
             self._in_flight += 1
-            yield to_message(incoming)
+            yield to_message(delivered)
 
     async def ack(self, message: Message) -> None:
         self._in_flight -= 1
-        incoming: AbstractIncomingMessage = message.extra
-        channel = incoming.channel  # raises once the channel is gone: its tags are void
+        delivered: DeliveredMessage = message.extra
+        channel = delivered.channel
+        if channel.is_closed:
+            # Its delivery tag died with the channel; RabbitMQ redelivers the message.
+            logger.debug("not acking a delivery of closed channel %r", channel)
+            return
         acks = self._acks.get(channel) or self._track(channel)
-        acks.settle(incoming.delivery_tag or 0)
+        acks.settle(delivered.delivery_tag or 0)
         if acks.unsent >= self._ack_batch:
             async with self._send_lock:
                 await self._send(channel, acks, stragglers=False, force=False)
@@ -146,10 +180,12 @@ class RabbitMQConsumer(Consumer):
         self._in_flight -= 1
         await self._hand_back(message.extra)
 
-    async def _hand_back(self, incoming: AbstractIncomingMessage) -> None:
+    async def _hand_back(self, delivered: DeliveredMessage) -> None:
         """``basic.nack(requeue=True)`` at once, for this delivery only."""
-        channel = incoming.channel
-        tag = incoming.delivery_tag or 0
+        channel = delivered.channel
+        if channel.is_closed:
+            return  # the broker requeued it when the channel closed
+        tag = delivered.delivery_tag or 0
         acks = self._acks.get(channel) or self._track(channel)
         async with self._send_lock:
             acks.settle(tag, sent=True)
@@ -222,12 +258,14 @@ class RabbitMQConsumer(Consumer):
         if self._closed:
             return
         self._closed = True
-        for queue, tag in self._consumer_tags:
-            if queue.channel.is_closed:
-                # Nothing to cancel; and a robust channel would wait for a reconnect first.
-                continue
+        for channel in self._watched:
+            channel.reopen_callbacks.discard(self._on_reopen)
+        self._watched.clear()
+        for _queue, amqp, tag in self._consumer_tags:
+            if amqp.is_closed:
+                continue  # nothing to cancel
             try:
-                await asyncio.wait_for(queue.cancel(tag), _CANCEL_TIMEOUT)
+                await asyncio.wait_for(amqp.basic_cancel(tag), _CANCEL_TIMEOUT)
             except Exception as exc:  # the channel went away meanwhile: nothing to cancel
                 logger.debug("could not cancel consumer %s: %s", tag, exc)
         self._consumer_tags.clear()
@@ -237,11 +275,11 @@ class RabbitMQConsumer(Consumer):
         if self._flusher is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)
         while not self._buffer.empty():
-            incoming = self._buffer.get_nowait()
-            if incoming is None:
+            delivered = self._buffer.get_nowait()
+            if delivered is None:
                 continue
             try:
-                await self._hand_back(incoming)
+                await self._hand_back(delivered)
             except Exception as exc:  # channel gone: the broker requeued it already
                 logger.debug("could not hand back a buffered message: %s", exc)
         # Every handed-out message is settled by now (the listener drains before closing).

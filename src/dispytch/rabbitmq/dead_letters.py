@@ -91,10 +91,10 @@ class DeadLetterStore:
     async def put(self, message: Message, failure: Failure) -> None:
         """Store ``message``'s original bytes with failure headers; return once confirmed."""
         exchange = await self._destination(message.topic)
-        incoming = message.extra
-        raw = incoming.headers if isinstance(incoming, aio_pika.abc.AbstractMessage) else None
+        delivered = message.extra
+        props = delivered.header.properties if isinstance(delivered, DeliveredMessage) else None
         headers: dict[str, Any] = {}
-        for name, value in (raw or message.headers).items():
+        for name, value in ((props.headers if props else None) or message.headers).items():
             if name != DELIVERY_COUNT_HEADER:
                 # pamqp decodes non-UTF-8 strings to bytes but can only encode bytearray.
                 headers[name] = bytearray(value) if isinstance(value, bytes) else value
@@ -102,24 +102,24 @@ class DeadLetterStore:
             headers[KEY_HEADER] = encode_key(message.key)
         headers.update(failure.headers(message))
         properties: dict[str, Any] = {}
-        if isinstance(incoming, aio_pika.abc.AbstractIncomingMessage):
-            if incoming.exchange:
-                headers["x-dispytch-original-exchange"] = incoming.exchange
-            if incoming.message_id:
+        if props is not None:
+            if delivered.exchange:
+                headers["x-dispytch-original-exchange"] = delivered.exchange
+            if props.message_id:
                 # Not reused as the dead letter's own message_id: aiormq matches returns to
                 # publishes by message_id, which must be unique among in-flight publishes.
-                headers["x-dispytch-original-message-id"] = incoming.message_id
+                headers["x-dispytch-original-message-id"] = props.message_id
             # expiration and user_id are dropped on purpose: a dead letter must not expire, and
             # the broker rejects a user_id that is not the publishing connection's user.
             properties = {
-                "content_type": incoming.content_type,
-                "content_encoding": incoming.content_encoding,
-                "correlation_id": incoming.correlation_id,
-                "reply_to": incoming.reply_to,
-                "type": incoming.type,
-                "app_id": incoming.app_id,
-                "priority": incoming.priority,
-                "timestamp": incoming.timestamp,
+                "content_type": props.content_type,
+                "content_encoding": props.content_encoding,
+                "correlation_id": props.correlation_id,
+                "reply_to": props.reply_to,
+                "type": props.message_type,
+                "app_id": props.app_id,
+                "priority": props.priority,
+                "timestamp": props.timestamp,
             }
         await publish_confirmed(
             exchange,

@@ -7,7 +7,7 @@ from typing import Any
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractRobustChannel
+from aio_pika.abc import AbstractExchange, AbstractRobustChannel
 from aiormq.abc import DeliveredMessage
 
 from dispytch.emitter.producer import ProducerTimeout
@@ -61,12 +61,13 @@ def str_headers(raw: Any) -> dict[str, str]:
     return {name: _str(value) for name, value in raw.items()}
 
 
-def to_message(incoming: AbstractIncomingMessage) -> Message:
-    """The listener's view of one delivery; the aio-pika message rides along in ``extra``."""
-    raw = incoming.headers
+def to_message(delivered: DeliveredMessage) -> Message:
+    """The listener's view of one delivery; aiormq's message rides along in ``extra``."""
+    delivery = delivered.delivery
+    raw = delivered.header.properties.headers
     headers: dict[str, str] = {}
     key: bytes | None = None
-    attempt = 2 if incoming.redelivered else 1
+    attempt = 2 if delivery.redelivered else 1  # type: ignore[union-attr]
     if raw:
         for name, value in raw.items():
             if name == KEY_HEADER:
@@ -76,12 +77,12 @@ def to_message(incoming: AbstractIncomingMessage) -> Message:
                 attempt = value + 1
             headers[name] = _str(value)
     return Message(
-        topic=incoming.routing_key or "",
-        payload=incoming.body,
+        topic=delivery.routing_key or "",  # type: ignore[union-attr]
+        payload=delivered.body,
         key=key,
         headers=headers,
         delivery_attempt=attempt,
-        extra=incoming,
+        extra=delivered,
     )
 
 
