@@ -12,7 +12,7 @@ import pytest
 from pydantic import BaseModel
 
 from dispytch import App, Dependency, Event, EventBase, EventEmitter, EventListener, HandlerGroup
-from dispytch.emitter.producer import ProducerTimeout
+from dispytch.emitter.producer import Outgoing, ProducerTimeout
 from dispytch.errors import ConfigurationError, EmitError
 from dispytch.rabbitmq import (
     RabbitMQBackend,
@@ -212,6 +212,69 @@ async def test_event_config_picks_exchange_and_properties(broker: Broker) -> Non
     assert got.headers["x-trace"] == "t1"
     with pytest.raises(ConfigurationError, match="names an exchange"):
         await RabbitMQProducer(a).send("orders", b"{}", RabbitMQEventConfig(exchange="nope"))
+
+
+async def test_send_many_confirms_each_message_and_reports_each_failure(broker: Broker) -> None:
+    channel = await broker.connection.channel()
+    a_name, b_name, queue_name = broker.name("a"), broker.name("b"), broker.name("q")
+    broker.exchanges += [a_name, b_name]
+    broker.queues.append(queue_name)
+    a = await channel.declare_exchange(a_name, aio_pika.ExchangeType.DIRECT)
+    b = await channel.declare_exchange(b_name, aio_pika.ExchangeType.DIRECT)
+    queue = await channel.declare_queue(queue_name)
+    await queue.bind(a, routing_key="orders")
+    await queue.bind(b, routing_key="orders")
+    on_b = RabbitMQEventConfig(exchange=b_name, correlation_id="corr-b", priority=2)
+    big = b"x" * 300_000  # above the frame size: several body frames
+    outgoing = [
+        Outgoing("orders", b"0", key=b"k0", headers={"h": "v"}),
+        Outgoing("nobody", b"1"),  # unroutable: returned by the broker
+        Outgoing("orders", b"2", on_b),
+        Outgoing("orders", b"3", RabbitMQEventConfig(exchange="missing")),
+        Outgoing("orders", big),
+        Outgoing("k" * 300, b"5"),  # longer than AMQP allows: refused, never sent
+    ]
+    results = await RabbitMQProducer([a, b]).send_many(outgoing)
+    assert results[0] is None and results[2] is None and results[4] is None
+    assert isinstance(results[5], EmitError) and "255" in str(results[5])
+    assert isinstance(results[1], EmitError) and "no queue is bound" in str(results[1])
+    assert isinstance(results[3], ConfigurationError)
+    got = {}
+    for _ in range(3):
+        message = await queue.get(timeout=5)
+        await message.ack()
+        got[message.body[:1]] = message
+    assert got[b"0"].headers == {"h": "v", "x-dispytch-key": "k0"}
+    assert got[b"0"].delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+    assert (got[b"2"].exchange, got[b"2"].correlation_id, got[b"2"].priority) == (
+        b_name,
+        "corr-b",
+        2,
+    )
+    assert got[b"x"].body == big
+    # Many at once, in order, on one channel's delivery tags (a batch is one write).
+    bodies = [str(i).encode() for i in range(2000)]
+    assert await RabbitMQProducer(a).send_many([Outgoing("orders", x) for x in bodies]) == [
+        None
+    ] * len(bodies)
+    received = []
+    while len(received) < len(bodies):
+        message = await queue.get(timeout=5)
+        received.append(message.body)
+        await message.ack()
+    assert received == bodies
+
+
+async def test_send_many_on_a_closed_channel_reports_every_message(broker: Broker) -> None:
+    channel = await broker.connection.channel()
+    exchange_name = broker.name("x")
+    broker.exchanges.append(exchange_name)
+    exchange = await channel.declare_exchange(exchange_name, aio_pika.ExchangeType.DIRECT)
+    await channel.close()
+    results = await RabbitMQProducer(exchange, timeout=5).send_many(
+        [Outgoing("t", b"1"), Outgoing("t", b"2")]
+    )
+    assert all(isinstance(r, EmitError) for r in results), results
 
 
 # -- consumer -----------------------------------------------------------------------------------

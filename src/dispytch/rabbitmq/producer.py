@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractExchange
+from pamqp.commands import Basic
 from pydantic import BaseModel
 
-from dispytch.emitter.producer import Producer
+from dispytch.emitter.producer import Outgoing, Producer
 from dispytch.errors import ConfigurationError
+from dispytch.rabbitmq.batch import Publish, publish_batch, supports
 from dispytch.rabbitmq.config import RabbitMQEventConfig
-from dispytch.rabbitmq.wire import KEY_HEADER, encode_key, publish_confirmed
+from dispytch.rabbitmq.wire import (
+    KEY_HEADER,
+    confirm_error,
+    encode_key,
+    publish_confirmed,
+    publish_error,
+    wait_reconnected,
+)
 
 __all__ = ["RabbitMQProducer"]
 
@@ -58,15 +68,14 @@ class RabbitMQProducer(Producer):
             )
         return exchange
 
-    async def send(
+    def _prepare(
         self,
-        topic: str,
         payload: bytes,
-        config: BaseModel | None = None,
-        *,
-        headers: Mapping[str, str] | None = None,
-        key: bytes | None = None,
-    ) -> None:
+        config: BaseModel | None,
+        headers: Mapping[str, str] | None,
+        key: bytes | None,
+    ) -> tuple[AbstractExchange, aio_pika.Message]:
+        """The exchange and the AMQP message for one event."""
         exchange = self.default_exchange
         amqp_headers: dict[str, Any] = {}
         if isinstance(config, RabbitMQEventConfig):
@@ -80,7 +89,7 @@ class RabbitMQProducer(Producer):
                 key = config.partition_key.encode()
             if key is not None:
                 amqp_headers[KEY_HEADER] = encode_key(key)
-            message = aio_pika.Message(
+            return exchange, aio_pika.Message(
                 payload,
                 headers=amqp_headers or None,
                 delivery_mode=config.delivery_mode or _PERSISTENT,
@@ -96,12 +105,91 @@ class RabbitMQProducer(Producer):
                 user_id=config.user_id,
                 timestamp=config.timestamp,
             )
-        else:
-            if headers:
-                amqp_headers.update(headers)
-            if key is not None:
-                amqp_headers[KEY_HEADER] = encode_key(key)
-            message = aio_pika.Message(
-                payload, headers=amqp_headers or None, delivery_mode=_PERSISTENT
-            )
+        if headers:
+            amqp_headers.update(headers)
+        if key is not None:
+            amqp_headers[KEY_HEADER] = encode_key(key)
+        return exchange, aio_pika.Message(
+            payload, headers=amqp_headers or None, delivery_mode=_PERSISTENT
+        )
+
+    async def send(
+        self,
+        topic: str,
+        payload: bytes,
+        config: BaseModel | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        key: bytes | None = None,
+    ) -> None:
+        exchange, message = self._prepare(payload, config, headers, key)
         await publish_confirmed(exchange, message, topic, self.timeout)
+
+    async def send_many(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
+        """Publish the whole batch in one write per exchange, then wait for every confirm.
+
+        Same outcome per message as :meth:`send` (``None`` once confirmed and routed, else the
+        error), at a fraction of its cost per message.
+        """
+        results: list[BaseException | None] = [None] * len(messages)
+        groups: dict[str, tuple[AbstractExchange, list[int], list[Publish]]] = {}
+        default = self.default_exchange
+        for i, m in enumerate(messages):
+            if m.config is None:  # the common case, framed without an aio-pika message
+                exchange = default
+                headers: dict[str, Any] | None = dict(m.headers) if m.headers else None
+                if m.key is not None:
+                    headers = headers or {}
+                    headers[KEY_HEADER] = encode_key(m.key)
+                publish = Publish(m.topic, m.payload, headers)
+            else:
+                try:
+                    exchange, message = self._prepare(m.payload, m.config, m.headers, m.key)
+                except Exception as exc:  # e.g. an exchange this producer does not have
+                    results[i] = exc
+                    continue
+                publish = Publish(m.topic, m.payload, properties=message.properties)
+            group = groups.get(exchange.name)
+            if group is None:
+                group = groups[exchange.name] = (exchange, [], [])
+            group[1].append(i)
+            group[2].append(publish)
+        for exchange, indexes, batch in groups.values():
+            outcomes = await self._publish(exchange, batch)
+            for i, outcome in zip(indexes, outcomes, strict=True):
+                results[i] = outcome
+        return results
+
+    async def _publish(
+        self, exchange: AbstractExchange, batch: list[Publish]
+    ) -> list[BaseException | None]:
+        topic = batch[0].routing_key
+        try:
+            await wait_reconnected(exchange, topic, self.timeout)
+            channel = await exchange.channel.get_underlay_channel()  # type: ignore[attr-defined]
+            outcomes: list[Any]
+            if not supports(channel):  # message by message, through aiormq's own API
+                outcomes = await asyncio.gather(
+                    *(
+                        channel.basic_publish(
+                            m.body,
+                            exchange=exchange.name,
+                            routing_key=m.routing_key,
+                            properties=m.properties
+                            or Basic.Properties(delivery_mode=_PERSISTENT, headers=m.headers),
+                            mandatory=True,
+                            timeout=self.timeout,
+                        )
+                        for m in batch
+                    ),
+                    return_exceptions=True,
+                )
+            else:
+                outcomes = await publish_batch(channel, exchange.name, batch, self.timeout)
+        except Exception as exc:
+            error = publish_error(exc, exchange.name, topic, self.timeout)
+            return [error] * len(batch)
+        return [
+            confirm_error(outcome, exchange.name, m.routing_key)
+            for m, outcome in zip(batch, outcomes, strict=True)
+        ]

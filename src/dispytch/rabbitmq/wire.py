@@ -17,11 +17,14 @@ from dispytch.listener.consumer import Message
 __all__ = [
     "DELIVERY_COUNT_HEADER",
     "KEY_HEADER",
+    "confirm_error",
     "decode_key",
     "encode_key",
     "publish_confirmed",
+    "publish_error",
     "str_headers",
     "to_message",
+    "wait_reconnected",
 ]
 
 #: Carries the ordering key (AMQP has no message key of its own).
@@ -97,6 +100,19 @@ async def publish_confirmed(
     RabbitMQ confirms unroutable messages too, so a ``basic.return`` is what tells us the
     message reached no queue.
     """
+    await wait_reconnected(exchange, routing_key, timeout)
+    try:
+        result = await exchange.publish(message, routing_key, mandatory=True, timeout=timeout)
+    except Exception as exc:
+        raise publish_error(exc, exchange.name, routing_key, timeout) from exc
+    if isinstance(result, DeliveredMessage):  # a channel opened with on_return_raises=False
+        raise _unroutable(exchange.name, routing_key)
+
+
+async def wait_reconnected(
+    exchange: AbstractExchange, routing_key: str, timeout: float | None
+) -> None:
+    """On a robust channel that is reconnecting, wait (up to ``timeout``) until it is back."""
     channel = getattr(exchange, "channel", None)  # not on the abstract class, on every exchange
     if isinstance(channel, AbstractRobustChannel) and channel.is_closed:
         # Reconnecting: wait for the channel to come back rather than fail a publish that
@@ -108,33 +124,52 @@ async def publish_confirmed(
                 f"the RabbitMQ connection was not back within {timeout}s; the message for "
                 f"{routing_key!r} was not sent"
             ) from exc
-    try:
-        result = await exchange.publish(message, routing_key, mandatory=True, timeout=timeout)
-    except aiormq.exceptions.PublishError as exc:
-        raise _unroutable(exchange.name, routing_key) from exc
-    except aiormq.exceptions.DeliveryError as exc:
-        raise EmitError(
+
+
+def confirm_error(result: Any, exchange: str, routing_key: str) -> EmitError | None:
+    """What a publisher confirm's outcome means: ``None`` when RabbitMQ stored the message."""
+    if isinstance(result, DeliveredMessage):  # returned: no queue is bound for the key
+        return _unroutable(exchange, routing_key)
+    if isinstance(result, BaseException):
+        return publish_error(result, exchange, routing_key, None)
+    return None
+
+
+def publish_error(
+    exc: BaseException, exchange: str, routing_key: str, timeout: float | None
+) -> EmitError:
+    """The error a failed confirmed publish raises, saying what happened and what to do."""
+    if isinstance(exc, EmitError):
+        return exc
+    if isinstance(exc, aiormq.exceptions.PublishError):
+        return _unroutable(exchange, routing_key)
+    if isinstance(exc, aiormq.exceptions.DeliveryError):
+        return EmitError(
             f"RabbitMQ refused the message for routing key {routing_key!r} on exchange "
-            f"{exchange.name!r} (basic.nack: the queue is over its length limit or failed); "
+            f"{exchange!r} (basic.nack: the queue is over its length limit or failed); "
             "retry later or check the queue's state"
-        ) from exc
-    except TimeoutError as exc:
-        raise ProducerTimeout(
+        )
+    if isinstance(exc, TimeoutError):
+        return ProducerTimeout(
             f"RabbitMQ did not confirm the message for routing key {routing_key!r} within "
             f"{timeout}s; it may or may not have been stored"
-        ) from exc
-    except (
-        aiormq.exceptions.AMQPError,
-        aiormq.exceptions.ChannelInvalidStateError,
-        ConnectionError,
-    ) as exc:
-        raise EmitError(
+        )
+    if isinstance(
+        exc,
+        aiormq.exceptions.AMQPError
+        | aiormq.exceptions.ChannelInvalidStateError
+        | ConnectionError
+        | asyncio.CancelledError,
+    ):
+        return EmitError(
             f"lost the RabbitMQ channel while publishing to {routing_key!r} "
             f"({type(exc).__name__}: {exc}); the message may or may not have been stored; "
             "retry once the connection is back"
-        ) from exc
-    if isinstance(result, DeliveredMessage):  # a channel opened with on_return_raises=False
-        raise _unroutable(exchange.name, routing_key)
+        )
+    return EmitError(
+        f"publishing to {routing_key!r} on exchange {exchange!r} failed "
+        f"({type(exc).__name__}: {exc}); the message may or may not have been stored"
+    )
 
 
 def _unroutable(exchange: str, routing_key: str) -> EmitError:
