@@ -15,7 +15,8 @@ import pytest
 from pydantic import BaseModel
 
 from dispytch import App, Event, EventBase, EventEmitter, EventListener, TopicSegment
-from dispytch.errors import ConfigurationError
+from dispytch.emitter.producer import Outgoing
+from dispytch.errors import ConfigurationError, EmitError
 from dispytch.listener.consumer import Message
 from dispytch.routing import TopicPattern
 from tests.helpers import require_broker, wait_until
@@ -170,6 +171,26 @@ async def test_seed_style_round_trip_with_key_and_headers(redis: Any, uid: str) 
     assert messages[0].delivery_attempt == 1 and messages[0].offset is None
     assert isinstance(messages[0].extra, str) and "-" in messages[0].extra
     await reader.close()
+
+
+async def test_send_many_reports_each_entry_and_keeps_call_order(redis: Any, uid: str) -> None:
+    stream, not_a_stream = f"orders_{uid}", f"plain_{uid}"
+    await redis.set(not_a_stream, b"a string key")
+    producer = RedisStreamsProducer(redis, max_batch=7)  # several round trips
+    outgoing = [
+        Outgoing(stream, str(i).encode(), key=b"k", headers={"n": str(i)}) for i in range(20)
+    ]
+    outgoing.insert(3, Outgoing(not_a_stream, b"refused"))
+    results = await producer.send_many(outgoing)
+    assert isinstance(results[3], EmitError) and "is the key a stream" in str(results[3])
+    assert results[:3] + results[4:] == [None] * 20
+    entries = await redis.xrange(stream)
+    assert [decode_fields(fields)[0] for _, fields in entries] == [
+        str(i).encode() for i in range(20)
+    ]
+    await producer.close()
+    closed = await producer.send_many([Outgoing(stream, b"late")])
+    assert isinstance(closed[0], EmitError) and "closed" in str(closed[0])
 
 
 async def test_batched_acks_really_acknowledge(redis: Any, uid: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Sequence
 from typing import Any, ClassVar, Generic, TypeVar
 
 from redis.asyncio import Redis
@@ -15,7 +16,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from dispytch.emitter.producer import Producer, ProducerTimeout
+from dispytch.emitter.producer import Outgoing, Producer, ProducerTimeout
 from dispytch.errors import ConfigurationError, EmitError
 
 __all__ = ["PipelinedProducer"]
@@ -31,7 +32,8 @@ class PipelinedProducer(Producer, Generic[ItemT]):
     reply to its own command; it raises :class:`ProducerTimeout` when no reply came within
     ``timeout`` seconds, and :class:`EmitError` when Redis refused it or the connection failed.
 
-    A subclass names its ``command`` and writes it with :meth:`_queue`.
+    A subclass names its ``command``, builds an item with :meth:`_item` and writes it with
+    :meth:`_queue`.
     """
 
     #: The Redis command of one send, for messages (``"PUBLISH"``).
@@ -55,8 +57,33 @@ class PipelinedProducer(Producer, Generic[ItemT]):
         """Add the command that sends ``item`` to ``topic`` to ``pipe``."""
         raise NotImplementedError
 
+    def _item(self, message: Outgoing) -> ItemT:
+        """What :meth:`_queue` sends for ``message`` (as ``send`` builds it)."""
+        raise NotImplementedError
+
+    async def send_many(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
+        """Queue every message for the next batches, then wait for each one's reply.
+
+        Same outcome per message as ``send``, without a coroutine and task per message.
+        """
+        futures: list[asyncio.Future[Any]] = []
+        loop = asyncio.get_running_loop()
+        for message in messages:
+            try:
+                futures.append(self._enqueue(message.topic, self._item(message)))
+            except Exception as exc:  # closed, or a message this backend cannot carry
+                failed = loop.create_future()
+                failed.set_exception(exc)
+                futures.append(failed)
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        return [r if isinstance(r, BaseException) else None for r in results]
+
     async def _submit(self, topic: str, item: ItemT) -> Any:
         """Send ``item`` with the next batch; return Redis' reply to its command."""
+        return await self._enqueue(topic, item)
+
+    def _enqueue(self, topic: str, item: ItemT) -> asyncio.Future[Any]:
+        """Queue ``item`` for the next batch; the future gets Redis' reply to its command."""
         if self._closed:
             raise EmitError(
                 f"this {type(self).__name__} is closed; emit through a started app/producer"
@@ -67,7 +94,7 @@ class PipelinedProducer(Producer, Generic[ItemT]):
             self._flusher = asyncio.create_task(
                 self._flush(), name=f"dispytch-redis-{self.command.lower()}"
             )
-        return await future
+        return future
 
     async def _flush(self) -> None:
         # One flusher at a time: batches go out one after the other, so call order is kept.

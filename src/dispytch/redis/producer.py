@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pydantic import BaseModel
 from redis.asyncio.client import Pipeline
 
+from dispytch.emitter.producer import Outgoing
 from dispytch.redis.pipeline import PipelinedProducer
 
 __all__ = ["RedisProducer"]
@@ -56,6 +57,9 @@ class RedisProducer(PipelinedProducer[bytes]):
         receivers = await self._submit(topic, payload)
         if receivers == 0:
             logger.debug("published to %r; no subscriber was listening, the event is gone", topic)
+
+    def _item(self, message: Outgoing) -> bytes:
+        return message.payload
 
     def _queue(self, pipe: Pipeline, topic: str, item: bytes) -> None:
         pipe.publish(topic, item)

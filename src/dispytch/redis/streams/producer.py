@@ -9,6 +9,7 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
+from dispytch.emitter.producer import Outgoing
 from dispytch.errors import ConfigurationError
 from dispytch.redis.fields import encode_fields
 from dispytch.redis.pipeline import PipelinedProducer
@@ -69,6 +70,9 @@ class RedisStreamsProducer(PipelinedProducer[dict[Any, Any]]):
     ) -> None:
         """XADD ``payload``, ``key`` and ``headers`` to stream ``topic``; return once stored."""
         await self._submit(topic, encode_fields(payload, key, headers))
+
+    def _item(self, message: Outgoing) -> dict[Any, Any]:
+        return encode_fields(message.payload, message.key, message.headers)
 
     def _queue(self, pipe: Pipeline, topic: str, item: dict[Any, Any]) -> None:
         pipe.xadd(topic, item, maxlen=self.maxlen, approximate=True)
