@@ -180,6 +180,20 @@ class Stopwatch:
         self.cpu = time.process_time() - self._c
 
 
+def envelopes(n: int) -> list[dict[str, Any]]:
+    """``n`` envelopes as dicts, for the variants that serialize the message themselves."""
+    return [
+        {"id": str(uuid.uuid4()), "type": EVENT_TYPE, "body": body(i), "timestamp": 0}
+        for i in range(n)
+    ]
+
+
+def publish_sizes(spec: Spec) -> tuple[int, int]:
+    """``(sequential emits, batch size)`` of a publish measurement."""
+    sequential = int(spec.options.get("sequential", max(spec.events // 10, 1)))
+    return sequential, int(spec.options.get("batch", 1000))
+
+
 def publish_results(
     seq_n: int, seq: Stopwatch, batch_n: int, many: Stopwatch, batch: int
 ) -> dict[str, Any]:

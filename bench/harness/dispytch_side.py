@@ -20,6 +20,7 @@ from harness.common import (
     event_class,
     max_rss_kib,
     publish_results,
+    publish_sizes,
     rss_kib,
 )
 
@@ -117,8 +118,7 @@ def publish_events(spec: Spec, n: int, config: Any = None) -> Sequence[EventBase
 
 async def publish(spec: Spec, **options: Any) -> dict[str, Any]:
     """Sequential confirmed emits, then ``emit_many`` in batches of ``batch``."""
-    seq_n = int(spec.options.get("sequential", max(spec.events // 10, 1)))
-    batch = int(spec.options.get("batch", 1000))
+    seq_n, batch = publish_sizes(spec)
     app = App(spec.url, group=spec.group, **options)
     await app.start()
     try:

@@ -16,10 +16,11 @@ from harness.common import (
     OrderedWork,
     Spec,
     Stopwatch,
-    body,
     drive,
+    envelopes,
     payloads,
     publish_results,
+    publish_sizes,
     unique,
     work,
 )
@@ -195,28 +196,18 @@ async def consume_faststream(spec: Spec) -> dict[str, Any]:
     return meter.result(ack_policy="ACK")
 
 
-def _envelopes(n: int) -> list[dict[str, Any]]:
-    import uuid
-
-    return [
-        {"id": str(uuid.uuid4()), "type": "user_registered", "body": body(i), "timestamp": 0}
-        for i in range(n)
-    ]
-
-
 async def publish_raw(spec: Spec) -> dict[str, Any]:
-    seq_n = int(spec.options.get("sequential", max(spec.events // 10, 1)))
-    batch = int(spec.options.get("batch", 1000))
+    seq_n, batch = publish_sizes(spec)
     producer = AIOKafkaProducer(
         bootstrap_servers=servers(spec.url), acks="all", enable_idempotence=True
     )
     await producer.start()
     try:
-        items = _envelopes(seq_n)
+        items = envelopes(seq_n)
         with Stopwatch() as seq:
             for item in items:
                 await producer.send_and_wait(spec.target, json.dumps(item).encode())
-        items = _envelopes(spec.events)
+        items = envelopes(spec.events)
         with Stopwatch() as many:
             for i in range(0, len(items), batch):
                 futures = [
@@ -236,8 +227,7 @@ async def publish_dispytch(spec: Spec) -> dict[str, Any]:
 async def publish_faststream(spec: Spec) -> dict[str, Any]:
     from faststream.kafka import KafkaBroker
 
-    seq_n = int(spec.options.get("sequential", max(spec.events // 10, 1)))
-    batch = int(spec.options.get("batch", 1000))
+    seq_n, batch = publish_sizes(spec)
     broker = KafkaBroker(
         servers(spec.url),
         logger=None,
@@ -247,11 +237,11 @@ async def publish_faststream(spec: Spec) -> dict[str, Any]:
     )
     await broker.start()
     try:
-        items = _envelopes(seq_n)
+        items = envelopes(seq_n)
         with Stopwatch() as seq:
             for item in items:
                 await broker.publish(item, topic=spec.target)
-        items = _envelopes(spec.events)
+        items = envelopes(spec.events)
         with Stopwatch() as many:
             for i in range(0, len(items), batch):
                 await broker.publish_batch(*items[i : i + batch], topic=spec.target)

@@ -13,7 +13,16 @@ from typing import Any
 from dispytch import App
 from dispytch.memory import MemoryBackend, MemoryBroker, MemoryConsumer, MemoryProducer
 from harness import dispytch_side
-from harness.common import Meter, Spec, Stopwatch, payloads, publish_results, work
+from harness.common import (
+    Meter,
+    Spec,
+    Stopwatch,
+    envelopes,
+    payloads,
+    publish_results,
+    publish_sizes,
+    work,
+)
 
 URL = "memory://"
 NAME = "memory"
@@ -69,20 +78,9 @@ async def consume_dispytch(spec: Spec) -> dict[str, Any]:
 
 async def publish_raw(spec: Spec) -> dict[str, Any]:
     import json
-    import uuid
 
-    from harness.common import body
-
-    seq_n = int(spec.options.get("sequential", max(spec.events // 10, 1)))
-    batch = int(spec.options.get("batch", 1000))
+    seq_n, batch = publish_sizes(spec)
     producer = MemoryProducer(MemoryBroker())
-
-    def envelopes(n: int) -> list[dict[str, Any]]:
-        return [
-            {"id": str(uuid.uuid4()), "type": "user_registered", "body": body(i), "timestamp": 0}
-            for i in range(n)
-        ]
-
     items = envelopes(seq_n)
     with Stopwatch() as seq:
         for item in items:

@@ -21,9 +21,10 @@ from harness.common import (
     Meter,
     Spec,
     Stopwatch,
-    body,
+    envelopes,
     payloads,
     publish_results,
+    publish_sizes,
     unique,
     work,
 )
@@ -145,24 +146,16 @@ async def consume_faststream(spec: Spec) -> dict[str, Any]:
     return meter.result()
 
 
-def _envelopes(n: int) -> list[dict[str, Any]]:
-    return [
-        {"id": str(uuid.uuid4()), "type": "user_registered", "body": body(i), "timestamp": 0}
-        for i in range(n)
-    ]
-
-
 async def publish_raw(spec: Spec) -> dict[str, Any]:
-    seq_n = int(spec.options.get("sequential", max(spec.events // 10, 1)))
-    batch = int(spec.options.get("batch", 1000))
+    seq_n, batch = publish_sizes(spec)
     nc = await nats.connect(spec.url)
     js = nc.jetstream()
     try:
-        items = _envelopes(seq_n)
+        items = envelopes(seq_n)
         with Stopwatch() as seq:
             for item in items:
                 await js.publish(spec.target, json.dumps(item).encode())
-        items = _envelopes(spec.events)
+        items = envelopes(spec.events)
         with Stopwatch() as many:
             for i in range(0, len(items), batch):
                 await asyncio.gather(
@@ -180,17 +173,16 @@ async def publish_dispytch(spec: Spec) -> dict[str, Any]:
 async def publish_faststream(spec: Spec) -> dict[str, Any]:
     from faststream.nats import NatsBroker
 
-    seq_n = int(spec.options.get("sequential", max(spec.events // 10, 1)))
-    batch = int(spec.options.get("batch", 1000))
+    seq_n, batch = publish_sizes(spec)
     broker = NatsBroker(spec.url, logger=None)
     await broker.start()
     stream = spec.options["stream"]
     try:
-        items = _envelopes(seq_n)
+        items = envelopes(seq_n)
         with Stopwatch() as seq:
             for item in items:
                 await broker.publish(item, spec.target, stream=stream)
-        items = _envelopes(spec.events)
+        items = envelopes(spec.events)
         with Stopwatch() as many:
             for i in range(0, len(items), batch):
                 await asyncio.gather(

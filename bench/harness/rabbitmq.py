@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from typing import Any
 
 import aio_pika
@@ -22,10 +21,11 @@ from harness.common import (
     OrderedWork,
     Spec,
     Stopwatch,
-    body,
     drive,
+    envelopes,
     payloads,
     publish_results,
+    publish_sizes,
     unique,
     work,
 )
@@ -187,16 +187,8 @@ async def consume_faststream(spec: Spec) -> dict[str, Any]:
     return meter.result()
 
 
-def _envelopes(n: int) -> list[dict[str, Any]]:
-    return [
-        {"id": str(uuid.uuid4()), "type": "user_registered", "body": body(i), "timestamp": 0}
-        for i in range(n)
-    ]
-
-
 async def publish_raw(spec: Spec) -> dict[str, Any]:
-    seq_n = int(spec.options.get("sequential", max(spec.events // 10, 1)))
-    batch = int(spec.options.get("batch", 1000))
+    seq_n, batch = publish_sizes(spec)
     connection = await aio_pika.connect(spec.url)
     channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
     exchange = await channel.get_exchange(EXCHANGE)
@@ -208,11 +200,11 @@ async def publish_raw(spec: Spec) -> dict[str, Any]:
         return exchange.publish(message, spec.target, mandatory=True)
 
     try:
-        items = _envelopes(seq_n)
+        items = envelopes(seq_n)
         with Stopwatch() as seq:
             for item in items:
                 await publish(item)
-        items = _envelopes(spec.events)
+        items = envelopes(spec.events)
         with Stopwatch() as many:
             for i in range(0, len(items), batch):
                 await asyncio.gather(*(publish(x) for x in items[i : i + batch]))
@@ -228,8 +220,7 @@ async def publish_dispytch(spec: Spec) -> dict[str, Any]:
 async def publish_faststream(spec: Spec) -> dict[str, Any]:
     from faststream.rabbit import ExchangeType, RabbitBroker, RabbitExchange
 
-    seq_n = int(spec.options.get("sequential", max(spec.events // 10, 1)))
-    batch = int(spec.options.get("batch", 1000))
+    seq_n, batch = publish_sizes(spec)
     broker = RabbitBroker(spec.url, logger=None)
     exchange = RabbitExchange(EXCHANGE, type=ExchangeType.TOPIC, durable=True)
     await broker.start()
@@ -240,11 +231,11 @@ async def publish_faststream(spec: Spec) -> dict[str, Any]:
         )
 
     try:
-        items = _envelopes(seq_n)
+        items = envelopes(seq_n)
         with Stopwatch() as seq:
             for item in items:
                 await publish(item)
-        items = _envelopes(spec.events)
+        items = envelopes(spec.events)
         with Stopwatch() as many:
             for i in range(0, len(items), batch):
                 # No batch API for RabbitMQ in FastStream: concurrent publishes.

@@ -14,7 +14,6 @@ import json
 import os
 import tempfile
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,9 +27,10 @@ from harness.common import (
     Meter,
     Spec,
     Stopwatch,
-    body,
+    envelopes,
     payloads,
     publish_results,
+    publish_sizes,
     unique,
     work,
 )
@@ -162,23 +162,15 @@ async def consume_faststream(spec: Spec) -> dict[str, Any]:
     return meter.result()
 
 
-def _envelopes(n: int) -> list[dict[str, Any]]:
-    return [
-        {"id": str(uuid.uuid4()), "type": "user_registered", "body": body(i), "timestamp": 0}
-        for i in range(n)
-    ]
-
-
 async def publish_raw(spec: Spec) -> dict[str, Any]:
-    seq_n = int(spec.options.get("sequential", max(spec.events // 10, 1)))
-    batch = int(spec.options.get("batch", 1000))
+    seq_n, batch = publish_sizes(spec)
     client = Redis.from_url(spec.url)
     try:
-        items = _envelopes(seq_n)
+        items = envelopes(seq_n)
         with Stopwatch() as seq:
             for item in items:
                 await client.publish(spec.target, json.dumps(item).encode())
-        items = _envelopes(spec.events)
+        items = envelopes(spec.events)
         with Stopwatch() as many:
             for i in range(0, len(items), batch):
                 pipe = client.pipeline(transaction=False)
@@ -197,16 +189,15 @@ async def publish_dispytch(spec: Spec) -> dict[str, Any]:
 async def publish_faststream(spec: Spec) -> dict[str, Any]:
     from faststream.redis import RedisBroker
 
-    seq_n = int(spec.options.get("sequential", max(spec.events // 10, 1)))
-    batch = int(spec.options.get("batch", 1000))
+    seq_n, batch = publish_sizes(spec)
     broker = RedisBroker(spec.url, logger=None)
     await broker.start()
     try:
-        items = _envelopes(seq_n)
+        items = envelopes(seq_n)
         with Stopwatch() as seq:
             for item in items:
                 await broker.publish(item, channel=spec.target)
-        items = _envelopes(spec.events)
+        items = envelopes(spec.events)
         connection = broker._connection  # what FastStream's own Pipeline dependency uses
         with Stopwatch() as many:
             for i in range(0, len(items), batch):

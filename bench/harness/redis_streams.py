@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from typing import Any
 
 from redis.asyncio import Redis
@@ -20,9 +19,10 @@ from harness.common import (
     Meter,
     Spec,
     Stopwatch,
-    body,
+    envelopes,
     payloads,
     publish_results,
+    publish_sizes,
     unique,
     work,
 )
@@ -145,23 +145,15 @@ async def consume_faststream(spec: Spec) -> dict[str, Any]:
     return meter.result()
 
 
-def _envelopes(n: int) -> list[dict[str, Any]]:
-    return [
-        {"id": str(uuid.uuid4()), "type": "user_registered", "body": body(i), "timestamp": 0}
-        for i in range(n)
-    ]
-
-
 async def publish_raw(spec: Spec) -> dict[str, Any]:
-    seq_n = int(spec.options.get("sequential", max(spec.events // 10, 1)))
-    batch = int(spec.options.get("batch", 1000))
+    seq_n, batch = publish_sizes(spec)
     client = Redis.from_url(plain_url(spec.url))
     try:
-        items = _envelopes(seq_n)
+        items = envelopes(seq_n)
         with Stopwatch() as seq:
             for item in items:
                 await client.xadd(spec.target, {"payload": json.dumps(item).encode()})
-        items = _envelopes(spec.events)
+        items = envelopes(spec.events)
         with Stopwatch() as many:
             for i in range(0, len(items), batch):
                 pipe = client.pipeline(transaction=False)
@@ -180,16 +172,15 @@ async def publish_dispytch(spec: Spec) -> dict[str, Any]:
 async def publish_faststream(spec: Spec) -> dict[str, Any]:
     from faststream.redis import RedisBroker
 
-    seq_n = int(spec.options.get("sequential", max(spec.events // 10, 1)))
-    batch = int(spec.options.get("batch", 1000))
+    seq_n, batch = publish_sizes(spec)
     broker = RedisBroker(plain_url(spec.url), logger=None)
     await broker.start()
     try:
-        items = _envelopes(seq_n)
+        items = envelopes(seq_n)
         with Stopwatch() as seq:
             for item in items:
                 await broker.publish(item, stream=spec.target)
-        items = _envelopes(spec.events)
+        items = envelopes(spec.events)
         connection = broker._connection
         with Stopwatch() as many:
             for i in range(0, len(items), batch):
