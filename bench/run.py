@@ -1,6 +1,6 @@
 """Dispytch side by side with the raw client loop and FastStream, on every backend.
 
-    python bench/run.py [--backends memory,kafka,rabbitmq,redis,redis_streams,nats]
+    python bench/run.py [--backends memory,kafka,rabbitmq,redis,redis_streams,nats,nats_core]
                         [--scenarios consume,publish,io,memory] [--events 50000] [--repeats 3]
 
 Every measurement runs in a fresh worker process (``--worker``), so client CPU (µs/event,
@@ -44,7 +44,7 @@ if HERE not in sys.path:
 
 from harness.common import RESULT_PREFIX, Spec, emit_result  # noqa: E402
 
-BACKENDS = ("memory", "kafka", "rabbitmq", "redis", "redis_streams", "nats")
+BACKENDS = ("memory", "kafka", "rabbitmq", "redis", "redis_streams", "nats", "nats_core")
 SCENARIOS = ("consume", "publish", "io", "memory")
 VARIANTS = ("raw", "rawbatch", "dispytch", "faststream")
 #: Dispytch packages that must import for a backend to be benchmarked at all.
@@ -55,6 +55,7 @@ DISPYTCH_MODULE = {
     "redis": "dispytch.redis",
     "redis_streams": "dispytch.redis.streams",
     "nats": "dispytch.nats",
+    "nats_core": "dispytch.nats.core",
 }
 HARNESS_MODULE = {"redis": "harness.redis_pubsub"}
 FASTSTREAM_SETUP = (
@@ -66,6 +67,7 @@ FASTSTREAM_SETUP = (
 TARGETS: dict[tuple[str, str], list[tuple[str, float]]] = {
     ("consume", "redis"): [("raw", 0.7), ("faststream", 5.0)],
     ("consume", "nats"): [("raw", 0.7), ("faststream", 5.0)],
+    ("consume", "nats_core"): [("raw", 0.7), ("faststream", 5.0)],
     ("consume", "memory"): [("raw", 0.7)],
     ("consume", "kafka"): [("raw", 1.5), ("faststream", 2.0)],
     ("consume", "rabbitmq"): [("raw", 1.5), ("faststream", 2.0)],

@@ -3,15 +3,16 @@
 # against memory and every live broker. Extra arguments go to pytest.
 #
 # DISPYTCH_BROKERS lists backend names (comma-separated); several backends can share one broker
-# (redis and redis_streams both need the redis server), so the list is translated to broker names,
+# (redis and redis_streams both need the redis server, nats and nats_core the nats server), so the list is translated to broker names,
 # without duplicates, for brokers.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-BACKENDS="${DISPYTCH_BROKERS-kafka,rabbitmq,redis,redis_streams,nats}"
+BACKENDS="${DISPYTCH_BROKERS-kafka,rabbitmq,redis,redis_streams,nats,nats_core}"
 
 broker_of() { # backend name -> broker name for brokers.sh
   case "$1" in
     redis_streams) printf 'redis' ;;
+    nats_core) printf 'nats' ;;
     *) printf '%s' "$1" ;;
   esac
 }

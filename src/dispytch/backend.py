@@ -30,6 +30,7 @@ _BACKENDS: dict[str, str] = {
     "redis+streams": "dispytch.redis.streams:RedisStreamsBackend",
     "rediss+streams": "dispytch.redis.streams:RedisStreamsBackend",
     "nats": "dispytch.nats:NATSBackend",
+    "nats+core": "dispytch.nats.core:NATSCoreBackend",
 }
 
 

@@ -1,8 +1,9 @@
 """One behaviour suite, run against every backend.
 
 ``memory`` always runs. A live broker runs when its name is in ``DISPYTCH_BROKERS``
-(comma-separated: ``kafka,rabbitmq,redis,nats``), which ``scripts/test.sh`` sets after starting
-the brokers; a listed broker that does not answer fails the run instead of being skipped.
+(comma-separated: ``kafka,rabbitmq,redis,redis_streams,nats,nats_core``), which
+``scripts/test.sh`` sets after starting the brokers; a listed broker that does not answer
+fails the run instead of being skipped.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ BACKENDS = {
     ),
     "redis_streams": BackendUnderTest("redis_streams", "redis+streams://127.0.0.1:6379/0", 6379),
     "nats": BackendUnderTest("nats", "nats://127.0.0.1:4222", 4222, delimiter="."),
+    "nats_core": BackendUnderTest(
+        "nats_core", "nats+core://127.0.0.1:4222", 4222, durable=False, delimiter="."
+    ),
 }
 
 
@@ -81,6 +85,8 @@ async def make_app(backend: BackendUnderTest, uid: str) -> AsyncIterator[Callabl
             # Streams of their own, deleted below, so test subjects never pile up on the server.
             options.setdefault("stream", f"conf_{uid}")
             options.setdefault("dead_letter_stream", f"conf_{uid}_dlq")
+        if backend.name == "nats_core":
+            options.setdefault("dead_letter_stream", f"conf_{uid}_dlq")
         app = App(url, **options)
         apps.append(app)
         return app
@@ -95,6 +101,10 @@ async def make_app(backend: BackendUnderTest, uid: str) -> AsyncIterator[Callabl
         from tests.backends.nats_streams import delete_streams
 
         await delete_streams(backend.url, f"conf_{uid}", f"conf_{uid}_dlq")
+    if backend.name == "nats_core" and apps:
+        from tests.backends.nats_streams import delete_streams
+
+        await delete_streams("nats://127.0.0.1:4222", f"conf_{uid}_dlq")
 
 
 async def _delete_redis_keys(url: str, uid: str) -> None:

@@ -26,7 +26,7 @@ from dispytch.nats.dead_letters import (
 from dispytch.nats.producer import NATSProducer
 from dispytch.nats.streams import add_subjects
 
-__all__ = ["NATSBackend"]
+__all__ = ["NATSBackend", "connect_nats"]
 
 logger = logging.getLogger("dispytch.nats")
 
@@ -154,7 +154,7 @@ class NATSBackend(Backend):
         """Connect, check JetStream is on, create the dead-letter stream, add ``subjects``."""
         if self.connection is not None:
             return
-        connection = await _connect(self.url, self.connect_timeout, self.connect_options)
+        connection = await connect_nats(self.url, self.connect_timeout, self.connect_options)
         try:
             js = connection.jetstream(timeout=self.publish_timeout)
             try:
@@ -241,7 +241,7 @@ class NATSBackend(Backend):
             return await read_dead_letters(
                 self.jetstream, self.dead_letter_stream, prefix, topic, limit
             )
-        connection = await _connect(self.url, self.connect_timeout, self.connect_options)
+        connection = await connect_nats(self.url, self.connect_timeout, self.connect_options)
         try:
             return await read_dead_letters(
                 connection.jetstream(timeout=self.publish_timeout),
@@ -254,10 +254,13 @@ class NATSBackend(Backend):
             await connection.close()
 
 
-async def _connect(url: str, timeout: float, options: dict[str, Any]) -> NATSClient:
+async def connect_nats(
+    url: str, timeout: float, options: dict[str, Any], *, shown: str | None = None
+) -> NATSClient:
     """``nats.connect`` that reconnects forever once connected, but gives up on the first
-    connection after ``timeout`` seconds with an error naming the URL without its password."""
-    safe_url = redact_url(url)
+    connection after ``timeout`` seconds with an error naming the URL (or ``shown``) without
+    its password."""
+    safe_url = redact_url(shown or url)
     last_error: list[BaseException] = []
     client_ref: list[NATSClient] = []
 
