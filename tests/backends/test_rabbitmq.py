@@ -277,6 +277,26 @@ async def test_send_many_on_a_closed_channel_reports_every_message(broker: Broke
     assert all(isinstance(r, EmitError) for r in results), results
 
 
+async def test_send_many_times_out_or_loses_its_channel_without_hanging(broker: Broker) -> None:
+    channel = await broker.connection.channel()
+    exchange_name, queue_name = broker.name("x"), broker.name("q")
+    broker.exchanges.append(exchange_name)
+    broker.queues.append(queue_name)
+    exchange = await channel.declare_exchange(exchange_name, aio_pika.ExchangeType.DIRECT)
+    queue = await channel.declare_queue(queue_name)
+    await queue.bind(exchange, routing_key="t")
+    # No broker confirms within a microsecond of the write (as in the single-send test).
+    (result,) = await RabbitMQProducer(exchange, timeout=1e-6).send_many([Outgoing("t", b"1")])
+    assert isinstance(result, ProducerTimeout), result
+    batch = [Outgoing("t", str(i).encode()) for i in range(500)]
+    # The channel closes while the confirms are awaited: each message is confirmed or fails.
+    sending = asyncio.create_task(RabbitMQProducer(exchange, timeout=10).send_many(batch))
+    await asyncio.sleep(0)
+    await channel.close()
+    results = await asyncio.wait_for(sending, 15)
+    assert all(r is None or isinstance(r, EmitError) for r in results), results[:3]
+
+
 # -- consumer -----------------------------------------------------------------------------------
 
 

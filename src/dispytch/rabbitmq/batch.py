@@ -39,6 +39,7 @@ _ATTRIBUTES = (
     "number",
     "publisher_confirms",
     "create_future",
+    "is_closed",
 )
 
 
@@ -58,6 +59,55 @@ def supports(channel: AbstractChannel) -> bool:
     )
 
 
+class _Outcomes:
+    """The confirms of one batch: one slot per message, one future for the whole batch.
+
+    A :class:`_Slot` stands in the channel's ``confirmations`` where aiormq keeps a future per
+    publish; aiormq only calls ``done``, ``cancelled``, ``set_result`` and ``set_exception`` on
+    it. One future per batch instead of one per message keeps the per-message garbage (and the
+    cyclic GC's work) small. The batch future is made by the channel, so a channel that closes
+    rejects it, and with it every message still unconfirmed.
+    """
+
+    __slots__ = ("future", "results", "waiting")
+
+    def __init__(self, future: asyncio.Future[None], size: int) -> None:
+        self.future = future
+        self.results: list[Any] = [None] * size
+        self.waiting = 0
+
+    def settle(self, index: int, outcome: Any) -> None:
+        self.results[index] = outcome
+        self.waiting -= 1
+        if self.waiting == 0 and not self.future.done():
+            self.future.set_result(None)
+
+
+class _Slot:
+    __slots__ = ("_done", "index", "outcomes")
+
+    def __init__(self, outcomes: _Outcomes, index: int) -> None:
+        self.outcomes = outcomes
+        self.index = index
+        self._done = False
+
+    def done(self) -> bool:
+        return self._done
+
+    def cancelled(self) -> bool:
+        # Only a slot given up on (timeout, lost channel) is done before its confirm: a late
+        # confirm for it is then logged at debug level, as for a cancelled publish.
+        return self._done
+
+    def set_result(self, result: Any) -> None:
+        if not self._done:
+            self._done = True
+            self.outcomes.settle(self.index, result)
+
+    def set_exception(self, exception: BaseException) -> None:
+        self.set_result(exception)
+
+
 async def publish_batch(
     channel: Any, exchange: str, messages: Sequence[Publish], timeout: float | None
 ) -> list[Any]:
@@ -67,8 +117,8 @@ async def publish_batch(
     exception that ended its wait (``basic.nack``, a lost channel, ``TimeoutError``) or kept it
     from being sent (a routing key or header AMQP cannot carry).
     """
-    outcomes: list[Any] = [None] * len(messages)
-    waiting: dict[int, asyncio.Future[Any]] = {}
+    outcomes = _Outcomes(channel.create_future(), len(messages))
+    slots: list[_Slot] = []
     ids: list[str] = []
     parts: list[bytes] = []
     number, max_body = channel.number, channel.max_content_size
@@ -96,13 +146,14 @@ async def publish_batch(
                     )
                 )
             except Exception as exc:  # never sent: this message fails, the others go on
-                outcomes[n - 1] = exc
+                outcomes.results[n - 1] = exc
             else:
                 channel.delivery_tag += 1
-                confirmation: asyncio.Future[Any] = channel.create_future()
-                channel.confirmations[channel.delivery_tag] = confirmation
+                slot = _Slot(outcomes, n - 1)
+                channel.confirmations[channel.delivery_tag] = slot
                 channel.message_id_delivery_tag[message_id] = channel.delivery_tag
-                waiting[n - 1] = confirmation
+                outcomes.waiting += 1
+                slots.append(slot)
                 ids.append(message_id)
             if parts and (n % _WRITE_EVERY == 0 or n == len(messages)):
                 await channel.write_queue.put(ChannelFrame(b"".join(parts), should_close=False))
@@ -110,18 +161,25 @@ async def publish_batch(
                 # Let the connection write this part while the next one is marshalled, so the
                 # broker starts storing the batch before all of it is encoded.
                 await asyncio.sleep(0)
+    if not slots:
+        outcomes.future.cancel()
+        return outcomes.results
+    failure: BaseException | None = None
     try:
-        results = await asyncio.wait_for(
-            asyncio.gather(*waiting.values(), return_exceptions=True), timeout
-        )
+        await asyncio.wait_for(asyncio.shield(outcomes.future), timeout)
     except TimeoutError:
-        results = [
-            (f.exception() or f.result()) if f.done() and not f.cancelled() else TimeoutError()
-            for f in waiting.values()
-        ]
+        failure = TimeoutError()
+    except asyncio.CancelledError:
+        if not outcomes.future.done() or outcomes.future.cancelled():
+            raise  # our caller was cancelled
+        failure = outcomes.future.exception()
+    except Exception as exc:  # the channel closed: it rejected the batch future
+        failure = exc
     finally:
         for message_id in ids:
             channel.message_id_delivery_tag.pop(message_id, None)
-    for index, result in zip(waiting, results, strict=True):
-        outcomes[index] = result
-    return outcomes
+    if failure is not None:
+        for slot in slots:
+            if not slot.done():
+                slot.set_exception(failure)
+    return outcomes.results
