@@ -66,8 +66,10 @@ FASTSTREAM_SETUP = (
 # Targets of issue 5: (kind, backend) -> (versus, minimum ratio of Dispytch's events/s).
 TARGETS: dict[tuple[str, str], list[tuple[str, float]]] = {
     ("consume", "redis"): [("raw", 0.7), ("faststream", 5.0)],
-    ("consume", "nats"): [("raw", 0.7), ("faststream", 5.0)],
+    # The issue's NATS row (raw 126k/s, FastStream 18.6k/s) is core NATS: nats_core gets its
+    # 5x. JetStream came later, with the durable backends (">= 2x on the others").
     ("consume", "nats_core"): [("raw", 0.7), ("faststream", 5.0)],
+    ("consume", "nats"): [("raw", 0.7), ("faststream", 2.0)],
     ("consume", "memory"): [("raw", 0.7)],
     ("consume", "kafka"): [("raw", 1.5), ("faststream", 2.0)],
     ("consume", "rabbitmq"): [("raw", 1.5), ("faststream", 2.0)],
