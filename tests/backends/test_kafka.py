@@ -11,6 +11,7 @@ import pytest
 from pydantic import BaseModel
 
 from dispytch import App, Dependency, Event, EventBase, EventEmitter, EventListener, HandlerGroup
+from dispytch.emitter.producer import Outgoing
 from dispytch.routing import TopicPattern
 from tests.helpers import require_broker, wait_until
 
@@ -182,6 +183,44 @@ async def test_partition_key_routes_by_key(topic: str, admin: Any) -> None:
     alpha = next(r for r in records if r.key == b"alpha")
     assert ("x-extra", b"yes") in alpha.headers
     assert ("x-raw", b"\x01") in alpha.headers
+
+
+async def test_send_many_frames_batches_per_partition_like_single_sends(
+    topic: str, admin: Any
+) -> None:
+    await admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])
+    client = AIOKafkaProducer(bootstrap_servers=SERVERS, enable_idempotence=True, acks="all")
+    producer = KafkaProducer(client)
+    outgoing = [
+        Outgoing(topic, f"k{n}".encode(), key=f"key{n % 5}".encode(), headers={"n": str(n)})
+        for n in range(300)
+    ]
+    outgoing += [Outgoing(topic, f"u{n}".encode()) for n in range(50)]  # unkeyed
+    outgoing.append(Outgoing(topic, b"p2", KafkaEventConfig(partition=2, timestamp_ms=1234)))
+    outgoing.append(Outgoing(topic, b"p9", KafkaEventConfig(partition=9)))  # no such partition
+    outgoing.append(Outgoing(f"{topic}.other", b"elsewhere", key=b"key0"))
+    results = await producer.send_many(outgoing)
+    await producer.close()
+    await client.stop()
+    assert results[-2] is not None and "no partition 9" in str(results[-2])
+    assert [r for i, r in enumerate(results) if i != len(results) - 2] == [None] * 352
+
+    records = await _read_all(topic, 351)
+    partitioner = DefaultPartitioner()
+    by_key: dict[bytes | None, list[Any]] = {}
+    for record in records:
+        by_key.setdefault(record.key, []).append(record)
+    for k in range(5):
+        key = f"key{k}".encode()
+        assert {r.partition for r in by_key[key]} == {partitioner(key, [0, 1, 2], [0, 1, 2])}
+        in_order = [int(r.value[1:]) for r in sorted(by_key[key], key=lambda r: r.offset)]
+        assert in_order == list(range(k, 300, 5))
+        assert ("n", str(in_order[0]).encode()) in by_key[key][0].headers
+    unkeyed = [r for r in by_key[None] if r.value.startswith(b"u")]
+    assert len(unkeyed) == 50 and len({r.partition for r in unkeyed}) == 1
+    pinned = next(r for r in by_key[None] if r.value == b"p2")
+    assert (pinned.partition, pinned.timestamp) == (2, 1234)
+    assert [r.value for r in await _read_all(f"{topic}.other", 1)] == [b"elsewhere"]
 
 
 # -- commits never pass an unsettled record --------------------------------------------------

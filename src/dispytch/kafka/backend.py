@@ -17,6 +17,9 @@ from dispytch.errors import ConfigurationError
 from dispytch.kafka.consumer import KafkaConsumer
 from dispytch.kafka.producer import KafkaProducer
 
+#: The producer's ``max_batch_size`` unless given: below the broker's default message.max.bytes.
+DEFAULT_MAX_BATCH_SIZE = 512 * 1024
+
 __all__ = ["KafkaBackend"]
 
 _CONSUMER_PARAMS = frozenset(inspect.signature(AIOKafkaConsumer).parameters) - {"topics", "loop"}
@@ -110,6 +113,9 @@ class KafkaBackend(Backend):
         self.producer_options: dict[str, Any] = {
             "enable_idempotence": True,
             "acks": "all",
+            # emit_many frames one record batch per partition: room for a few thousand events
+            # per request (aiokafka's default, 16 KiB, holds about 70).
+            "max_batch_size": DEFAULT_MAX_BATCH_SIZE,
             **{k: v for k, v in shared.items() if k in _PRODUCER_PARAMS},
             **(producer_options or {}),
         }

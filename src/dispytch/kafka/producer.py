@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, KafkaTimeoutError
+from aiokafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
+from aiokafka.partitioner import DefaultPartitioner
 from pydantic import BaseModel
 
 from dispytch.emitter.producer import Outgoing, Producer, ProducerTimeout
@@ -18,6 +20,9 @@ __all__ = ["KafkaProducer", "record_key"]
 #: Enqueue locks, striped by topic: bounded memory, and a topic waiting for metadata (or for
 #: buffer space) holds up only the topics that share its stripe.
 _STRIPES = 64
+#: From this many records, ``send_many`` frames record batches itself.
+_BATCH_MIN = 16
+_DEFAULT_PARTITIONER = DefaultPartitioner()
 
 
 def record_key(value: Any) -> bytes | None:
@@ -76,9 +81,20 @@ class KafkaProducer(Producer):
             raise error
 
     async def send_many(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
-        """Append every record to the client's batches, then wait for all their acks."""
+        """Send every record, then wait for all their acks.
+
+        A batch of at least 16 records is framed by this producer, one record batch per
+        partition (the client's partitioner picks the partition of a keyed record; unkeyed
+        records of one call share one partition), which costs a fraction of one ``send`` per
+        record. Smaller ones are appended to the client's own batches.
+        """
         if not self._started():
             await self.start()
+        if len(messages) < _BATCH_MIN:
+            return await self._send_each(messages)
+        return await self._send_batches(messages)
+
+    async def _send_each(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
         deliveries: list[asyncio.Future[Any] | BaseException] = []
         for message in messages:
             try:
@@ -98,37 +114,114 @@ class KafkaProducer(Producer):
                 results.append(None)
         return results
 
+    async def _send_batches(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
+        results: list[BaseException | None] = [None] * len(messages)
+        # (topic, partition) -> indexes of its records, in call order.
+        groups: dict[tuple[str, int], list[int]] = {}
+        records: list[tuple[bytes | None, int | None, list[tuple[str, bytes]]]] = []
+        sticky: dict[str, int] = {}
+        for i, message in enumerate(messages):
+            key, partition, timestamp_ms, headers = _record_fields(message)
+            records.append((key, timestamp_ms, headers))
+            try:
+                if partition is None:
+                    partition = await self._partition(message.topic, key, sticky)
+                elif partition not in await self.producer.partitions_for(message.topic):
+                    raise KafkaError(f"topic {message.topic!r} has no partition {partition}")
+            except KafkaError as exc:
+                results[i] = _emit_error(message.topic, exc)
+                continue
+            groups.setdefault((message.topic, partition), []).append(i)
+        deliveries: list[tuple[list[int], asyncio.Future[Any] | BaseException]] = []
+        for (topic, partition), indexes in groups.items():
+            async with self._enqueue[hash(topic) % _STRIPES]:
+                for chunk, delivery in await self._submit(
+                    topic, partition, indexes, messages, records
+                ):
+                    deliveries.append((chunk, delivery))
+        for chunk, delivery in deliveries:
+            error: BaseException | None = None
+            if isinstance(delivery, BaseException):
+                error = delivery
+            else:
+                try:
+                    await delivery
+                except KafkaError as exc:
+                    error = _emit_error(messages[chunk[0]].topic, exc)
+            if error is not None:
+                for i in chunk:
+                    results[i] = error
+        return results
+
+    async def _partition(self, topic: str, key: bytes | None, sticky: dict[str, int]) -> int:
+        """The partition for a record without an explicit one: by key, as the client would,
+        or one partition for all unkeyed records of this call (Kafka's sticky partitioning)."""
+        every = sorted(await self.producer.partitions_for(topic))
+        cluster = self.producer.client.cluster
+        available = sorted(cluster.available_partitions_for_topic(topic) or every)
+        if key is None:
+            if topic not in sticky:
+                sticky[topic] = random.choice(available)
+            return sticky[topic]
+        partitioner = getattr(self.producer, "_partitioner", None) or _DEFAULT_PARTITIONER
+        return int(partitioner(key, every, available))
+
+    async def _submit(
+        self,
+        topic: str,
+        partition: int,
+        indexes: list[int],
+        messages: Sequence[Outgoing],
+        records: list[tuple[bytes | None, int | None, list[tuple[str, bytes]]]],
+    ) -> list[tuple[list[int], asyncio.Future[Any] | BaseException]]:
+        """Frame the records of one partition into record batches and hand them to the client."""
+        out: list[tuple[list[int], asyncio.Future[Any] | BaseException]] = []
+        builder: Any = None
+        chunk: list[int] = []
+        pending = list(indexes)
+        while pending:
+            i = pending[0]
+            key, timestamp_ms, headers = records[i]
+            if builder is None:
+                builder = self.producer.create_batch()
+            appended = builder.append(
+                timestamp=timestamp_ms, key=key, value=messages[i].payload, headers=headers
+            )
+            if appended is not None:
+                chunk.append(i)
+                pending.pop(0)
+                if pending:
+                    continue
+            if not chunk:  # does not fit even an empty batch
+                out.append(([i], _emit_error(topic, MessageSizeTooLargeError())))
+                pending.pop(0)
+                builder = None
+                continue
+            builder.close()
+            try:
+                delivery: asyncio.Future[Any] | BaseException = await self.producer.send_batch(
+                    builder, topic, partition=partition
+                )
+            except KafkaError as exc:
+                delivery = _emit_error(topic, exc)
+            out.append((chunk, delivery))
+            builder, chunk = None, []
+        return out
+
     async def _append(self, message: Outgoing) -> asyncio.Future[Any]:
-        topic, config, key = message.topic, message.config, message.key
-        partition: int | None = None
-        timestamp_ms: int | None = None
-        kafka_headers: list[tuple[str, bytes]] | None = None
-        if config is not None:
-            if key is None:
-                key = record_key(getattr(config, "partition_key", None))
-            partition = getattr(config, "partition", None)
-            timestamp_ms = getattr(config, "timestamp_ms", None)
-            extra: Mapping[str, str | bytes] | None = getattr(config, "headers", None)
-            if extra:
-                kafka_headers = [
-                    (k, v if isinstance(v, bytes) else str(v).encode()) for k, v in extra.items()
-                ]
-        if message.headers:
-            kafka_headers = (kafka_headers or []) + [
-                (k, v.encode()) for k, v in message.headers.items()
-            ]
+        key, partition, timestamp_ms, headers = _record_fields(message)
         # ``send`` only appends to a batch, so concurrent callers share round trips; the
         # returned future resolves with this record's own acknowledgement. One caller at a
         # time appends: when a batch is full, aiokafka wakes *every* waiting caller, and
         # thousands of concurrent emits would otherwise crawl (~40x slower).
-        async with self._enqueue[hash(topic) % _STRIPES]:
+        async with self._enqueue[hash(message.topic) % _STRIPES]:
             delivery: asyncio.Future[Any] = await self.producer.send(
-                topic,
+                message.topic,
                 message.payload,
                 key=key,
                 partition=partition,
                 timestamp_ms=timestamp_ms,
-                headers=kafka_headers,
+                headers=headers or None,
             )
         return delivery
 
@@ -137,6 +230,29 @@ class KafkaProducer(Producer):
         if self._owns:
             self._owns = False
             await self.producer.stop()
+
+
+def _record_fields(
+    message: Outgoing,
+) -> tuple[bytes | None, int | None, int | None, list[tuple[str, bytes]]]:
+    """``(key, partition, timestamp_ms, headers)`` of one record."""
+    config, key = message.config, message.key
+    partition: int | None = None
+    timestamp_ms: int | None = None
+    headers: list[tuple[str, bytes]] = []
+    if config is not None:
+        if key is None:
+            key = record_key(getattr(config, "partition_key", None))
+        partition = getattr(config, "partition", None)
+        timestamp_ms = getattr(config, "timestamp_ms", None)
+        extra: Mapping[str, str | bytes] | None = getattr(config, "headers", None)
+        if extra:
+            headers = [
+                (k, v if isinstance(v, bytes) else str(v).encode()) for k, v in extra.items()
+            ]
+    if message.headers:
+        headers += [(k, v.encode()) for k, v in message.headers.items()]
+    return key, partition, timestamp_ms, headers
 
 
 def _emit_error(topic: str, exc: KafkaError) -> EmitError:
