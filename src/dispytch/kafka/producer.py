@@ -118,7 +118,7 @@ class KafkaProducer(Producer):
         results: list[BaseException | None] = [None] * len(messages)
         # (topic, partition) -> indexes of its records, in call order.
         groups: dict[tuple[str, int], list[int]] = {}
-        records: list[tuple[bytes | None, int | None, list[tuple[str, bytes]]]] = []
+        records: list[tuple[bytes | None, int | None, list[tuple[str, bytes]] | None]] = []
         sticky: dict[str, int] = {}
         for i, message in enumerate(messages):
             key, partition, timestamp_ms, headers = _record_fields(message)
@@ -172,7 +172,7 @@ class KafkaProducer(Producer):
         partition: int,
         indexes: list[int],
         messages: Sequence[Outgoing],
-        records: list[tuple[bytes | None, int | None, list[tuple[str, bytes]]]],
+        records: list[tuple[bytes | None, int | None, list[tuple[str, bytes]] | None]],
     ) -> list[tuple[list[int], asyncio.Future[Any] | BaseException]]:
         """Frame the records of one partition into record batches and hand them to the client."""
         out: list[tuple[list[int], asyncio.Future[Any] | BaseException]] = []
@@ -185,7 +185,7 @@ class KafkaProducer(Producer):
             if builder is None:
                 builder = self.producer.create_batch()
             appended = builder.append(
-                timestamp=timestamp_ms, key=key, value=messages[i].payload, headers=headers
+                timestamp=timestamp_ms, key=key, value=messages[i].payload, headers=headers or []
             )
             if appended is not None:
                 chunk.append(i)
@@ -221,7 +221,7 @@ class KafkaProducer(Producer):
                 key=key,
                 partition=partition,
                 timestamp_ms=timestamp_ms,
-                headers=headers or None,
+                headers=headers,
             )
         return delivery
 
@@ -234,12 +234,12 @@ class KafkaProducer(Producer):
 
 def _record_fields(
     message: Outgoing,
-) -> tuple[bytes | None, int | None, int | None, list[tuple[str, bytes]]]:
-    """``(key, partition, timestamp_ms, headers)`` of one record."""
+) -> tuple[bytes | None, int | None, int | None, list[tuple[str, bytes]] | None]:
+    """``(key, partition, timestamp_ms, headers)`` of one record (``None``: no headers)."""
     config, key = message.config, message.key
     partition: int | None = None
     timestamp_ms: int | None = None
-    headers: list[tuple[str, bytes]] = []
+    headers: list[tuple[str, bytes]] | None = None
     if config is not None:
         if key is None:
             key = record_key(getattr(config, "partition_key", None))
@@ -251,7 +251,7 @@ def _record_fields(
                 (k, v if isinstance(v, bytes) else str(v).encode()) for k, v in extra.items()
             ]
     if message.headers:
-        headers += [(k, v.encode()) for k, v in message.headers.items()]
+        headers = (headers or []) + [(k, v.encode()) for k, v in message.headers.items()]
     return key, partition, timestamp_ms, headers
 
 
