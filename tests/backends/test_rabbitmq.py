@@ -297,6 +297,44 @@ async def test_send_many_times_out_or_loses_its_channel_without_hanging(broker: 
     assert all(r is None or isinstance(r, EmitError) for r in results), results[:3]
 
 
+async def test_send_many_waits_for_every_confirm_even_when_early_ones_come_first(
+    broker: Broker,
+) -> None:
+    channel = await broker.connection.channel()
+    exchange_name, queue_name = broker.name("x"), broker.name("q")
+    broker.exchanges.append(exchange_name)
+    broker.queues.append(queue_name)
+    exchange = await channel.declare_exchange(exchange_name, aio_pika.ExchangeType.DIRECT)
+    queue = await channel.declare_queue(queue_name)
+    await queue.bind(exchange, routing_key="ok")
+    amqp: Any = await channel.get_underlay_channel()
+    real = amqp.write_queue
+
+    class FirstWriteLags:
+        """After the first write (100 messages), wait until the broker confirmed all of them
+        before the rest of the batch is even registered."""
+
+        writes = 0
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        async def put(self, item: Any) -> None:
+            await real.put(item)
+            FirstWriteLags.writes += 1
+            if FirstWriteLags.writes == 1:
+                await wait_until(lambda: not amqp.confirmations, what="the first 100 confirms")
+
+    amqp.write_queue = FirstWriteLags()
+    try:
+        batch = [Outgoing("ok" if i < 150 else "nobody", str(i).encode()) for i in range(300)]
+        results = await RabbitMQProducer(exchange).send_many(batch)
+    finally:
+        amqp.write_queue = real
+    assert results[:150] == [None] * 150
+    assert all(isinstance(r, EmitError) and "no queue is bound" in str(r) for r in results[150:])
+
+
 # -- consumer -----------------------------------------------------------------------------------
 
 

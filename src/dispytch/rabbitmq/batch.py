@@ -69,17 +69,27 @@ class _Outcomes:
     rejects it, and with it every message still unconfirmed.
     """
 
-    __slots__ = ("future", "results", "waiting")
+    __slots__ = ("future", "results", "sealed", "waiting")
 
     def __init__(self, future: asyncio.Future[None], size: int) -> None:
         self.future = future
         self.results: list[Any] = [None] * size
-        self.waiting = 0
+        self.waiting = 0  # slots registered and not settled yet
+        # Confirms arrive while later messages are still being written: the batch is complete
+        # only once every message was registered (sealed) and every slot settled.
+        self.sealed = False
 
     def settle(self, index: int, outcome: Any) -> None:
         self.results[index] = outcome
         self.waiting -= 1
-        if self.waiting == 0 and not self.future.done():
+        self._check()
+
+    def seal(self) -> None:
+        self.sealed = True
+        self._check()
+
+    def _check(self) -> None:
+        if self.sealed and self.waiting == 0 and not self.future.done():
             self.future.set_result(None)
 
 
@@ -161,8 +171,8 @@ async def publish_batch(
                 # Let the connection write this part while the next one is marshalled, so the
                 # broker starts storing the batch before all of it is encoded.
                 await asyncio.sleep(0)
+    outcomes.seal()
     if not slots:
-        outcomes.future.cancel()
         return outcomes.results
     failure: BaseException | None = None
     try:
