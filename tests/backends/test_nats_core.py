@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import nats
 import pytest
@@ -114,6 +115,46 @@ async def test_send_many_reports_each_message(nc: NATSClient, subject: str) -> N
     await nc.close()
     with pytest.raises(EmitError, match="could not publish"):
         await producer.send(subject, b"late")
+
+
+async def test_a_send_returns_only_after_its_publish_went_out_before_the_ping(
+    nc: NATSClient, subject: str
+) -> None:
+    """The PONG that confirms a send answers a PING written after the send's PUB, also when
+    the socket pushes back (nats-py writes PINGs at once but buffers publishes)."""
+    transport: Any = nc._transport
+    written: list[bytes] = []  # what reached the socket, in order
+    write, writelines, drain = transport.write, transport.writelines, transport.drain
+
+    def spy_write(data: bytes) -> None:
+        written.append(bytes(data))
+        write(data)
+
+    def spy_writelines(parts: list[bytes]) -> None:
+        written.append(b"".join(bytes(p) for p in parts))
+        writelines(parts)
+
+    async def slow_drain() -> None:  # back-pressure: the flusher task lags behind
+        await asyncio.sleep(0.01)
+        await drain()
+
+    transport.write, transport.writelines, transport.drain = spy_write, spy_writelines, slow_drain
+    producer = NATSCoreProducer(nc)
+    unwritten = 0
+
+    async def one(i: int) -> None:
+        nonlocal unwritten
+        tag = b"<%06d>" % i
+        await producer.send(subject, tag)
+        if not any(tag in chunk for chunk in written):
+            unwritten += 1
+
+    try:
+        for round_ in range(5):
+            await asyncio.gather(*(one(round_ * 100 + i) for i in range(100)))
+    finally:
+        transport.write, transport.writelines, transport.drain = write, writelines, drain
+    assert unwritten == 0
 
 
 async def test_a_slow_handler_holds_at_most_buffer_size_and_loses_nothing(

@@ -120,6 +120,10 @@ class NATSCoreProducer(Producer):
 
     async def _round_trip(self, count: int) -> EmitError | None:
         try:
+            # nats-py writes a PING to the socket at once but leaves publishes in its pending
+            # buffer for its flusher task: the PING could overtake them, and its PONG would
+            # confirm publishes the server has not read. So the buffer goes out first.
+            await self._write_pending()
             await self.connection.flush(timeout=self.timeout)  # type: ignore[arg-type]
         except (nats.errors.FlushTimeoutError, TimeoutError) as exc:
             return ProducerTimeout(
@@ -132,6 +136,14 @@ class NATSCoreProducer(Producer):
                 f"({type(exc).__name__}: {exc}); they may or may not have been delivered"
             )
         return None
+
+    async def _write_pending(self) -> None:
+        """Have nats-py's flusher write the buffered publishes to the socket, and wait."""
+        flush_pending = getattr(self.connection, "_flush_pending", None)
+        if flush_pending is not None:
+            await asyncio.wait_for(flush_pending(force_flush=True), self.timeout)
+        else:  # another nats-py: a first round trip makes the flusher run before the PING
+            await self.connection.flush(timeout=self.timeout)  # type: ignore[arg-type]
 
     async def close(self) -> None:
         """Wait for a confirmation round in progress. The connection stays open."""
