@@ -285,9 +285,28 @@ async def test_send_many_times_out_or_loses_its_channel_without_hanging(broker: 
     exchange = await channel.declare_exchange(exchange_name, aio_pika.ExchangeType.DIRECT)
     queue = await channel.declare_queue(queue_name)
     await queue.bind(exchange, routing_key="t")
-    # No broker confirms within a microsecond of the write (as in the single-send test).
-    (result,) = await RabbitMQProducer(exchange, timeout=1e-6).send_many([Outgoing("t", b"1")])
-    assert isinstance(result, ProducerTimeout), result
+    # Frames that never reach the broker are never confirmed: the wait ends at the timeout.
+    amqp: Any = await channel.get_underlay_channel()
+    real = amqp.write_queue
+
+    class Swallow:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        async def put(self, item: Any) -> None:
+            pass
+
+    amqp.write_queue = Swallow()
+    try:
+        results = await RabbitMQProducer(exchange, timeout=0.2).send_many(
+            [Outgoing("t", b"1"), Outgoing("t", b"2")]
+        )
+    finally:
+        amqp.write_queue = real
+    assert all(isinstance(r, ProducerTimeout) for r in results), results
+    # That channel's delivery tags no longer match the broker's: use a fresh one.
+    channel = await broker.connection.channel()
+    exchange = await channel.get_exchange(exchange_name)
     batch = [Outgoing("t", str(i).encode()) for i in range(500)]
     # The channel closes while the confirms are awaited: each message is confirmed or fails.
     sending = asyncio.create_task(RabbitMQProducer(exchange, timeout=10).send_many(batch))
@@ -333,6 +352,44 @@ async def test_send_many_waits_for_every_confirm_even_when_early_ones_come_first
         amqp.write_queue = real
     assert results[:150] == [None] * 150
     assert all(isinstance(r, EmitError) and "no queue is bound" in str(r) for r in results[150:])
+
+
+async def test_a_cancelled_send_many_leaves_the_channel_numbering_intact(broker: Broker) -> None:
+    channel = await broker.connection.channel()
+    exchange_name, queue_name = broker.name("x"), broker.name("q")
+    broker.exchanges.append(exchange_name)
+    broker.queues.append(queue_name)
+    exchange = await channel.declare_exchange(exchange_name, aio_pika.ExchangeType.DIRECT)
+    queue = await channel.declare_queue(queue_name)
+    await queue.bind(exchange, routing_key="ok")
+    amqp: Any = await channel.get_underlay_channel()
+    real = amqp.write_queue
+
+    class FullAfterFirstWrite:  # as if the connection's write queue stayed full
+        writes = 0
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        async def put(self, item: Any) -> None:
+            FullAfterFirstWrite.writes += 1
+            if FullAfterFirstWrite.writes > 1:
+                await asyncio.Event().wait()
+            await real.put(item)
+
+    amqp.write_queue = FullAfterFirstWrite()
+    producer = RabbitMQProducer(exchange, timeout=10)
+    sending = asyncio.create_task(producer.send_many([Outgoing("ok", b"x")] * 150))
+    await wait_until(lambda: FullAfterFirstWrite.writes == 2, what="the second write to block")
+    sending.cancel()
+    await asyncio.gather(sending, return_exceptions=True)
+    amqp.write_queue = real
+    # Only the 100 messages written were numbered; the next publishes line up with the broker.
+    await wait_until(lambda: not amqp.confirmations, what="the first 100 confirms")
+    assert amqp.delivery_tag == 100 and not amqp.message_id_delivery_tag
+    assert await producer.send_many([Outgoing("ok", b"y")] * 50) == [None] * 50
+    await producer.send("ok", b"z")
+    await wait_until(lambda: amqp.delivery_tag == 151, what="the numbering to go on")
 
 
 # -- consumer -----------------------------------------------------------------------------------

@@ -118,6 +118,41 @@ class _Slot:
         self.set_result(exception)
 
 
+async def _write(
+    channel: Any,
+    outcomes: _Outcomes,
+    chunk: list[tuple[int, str]],
+    frames: bytes,
+    slots: list[_Slot],
+    ids: list[str],
+) -> None:
+    """Number the chunk's messages (the channel lock is held) and queue their frames.
+
+    The delivery tags are taken only here, next to the write, and given back if the write does
+    not happen (cancelled while the connection's write queue is full): the broker numbers the
+    publishes it receives, and a tag it never sees would shift every later confirm.
+    """
+    first = channel.delivery_tag + 1
+    added: list[_Slot] = []
+    for tag, (index, message_id) in enumerate(chunk, first):
+        slot = _Slot(outcomes, index)
+        channel.confirmations[tag] = slot
+        channel.message_id_delivery_tag[message_id] = tag
+        added.append(slot)
+    channel.delivery_tag += len(chunk)
+    try:
+        await channel.write_queue.put(ChannelFrame(frames, should_close=False))
+    except BaseException:
+        channel.delivery_tag -= len(chunk)
+        for tag, (_, message_id) in enumerate(chunk, first):
+            channel.confirmations.pop(tag, None)
+            channel.message_id_delivery_tag.pop(message_id, None)
+        raise
+    outcomes.waiting += len(added)
+    slots += added
+    ids += [message_id for _, message_id in chunk]
+
+
 async def publish_batch(
     channel: Any, exchange: str, messages: Sequence[Publish], timeout: float | None
 ) -> list[Any]:
@@ -127,10 +162,25 @@ async def publish_batch(
     exception that ended its wait (``basic.nack``, a lost channel, ``TimeoutError``) or kept it
     from being sent (a routing key or header AMQP cannot carry).
     """
+    ids: list[str] = []  # message ids mapped to delivery tags in the channel
+    try:
+        return await _publish(channel, exchange, messages, timeout, ids)
+    finally:
+        for message_id in ids:
+            channel.message_id_delivery_tag.pop(message_id, None)
+
+
+async def _publish(
+    channel: Any,
+    exchange: str,
+    messages: Sequence[Publish],
+    timeout: float | None,
+    ids: list[str],
+) -> list[Any]:
     outcomes = _Outcomes(channel.create_future(), len(messages))
     slots: list[_Slot] = []
-    ids: list[str] = []
     parts: list[bytes] = []
+    chunk: list[tuple[int, str]] = []  # (index, message_id) of the frames in ``parts``
     number, max_body = channel.number, channel.max_content_size
     async with channel.lock:
         for n, message in enumerate(messages, 1):
@@ -158,16 +208,10 @@ async def publish_batch(
             except Exception as exc:  # never sent: this message fails, the others go on
                 outcomes.results[n - 1] = exc
             else:
-                channel.delivery_tag += 1
-                slot = _Slot(outcomes, n - 1)
-                channel.confirmations[channel.delivery_tag] = slot
-                channel.message_id_delivery_tag[message_id] = channel.delivery_tag
-                outcomes.waiting += 1
-                slots.append(slot)
-                ids.append(message_id)
+                chunk.append((n - 1, message_id))
             if parts and (n % _WRITE_EVERY == 0 or n == len(messages)):
-                await channel.write_queue.put(ChannelFrame(b"".join(parts), should_close=False))
-                parts = []
+                await _write(channel, outcomes, chunk, b"".join(parts), slots, ids)
+                parts, chunk = [], []
                 # Let the connection write this part while the next one is marshalled, so the
                 # broker starts storing the batch before all of it is encoded.
                 await asyncio.sleep(0)
@@ -185,9 +229,6 @@ async def publish_batch(
         failure = outcomes.future.exception()
     except Exception as exc:  # the channel closed: it rejected the batch future
         failure = exc
-    finally:
-        for message_id in ids:
-            channel.message_id_delivery_tag.pop(message_id, None)
     if failure is not None:
         for slot in slots:
             if not slot.done():
