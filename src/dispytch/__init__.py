@@ -13,6 +13,7 @@ from dispytch.errors import (
     MissingExtraError,
     PayloadValidationError,
     RegistrationError,
+    SubscriptionLostError,
 )
 from dispytch.events import Event, EventBase
 from dispytch.handler import HandlerGroup
@@ -37,6 +38,7 @@ __all__ = [
     "MissingExtraError",
     "PayloadValidationError",
     "RegistrationError",
+    "SubscriptionLostError",
     "TopicSegment",
     "__version__",
 ]

@@ -52,3 +52,9 @@ class PayloadValidationError(DispytchError):
 
 class ListenerError(DispytchError):
     """The listener was used wrongly (for example started twice)."""
+
+
+class SubscriptionLostError(DispytchError):
+    """The broker ended a subscription (its queue was deleted, say) and it could not be made
+    again. Nothing is acknowledged that was not handled; restart the service once the queue
+    or stream exists again."""

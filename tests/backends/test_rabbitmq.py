@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from dispytch import App, Dependency, Event, EventBase, EventEmitter, EventListener, HandlerGroup
 from dispytch.emitter.producer import Outgoing, ProducerTimeout
-from dispytch.errors import ConfigurationError, EmitError
+from dispytch.errors import ConfigurationError, EmitError, SubscriptionLostError
 from dispytch.rabbitmq import (
     RabbitMQBackend,
     RabbitMQConsumer,
@@ -420,6 +420,22 @@ async def test_key_headers_and_delivery_attempt(broker: Broker, queue_type: str)
     finally:
         await backend.close()
     assert await broker.ready_count(group) == 0
+
+
+async def test_a_deleted_queue_ends_listen_with_an_error(broker: Broker) -> None:
+    connection = await aio_pika.connect(URL)
+    channel = await connection.channel()
+    queue_name = broker.name("gone")
+    queue = await channel.declare_queue(queue_name)
+    consumer = RabbitMQConsumer(queue, dead_letter_exchange=None)
+    await consumer.start([])
+    stream = consumer.listen()
+    admin = await broker.connection.channel()
+    await admin.queue_delete(queue_name)  # type: ignore[attr-defined]
+    with pytest.raises(SubscriptionLostError, match=queue_name):
+        await asyncio.wait_for(anext(stream), 10)
+    await consumer.close()
+    await connection.close()
 
 
 async def test_batched_acks_never_cover_unsettled_deliveries(broker: Broker) -> None:

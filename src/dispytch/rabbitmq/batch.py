@@ -124,7 +124,7 @@ async def _write(
     chunk: list[tuple[int, str]],
     frames: bytes,
     slots: list[_Slot],
-    ids: list[str],
+    ids: list[tuple[str, int]],
 ) -> None:
     """Number the chunk's messages (the channel lock is held) and queue their frames.
 
@@ -146,11 +146,12 @@ async def _write(
         channel.delivery_tag -= len(chunk)
         for tag, (_, message_id) in enumerate(chunk, first):
             channel.confirmations.pop(tag, None)
-            channel.message_id_delivery_tag.pop(message_id, None)
+            if channel.message_id_delivery_tag.get(message_id) == tag:
+                del channel.message_id_delivery_tag[message_id]
         raise
     outcomes.waiting += len(added)
     slots += added
-    ids += [message_id for _, message_id in chunk]
+    ids += [(message_id, tag) for tag, (_, message_id) in enumerate(chunk, first)]
 
 
 async def publish_batch(
@@ -162,12 +163,14 @@ async def publish_batch(
     exception that ended its wait (``basic.nack``, a lost channel, ``TimeoutError``) or kept it
     from being sent (a routing key or header AMQP cannot carry).
     """
-    ids: list[str] = []  # message ids mapped to delivery tags in the channel
+    ids: list[tuple[str, int]] = []  # (message id, delivery tag) mapped in the channel
     try:
         return await _publish(channel, exchange, messages, timeout, ids)
     finally:
-        for message_id in ids:
-            channel.message_id_delivery_tag.pop(message_id, None)
+        mapped = channel.message_id_delivery_tag
+        for message_id, tag in ids:
+            if mapped.get(message_id) == tag:  # not taken over by another publish since
+                del mapped[message_id]
 
 
 async def _publish(
@@ -175,7 +178,7 @@ async def _publish(
     exchange: str,
     messages: Sequence[Publish],
     timeout: float | None,
-    ids: list[str],
+    ids: list[tuple[str, int]],
 ) -> list[Any]:
     outcomes = _Outcomes(channel.create_future(), len(messages))
     slots: list[_Slot] = []
@@ -224,9 +227,10 @@ async def _publish(
     except TimeoutError:
         failure = TimeoutError()
     except asyncio.CancelledError:
-        if not outcomes.future.done() or outcomes.future.cancelled():
+        future = outcomes.future
+        if not future.done() or future.cancelled() or future.exception() is None:
             raise  # our caller was cancelled
-        failure = outcomes.future.exception()
+        failure = future.exception()  # the channel closed and cancelled the batch future
     except Exception as exc:  # the channel closed: it rejected the batch future
         failure = exc
     if failure is not None:

@@ -12,7 +12,7 @@ import aiormq
 from aio_pika.abc import AbstractQueue, AbstractRobustChannel, AbstractRobustConnection
 from aiormq.abc import AbstractChannel, DeliveredMessage
 
-from dispytch.errors import ConfigurationError
+from dispytch.errors import ConfigurationError, SubscriptionLostError
 from dispytch.listener.consumer import Consumer, Failure, Message
 from dispytch.rabbitmq.acks import ChannelAcks
 from dispytch.rabbitmq.dead_letters import DEFAULT_DEAD_LETTER_EXCHANGE, DeadLetterStore
@@ -76,6 +76,8 @@ class RabbitMQConsumer(Consumer):
         self._watched: list[AbstractRobustChannel] = []  # robust channels we resubscribe on
         self._subscribed = False
         self._closed = False
+        self._failure: BaseException | None = None
+        self._recoveries: set[asyncio.Task[None]] = set()
         # Batched acks: what is settled per channel; one lock keeps ack/nack frames in the
         # order they were decided (a multiple ack sent early would swallow a later nack).
         self._acks: dict[AbstractChannel, ChannelAcks] = {}
@@ -105,8 +107,55 @@ class RabbitMQConsumer(Consumer):
 
     async def _subscribe(self, queue: AbstractQueue) -> None:
         amqp = await queue.channel.get_underlay_channel()
+        amqp.on_consumer_cancel_callbacks.add(self._on_cancelled)
         ok = await amqp.basic_consume(queue.name, self._deliver)
-        self._consumer_tags.append((queue, amqp, ok.consumer_tag or ""))
+        tag = ok.consumer_tag or ""
+        if self._closed:  # closed while subscribing (a reconnect racing close())
+            await amqp.basic_cancel(tag)
+            return
+        self._consumer_tags.append((queue, amqp, tag))
+
+    async def _on_cancelled(self, frame: Any) -> None:
+        """RabbitMQ cancelled one of our consumers (its queue was deleted, say). Called by the
+        channel's frame reader, which must not wait for an answer here: the recovery runs in a
+        task of its own."""
+        lost = [t for t in self._consumer_tags if t[2] == frame.consumer_tag]
+        if not lost or self._closed:
+            return
+        self._consumer_tags.remove(lost[0])
+        task = asyncio.get_running_loop().create_task(self._recover(lost[0][0], lost[0][1]))
+        self._recoveries.add(task)
+        task.add_done_callback(self._recoveries.discard)
+
+    async def _recover(self, queue: AbstractQueue, amqp: AbstractChannel) -> None:
+        """Consume ``queue`` again, or end :meth:`listen` with an error saying why not."""
+        try:
+            await self._subscribe(queue)
+        except Exception as exc:
+            if isinstance(queue.channel, AbstractRobustChannel) and amqp.is_closed:
+                # The failed consume closed the channel: aio-pika reopens it, declares the
+                # queue again and _on_reopen consumes it.
+                logger.warning(
+                    "RabbitMQ cancelled the consumer of queue %r; consuming it again once "
+                    "the channel is reopened (%s: %s)",
+                    queue.name,
+                    type(exc).__name__,
+                    exc,
+                )
+                return
+            self._fail(
+                SubscriptionLostError(
+                    f"RabbitMQ cancelled the consumer of queue {queue.name!r} (was the queue "
+                    f"deleted?) and consuming it again failed ({type(exc).__name__}: {exc}); "
+                    "restart the service once the queue exists"
+                )
+            )
+
+    def _fail(self, error: BaseException) -> None:
+        """End :meth:`listen` with ``error`` (after what is already buffered)."""
+        if self._failure is None:
+            self._failure = error
+            self._buffer.put_nowait(None)
 
     async def _on_reopen(self, channel: Any, *_: Any) -> None:
         """aio-pika reopened a robust channel (after a reconnect) and declared its queues
@@ -120,12 +169,11 @@ class RabbitMQConsumer(Consumer):
             try:
                 await self._subscribe(queue)
             except Exception as exc:
-                logger.error(
-                    "could not consume queue %r again after a reconnect (%s: %s); "
-                    "restart the service to resume it",
-                    queue.name,
-                    type(exc).__name__,
-                    exc,
+                self._fail(
+                    SubscriptionLostError(
+                        f"could not consume queue {queue.name!r} again after a reconnect "
+                        f"({type(exc).__name__}: {exc}); restart the service to resume it"
+                    )
                 )
 
     async def _deliver(self, delivered: DeliveredMessage) -> None:
@@ -150,6 +198,8 @@ class RabbitMQConsumer(Consumer):
                 await self._flush()
             delivered = await buffer.get()
             if delivered is None:
+                if self._failure is not None and not self._closed:
+                    raise self._failure
                 return
             if delivered.channel.is_closed:
                 # Delivered on a channel that was lost since (a reconnect happened): RabbitMQ
@@ -261,6 +311,9 @@ class RabbitMQConsumer(Consumer):
         for channel in self._watched:
             channel.reopen_callbacks.discard(self._on_reopen)
         self._watched.clear()
+        for task in list(self._recoveries):
+            task.cancel()
+        await asyncio.gather(*self._recoveries, return_exceptions=True)
         for _queue, amqp, tag in self._consumer_tags:
             if amqp.is_closed:
                 continue  # nothing to cancel

@@ -165,6 +165,18 @@ class RabbitMQProducer(Producer):
     ) -> list[BaseException | None]:
         topic = batch[0].routing_key
         try:
+            # The whole path is bounded: the channel lock and a full write queue (a blocked
+            # connection) count against the timeout as much as the confirms.
+            async with asyncio.timeout(self.timeout):
+                return await self._publish_now(exchange, batch)
+        except TimeoutError as exc:
+            return [publish_error(exc, exchange.name, topic, self.timeout)] * len(batch)
+
+    async def _publish_now(
+        self, exchange: AbstractExchange, batch: list[Publish]
+    ) -> list[BaseException | None]:
+        topic = batch[0].routing_key
+        try:
             await wait_reconnected(exchange, topic, self.timeout)
             channel = await exchange.channel.get_underlay_channel()  # type: ignore[attr-defined]
             outcomes: list[Any]

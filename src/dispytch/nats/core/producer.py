@@ -100,6 +100,7 @@ class NATSCoreProducer(Producer):
         return future
 
     async def _confirm(self) -> None:
+        batch: list[asyncio.Future[None]] = []
         try:
             while self._unconfirmed:
                 batch, self._unconfirmed = self._unconfirmed, []
@@ -113,18 +114,27 @@ class NATSCoreProducer(Producer):
                         future.set_exception(error)
         finally:
             self._confirmer = None
-            for future in self._unconfirmed:  # only when cancelled
+            # Only when cancelled or failing: nobody confirms these any more.
+            for future in batch + self._unconfirmed:
                 if not future.done():
                     future.set_exception(EmitError("the producer stopped before confirming"))
             self._unconfirmed = []
 
     async def _round_trip(self, count: int) -> EmitError | None:
+        connection = self.connection
+        reconnects = connection.stats["reconnects"]
         try:
+            if not connection.is_connected:
+                # Reconnecting: nats-py keeps the publishes in its reconnect buffer and its
+                # flush() would return at once, confirming nothing.
+                raise nats.errors.ConnectionReconnectingError()
             # nats-py writes a PING to the socket at once but leaves publishes in its pending
             # buffer for its flusher task: the PING could overtake them, and its PONG would
             # confirm publishes the server has not read. So the buffer goes out first.
             await self._write_pending()
-            await self.connection.flush(timeout=self.timeout)  # type: ignore[arg-type]
+            await connection.flush(timeout=self.timeout)  # type: ignore[arg-type]
+            if connection.stats["reconnects"] != reconnects or not connection.is_connected:
+                raise nats.errors.ConnectionReconnectingError()
         except (nats.errors.FlushTimeoutError, TimeoutError) as exc:
             return ProducerTimeout(
                 f"the NATS server did not confirm {count} publish(es) within {self.timeout}s "
