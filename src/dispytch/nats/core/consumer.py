@@ -111,7 +111,13 @@ class NATSCoreConsumer(Consumer):
             self.subscriptions.append(sub)
         # The SUBs are on the wire once the server answers a PING: nothing published after
         # start() returns is missed.
-        await self.connection.flush()
+        try:
+            await self.connection.flush()
+        except nats.errors.Error as exc:
+            raise ConfigurationError(
+                f"the NATS server did not confirm the subscriptions to {subjects} "
+                f"({type(exc).__name__}: {exc}); check the connection"
+            ) from None
 
     async def _on_message(self, msg: Msg) -> None:
         # Called by nats-py's per-subscription task, one message at a time: waiting here
