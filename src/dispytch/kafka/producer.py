@@ -119,19 +119,25 @@ class KafkaProducer(Producer):
         # (topic, partition) -> indexes of its records, in call order.
         groups: dict[tuple[str, int], list[int]] = {}
         records: list[tuple[bytes | None, int | None, list[tuple[str, bytes]] | None]] = []
-        sticky: dict[str, int] = {}
+        # topic -> (every partition, the available ones, the one for unkeyed records)
+        layouts: dict[str, tuple[list[int], list[int], int]] = {}
         for i, message in enumerate(messages):
+            topic = message.topic
             key, partition, timestamp_ms, headers = _record_fields(message)
             records.append((key, timestamp_ms, headers))
             try:
+                layout = layouts.get(topic)
+                if layout is None:
+                    layout = layouts[topic] = await self._layout(topic)
+                every, available, unkeyed = layout
                 if partition is None:
-                    partition = await self._partition(message.topic, key, sticky)
-                elif partition not in await self.producer.partitions_for(message.topic):
-                    raise KafkaError(f"topic {message.topic!r} has no partition {partition}")
+                    partition = unkeyed if key is None else self._by_key(key, every, available)
+                elif partition not in every:
+                    raise KafkaError(f"topic {topic!r} has no partition {partition}")
             except KafkaError as exc:
-                results[i] = _emit_error(message.topic, exc)
+                results[i] = _emit_error(topic, exc)
                 continue
-            groups.setdefault((message.topic, partition), []).append(i)
+            groups.setdefault((topic, partition), []).append(i)
         deliveries: list[tuple[list[int], asyncio.Future[Any] | BaseException]] = []
         for (topic, partition), indexes in groups.items():
             async with self._enqueue[hash(topic) % _STRIPES]:
@@ -153,16 +159,16 @@ class KafkaProducer(Producer):
                     results[i] = error
         return results
 
-    async def _partition(self, topic: str, key: bytes | None, sticky: dict[str, int]) -> int:
-        """The partition for a record without an explicit one: by key, as the client would,
-        or one partition for all unkeyed records of this call (Kafka's sticky partitioning)."""
+    async def _layout(self, topic: str) -> tuple[list[int], list[int], int]:
+        """``topic``'s partitions, the available ones, and the one partition this call gives
+        its unkeyed records (Kafka's sticky partitioning)."""
         every = sorted(await self.producer.partitions_for(topic))
         cluster = self.producer.client.cluster
         available = sorted(cluster.available_partitions_for_topic(topic) or every)
-        if key is None:
-            if topic not in sticky:
-                sticky[topic] = random.choice(available)
-            return sticky[topic]
+        return every, available, random.choice(available)
+
+    def _by_key(self, key: bytes, every: list[int], available: list[int]) -> int:
+        """The partition of a keyed record, as the client's own partitioner picks it."""
         partitioner = getattr(self.producer, "_partitioner", None) or _DEFAULT_PARTITIONER
         return int(partitioner(key, every, available))
 
