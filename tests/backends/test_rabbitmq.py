@@ -3,7 +3,7 @@
 # No `from __future__ import annotations`: the README handler's annotations name locals.
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -45,6 +45,18 @@ class Broker:
     def name(self, prefix: str) -> str:
         return f"{prefix}_{self.uid}"
 
+    async def bound_exchange(self, key: str) -> tuple[Any, Any, Any]:
+        """A fresh channel, a direct exchange and a queue bound to it for routing key ``key``
+        (both deleted after the test)."""
+        channel = await self.connection.channel()
+        exchange_name, queue_name = self.name("x"), self.name("q")
+        self.exchanges.append(exchange_name)
+        self.queues.append(queue_name)
+        exchange = await channel.declare_exchange(exchange_name, aio_pika.ExchangeType.DIRECT)
+        queue = await channel.declare_queue(queue_name)
+        await queue.bind(exchange, routing_key=key)
+        return channel, exchange, queue
+
     async def ready_count(self, queue: str) -> int:
         channel = await self.connection.channel()
         try:
@@ -52,6 +64,41 @@ class Broker:
             return declared.declaration_result.message_count or 0
         finally:
             await channel.close()
+
+
+class Writes:
+    """Stands in an aiormq channel's write queue: ``hook(n)`` runs on the n-th write, before
+    it (which goes through unless the hook returns False) or, with ``after``, once it is
+    queued."""
+
+    def __init__(
+        self, amqp: Any, hook: Callable[[int], Awaitable[bool]], *, after: bool = False
+    ) -> None:
+        self.amqp, self.real, self.hook, self.after, self.count = (
+            amqp,
+            amqp.write_queue,
+            hook,
+            after,
+            0,
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    async def put(self, item: Any) -> None:
+        self.count += 1
+        if self.after:
+            await self.real.put(item)
+            await self.hook(self.count)
+        elif await self.hook(self.count):
+            await self.real.put(item)
+
+    def __enter__(self) -> "Writes":
+        self.amqp.write_queue = self
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.amqp.write_queue = self.real
 
 
 @pytest.fixture
@@ -179,13 +226,7 @@ async def test_emit_to_unroutable_key_raises(broker: Broker) -> None:
 
 
 async def test_confirm_timeout_raises_producer_timeout(broker: Broker) -> None:
-    channel = await broker.connection.channel()
-    exchange_name, queue_name = broker.name("x"), broker.name("q")
-    broker.exchanges.append(exchange_name)
-    broker.queues.append(queue_name)
-    exchange = await channel.declare_exchange(exchange_name, aio_pika.ExchangeType.DIRECT)
-    queue = await channel.declare_queue(queue_name)
-    await queue.bind(exchange, routing_key="t")
+    _channel, exchange, _queue = await broker.bound_exchange("t")
     # No broker confirms within a microsecond: the wait times out before the round trip.
     with pytest.raises(ProducerTimeout):
         await RabbitMQProducer(exchange, timeout=1e-6).send("t", b"{}")
@@ -278,35 +319,20 @@ async def test_send_many_on_a_closed_channel_reports_every_message(broker: Broke
 
 
 async def test_send_many_times_out_or_loses_its_channel_without_hanging(broker: Broker) -> None:
-    channel = await broker.connection.channel()
-    exchange_name, queue_name = broker.name("x"), broker.name("q")
-    broker.exchanges.append(exchange_name)
-    broker.queues.append(queue_name)
-    exchange = await channel.declare_exchange(exchange_name, aio_pika.ExchangeType.DIRECT)
-    queue = await channel.declare_queue(queue_name)
-    await queue.bind(exchange, routing_key="t")
+    channel, exchange, _queue = await broker.bound_exchange("t")
+
     # Frames that never reach the broker are never confirmed: the wait ends at the timeout.
-    amqp: Any = await channel.get_underlay_channel()
-    real = amqp.write_queue
+    async def swallow(n: int) -> bool:
+        return False
 
-    class Swallow:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(real, name)
-
-        async def put(self, item: Any) -> None:
-            pass
-
-    amqp.write_queue = Swallow()
-    try:
+    with Writes(await channel.get_underlay_channel(), swallow):
         results = await RabbitMQProducer(exchange, timeout=0.2).send_many(
             [Outgoing("t", b"1"), Outgoing("t", b"2")]
         )
-    finally:
-        amqp.write_queue = real
     assert all(isinstance(r, ProducerTimeout) for r in results), results
     # That channel's delivery tags no longer match the broker's: use a fresh one.
     channel = await broker.connection.channel()
-    exchange = await channel.get_exchange(exchange_name)
+    exchange = await channel.get_exchange(exchange.name)
     batch = [Outgoing("t", str(i).encode()) for i in range(500)]
     # The channel closes while the confirms are awaited: each message is confirmed or fails.
     sending = asyncio.create_task(RabbitMQProducer(exchange, timeout=10).send_many(batch))
@@ -319,71 +345,38 @@ async def test_send_many_times_out_or_loses_its_channel_without_hanging(broker: 
 async def test_send_many_waits_for_every_confirm_even_when_early_ones_come_first(
     broker: Broker,
 ) -> None:
-    channel = await broker.connection.channel()
-    exchange_name, queue_name = broker.name("x"), broker.name("q")
-    broker.exchanges.append(exchange_name)
-    broker.queues.append(queue_name)
-    exchange = await channel.declare_exchange(exchange_name, aio_pika.ExchangeType.DIRECT)
-    queue = await channel.declare_queue(queue_name)
-    await queue.bind(exchange, routing_key="ok")
+    channel, exchange, _queue = await broker.bound_exchange("ok")
     amqp: Any = await channel.get_underlay_channel()
-    real = amqp.write_queue
 
-    class FirstWriteLags:
+    async def first_write_lags(n: int) -> bool:
         """After the first write (100 messages), wait until the broker confirmed all of them
         before the rest of the batch is even registered."""
+        if n == 1:
+            await wait_until(lambda: not amqp.confirmations, what="the first 100 confirms")
+        return True
 
-        writes = 0
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(real, name)
-
-        async def put(self, item: Any) -> None:
-            await real.put(item)
-            FirstWriteLags.writes += 1
-            if FirstWriteLags.writes == 1:
-                await wait_until(lambda: not amqp.confirmations, what="the first 100 confirms")
-
-    amqp.write_queue = FirstWriteLags()
-    try:
+    with Writes(amqp, first_write_lags, after=True):
         batch = [Outgoing("ok" if i < 150 else "nobody", str(i).encode()) for i in range(300)]
         results = await RabbitMQProducer(exchange).send_many(batch)
-    finally:
-        amqp.write_queue = real
     assert results[:150] == [None] * 150
     assert all(isinstance(r, EmitError) and "no queue is bound" in str(r) for r in results[150:])
 
 
 async def test_a_cancelled_send_many_leaves_the_channel_numbering_intact(broker: Broker) -> None:
-    channel = await broker.connection.channel()
-    exchange_name, queue_name = broker.name("x"), broker.name("q")
-    broker.exchanges.append(exchange_name)
-    broker.queues.append(queue_name)
-    exchange = await channel.declare_exchange(exchange_name, aio_pika.ExchangeType.DIRECT)
-    queue = await channel.declare_queue(queue_name)
-    await queue.bind(exchange, routing_key="ok")
+    channel, exchange, _queue = await broker.bound_exchange("ok")
     amqp: Any = await channel.get_underlay_channel()
-    real = amqp.write_queue
 
-    class FullAfterFirstWrite:  # as if the connection's write queue stayed full
-        writes = 0
+    async def full_after_first_write(n: int) -> bool:
+        if n > 1:  # as if the connection's write queue stayed full
+            await asyncio.Event().wait()
+        return True
 
-        def __getattr__(self, name: str) -> Any:
-            return getattr(real, name)
-
-        async def put(self, item: Any) -> None:
-            FullAfterFirstWrite.writes += 1
-            if FullAfterFirstWrite.writes > 1:
-                await asyncio.Event().wait()
-            await real.put(item)
-
-    amqp.write_queue = FullAfterFirstWrite()
     producer = RabbitMQProducer(exchange, timeout=10)
-    sending = asyncio.create_task(producer.send_many([Outgoing("ok", b"x")] * 150))
-    await wait_until(lambda: FullAfterFirstWrite.writes == 2, what="the second write to block")
-    sending.cancel()
-    await asyncio.gather(sending, return_exceptions=True)
-    amqp.write_queue = real
+    with Writes(amqp, full_after_first_write) as writes:
+        sending = asyncio.create_task(producer.send_many([Outgoing("ok", b"x")] * 150))
+        await wait_until(lambda: writes.count == 2, what="the second write to block")
+        sending.cancel()
+        await asyncio.gather(sending, return_exceptions=True)
     # Only the 100 messages written were numbered; the next publishes line up with the broker.
     await wait_until(lambda: not amqp.confirmations, what="the first 100 confirms")
     assert amqp.delivery_tag == 100 and not amqp.message_id_delivery_tag
