@@ -9,7 +9,7 @@ import resource
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -192,6 +192,26 @@ def publish_sizes(spec: Spec) -> tuple[int, int]:
     """``(sequential emits, batch size)`` of a publish measurement."""
     sequential = int(spec.options.get("sequential", max(spec.events // 10, 1)))
     return sequential, int(spec.options.get("batch", 1000))
+
+
+async def timed_publish(
+    spec: Spec,
+    one: Callable[[Any], Awaitable[Any]],
+    many: Callable[[Sequence[Any]], Awaitable[Any]],
+    items: Callable[[int], Sequence[Any]] = envelopes,
+) -> dict[str, Any]:
+    """The publish measurement: ``one(item)`` awaited for each sequential emit (each must
+    return only once confirmed), then ``many(batch)`` for every ``--batch`` of ``--events``."""
+    seq_n, batch = publish_sizes(spec)
+    sequential = items(seq_n)
+    with Stopwatch() as seq:
+        for item in sequential:
+            await one(item)
+    batched = items(spec.events)
+    with Stopwatch() as many_watch:
+        for i in range(0, len(batched), batch):
+            await many(batched[i : i + batch])
+    return publish_results(seq_n, seq, spec.events, many_watch, batch)
 
 
 def publish_results(

@@ -15,13 +15,11 @@ from harness.common import (
     OrderedWork,
     RssSampler,
     Spec,
-    Stopwatch,
     body,
     event_class,
     max_rss_kib,
-    publish_results,
-    publish_sizes,
     rss_kib,
+    timed_publish,
 )
 
 
@@ -118,18 +116,9 @@ def publish_events(spec: Spec, n: int, config: Any = None) -> Sequence[EventBase
 
 async def publish(spec: Spec, **options: Any) -> dict[str, Any]:
     """Sequential confirmed emits, then ``emit_many`` in batches of ``batch``."""
-    seq_n, batch = publish_sizes(spec)
     app = App(spec.url, group=spec.group, **options)
     await app.start()
     try:
-        events = publish_events(spec, seq_n)
-        with Stopwatch() as seq:
-            for event in events:
-                await app.emit(event)
-        events = publish_events(spec, spec.events)
-        with Stopwatch() as many:
-            for i in range(0, len(events), batch):
-                await app.emit_many(events[i : i + batch])
+        return await timed_publish(spec, app.emit, app.emit_many, lambda n: publish_events(spec, n))
     finally:
         await app.stop()
-    return publish_results(seq_n, seq, spec.events, many, batch)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -15,12 +16,9 @@ from harness.common import (
     Meter,
     OrderedWork,
     Spec,
-    Stopwatch,
     drive,
-    envelopes,
     payloads,
-    publish_results,
-    publish_sizes,
+    timed_publish,
     unique,
     work,
 )
@@ -197,27 +195,21 @@ async def consume_faststream(spec: Spec) -> dict[str, Any]:
 
 
 async def publish_raw(spec: Spec) -> dict[str, Any]:
-    seq_n, batch = publish_sizes(spec)
     producer = AIOKafkaProducer(
         bootstrap_servers=servers(spec.url), acks="all", enable_idempotence=True
     )
     await producer.start()
+
+    async def many(items: Sequence[dict[str, Any]]) -> None:
+        futures = [await producer.send(spec.target, json.dumps(x).encode()) for x in items]
+        await asyncio.gather(*futures)
+
     try:
-        items = envelopes(seq_n)
-        with Stopwatch() as seq:
-            for item in items:
-                await producer.send_and_wait(spec.target, json.dumps(item).encode())
-        items = envelopes(spec.events)
-        with Stopwatch() as many:
-            for i in range(0, len(items), batch):
-                futures = [
-                    await producer.send(spec.target, json.dumps(item).encode())
-                    for item in items[i : i + batch]
-                ]
-                await asyncio.gather(*futures)
+        return await timed_publish(
+            spec, lambda x: producer.send_and_wait(spec.target, json.dumps(x).encode()), many
+        )
     finally:
         await producer.stop()
-    return publish_results(seq_n, seq, spec.events, many, batch)
 
 
 async def publish_dispytch(spec: Spec) -> dict[str, Any]:
@@ -227,7 +219,6 @@ async def publish_dispytch(spec: Spec) -> dict[str, Any]:
 async def publish_faststream(spec: Spec) -> dict[str, Any]:
     from faststream.kafka import KafkaBroker
 
-    seq_n, batch = publish_sizes(spec)
     broker = KafkaBroker(
         servers(spec.url),
         logger=None,
@@ -237,17 +228,13 @@ async def publish_faststream(spec: Spec) -> dict[str, Any]:
     )
     await broker.start()
     try:
-        items = envelopes(seq_n)
-        with Stopwatch() as seq:
-            for item in items:
-                await broker.publish(item, topic=spec.target)
-        items = envelopes(spec.events)
-        with Stopwatch() as many:
-            for i in range(0, len(items), batch):
-                await broker.publish_batch(*items[i : i + batch], topic=spec.target)
+        return await timed_publish(
+            spec,
+            lambda x: broker.publish(x, topic=spec.target),
+            lambda items: broker.publish_batch(*items, topic=spec.target),
+        )
     finally:
         await broker.stop()
-    return publish_results(seq_n, seq, spec.events, many, batch)
 
 
 async def io_dispytch(spec: Spec) -> dict[str, Any]:

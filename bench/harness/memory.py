@@ -8,6 +8,7 @@ before the clock starts.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import Any
 
 from dispytch import App
@@ -16,11 +17,8 @@ from harness import dispytch_side
 from harness.common import (
     Meter,
     Spec,
-    Stopwatch,
-    envelopes,
     payloads,
-    publish_results,
-    publish_sizes,
+    timed_publish,
     work,
 )
 
@@ -79,19 +77,12 @@ async def consume_dispytch(spec: Spec) -> dict[str, Any]:
 async def publish_raw(spec: Spec) -> dict[str, Any]:
     import json
 
-    seq_n, batch = publish_sizes(spec)
     producer = MemoryProducer(MemoryBroker())
-    items = envelopes(seq_n)
-    with Stopwatch() as seq:
-        for item in items:
-            await producer.send("bench", json.dumps(item).encode())
-    items = envelopes(spec.events)
-    with Stopwatch() as many:
-        for i in range(0, len(items), batch):
-            await asyncio.gather(
-                *(producer.send("bench", json.dumps(x).encode()) for x in items[i : i + batch])
-            )
-    return publish_results(seq_n, seq, spec.events, many, batch)
+
+    def send(item: dict[str, Any]) -> Awaitable[None]:
+        return producer.send("bench", json.dumps(item).encode())
+
+    return await timed_publish(spec, send, lambda items: asyncio.gather(*(send(x) for x in items)))
 
 
 async def publish_dispytch(spec: Spec) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Awaitable
 from typing import Any
 
 import nats
@@ -20,11 +21,8 @@ from harness.common import (
     Envelope,
     Meter,
     Spec,
-    Stopwatch,
-    envelopes,
     payloads,
-    publish_results,
-    publish_sizes,
+    timed_publish,
     unique,
     work,
 )
@@ -147,23 +145,18 @@ async def consume_faststream(spec: Spec) -> dict[str, Any]:
 
 
 async def publish_raw(spec: Spec) -> dict[str, Any]:
-    seq_n, batch = publish_sizes(spec)
     nc = await nats.connect(spec.url)
     js = nc.jetstream()
+
+    def send(item: dict[str, Any]) -> Awaitable[Any]:
+        return js.publish(spec.target, json.dumps(item).encode())
+
     try:
-        items = envelopes(seq_n)
-        with Stopwatch() as seq:
-            for item in items:
-                await js.publish(spec.target, json.dumps(item).encode())
-        items = envelopes(spec.events)
-        with Stopwatch() as many:
-            for i in range(0, len(items), batch):
-                await asyncio.gather(
-                    *(js.publish(spec.target, json.dumps(x).encode()) for x in items[i : i + batch])
-                )
+        return await timed_publish(
+            spec, send, lambda items: asyncio.gather(*(send(x) for x in items))
+        )
     finally:
         await nc.close()
-    return publish_results(seq_n, seq, spec.events, many, batch)
 
 
 async def publish_dispytch(spec: Spec) -> dict[str, Any]:
@@ -173,21 +166,16 @@ async def publish_dispytch(spec: Spec) -> dict[str, Any]:
 async def publish_faststream(spec: Spec) -> dict[str, Any]:
     from faststream.nats import NatsBroker
 
-    seq_n, batch = publish_sizes(spec)
     broker = NatsBroker(spec.url, logger=None)
     await broker.start()
     stream = spec.options["stream"]
+
+    def send(item: dict[str, Any]) -> Awaitable[Any]:
+        return broker.publish(item, spec.target, stream=stream)
+
     try:
-        items = envelopes(seq_n)
-        with Stopwatch() as seq:
-            for item in items:
-                await broker.publish(item, spec.target, stream=stream)
-        items = envelopes(spec.events)
-        with Stopwatch() as many:
-            for i in range(0, len(items), batch):
-                await asyncio.gather(
-                    *(broker.publish(x, spec.target, stream=stream) for x in items[i : i + batch])
-                )
+        return await timed_publish(
+            spec, send, lambda items: asyncio.gather(*(send(x) for x in items))
+        )
     finally:
         await broker.stop()
-    return publish_results(seq_n, seq, spec.events, many, batch)

@@ -13,7 +13,7 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import nats
@@ -23,11 +23,8 @@ from harness.common import (
     Envelope,
     Meter,
     Spec,
-    Stopwatch,
-    envelopes,
     payloads,
-    publish_results,
-    publish_sizes,
+    timed_publish,
     unique,
     work,
 )
@@ -144,23 +141,17 @@ async def consume_faststream(spec: Spec) -> dict[str, Any]:
 
 async def publish_raw(spec: Spec) -> dict[str, Any]:
     """Publish then flush (PING/PONG): the server has each event before the next one."""
-    seq_n, batch = publish_sizes(spec)
     nc = await nats.connect(_server(spec.url))
+
+    async def many(items: Sequence[dict[str, Any]]) -> None:
+        for item in items:
+            await nc.publish(spec.target, json.dumps(item).encode())
+        await nc.flush()
+
     try:
-        items = envelopes(seq_n)
-        with Stopwatch() as seq:
-            for item in items:
-                await nc.publish(spec.target, json.dumps(item).encode())
-                await nc.flush()
-        items = envelopes(spec.events)
-        with Stopwatch() as many:
-            for i in range(0, len(items), batch):
-                for item in items[i : i + batch]:
-                    await nc.publish(spec.target, json.dumps(item).encode())
-                await nc.flush()
+        return await timed_publish(spec, lambda x: many([x]), many)
     finally:
         await nc.close()
-    return publish_results(seq_n, seq, spec.events, many, batch)
 
 
 async def publish_dispytch(spec: Spec) -> dict[str, Any]:
@@ -171,25 +162,18 @@ async def publish_faststream(spec: Spec) -> dict[str, Any]:
     """FastStream's core publish does not wait for the server: a flush confirms, as above."""
     from faststream.nats import NatsBroker
 
-    seq_n, batch = publish_sizes(spec)
     broker = NatsBroker(_server(spec.url), logger=None)
     await broker.start()
-    connection = broker._connection
+
+    async def many(items: Sequence[dict[str, Any]]) -> None:
+        for item in items:
+            await broker.publish(item, spec.target)
+        await broker._connection.flush()
+
     try:
-        items = envelopes(seq_n)
-        with Stopwatch() as seq:
-            for item in items:
-                await broker.publish(item, spec.target)
-                await connection.flush()
-        items = envelopes(spec.events)
-        with Stopwatch() as many:
-            for i in range(0, len(items), batch):
-                for item in items[i : i + batch]:
-                    await broker.publish(item, spec.target)
-                await connection.flush()
+        return await timed_publish(spec, lambda x: many([x]), many)
     finally:
         await broker.stop()
-    return publish_results(seq_n, seq, spec.events, many, batch)
 
 
 async def _publish_all(server: str, subject: str, n: int) -> None:

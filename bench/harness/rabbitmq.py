@@ -20,12 +20,9 @@ from harness.common import (
     Meter,
     OrderedWork,
     Spec,
-    Stopwatch,
     drive,
-    envelopes,
     payloads,
-    publish_results,
-    publish_sizes,
+    timed_publish,
     unique,
     work,
 )
@@ -188,7 +185,6 @@ async def consume_faststream(spec: Spec) -> dict[str, Any]:
 
 
 async def publish_raw(spec: Spec) -> dict[str, Any]:
-    seq_n, batch = publish_sizes(spec)
     connection = await aio_pika.connect(spec.url)
     channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
     exchange = await channel.get_exchange(EXCHANGE)
@@ -200,17 +196,11 @@ async def publish_raw(spec: Spec) -> dict[str, Any]:
         return exchange.publish(message, spec.target, mandatory=True)
 
     try:
-        items = envelopes(seq_n)
-        with Stopwatch() as seq:
-            for item in items:
-                await publish(item)
-        items = envelopes(spec.events)
-        with Stopwatch() as many:
-            for i in range(0, len(items), batch):
-                await asyncio.gather(*(publish(x) for x in items[i : i + batch]))
+        return await timed_publish(
+            spec, publish, lambda items: asyncio.gather(*(publish(x) for x in items))
+        )
     finally:
         await connection.close()
-    return publish_results(seq_n, seq, spec.events, many, batch)
 
 
 async def publish_dispytch(spec: Spec) -> dict[str, Any]:
@@ -220,7 +210,6 @@ async def publish_dispytch(spec: Spec) -> dict[str, Any]:
 async def publish_faststream(spec: Spec) -> dict[str, Any]:
     from faststream.rabbit import ExchangeType, RabbitBroker, RabbitExchange
 
-    seq_n, batch = publish_sizes(spec)
     broker = RabbitBroker(spec.url, logger=None)
     exchange = RabbitExchange(EXCHANGE, type=ExchangeType.TOPIC, durable=True)
     await broker.start()
@@ -231,18 +220,12 @@ async def publish_faststream(spec: Spec) -> dict[str, Any]:
         )
 
     try:
-        items = envelopes(seq_n)
-        with Stopwatch() as seq:
-            for item in items:
-                await publish(item)
-        items = envelopes(spec.events)
-        with Stopwatch() as many:
-            for i in range(0, len(items), batch):
-                # No batch API for RabbitMQ in FastStream: concurrent publishes.
-                await asyncio.gather(*(publish(x) for x in items[i : i + batch]))
+        # No batch API for RabbitMQ in FastStream: concurrent publishes.
+        return await timed_publish(
+            spec, publish, lambda items: asyncio.gather(*(publish(x) for x in items))
+        )
     finally:
         await broker.stop()
-    return publish_results(seq_n, seq, spec.events, many, batch)
 
 
 async def io_dispytch(spec: Spec) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,11 +26,8 @@ from harness.common import (
     Envelope,
     Meter,
     Spec,
-    Stopwatch,
-    envelopes,
     payloads,
-    publish_results,
-    publish_sizes,
+    timed_publish,
     unique,
     work,
 )
@@ -163,23 +160,20 @@ async def consume_faststream(spec: Spec) -> dict[str, Any]:
 
 
 async def publish_raw(spec: Spec) -> dict[str, Any]:
-    seq_n, batch = publish_sizes(spec)
     client = Redis.from_url(spec.url)
+
+    async def many(items: Sequence[dict[str, Any]]) -> None:
+        pipe = client.pipeline(transaction=False)
+        for x in items:
+            pipe.publish(spec.target, json.dumps(x).encode())
+        await pipe.execute()
+
     try:
-        items = envelopes(seq_n)
-        with Stopwatch() as seq:
-            for item in items:
-                await client.publish(spec.target, json.dumps(item).encode())
-        items = envelopes(spec.events)
-        with Stopwatch() as many:
-            for i in range(0, len(items), batch):
-                pipe = client.pipeline(transaction=False)
-                for item in items[i : i + batch]:
-                    pipe.publish(spec.target, json.dumps(item).encode())
-                await pipe.execute()
+        return await timed_publish(
+            spec, lambda x: client.publish(spec.target, json.dumps(x).encode()), many
+        )
     finally:
         await client.aclose()
-    return publish_results(seq_n, seq, spec.events, many, batch)
 
 
 async def publish_dispytch(spec: Spec) -> dict[str, Any]:
@@ -189,22 +183,17 @@ async def publish_dispytch(spec: Spec) -> dict[str, Any]:
 async def publish_faststream(spec: Spec) -> dict[str, Any]:
     from faststream.redis import RedisBroker
 
-    seq_n, batch = publish_sizes(spec)
     broker = RedisBroker(spec.url, logger=None)
     await broker.start()
+    connection = broker._connection  # what FastStream's own Pipeline dependency uses
+
+    async def many(items: Sequence[dict[str, Any]]) -> None:
+        async with connection.pipeline(transaction=False) as pipe:
+            for x in items:
+                await broker.publish(x, channel=spec.target, pipeline=pipe)
+            await pipe.execute()
+
     try:
-        items = envelopes(seq_n)
-        with Stopwatch() as seq:
-            for item in items:
-                await broker.publish(item, channel=spec.target)
-        items = envelopes(spec.events)
-        connection = broker._connection  # what FastStream's own Pipeline dependency uses
-        with Stopwatch() as many:
-            for i in range(0, len(items), batch):
-                async with connection.pipeline(transaction=False) as pipe:
-                    for item in items[i : i + batch]:
-                        await broker.publish(item, channel=spec.target, pipeline=pipe)
-                    await pipe.execute()
+        return await timed_publish(spec, lambda x: broker.publish(x, channel=spec.target), many)
     finally:
         await broker.stop()
-    return publish_results(seq_n, seq, spec.events, many, batch)
