@@ -6,7 +6,7 @@ import asyncio
 import logging
 import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import pytest
@@ -25,7 +25,7 @@ from dispytch import (
 from dispytch.emitter.producer import ProducerTimeout
 from dispytch.errors import EmitError
 from dispytch.routing import TopicPattern
-from tests.helpers import require_broker, wait_until
+from tests.helpers import eventually, require_broker, wait_until
 
 redis_asyncio = pytest.importorskip("redis.asyncio")
 
@@ -108,20 +108,6 @@ def get_user_service() -> UserService:
 async def _listening(listener: EventListener) -> asyncio.Task[None]:
     await listener.subscribe()  # returns once Redis confirmed the subscriptions
     return asyncio.create_task(listener.listen())
-
-
-async def _eventually(
-    check: Callable[[], Awaitable[bool]], what: str, timeout: float = 10.0
-) -> None:
-    """Poll an async condition until it holds; fail after ``timeout`` seconds."""
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                if await check():
-                    return
-                await asyncio.sleep(0.01)
-    except TimeoutError:
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
 
 
 async def _subscribers(redis: Any, channel: str, at_least: int) -> bool:
@@ -241,7 +227,7 @@ async def test_dead_letters_land_in_a_stream_with_headers(redis: Any, uid: str) 
     async def two() -> bool:
         return bool(await redis.xlen(f"{topic}.dlq") == 2)
 
-    await _eventually(two, "two dead letters")
+    await eventually(two, "two dead letters")
     dead = await read_dead_letters(redis, topic)
     assert [d.reason for d in dead] == ["decode", "handler"]
     assert dead[0].payload == b"\x00 not json"
@@ -289,7 +275,7 @@ async def test_consumer_reconnects_after_client_kill_and_leaks_no_task(
     consumer = app.listener.consumer  # type: ignore[union-attr]
     await wait_until(lambda: consumer.reconnects >= 1, what="the reconnect")
 
-    await _eventually(lambda: _subscribers(redis, topic, 1), "the resubscription")
+    await eventually(lambda: _subscribers(redis, topic, 1), "the resubscription")
     await app.emit(N(n=2))
     await app.emit(N(n=3))
     await wait_until(lambda: got == [1, 2, 3], what="events emitted after the reconnect")
@@ -450,7 +436,7 @@ async def test_consumer_backs_off_during_an_outage_then_recovers(
     proxy.accepting = True
     await wait_until(lambda: consumer.reconnects == 1, what="the reconnect")
 
-    await _eventually(lambda: _subscribers(redis, topic, 1), "the resubscription")
+    await eventually(lambda: _subscribers(redis, topic, 1), "the resubscription")
     await redis.publish(topic, payload(2))
     await wait_until(lambda: got == [1, 2], what="the event after the outage")
     # Attempt numbers grow by one per line, and waits stay under the cap (+50% jitter).

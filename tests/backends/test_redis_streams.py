@@ -8,7 +8,7 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Annotated, Any
 
 import pytest
@@ -19,7 +19,7 @@ from dispytch.emitter.producer import Outgoing
 from dispytch.errors import ConfigurationError, EmitError
 from dispytch.listener.consumer import Message
 from dispytch.routing import TopicPattern
-from tests.helpers import require_broker, wait_until
+from tests.helpers import eventually, require_broker, wait_until
 
 redis_asyncio = pytest.importorskip("redis.asyncio")
 
@@ -57,20 +57,6 @@ async def redis(uid: str) -> AsyncIterator[Any]:
     if keys:
         await client.delete(*keys)
     await client.aclose()
-
-
-async def _eventually(
-    check: Callable[[], Awaitable[bool]], what: str, timeout: float = 10.0
-) -> None:
-    """Poll an async condition until it holds; fail after ``timeout`` seconds."""
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                if await check():
-                    return
-                await asyncio.sleep(0.01)
-    except TimeoutError:
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
 
 
 async def _pending(redis: Any, stream: str, group: str) -> int:
@@ -208,7 +194,7 @@ async def test_batched_acks_really_acknowledge(redis: Any, uid: str) -> None:
     try:
         await app.emit_many(_order_event(topic)(order_id=i) for i in range(1000))
         await wait_until(lambda: len(handled) == 1000, timeout=30, what="1000 events")
-        await _eventually(
+        await eventually(
             lambda: _zero(_pending(redis, topic, group)), what="XPENDING back to 0", timeout=5
         )
     finally:
@@ -274,7 +260,7 @@ async def test_entries_of_a_killed_consumer_are_claimed_by_another(redis: Any, u
         assert [m.delivery_attempt for m in messages] == [2] * 5
         for message in messages:
             await survivor.ack(message)
-        await _eventually(lambda: _zero(_pending(redis, stream, group)), what="acks")
+        await eventually(lambda: _zero(_pending(redis, stream, group)), what="acks")
     finally:
         await survivor.close()
 
@@ -338,7 +324,7 @@ async def test_a_live_consumer_keeps_an_entry_it_handles_longer_than_claim_idle(
     with pytest.raises(TimeoutError):
         await stolen
     await slow.ack(held)
-    await _eventually(lambda: _zero(_pending(redis, stream, group)), what="the ack")
+    await eventually(lambda: _zero(_pending(redis, stream, group)), what="the ack")
     await thief.close()
     await slow.close()
 
@@ -409,8 +395,8 @@ async def test_dead_letters_go_to_the_dlq_stream_with_headers(redis: Any, uid: s
             dead[:] = await app.backend.dead_letters(topic)
             return len(dead) == 1
 
-        await _eventually(dead_lettered, what="the dead letter")
-        await _eventually(lambda: _zero(_pending(redis, topic, f"g_{uid}")), what="the ack")
+        await eventually(dead_lettered, what="the dead letter")
+        await eventually(lambda: _zero(_pending(redis, topic, f"g_{uid}")), what="the ack")
     finally:
         await app.stop()
     letter = dead[0]
@@ -514,7 +500,7 @@ async def test_consumer_survives_a_broker_outage(
             (during,) = await _take(consumer, 1, timeout=15)
             assert during.payload == b"during"
             await consumer.ack(during)
-            await _eventually(lambda: _zero(_pending(redis, stream, group)), what="both acks")
+            await eventually(lambda: _zero(_pending(redis, stream, group)), what="both acks")
         finally:
             await consumer.close()
     assert consumer.reconnects >= 1
@@ -547,7 +533,7 @@ async def test_a_deleted_stream_gets_its_group_back(redis: Any, uid: str) -> Non
     await consumer.start()
     try:
         await redis.delete(stream)  # the group goes with it: the next read gets NOGROUP
-        await _eventually(
+        await eventually(
             lambda: _has_group(redis, stream, group), what="the group to be created again"
         )
         await redis.xadd(stream, {"payload": b"after"})
