@@ -75,7 +75,9 @@ class Backend(ABC):
         """The producer used for emits and dead letters (built once, owned by the backend)."""
 
     @abstractmethod
-    def consumer(self, group: str, *, prefetch: int) -> Consumer:
+    def consumer(
+        self, group: str, *, prefetch: int, max_buffer_bytes: int | None = None
+    ) -> Consumer:
         """A new consumer in consumer group ``group`` that fetches at most ``prefetch`` ahead."""
 
     async def close(self) -> None:

@@ -38,6 +38,18 @@ class EmitError(DispytchError):
     """An event could not be emitted; the broker did not confirm it."""
 
 
+class InvalidTopicError(EmitError):
+    """A topic, or a field value that fills one of its ``{placeholders}``, breaks a rule of the
+    broker or of topic routing (empty, a delimiter or wildcard inside, too long...). Raised
+    before anything is sent; ``field`` names the placeholder (``None`` for the whole topic)
+    and ``rule`` the rule that was broken."""
+
+    def __init__(self, message: str, *, field: str | None = None, rule: str = "") -> None:
+        super().__init__(message)
+        self.field = field
+        self.rule = rule
+
+
 class EventTemplateError(EmitError):
     """An event's ``__topic__`` names a field the event does not have."""
 
@@ -48,6 +60,12 @@ class DecodeError(DispytchError):
 
 class PayloadValidationError(DispytchError):
     """An envelope's body or a topic segment failed validation. Never retried."""
+
+
+class DeadLetterError(DispytchError):
+    """A message could be stored neither in its dead-letter destination nor in the fallback
+    one. The consumer stops without acknowledging it (the broker keeps it); fix the
+    dead-letter destination (permissions, name, size limits) and restart."""
 
 
 class ListenerError(DispytchError):

@@ -135,7 +135,9 @@ class KafkaBackend(Backend):
             self._producer = KafkaProducer(client)
         return self._producer
 
-    def consumer(self, group: str, *, prefetch: int) -> KafkaConsumer:
+    def consumer(
+        self, group: str, *, prefetch: int, max_buffer_bytes: int | None = None
+    ) -> KafkaConsumer:
         options = {**self.consumer_options}
         if options.get("group_id") is None:
             options["group_id"] = group

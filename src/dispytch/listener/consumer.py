@@ -92,6 +92,16 @@ class Consumer(ABC):
         """
         return False
 
+    async def dead_letter_fallback(self, message: Message, failure: Failure) -> bool:
+        """Store the message in this consumer's fixed fallback destination (one per group,
+        the original topic in the ``x-dispytch-original-topic`` header).
+
+        The listener calls it only after :meth:`dead_letter` kept failing. Return ``True`` when
+        stored; ``False`` (the default) means there is no fallback and the listener stops
+        loudly instead of acknowledging the message.
+        """
+        return False
+
     async def start(self, subscriptions: Sequence[TopicPattern]) -> None:
         """Subscribe to what the registered handlers need, before :meth:`listen`.
 

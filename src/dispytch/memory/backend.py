@@ -38,7 +38,9 @@ class MemoryBackend(Backend):
     def producer(self) -> MemoryProducer:
         return self._producer
 
-    def consumer(self, group: str, *, prefetch: int) -> Consumer:
+    def consumer(
+        self, group: str, *, prefetch: int, max_buffer_bytes: int | None = None
+    ) -> Consumer:
         return MemoryConsumer(self.broker, group)
 
     async def dead_letters(self, topic: str, limit: int = 100) -> list[DeadLetter]:

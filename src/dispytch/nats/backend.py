@@ -196,7 +196,9 @@ class NATSBackend(Backend):
     def producer(self) -> NATSProducer:
         return self._connected()[1]
 
-    def consumer(self, group: str, *, prefetch: int) -> Consumer:
+    def consumer(
+        self, group: str, *, prefetch: int, max_buffer_bytes: int | None = None
+    ) -> Consumer:
         """The consumer of ``group``: durable pull consumers, ``prefetch`` messages ahead."""
         if not group:
             raise ConfigurationError("a NATS consumer group needs a name (it names the consumers)")

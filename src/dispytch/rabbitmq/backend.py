@@ -113,7 +113,9 @@ class RabbitMQBackend(Backend):
     def producer(self) -> RabbitMQProducer:
         return self._connected()[0]
 
-    def consumer(self, group: str, *, prefetch: int) -> Consumer:
+    def consumer(
+        self, group: str, *, prefetch: int, max_buffer_bytes: int | None = None
+    ) -> Consumer:
         """The consumer of ``group``: queue ``group`` on its own connection, ``prefetch`` ahead."""
         if not group:
             raise ConfigurationError("a RabbitMQ consumer group needs a name (the queue name)")

@@ -56,7 +56,9 @@ class RedisBackend(RedisBackendBase[RedisProducer]):
     def _new_producer(self) -> RedisProducer:
         return RedisProducer(self.client, timeout=self.publish_timeout)
 
-    def consumer(self, group: str, *, prefetch: int) -> Consumer:
+    def consumer(
+        self, group: str, *, prefetch: int, max_buffer_bytes: int | None = None
+    ) -> Consumer:
         """A new Pub/Sub subscriber. ``group`` and ``prefetch`` do not apply to Pub/Sub: every
         subscriber receives every message, and the consumer reads ahead up to ``buffer_size``.
         """

@@ -354,7 +354,7 @@ class RedisConsumer(Consumer):
         await stop_reader(self._reader, self._wake_reader, self.poll_interval + 5.0)
         self._buffer.clear()
         if self.owns_pubsub:
-            await self.pubsub.aclose()  # type: ignore[no-untyped-call]
+            await self.pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
             await self.pubsub.connection_pool.disconnect()
         if self._redis is not None and self._owns_redis:
             await self._redis.aclose()

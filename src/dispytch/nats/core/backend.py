@@ -139,7 +139,9 @@ class NATSCoreBackend(Backend):
         assert self._producer is not None
         return self._producer
 
-    def consumer(self, group: str, *, prefetch: int) -> Consumer:
+    def consumer(
+        self, group: str, *, prefetch: int, max_buffer_bytes: int | None = None
+    ) -> Consumer:
         """A subscriber in queue group ``group`` (``prefetch`` does not apply: core NATS
         pushes; ``buffer_size`` bounds what is held ahead of the handlers)."""
         consumer = NATSCoreConsumer(

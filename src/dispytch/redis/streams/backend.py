@@ -85,7 +85,9 @@ class RedisStreamsBackend(RedisBackendBase[RedisStreamsProducer]):
     def _new_producer(self) -> RedisStreamsProducer:
         return RedisStreamsProducer(self.client, maxlen=self.maxlen, timeout=self.publish_timeout)
 
-    def consumer(self, group: str, *, prefetch: int) -> Consumer:
+    def consumer(
+        self, group: str, *, prefetch: int, max_buffer_bytes: int | None = None
+    ) -> Consumer:
         """A new consumer of consumer group ``group`` holding at most ``prefetch`` entries."""
         overrides: dict[str, Any] = {}
         if "socket_timeout" not in self.options:
