@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from dispytch.backend import Backend, backend_from_url, redact_url
 from dispytch.emitter.emitter import EventEmitter
-from dispytch.errors import ConfigurationError, ListenerError
+from dispytch.errors import ConfigurationError, ListenerError, RegistrationError
 from dispytch.events import EventBase
 from dispytch.handler import HandlerGroup
 from dispytch.listener.listener import EventListener, ListenerObserver, Ordering
@@ -79,6 +79,8 @@ class App:
         self._groups: list[HandlerGroup] = [self._own]
         #: Register a handler on the app itself; see :meth:`HandlerGroup.handler`.
         self.handler = self._own.handler
+        #: Event classes this app emits, declared with :meth:`publishes` (for its AsyncAPI).
+        self.published: list[type[EventBase]] = []
         self._startup: list[Hook] = []
         self._shutdown: list[Hook] = []
         self._emitter: EventEmitter | None = None
@@ -95,6 +97,24 @@ class App:
         if self._listener is not None:
             raise ListenerError("add handler groups before the app starts")
         self._groups.append(group)
+
+    def publishes(self, *events: type[EventBase]) -> None:
+        """Declare event classes this app emits, e.g. ``app.publishes(UserRegistered)``.
+
+        Emitting works without it; the declaration adds a ``send`` operation per class (and its
+        channel and message) to the app's AsyncAPI document (``dispytch docs gen``).
+        """
+        for event in events:
+            if not (isinstance(event, type) and issubclass(event, EventBase)):
+                raise RegistrationError(
+                    f"app.publishes() takes EventBase subclasses, got {event!r}"
+                )
+            if event.__topic_template__ is None or not hasattr(event, "__event_type__"):
+                raise RegistrationError(
+                    f"{event.__name__} needs __topic__ and __event_type__ to be published"
+                )
+            if event not in self.published:
+                self.published.append(event)
 
     def on_startup(self, func: F) -> F:
         """Run ``func()`` (sync or async) when the app starts, before handlers receive events."""

@@ -1,4 +1,4 @@
-"""Command line: ``dispytch run module:app``.
+"""Command line: ``dispytch run module:app``, ``dispytch docs gen|serve module:app``.
 
 ``run`` imports the app, starts it, and on SIGINT or SIGTERM stops fetching, lets in-flight
 work finish (the app's ``shutdown_timeout``), settles it, and exits. A second signal exits at once;
@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from dispytch.app import ENV_BROKER_URL, App
 from dispytch.errors import ConfigurationError
@@ -149,9 +150,63 @@ def _supervise(argv: Sequence[str], workers: int, reload: bool) -> int:
                 children[i] = spawn()
 
 
+def _add_docs_commands(sub: Any) -> None:
+    docs = sub.add_parser("docs", help="the app's AsyncAPI 3.0 document: gen, serve")
+    docs_sub = docs.add_subparsers(dest="docs_command", required=True)
+    gen = docs_sub.add_parser("gen", help="write the AsyncAPI document: dispytch docs gen m:app")
+    serve_ = docs_sub.add_parser("serve", help="serve a page that renders the AsyncAPI document")
+    for cmd in (gen, serve_):
+        cmd.add_argument("target", help="the app, as module:attribute (e.g. billing.service:app)")
+        cmd.add_argument("--broker-url", help=f"broker URL; sets {ENV_BROKER_URL} for the app")
+        cmd.add_argument("--title", help="document title (default: the app's group)")
+        cmd.add_argument("--version", default="1.0.0", help="document version (default 1.0.0)")
+    gen.add_argument("--format", choices=("yaml", "json"), default="yaml")
+    gen.add_argument("--out", help="write to this file instead of standard output")
+    serve_.add_argument("--host", default="127.0.0.1")
+    serve_.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+
+
+def _docs(args: argparse.Namespace) -> int:
+    import json
+
+    from dispytch.asyncapi import asyncapi, dump_yaml
+    from dispytch.asyncapi.serve import docs_server
+
+    if args.broker_url:
+        os.environ[ENV_BROKER_URL] = args.broker_url
+    try:
+        app = load_app(args.target)
+        options = {"title": args.title, "version": args.version}
+        if args.docs_command == "gen":
+            document = asyncapi(app, **options)
+            if args.format == "json":
+                text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+            else:
+                text = dump_yaml(document)
+            if args.out:
+                Path(args.out).write_text(text, encoding="utf-8")
+            else:
+                sys.stdout.write(text)
+            return 0
+        server = docs_server(app, args.host, args.port, **options)
+    except ConfigurationError as exc:
+        logger.error("%s", exc)
+        return 2
+    port = server.server_address[1]
+    print(f"AsyncAPI docs of {args.target} at http://{args.host}:{port}/", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dispytch", description="Run Dispytch services.")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_docs_commands(sub)
     run = sub.add_parser("run", help="run an app: dispytch run module:app")
     run.add_argument("target", help="the app, as module:attribute (e.g. billing.service:app)")
     run.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
@@ -159,6 +214,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--broker-url", help=f"broker URL; sets {ENV_BROKER_URL} for the app")
     run.add_argument("--log-level", default=os.environ.get("DISPYTCH_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
+    if args.command == "docs":
+        logging.basicConfig(level=os.environ.get("DISPYTCH_LOG_LEVEL", "WARNING").upper())
+        return _docs(args)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
