@@ -47,15 +47,14 @@ class AsyncAPIDocs:
     def yaml(self) -> bytes:
         return dump_yaml(self.document).encode("utf-8")
 
-    def html(self, prefix: str = "") -> bytes:
-        return render_html(
-            self.document, json_url=f"{prefix}/asyncapi.json", yaml_url=f"{prefix}/asyncapi.yaml"
-        ).encode("utf-8")
+    def html(self, json_url: str = "asyncapi.json", yaml_url: str = "asyncapi.yaml") -> bytes:
+        return render_html(self.document, json_url=json_url, yaml_url=yaml_url).encode("utf-8")
 
     def response(self, path: str, prefix: str = "") -> tuple[int, str, bytes]:
         """``(status, content type, body)`` for a path relative to where the docs live."""
         if path in ("", "/", "/index.html"):
-            return 200, "text/html; charset=utf-8", self.html(prefix)
+            html = self.html(f"{prefix}/asyncapi.json", f"{prefix}/asyncapi.yaml")
+            return 200, "text/html; charset=utf-8", html
         if path == "/asyncapi.json":
             return 200, "application/json", self.json()
         if path == "/asyncapi.yaml":

@@ -78,7 +78,7 @@ class _Message:
     key: str
     event_type: str
     model: type[BaseModel] | None
-    mode: Mode
+    ref: str | None  # the body schema; None for a raw dict body
 
 
 def _handlers(app: App) -> Iterator[HandlerSpec]:
@@ -108,7 +108,11 @@ class _Builder:
         models.extend((cls, "serialization") for cls in self.published)
         self.schemas = Schemas(models)
         self.channels: dict[str, _Channel] = {}  # by address
-        self.messages: dict[tuple[str, type[BaseModel] | None, Mode], _Message] = {}
+        # One message per event type and body schema: a handler's Event[OrderPlaced] and an
+        # emitted OrderPlaced describe the same message.
+        self.messages: dict[tuple[str, str | None], _Message] = {}
+        self.handler_messages: list[_Message] = []
+        self.published_messages: list[_Message] = []
 
     # -- pieces ---------------------------------------------------------------------------------
 
@@ -122,11 +126,11 @@ class _Builder:
         return found
 
     def message(self, event_type: str, model: type[BaseModel] | None, mode: Mode) -> _Message:
-        key = (event_type, model, mode)
-        found = self.messages.get(key)
+        ref = None if model is None else self.schemas.ref(model, mode)
+        found = self.messages.get((event_type, ref))
         if found is None:
-            found = _Message("", event_type, model, mode)
-            self.messages[key] = found
+            found = _Message("", event_type, model, ref)
+            self.messages[(event_type, ref)] = found
         return found
 
     def parameter(
@@ -159,7 +163,8 @@ class _Builder:
             for name in _PLACEHOLDER.findall(spec.topic):
                 if name not in channel.parameters:
                     self.parameter(channel, name, {"type": "string"}, None)
-            self.message(spec.event_type, _body_model(spec), "validation")
+            msg = self.message(spec.event_type, _body_model(spec), "validation")
+            self.handler_messages.append(msg)
         for cls in self.published:
             template = cls.__topic__
             channel = self.channel(template)
@@ -170,7 +175,7 @@ class _Builder:
             for name in _PLACEHOLDER.findall(template):
                 schema = fields.get(name, {"type": "string"})
                 self.parameter(channel, name, schema, f"$message.payload#/body/{name}")
-            self.message(cls.__event_type__, cls, "serialization")
+            self.published_messages.append(self.message(cls.__event_type__, cls, "serialization"))
         for spec in self.handlers:
             address = self.transport.dead_letter_address(spec.topic)
             source = self.channels[spec.topic]
@@ -189,7 +194,7 @@ class _Builder:
             for msg in variants:
                 base = _ident(event_type)
                 if len(variants) > 1:
-                    suffix = self.schemas.name(msg.model, msg.mode) if msg.model else "dict"
+                    suffix = msg.ref.rsplit("/", 1)[1] if msg.ref else "dict"
                     base = f"{base}-{_ident(suffix)}"
                 msg.key = _unique(base, taken)
                 taken.add(msg.key)
@@ -197,10 +202,10 @@ class _Builder:
     # -- output ---------------------------------------------------------------------------------
 
     def message_object(self, msg: _Message, content_type: str) -> dict[str, Any]:
-        if msg.model is None:
+        if msg.ref is None:
             body: dict[str, Any] = {"type": "object", "description": "Any JSON object."}
         else:
-            body = {"$ref": self.schemas.ref(msg.model, msg.mode)}
+            body = {"$ref": msg.ref}
         out: dict[str, Any] = {"name": msg.event_type}
         if msg.model is not None:
             out["title"] = msg.model.__name__
@@ -240,11 +245,9 @@ class _Builder:
             }
 
         channel_messages: dict[str, dict[str, str]] = {}
-        for spec in self.handlers:
-            msg = self.messages[(spec.event_type, _body_model(spec), "validation")]
+        for spec, msg in zip(self.handlers, self.handler_messages, strict=True):
             channel_messages.setdefault(spec.topic, {})[msg.key] = msg.key
-        for cls in self.published:
-            msg = self.messages[(cls.__event_type__, cls, "serialization")]
+        for cls, msg in zip(self.published, self.published_messages, strict=True):
             channel_messages.setdefault(cls.__topic__, {})[msg.key] = msg.key
 
         channels: dict[str, Any] = {}
@@ -313,9 +316,8 @@ class _Builder:
 
     def operations(self) -> dict[str, Any]:
         ops: dict[str, Any] = {}
-        for spec in self.handlers:
+        for spec, msg in zip(self.handlers, self.handler_messages, strict=True):
             ch = self.channels[spec.topic]
-            msg = self.messages[(spec.event_type, _body_model(spec), "validation")]
             op: dict[str, Any] = {
                 "action": "receive",
                 "channel": {"$ref": f"#/channels/{ch.id}"},
@@ -341,10 +343,9 @@ class _Builder:
             op["x-dispytch-dead-letter-channel"] = self.channels[
                 self.transport.dead_letter_address(spec.topic)
             ].id
-            ops[_unique(_ident("on_" + spec.name), ops)] = op
-        for cls in self.published:
+            ops[_unique(_ident("on_" + spec.func.__name__), ops)] = op
+        for cls, msg in zip(self.published, self.published_messages, strict=True):
             ch = self.channels[cls.__topic__]
-            msg = self.messages[(cls.__event_type__, cls, "serialization")]
             send: dict[str, Any] = {
                 "action": "send",
                 "channel": {"$ref": f"#/channels/{ch.id}"},

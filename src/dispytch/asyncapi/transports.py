@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
-from dispytch.backend import Backend, redact_url
+from dispytch.backend import Backend
 from dispytch.dead_letter import dead_letter_topic
 
 __all__ = ["Transport", "transport_for"]
@@ -74,14 +74,15 @@ def _split(url: str) -> tuple[str, list[str], str]:
 def transport_for(backend: Backend, group: str) -> Transport:
     """The transport facts of ``backend`` for an app in consumer group ``group``."""
     scheme, hosts, path = _split(backend.url)
-    shown = redact_url(backend.url).split("?", 1)[0]
+    # Built from host and path only: user info and query (where secrets live) never appear.
+    shown = f"{scheme}://{','.join(hosts)}{path}"
     if scheme == "kafka":
         return Transport(
             "kafka",
             "kafka",
             f"Kafka cluster ({', '.join(hosts) or 'no host'}).",
             hosts or ["localhost:9092"],
-            server_bindings={"bindingVersion": _KAFKA},
+            server_bindings={"kafka": {"bindingVersion": _KAFKA}},
             channel_bindings={"kafka": {"bindingVersion": _KAFKA}},
             send_bindings={"kafka": {"bindingVersion": _KAFKA}},
             receive_bindings={
