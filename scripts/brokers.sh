@@ -6,6 +6,7 @@
 #   scripts/brokers.sh status                                 which brokers answer, and whose they are
 #   scripts/brokers.sh restart NAME [NAME ...]                stop + start, keeping data (Kafka log, RabbitMQ mnesia)
 #   scripts/brokers.sh clean                                  down, then wipe the run dir (all broker data)
+#   scripts/brokers.sh tools                                  install the other Debian tools the tests use (chromium)
 #
 # Brokers:
 #   kafka     Apache Kafka (KRaft, combined broker+controller) from Maven Central jars
@@ -609,7 +610,7 @@ cmd_clean() {
 }
 
 usage() {
-  sed -n '2,8p' "$SELF" | sed 's/^# \{0,1\}//'
+  sed -n '2,9p' "$SELF" | sed 's/^# \{0,1\}//'
 }
 
 lock() { # serialise concurrent up/down/restart/clean (e.g. several test runners)
@@ -618,16 +619,24 @@ lock() { # serialise concurrent up/down/restart/clean (e.g. several test runners
   flock -w 600 9 || die "could not get the lock $RUN_ROOT/.lock within 600s"
 }
 
+cmd_tools() { # Debian packages the test suite needs besides the brokers
+  local missing=()
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  mkdir -p "$RUN_ROOT"
+  install_packages "${missing[@]}"
+}
+
 main() {
   local cmd="${1:-}"
   [ "$#" -gt 0 ] && shift
-  case "$cmd" in up | down | stop | restart | clean) lock ;; esac
+  case "$cmd" in up | down | stop | restart | clean | tools) lock ;; esac
   case "$cmd" in
     up) cmd_up "$@" ;;
     down | stop) cmd_down "$@" ;;
     status) cmd_status ;;
     restart) cmd_restart "$@" ;;
     clean) cmd_clean ;;
+    tools) cmd_tools ;;
     _start) start_one "$1" ;;
     _stop) stop_one "$1" ;;
     -h | --help | help) usage ;;
