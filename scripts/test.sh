@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# The whole test suite: start the local brokers (installing what is missing), then run pytest
-# against memory and every live broker. Extra arguments go to pytest.
+# The whole test suite on any machine with Python 3.11+: installs the dev dependencies when one
+# is missing (pip install -e ".[dev]"), the Debian tools the tests use (chromium) and the local
+# brokers, starts the brokers, then runs pytest against memory and every live broker.
+# Extra arguments go to pytest.
 #
 # DISPYTCH_BROKERS lists backend names (comma-separated); several backends can share one broker
 # (redis and redis_streams both need the redis server, nats and nats_core the nats server), so the list is translated to broker names,
 # without duplicates, for brokers.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/python.sh
+ensure_python dev pytest pytest_asyncio pytest_timeout hypothesis aiokafka aio_pika redis nats \
+  msgpack fastapi uvicorn httpx yaml mkdocs material mkdocstrings_handlers.python
+bash scripts/brokers.sh tools
 BACKENDS="${DISPYTCH_BROKERS-kafka,rabbitmq,redis,redis_streams,nats,nats_core}"
 
 broker_of() { # backend name -> broker name for brokers.sh
@@ -29,4 +35,4 @@ if [ "${#SERVERS[@]}" -gt 0 ]; then
   bash scripts/brokers.sh up "${SERVERS[@]}"
 fi
 export DISPYTCH_BROKERS="$BACKENDS"
-exec python -m pytest "$@"
+exec "$PY" -m pytest "$@"
