@@ -177,14 +177,6 @@ async def test_readme_quickstart_service_and_its_test_run() -> None:
     """The README's quickstart service, tested the way the README says to test it."""
     namespace: dict[str, object] = {"__name__": "billing_service"}
     exec(compile(_readme_block("# billing/service.py"), "README-quickstart", "exec"), namespace)
-
-    welcomed: list[str] = []
-
-    class FakeMailer:
-        async def welcome(self, email: str) -> None:
-            welcomed.append(email)
-
-    namespace["FakeMailer"] = FakeMailer
     exec(compile(_readme_block("async def test_welcome"), "README-test", "exec"), namespace)
     await namespace["test_welcome"]()  # type: ignore[operator]
-    assert welcomed == ["a@example.com"]
+    assert namespace["FakeMailer"].sent == ["a@example.com"]  # type: ignore[attr-defined]
