@@ -6,12 +6,15 @@ import json
 import re
 import subprocess
 import sys
+from enum import Enum
 from pathlib import Path
+from typing import Annotated
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
-from dispytch import App, Event, EventBase, RegistrationError
+from dispytch import App, Event, EventBase, RegistrationError, TopicSegment
 from dispytch.asyncapi import asyncapi, dump_yaml
 from tests.asyncapi.everything import OrderPlaced, build
 
@@ -297,3 +300,26 @@ def test_cli_docs_gen_reports_a_bad_target() -> None:
     )
     assert result.returncode == 2
     assert "cannot import 'no_such_module'" in result.stderr
+
+
+class Tier(Enum):
+    GOLD = "gold"
+    SILVER = "silver"
+
+
+class Body(BaseModel):
+    x: int
+
+
+def test_segment_schema_with_definitions_is_inlined() -> None:
+    app = App("memory://")
+
+    @app.handler(topic="tier:{tier}:events", event="e")
+    async def on_tier(event: Event[Body], tier: Annotated[Tier | None, TopicSegment()]) -> None: ...
+
+    param = asyncapi(app)["channels"]["tier_tier_events"]["parameters"]["tier"]
+    text = json.dumps(param)
+    assert "$defs" not in text and "$ref" not in text
+    assert {"enum": ["gold", "silver"], "title": "Tier", "type": "string"} in param[
+        "x-dispytch-schema"
+    ]["anyOf"]

@@ -27,6 +27,7 @@ from dispytch.asyncapi.schemas import (
     Schemas,
     describe,
     envelope_schema,
+    standalone,
 )
 from dispytch.asyncapi.transports import Transport, transport_for
 from dispytch.events import EventBase
@@ -159,7 +160,7 @@ class _Builder:
             channel = self.channel(spec.topic)
             channel.sources.append(f"handled by {spec.name}")
             for seg in spec.plan.segments:
-                self.parameter(channel, seg.name, seg.adapter.json_schema(), None)
+                self.parameter(channel, seg.name, standalone(seg.adapter.json_schema()), None)
             for name in _PLACEHOLDER.findall(spec.topic):
                 if name not in channel.parameters:
                     self.parameter(channel, name, {"type": "string"}, None)
@@ -314,21 +315,33 @@ class _Builder:
             }
         return self.transport.channel_bindings
 
+    @staticmethod
+    def operation(
+        action: str,
+        ch: _Channel,
+        message_key: str,
+        title: str,
+        summary: str | None,
+        bindings: dict[str, Any],
+    ) -> dict[str, Any]:
+        op: dict[str, Any] = {
+            "action": action,
+            "channel": {"$ref": f"#/channels/{ch.id}"},
+            "messages": [{"$ref": f"#/channels/{ch.id}/messages/{message_key}"}],
+            "title": title,
+        }
+        if summary:
+            op["summary"] = summary
+        if bindings:
+            op["bindings"] = bindings
+        return op
+
     def operations(self) -> dict[str, Any]:
         ops: dict[str, Any] = {}
+        receive = self.transport.receive_bindings
         for spec, msg in zip(self.handlers, self.handler_messages, strict=True):
             ch = self.channels[spec.topic]
-            op: dict[str, Any] = {
-                "action": "receive",
-                "channel": {"$ref": f"#/channels/{ch.id}"},
-                "messages": [{"$ref": f"#/channels/{ch.id}/messages/{msg.key}"}],
-                "title": spec.name,
-            }
-            summary = _summary(spec.func)
-            if summary:
-                op["summary"] = summary
-            if self.transport.receive_bindings:
-                op["bindings"] = self.transport.receive_bindings
+            op = self.operation("receive", ch, msg.key, spec.name, _summary(spec.func), receive)
             policy = spec.retry
             op["x-dispytch-handler"] = f"{spec.func.__module__}.{spec.name}"
             op["x-dispytch-retry"] = {
@@ -344,31 +357,24 @@ class _Builder:
                 self.transport.dead_letter_address(spec.topic)
             ].id
             ops[_unique(_ident("on_" + spec.func.__name__), ops)] = op
+        send = self.transport.send_bindings
         for cls, msg in zip(self.published, self.published_messages, strict=True):
             ch = self.channels[cls.__topic__]
-            send: dict[str, Any] = {
-                "action": "send",
-                "channel": {"$ref": f"#/channels/{ch.id}"},
-                "messages": [{"$ref": f"#/channels/{ch.id}/messages/{msg.key}"}],
-                "title": f"emit {cls.__name__}",
-            }
-            summary = _summary(cls)
-            if summary:
-                send["summary"] = summary
-            if self.transport.send_bindings:
-                send["bindings"] = self.transport.send_bindings
-            ops[_unique(_ident("emit_" + cls.__name__), ops)] = send
+            title = f"emit {cls.__name__}"
+            op = self.operation("send", ch, msg.key, title, _summary(cls), send)
+            ops[_unique(_ident("emit_" + cls.__name__), ops)] = op
         for ch in self.channels.values():
             if ch.dead_letters_of is None:
                 continue
-            ops[_unique(_ident("dead_letter_" + ch.id), ops)] = {
-                "action": "send",
-                "channel": {"$ref": f"#/channels/{ch.id}"},
-                "messages": [{"$ref": f"#/channels/{ch.id}/messages/{_DEAD_LETTER_MESSAGE}"}],
-                "title": f"dead-letter {ch.dead_letters_of}",
-                "summary": "After the last attempt, or when a message cannot be decoded or "
-                "validated, its original bytes go here; then it is acknowledged.",
-            }
+            ops[_unique(_ident("dead_letter_" + ch.id), ops)] = self.operation(
+                "send",
+                ch,
+                _DEAD_LETTER_MESSAGE,
+                f"dead-letter {ch.dead_letters_of}",
+                "After the last attempt, or when a message cannot be decoded or validated, its "
+                "original bytes go here; then it is acknowledged.",
+                {},
+            )
         return ops
 
 

@@ -16,6 +16,7 @@ __all__ = [
     "Schemas",
     "describe",
     "envelope_schema",
+    "standalone",
 ]
 
 REF_PREFIX = "#/components/schemas/"
@@ -96,6 +97,28 @@ def to_asyncapi(schema: Any) -> Any:
         else:
             del out["discriminator"]
     return out
+
+
+def standalone(schema: dict[str, Any]) -> dict[str, Any]:
+    """A schema generated on its own (a topic segment's), with its ``$defs`` inlined: inside
+    an AsyncAPI document ``#/$defs/...`` would point at the document's root."""
+    defs = schema.get("$defs", {})
+
+    def inline(node: Any, seen: tuple[str, ...]) -> Any:
+        if isinstance(node, list):
+            return [inline(item, seen) for item in node]
+        if not isinstance(node, dict):
+            return node
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            name = ref.removeprefix("#/$defs/")
+            if name in defs and name not in seen:
+                rest = {k: v for k, v in node.items() if k != "$ref"}
+                return inline({**defs[name], **rest}, (*seen, name))
+            return {k: v for k, v in node.items() if k != "$ref"}  # recursive: leave it open
+        return {k: inline(v, seen) for k, v in node.items() if k != "$defs"}
+
+    return to_asyncapi(inline(schema, ()))  # type: ignore[no-any-return]
 
 
 def envelope_schema(event_type: str, body: dict[str, Any]) -> dict[str, Any]:
