@@ -3,20 +3,25 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import select
+import socket
 import subprocess
 import sys
+import threading
 import time
 from html.parser import HTMLParser
 from pathlib import Path
 
 import httpx
+import pytest
 
 from dispytch.asyncapi import asyncapi
 from dispytch.asyncapi.asgi import asyncapi_asgi
 from dispytch.asyncapi.page import render_html
+from dispytch.asyncapi.serve import docs_server
 from tests.asyncapi.everything import build
 from tests.asyncapi.tools import ROOT, run_chromium
 
@@ -165,3 +170,21 @@ async def test_asyncapi_asgi_mounted_under_a_prefix() -> None:
         assert (await client.get("/events/asyncapi.yaml")).text.startswith("asyncapi:")
         assert (await client.post("/events/")).status_code == 405
         assert (await client.get("/events/other")).status_code == 404
+
+
+def test_docs_server_logs_the_request_line_escaped(caplog: pytest.LogCaptureFixture) -> None:
+    server = docs_server(build(), port=0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with caplog.at_level(logging.DEBUG, logger="dispytch.docs"):
+            with socket.create_connection(server.server_address[:2], timeout=5) as sock:
+                sock.sendall(b"GET /\x1b[2Jnope HTTP/1.0\r\n\r\n")
+                assert sock.recv(100).startswith(b"HTTP/1.0 404")
+            server.shutdown()
+    finally:
+        server.server_close()
+        thread.join(timeout=5)
+    lines = [r.getMessage() for r in caplog.records if r.name == "dispytch.docs"]
+    assert any("GET /\\x1b[2Jnope" in line for line in lines), lines
+    assert not any("\x1b" in line for line in lines)

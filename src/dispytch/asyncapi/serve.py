@@ -7,6 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 from dispytch.asyncapi.asgi import AsyncAPIDocs
+from dispytch.untrusted import loggable
 
 if TYPE_CHECKING:
     from dispytch.app import App
@@ -39,6 +40,7 @@ def docs_server(
             self.wfile.write(body)
 
         def log_message(self, format: str, *args: Any) -> None:
-            logger.debug("%s " + format, self.address_string(), *args)
+            # The request line is the client's text: one escaped, bounded line.
+            logger.debug("%s %s", self.address_string(), loggable(format % args))
 
     return ThreadingHTTPServer((host, port), Handler)
