@@ -7,6 +7,8 @@
 #   scripts/brokers.sh restart NAME [NAME ...]                stop + start, keeping data (Kafka log, RabbitMQ mnesia)
 #   scripts/brokers.sh clean                                  down, then wipe the run dir (all broker data)
 #   scripts/brokers.sh tools                                  install the other Debian tools the tests use (chromium)
+#   scripts/brokers.sh --profile secure up|down|status|clean  the secured brokers (TLS + auth), see
+#                                                             scripts/brokers-secure.sh; both profiles run at once
 #
 # Brokers:
 #   kafka     Apache Kafka (KRaft, combined broker+controller) from Maven Central jars
@@ -24,6 +26,23 @@
 #   RABBITMQ_PORT / REDIS_PORT / NATS_PORT   default 5672 / 6379 / 4222
 #   BROKERS_START_TIMEOUT                seconds to wait for each broker (default 120)
 set -euo pipefail
+
+# Profile: "default" (plaintext, the shared test brokers) or "secure" (TLS and authentication on
+# other ports, its own run dir). Children started by this script inherit it.
+if [ "${1:-}" = "--profile" ]; then BROKERS_PROFILE="${2:?--profile needs a name}"; shift 2; fi
+export BROKERS_PROFILE="${BROKERS_PROFILE:-default}"
+case "$BROKERS_PROFILE" in
+  default) ;;
+  secure)
+    # Distinct ports and run dir, so the secure brokers run beside the default ones.
+    : "${BROKERS_RUN_DIR:=/tmp/dispytch-secure}" "${KAFKA_PORT:=27092}" "${KAFKA_CONTROLLER_PORT:=27093}"
+    : "${RABBITMQ_PORT:=27671}" "${REDIS_PORT:=27379}" "${NATS_PORT:=27422}" "${NATS_TOKEN_PORT:=27423}"
+    : "${RABBITMQ_NODENAME:=secure@localhost}" "${KAFKA_HEAP:=-Xmx384m -Xms384m}"
+    export BROKERS_RUN_DIR KAFKA_PORT KAFKA_CONTROLLER_PORT RABBITMQ_PORT REDIS_PORT NATS_PORT \
+      NATS_TOKEN_PORT RABBITMQ_NODENAME KAFKA_HEAP
+    ;;
+  *) echo "brokers.sh: unknown profile '$BROKERS_PROFILE' (expected: default, secure)" >&2; exit 2 ;;
+esac
 
 SELF="$(readlink -f "${BASH_SOURCE[0]}")"
 HERE="$(dirname "$SELF")"
@@ -118,6 +137,10 @@ cmd_match_of() { # substring of /proc/PID/cmdline that identifies our process
 }
 
 ours() { pid_alive "$(pidfile_of "$1")" "$(cmd_match_of "$1")"; }
+
+# Extra StorageTool arguments (the secure profile adds its SCRAM users); run once before `up`.
+KAFKA_FORMAT_EXTRA=()
+prepare_profile() { :; }
 
 # ------------------------------------------------------------------------------------ installation
 missing_packages() { # brokers... -> sets MISSING array (Debian packages to install)
@@ -281,6 +304,7 @@ start_kafka() {
   if [ ! -f "$run/data/meta.properties" ]; then
     local fmt_args=(format -t "$(kafka_cluster_id)" -c "$run/server.properties")
     [ "$(kafka_major)" = 3 ] || fmt_args+=(--standalone)
+    fmt_args+=("${KAFKA_FORMAT_EXTRA[@]}")
     # shellcheck disable=SC2046
     "$java" -Xmx256m $(kafka_log_opts) -cp "$KAFKA_LIBS/*" kafka.tools.StorageTool "${fmt_args[@]}" \
       >"$run/format.out" 2>&1 || {
@@ -542,6 +566,7 @@ cmd_up() {
   local t0 b rc=0 launched=()
   t0="$(now)"
   mkdir -p "$RUN_ROOT"
+  prepare_profile
   # Kafka needs no Debian package when java/mvn are there: start it (Maven resolve, format, JVM)
   # right away, in parallel with apt-get for the others.
   for b in "${NAMES[@]}"; do
@@ -610,7 +635,7 @@ cmd_clean() {
 }
 
 usage() {
-  sed -n '2,9p' "$SELF" | sed 's/^# \{0,1\}//'
+  sed -n '2,11p' "$SELF" | sed 's/^# \{0,1\}//'
 }
 
 lock() { # serialise concurrent up/down/restart/clean (e.g. several test runners)
@@ -625,6 +650,12 @@ cmd_tools() { # Debian packages the test suite needs besides the brokers
   mkdir -p "$RUN_ROOT"
   install_packages "${missing[@]}"
 }
+
+# The secure profile replaces the start/ready/stop functions of each broker.
+if [ "$BROKERS_PROFILE" = secure ]; then
+  # shellcheck source=scripts/brokers-secure.sh
+  . "$HERE/brokers-secure.sh"
+fi
 
 main() {
   local cmd="${1:-}"
