@@ -72,6 +72,9 @@ class App:
         self.shutdown_timeout = shutdown_timeout
         self.max_deliveries = max_deliveries
         self.topic_delimiter = topic_delimiter or backend.topic_delimiter
+        #: What a topic placeholder value may hold: the backend's rules, split at the app's
+        #: delimiter; checked on every emit and on every consumed topic segment.
+        self.topic_rules = backend.topic_rules.with_delimiter(self.topic_delimiter)
         #: ``{provider: replacement}``; applied when the app starts (handy in tests).
         self.dependency_overrides: dict[Callable[..., Any], Any] = {}
         self.observer: ListenerObserver | None = None
@@ -160,7 +163,7 @@ class App:
         logger.info("starting %r", self)
         await self.backend.connect()
         producer = self.backend.producer()
-        self._emitter = EventEmitter(producer, self.serializer)
+        self._emitter = EventEmitter(producer, self.serializer, topic_rules=self.topic_rules)
         for hook in self._startup:
             await _call(hook)
         if self.has_handlers:
@@ -175,6 +178,7 @@ class App:
                 max_deliveries=self.max_deliveries,
                 observer=self.observer,
                 dependency_overrides=self.dependency_overrides,
+                topic_rules=self.topic_rules,
             )
             for group in self._groups:
                 listener.add_handler_group(group)

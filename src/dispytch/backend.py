@@ -16,6 +16,7 @@ from dispytch.dead_letter import DeadLetter
 from dispytch.emitter.producer import Producer
 from dispytch.errors import ConfigurationError
 from dispytch.listener.consumer import Consumer
+from dispytch.topic_rules import GENERIC, TopicRules
 
 __all__ = ["Backend", "backend_from_url", "redact_url", "register_backend"]
 
@@ -59,6 +60,8 @@ class Backend(ABC):
 
     #: Delimiter of topic segments on this broker, e.g. ``.`` for AMQP routing keys.
     topic_delimiter: ClassVar[str] = ":"
+    #: What a topic placeholder value may hold on this broker (checked on emit and consume).
+    topic_rules: ClassVar[TopicRules] = GENERIC
 
     def __init__(self, url: str, **options: Any) -> None:
         self.url = url

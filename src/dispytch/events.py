@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from pydantic import BaseModel, Field, PrivateAttr
 
 from dispytch.errors import EventTemplateError, RegistrationError
+from dispytch.topic_rules import TopicRules
 
 __all__ = ["Envelope", "Event", "EventBase", "TopicTemplate"]
 
@@ -24,9 +25,14 @@ def _new_id() -> str:
 
 
 class TopicTemplate:
-    """A topic such as ``"user:{user_id}:events"``, parsed once per event class."""
+    """A topic such as ``"user:{user_id}:events"``, parsed once per event class.
 
-    __slots__ = ("_literal", "fields", "template")
+    :meth:`render` fills the placeholders from an event and, given a broker's
+    :class:`~dispytch.topic_rules.TopicRules`, checks every value first (no delimiter,
+    wildcard, whitespace or control character, not empty, within the broker's length).
+    """
+
+    __slots__ = ("_ends", "_literal", "_starts", "fields", "template")
 
     def __init__(self, template: str) -> None:
         self.template = template
@@ -50,11 +56,30 @@ class TopicTemplate:
         self.fields: tuple[str, ...] = tuple(names)
         # Without placeholders the topic is fixed; "{{" still means "{", as with placeholders.
         self._literal = "".join(text for text, _, _, _ in parsed)
+        # The placeholder the topic starts / ends with, if any (reserved prefixes and suffixes).
+        self._starts: str | None = None
+        self._ends: str | None = None
+        if names:
+            self._starts = names[0] if parsed[0][0] == "" else None
+            self._ends = names[-1] if parsed[-1][1] is not None else None
 
-    def render(self, event: BaseModel) -> str:
+    def render(self, event: BaseModel, rules: TopicRules | None = None) -> str:
+        """The topic of ``event``; with ``rules``, each placeholder value is checked first
+        (:class:`~dispytch.errors.InvalidTopicError` names the field and the broken rule)."""
         if not self.fields:
             return self._literal
-        return self.template.format_map({name: getattr(event, name) for name in self.fields})
+        values: dict[str, str] = {}
+        for name in self.fields:
+            value = getattr(event, name)
+            # format(), as str.format would: an Enum member gives its value, not its name.
+            text = value if type(value) is str else format(value, "")
+            if rules is not None:
+                rules.check_value(name, text)
+            values[name] = text
+        topic = self.template.format_map(values)
+        if rules is not None:
+            rules.check_topic(topic, values, starts=self._starts, ends=self._ends)
+        return topic
 
 
 class EventBase(BaseModel):
@@ -105,14 +130,15 @@ class EventBase(BaseModel):
         config = private.get("_dispytch_config") if private else None
         return config or type(self).__backend_config__
 
-    def topic(self) -> str:
-        """The concrete topic this event goes to, placeholders filled in."""
+    def topic(self, rules: TopicRules | None = None) -> str:
+        """The concrete topic this event goes to, placeholders filled in (and checked against
+        a broker's ``rules`` when given; emitters always pass their broker's)."""
         template = type(self).__topic_template__
         if template is None:
             raise EventTemplateError(
                 f"{type(self).__name__} has no __topic__; set __topic__ = '...' on the class"
             )
-        return template.render(self)
+        return template.render(self, rules)
 
     def event_type(self) -> str:
         try:

@@ -15,6 +15,7 @@ from dispytch.emitter.producer import Outgoing, Producer, ProducerTimeout
 from dispytch.events import EventBase
 from dispytch.serialization.json import JSONSerializer
 from dispytch.serialization.serializer import Serializer
+from dispytch.topic_rules import GENERIC, TopicRules
 
 __all__ = ["EventEmitter"]
 
@@ -37,11 +38,24 @@ class EventEmitter:
     ``await emitter.emit(event)`` returns once the broker confirmed the event and raises
     otherwise. If the broker times out and a callback was registered with :meth:`on_timeout`,
     the callback is called instead of raising (the seed's behaviour).
+
+    Every value that fills a ``{placeholder}`` of a topic is checked against ``topic_rules``
+    before anything is sent (:class:`~dispytch.errors.InvalidTopicError` otherwise): by
+    default the producer's (``producer.topic_rules``, which Dispytch's producers declare),
+    else :data:`dispytch.topic_rules.GENERIC` (neither ``.`` nor ``:``, no wildcard).
     """
 
-    def __init__(self, producer: Producer, serializer: Serializer | None = None) -> None:
+    def __init__(
+        self,
+        producer: Producer,
+        serializer: Serializer | None = None,
+        *,
+        topic_rules: TopicRules | None = None,
+    ) -> None:
         self.producer = producer
         self.serializer = serializer or JSONSerializer()
+        rules = topic_rules or getattr(producer, "topic_rules", None)
+        self.topic_rules: TopicRules = rules if isinstance(rules, TopicRules) else GENERIC
         self._on_timeout: TimeoutCallback | None = None
         # Seed-era producers take (topic, payload, config) only: pass the key if they can take it.
         try:
@@ -59,7 +73,9 @@ class EventEmitter:
 
     def encode(self, event: EventBase, timestamp_ms: int | None = None) -> tuple[str, bytes]:
         """The concrete topic and the bytes for ``event``."""
-        return event.topic(), self.serializer.serialize(event.envelope(timestamp_ms))
+        return event.topic(self.topic_rules), self.serializer.serialize(
+            event.envelope(timestamp_ms)
+        )
 
     def _send(self, event: EventBase, timestamp_ms: int | None = None) -> Awaitable[Any]:
         topic, payload = self.encode(event, timestamp_ms)

@@ -6,10 +6,12 @@ import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 from pydantic import BaseModel
 
 from dispytch.errors import EmitError
+from dispytch.topic_rules import GENERIC, TopicRules
 
 __all__ = ["Outgoing", "Producer", "ProducerTimeout"]
 
@@ -34,7 +36,12 @@ class Producer(ABC):
 
     ``send`` must raise when the broker refused or did not confirm the message
     (:class:`ProducerTimeout` for a timeout), never return silently.
+
+    ``topic_rules`` says what a topic placeholder value may hold on this broker; the emitter
+    checks every value against it before calling ``send``.
     """
+
+    topic_rules: ClassVar[TopicRules] = GENERIC
 
     @abstractmethod
     async def send(

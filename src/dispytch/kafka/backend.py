@@ -16,6 +16,7 @@ from dispytch.dead_letter import DeadLetter, dead_letter_topic
 from dispytch.errors import ConfigurationError
 from dispytch.kafka.consumer import KafkaConsumer
 from dispytch.kafka.producer import KafkaProducer
+from dispytch.topic_rules import KAFKA
 
 #: The producer's ``max_batch_size`` unless given: below the broker's default message.max.bytes.
 DEFAULT_MAX_BATCH_SIZE = 512 * 1024
@@ -81,6 +82,7 @@ class KafkaBackend(Backend):
     """
 
     topic_delimiter = "."
+    topic_rules = KAFKA
 
     def __init__(
         self,

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from dispytch.emitter.producer import Outgoing, Producer, ProducerTimeout
 from dispytch.errors import EmitError
+from dispytch.topic_rules import KAFKA
 
 __all__ = ["KafkaProducer", "record_key"]
 
@@ -49,6 +50,8 @@ class KafkaProducer(Producer):
     An event's ``KafkaEventConfig`` (or any config with these fields) sets the record key
     (``partition_key``), ``partition``, ``timestamp_ms`` and extra ``headers``.
     """
+
+    topic_rules = KAFKA
 
     def __init__(self, producer: AIOKafkaProducer) -> None:
         self.producer = producer

@@ -29,6 +29,7 @@ from dispytch.listener.consumer import Consumer, Failure, Message
 from dispytch.routing import RouteTable, TopicPattern
 from dispytch.serialization.deserializer import Deserializer
 from dispytch.serialization.json import JSONDeserializer
+from dispytch.topic_rules import GENERIC, TopicRules, check_segments
 
 __all__ = ["EventListener", "ListenerObserver", "Ordering"]
 
@@ -83,6 +84,9 @@ class EventListener:
             (``{topic}`` is the original topic).
         max_deliveries: a message the broker delivered more often than this (the process died
             while handling it each time) is dead-lettered without running handlers again.
+        topic_rules: what a captured ``{segment}`` may hold (the backend's rules; by default
+            the generic ones split at ``topic_delimiter``); a message whose segment breaks
+            them is dead-lettered as a validation failure.
     """
 
     def __init__(
@@ -99,6 +103,7 @@ class EventListener:
         max_deliveries: int = 10,
         observer: ListenerObserver | None = None,
         dependency_overrides: Mapping[Callable[..., Any], Any] | None = None,
+        topic_rules: TopicRules | None = None,
     ) -> None:
         if concurrency < 1:
             raise RegistrationError(f"concurrency must be >= 1, got {concurrency}")
@@ -109,6 +114,7 @@ class EventListener:
         self.consumer = consumer
         self.deserializer = deserializer or JSONDeserializer()
         self.topic_delimiter = topic_delimiter
+        self.topic_rules = topic_rules or GENERIC.with_delimiter(topic_delimiter)
         self.concurrency = concurrency
         self.ordering = ordering
         self.shutdown_timeout = shutdown_timeout
@@ -425,6 +431,8 @@ class EventListener:
     ) -> Failure | None:
         plan = spec.plan
         try:
+            if raw_segments:
+                check_segments(raw_segments, self.topic_rules)
             events = plan.events(envelope, message.topic)
             segments = plan.segment_values(raw_segments) if plan.segments else []
         except PayloadValidationError as exc:

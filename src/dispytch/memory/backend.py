@@ -8,6 +8,7 @@ from dispytch.dead_letter import DeadLetter
 from dispytch.listener.consumer import Consumer
 from dispytch.memory.broker import MemoryBroker
 from dispytch.memory.client import MemoryConsumer, MemoryProducer
+from dispytch.topic_rules import MEMORY
 
 __all__ = ["MemoryBackend", "shared_broker"]
 
@@ -27,6 +28,8 @@ class MemoryBackend(Backend):
 
     Pass ``broker=MemoryBroker()`` to use a private broker instead.
     """
+
+    topic_rules = MEMORY
 
     def __init__(
         self, url: str = "memory://", *, broker: MemoryBroker | None = None, **options: Any

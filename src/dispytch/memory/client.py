@@ -9,12 +9,15 @@ from dispytch.emitter.producer import Outgoing, Producer
 from dispytch.listener.consumer import Consumer, Failure, Message
 from dispytch.memory.broker import MemoryBroker, Record
 from dispytch.routing import TopicPattern
+from dispytch.topic_rules import MEMORY
 
 __all__ = ["MemoryConsumer", "MemoryProducer"]
 
 
 class MemoryProducer(Producer):
     """Publishes into a :class:`MemoryBroker`; the broker's 'confirm' is immediate."""
+
+    topic_rules = MEMORY
 
     def __init__(self, broker: MemoryBroker) -> None:
         self.broker = broker

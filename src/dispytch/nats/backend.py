@@ -25,6 +25,7 @@ from dispytch.nats.dead_letters import (
 )
 from dispytch.nats.producer import NATSProducer
 from dispytch.nats.streams import add_subjects
+from dispytch.topic_rules import NATS
 
 __all__ = ["NATSBackend", "connect_nats"]
 
@@ -96,6 +97,7 @@ class NATSBackend(Backend):
     """
 
     topic_delimiter = "."
+    topic_rules = NATS
 
     def __init__(
         self,

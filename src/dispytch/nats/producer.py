@@ -13,6 +13,7 @@ from dispytch.emitter.producer import Producer, ProducerTimeout
 from dispytch.errors import EmitError
 from dispytch.nats.config import NATSEventConfig
 from dispytch.nats.wire import nats_headers
+from dispytch.topic_rules import NATS
 
 __all__ = ["NATSProducer", "publish_acked"]
 
@@ -31,6 +32,8 @@ class NATSProducer(Producer):
         jetstream: the nats-py JetStream context (``nc.jetstream()``).
         timeout: seconds to wait for the PubAck.
     """
+
+    topic_rules = NATS
 
     def __init__(self, jetstream: JetStreamContext, timeout: float = 10.0) -> None:
         self.jetstream = jetstream

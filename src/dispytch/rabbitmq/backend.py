@@ -18,6 +18,7 @@ from dispytch.rabbitmq.dead_letters import (
     read_dead_letters,
 )
 from dispytch.rabbitmq.producer import RabbitMQProducer
+from dispytch.topic_rules import RABBITMQ
 
 __all__ = ["RabbitMQBackend"]
 
@@ -59,6 +60,7 @@ class RabbitMQBackend(Backend):
     """
 
     topic_delimiter = "."
+    topic_rules = RABBITMQ
 
     def __init__(
         self,

@@ -23,6 +23,7 @@ from dispytch.rabbitmq.wire import (
     publish_error,
     wait_reconnected,
 )
+from dispytch.topic_rules import RABBITMQ
 
 __all__ = ["RabbitMQProducer"]
 
@@ -45,6 +46,8 @@ class RabbitMQProducer(Producer):
             ``RabbitMQEventConfig(exchange=...)``, otherwise the first is used.
         timeout: seconds to wait for the confirm; ``None`` waits as long as the connection lives.
     """
+
+    topic_rules = RABBITMQ
 
     def __init__(
         self,

@@ -14,6 +14,7 @@ from dispytch.emitter.producer import Producer
 from dispytch.errors import ConfigurationError
 from dispytch.listener.consumer import Consumer
 from dispytch.redis.dead_letters import read_dead_letters
+from dispytch.topic_rules import REDIS
 
 __all__ = ["RedisBackendBase", "RedisUnavailableError", "client_url"]
 
@@ -39,6 +40,7 @@ class RedisBackendBase(Backend, Generic[ProducerT]):
     consumers it built (each with a client of its own)."""
 
     topic_delimiter = ":"
+    topic_rules = REDIS
     #: Raised by :meth:`connect` when Redis does not answer.
     unavailable_error: ClassVar[type[RedisUnavailableError]] = RedisUnavailableError
 

@@ -10,6 +10,7 @@ from redis.asyncio.client import Pipeline
 
 from dispytch.emitter.producer import Outgoing
 from dispytch.redis.pipeline import PipelinedProducer
+from dispytch.topic_rules import REDIS
 
 __all__ = ["RedisProducer"]
 
@@ -40,6 +41,8 @@ class RedisProducer(PipelinedProducer[bytes]):
             client's own ``socket_timeout`` allows.
         max_batch: most ``PUBLISH`` commands written in one round trip.
     """
+
+    topic_rules = REDIS
 
     command = "PUBLISH"
     outcome = "published"

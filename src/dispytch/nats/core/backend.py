@@ -21,6 +21,7 @@ from dispytch.nats.dead_letters import (
     DeadLetterStore,
     read_dead_letters,
 )
+from dispytch.topic_rules import NATS
 
 __all__ = ["NATSCoreBackend"]
 
@@ -56,6 +57,7 @@ class NATSCoreBackend(Backend):
     """
 
     topic_delimiter = "."
+    topic_rules = NATS
 
     def __init__(
         self,

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from dispytch.emitter.producer import Outgoing, Producer, ProducerTimeout
 from dispytch.errors import EmitError
 from dispytch.nats.wire import nats_headers
+from dispytch.topic_rules import NATS
 
 __all__ = ["NATSCoreProducer"]
 
@@ -37,6 +38,8 @@ class NATSCoreProducer(Producer):
         connection: a connected ``nats.aio.client.Client``; the producer does not close it.
         timeout: seconds to wait for the server's ``PONG``.
     """
+
+    topic_rules = NATS
 
     def __init__(self, connection: NATSClient, timeout: float = 10.0) -> None:
         self.connection = connection

@@ -10,6 +10,7 @@ from dispytch.listener.consumer import Consumer
 from dispytch.redis.client import RedisBackendBase, RedisUnavailableError, client_url
 from dispytch.redis.streams.consumer import RedisStreamsConsumer
 from dispytch.redis.streams.producer import RedisStreamsProducer
+from dispytch.topic_rules import REDIS_STREAMS
 
 __all__ = ["RedisStreamsBackend", "RedisStreamsUnavailableError", "client_url"]
 
@@ -47,6 +48,7 @@ class RedisStreamsBackend(RedisBackendBase[RedisStreamsProducer]):
     """
 
     unavailable_error = RedisStreamsUnavailableError
+    topic_rules = REDIS_STREAMS
 
     def __init__(
         self,

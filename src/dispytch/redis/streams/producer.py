@@ -13,6 +13,7 @@ from dispytch.emitter.producer import Outgoing
 from dispytch.errors import ConfigurationError
 from dispytch.redis.fields import encode_fields
 from dispytch.redis.pipeline import PipelinedProducer
+from dispytch.topic_rules import REDIS_STREAMS
 
 __all__ = ["RedisStreamsProducer"]
 
@@ -41,6 +42,8 @@ class RedisStreamsProducer(PipelinedProducer[dict[Any, Any]]):
             client's own ``socket_timeout`` allows.
         max_batch: most ``XADD`` commands written in one round trip.
     """
+
+    topic_rules = REDIS_STREAMS
 
     command = "XADD"
     outcome = "stored"
