@@ -5,10 +5,12 @@ from dispytch.di.markers import Dependency, TopicSegment
 from dispytch.emitter.emitter import EventEmitter
 from dispytch.errors import (
     ConfigurationError,
+    ConnectError,
     DecodeError,
     DependencyCycleError,
     DispytchError,
     EmitError,
+    InvalidTopicError,
     ListenerError,
     MissingExtraError,
     PayloadValidationError,
@@ -24,6 +26,7 @@ __version__ = "0.11.0"
 __all__ = [
     "App",
     "ConfigurationError",
+    "ConnectError",
     "DecodeError",
     "Dependency",
     "DependencyCycleError",
@@ -34,6 +37,7 @@ __all__ = [
     "EventEmitter",
     "EventListener",
     "HandlerGroup",
+    "InvalidTopicError",
     "ListenerError",
     "MissingExtraError",
     "PayloadValidationError",

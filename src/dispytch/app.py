@@ -9,7 +9,7 @@ import os
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
-from dispytch.backend import Backend, backend_from_url, redact_url
+from dispytch.backend import Backend, backend_from_url
 from dispytch.emitter.emitter import EventEmitter
 from dispytch.errors import ConfigurationError, ListenerError, RegistrationError
 from dispytch.events import EventBase
@@ -92,7 +92,7 @@ class App:
         self._stop_requested: asyncio.Event | None = None
 
     def __repr__(self) -> str:
-        return f"App({redact_url(self.backend.url)!r}, group={self.group!r})"
+        return f"App({self.backend.redact(self.backend.url)!r}, group={self.group!r})"
 
     # -- registration -------------------------------------------------------------------------
 

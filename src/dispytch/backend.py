@@ -10,12 +10,12 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
-from urllib.parse import urlsplit, urlunsplit
 
 from dispytch.dead_letter import DeadLetter
 from dispytch.emitter.producer import Producer
 from dispytch.errors import ConfigurationError
 from dispytch.listener.consumer import Consumer
+from dispytch.redaction import redact, redact_url, secrets_of
 from dispytch.topic_rules import GENERIC, TopicRules
 
 __all__ = ["Backend", "backend_from_url", "redact_url", "register_backend"]
@@ -31,28 +31,17 @@ _BACKENDS: dict[str, str] = {
     "redis+streams": "dispytch.redis.streams:RedisStreamsBackend",
     "rediss+streams": "dispytch.redis.streams:RedisStreamsBackend",
     "nats": "dispytch.nats:NATSBackend",
+    "tls": "dispytch.nats:NATSBackend",
+    "nats+tls": "dispytch.nats:NATSBackend",
     "nats+core": "dispytch.nats.core:NATSCoreBackend",
+    "nats+core+tls": "dispytch.nats.core:NATSCoreBackend",
+    "kafka+ssl": "dispytch.kafka:KafkaBackend",
 }
 
 
 def register_backend(scheme: str, target: str) -> None:
     """Make ``scheme://`` URLs build the backend at ``"module:Class"``."""
     _BACKENDS[scheme] = target
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``, safe for logs and reprs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 class Backend(ABC):
@@ -66,9 +55,15 @@ class Backend(ABC):
     def __init__(self, url: str, **options: Any) -> None:
         self.url = url
         self.options = options
+        #: Secret values of the URL and the options, kept out of everything shown.
+        self.secrets: frozenset[str] = secrets_of(url, options)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({redact_url(self.url)!r})"
+        return f"{type(self).__name__}({redact(self.url)!r})"
+
+    def redact(self, text: str) -> str:
+        """``text`` with this backend's secrets (and those of any URL in it) replaced."""
+        return redact(text, self.secrets)
 
     async def connect(self) -> None:
         """Open connections; called once by the app before anything else."""
@@ -93,11 +88,13 @@ class Backend(ABC):
 
 def backend_from_url(url: str, **options: Any) -> Backend:
     """Build the backend for ``url`` (``kafka://``, ``amqp://``, ``redis://``, ``memory://``...)."""
-    scheme = urlsplit(url).scheme.lower() if "://" in url else ""
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
     target = _BACKENDS.get(scheme)
     if target is None:
         known = ", ".join(f"{s}://" for s in sorted(_BACKENDS))
-        raise ConfigurationError(f"unknown broker URL {redact_url(url)!r}; use one of: {known}")
+        raise ConfigurationError(
+            f"unknown broker URL {redact(url, secrets_of(url, options))!r}; use one of: {known}"
+        )
     module_name, _, attr = target.partition(":")
     module = importlib.import_module(module_name)
     cls: type[Backend] = getattr(module, attr)

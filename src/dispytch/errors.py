@@ -26,6 +26,12 @@ class MissingExtraError(ConfigurationError, ImportError):
         self.extra = extra
 
 
+class ConnectError(ConfigurationError, ConnectionError):
+    """The broker could not be reached, refused the TLS handshake or the credentials, or did
+    not answer within ``connect_timeout``. The message names the broker (without secrets) and
+    the cause; ``dispytch run`` prints it as one line and exits with code 2."""
+
+
 class RegistrationError(DispytchError):
     """A handler, dependency or event class is invalid; raised when it is registered."""
 

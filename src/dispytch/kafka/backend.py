@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import parse_qsl, unquote
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, SaslAuthenticationFailed, UnsupportedSaslMechanismError
 
-from dispytch.backend import Backend, redact_url
+from dispytch.backend import Backend
 from dispytch.dead_letter import DeadLetter, dead_letter_topic
-from dispytch.errors import ConfigurationError
+from dispytch.errors import ConfigurationError, ConnectError
 from dispytch.kafka.consumer import KafkaConsumer
 from dispytch.kafka.producer import KafkaProducer
+from dispytch.security import ConnectionSecurity, connection_security
 from dispytch.topic_rules import KAFKA
 
 #: The producer's ``max_batch_size`` unless given: below the broker's default message.max.bytes.
@@ -31,10 +35,16 @@ _PRODUCER_PARAMS = frozenset(inspect.signature(AIOKafkaProducer).parameters) - {
 DEFAULT_METADATA_MAX_AGE_MS = 3000
 
 
-def _bootstrap(url: str) -> tuple[list[str], dict[str, Any]]:
-    """``kafka://[user:password@]host[:port][,host2[:port]]`` -> servers and auth options."""
+#: SASL mechanisms a URL may name with ``?sasl_mechanism=`` (others through options).
+_URL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+def _bootstrap(url: str, safe_url: str) -> tuple[list[str], str | None, str | None, str | None]:
+    """``kafka[+ssl]://[user:password@]host[:port][,host2[:port]][?sasl_mechanism=...]`` ->
+    servers, user, password and SASL mechanism."""
     rest = url.split("://", 1)[1] if "://" in url else url
-    netloc = rest.split("/", 1)[0].split("?", 1)[0]
+    netloc, _, query = rest.partition("?")
+    netloc = netloc.split("/", 1)[0]
     userinfo, at, hosts = netloc.rpartition("@")
     servers = []
     for host in hosts.split(","):
@@ -43,25 +53,76 @@ def _bootstrap(url: str) -> tuple[list[str], dict[str, Any]]:
             servers.append(host if ":" in host.rsplit("]", 1)[-1] else f"{host}:9092")
     if not servers:
         raise ConfigurationError(
-            f"Kafka URL {redact_url(url)!r} names no broker; use kafka://host:9092[,host2:9092]"
+            f"Kafka URL {safe_url!r} names no broker; use kafka://host:9092[,host2:9092]"
         )
-    auth: dict[str, Any] = {}
+    mechanism = None
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name != "sasl_mechanism":
+            raise ConfigurationError(
+                f"Kafka URL {safe_url!r}: unknown query parameter {name!r}; a Kafka URL takes "
+                "sasl_mechanism and the TLS options (ssl_cafile, ssl_certfile, ssl_keyfile, "
+                "ssl_password); pass other client options as keyword arguments"
+            )
+        mechanism = value.upper()
+        if mechanism not in _URL_MECHANISMS:
+            raise ConfigurationError(
+                f"Kafka URL {safe_url!r}: sasl_mechanism={value!r}; use one of "
+                f"{', '.join(_URL_MECHANISMS)} (others, like OAUTHBEARER, as options)"
+            )
+    user = password = None
     if at:
-        user, _, password = userinfo.partition(":")
-        auth = {
-            "security_protocol": "SASL_PLAINTEXT",
-            "sasl_mechanism": "PLAIN",
-            "sasl_plain_username": user,
-            "sasl_plain_password": password,
-        }
-    return servers, auth
+        name, _, secret = userinfo.partition(":")
+        user, password = unquote(name), unquote(secret)
+    return servers, user, password, mechanism
+
+
+def _security_options(
+    security: ConnectionSecurity,
+    user: str | None,
+    password: str | None,
+    mechanism: str | None,
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """aiokafka's security options from the URL and the options: the protocol follows from
+    TLS (scheme or TLS options) and credentials (URL or ``sasl_*`` options)."""
+    sasl = (
+        bool(user)
+        or bool(options.get("sasl_plain_username"))
+        or (options.get("sasl_mechanism") not in (None, "PLAIN"))
+    )
+    protocol = ("SASL_" if sasl else "") + ("SSL" if security.tls else "PLAINTEXT")
+    given = options.get("security_protocol")
+    if given is not None and given != protocol:
+        raise ConfigurationError(
+            f"security_protocol={given!r} contradicts {security.safe_url!r} (which means "
+            f"{protocol!r}); drop the option: kafka+ssl:// (or a TLS option) turns on TLS, "
+            "user:password@ or sasl_* options turn on SASL"
+        )
+    out: dict[str, Any] = {"security_protocol": protocol}
+    if sasl:
+        out["sasl_mechanism"] = mechanism or options.get("sasl_mechanism") or "PLAIN"
+    if user:
+        out["sasl_plain_username"] = user
+        out["sasl_plain_password"] = password
+    if security.tls:
+        out["ssl_context"] = security.ssl_context
+    return out
 
 
 class KafkaBackend(Backend):
     """Kafka through aiokafka: ``App("kafka://host:9092,host2:9092", group="billing")``.
 
-    ``kafka://user:password@host:9092`` turns on SASL PLAIN (pass ``security_protocol=
-    "SASL_SSL"`` and an ``ssl_context`` for TLS).
+    Security, from the URL (see :mod:`dispytch.security` for the TLS options):
+
+    * ``kafka://host:9092``: PLAINTEXT;
+    * ``kafka+ssl://host:9093``: TLS (``SSL``), the server's certificate verified;
+    * ``kafka+ssl://user:password@host:9093?sasl_mechanism=SCRAM-SHA-512``: SASL over TLS
+      (``SASL_SSL``); ``sasl_mechanism`` is ``PLAIN`` (default), ``SCRAM-SHA-256`` or
+      ``SCRAM-SHA-512``;
+    * ``kafka://user:password@host:9092``: SASL over plaintext (``SASL_PLAINTEXT``), with a
+      warning: the credentials and events travel unencrypted.
+
+    A ``security_protocol`` option that contradicts the URL is an error, never a downgrade.
 
     Options:
         consumer_options: keyword arguments for every ``AIOKafkaConsumer`` (they win).
@@ -95,8 +156,19 @@ class KafkaBackend(Backend):
         revoke_timeout: float = 10.0,
         **options: Any,
     ) -> None:
+        self.security = connection_security(
+            "Kafka",
+            url,
+            options,
+            tls_schemes={"kafka+ssl": "kafka"},
+            credential_options=("sasl_plain_password", "sasl_oauth_token_provider"),
+        )
         super().__init__(url, **options)
-        self.servers, auth = _bootstrap(url)
+        self.secrets |= self.security.secrets
+        self.servers, user, password, mechanism = _bootstrap(
+            self.security.url, self.security.safe_url
+        )
+        auth = _security_options(self.security, user, password, mechanism, options)
         unknown = sorted(set(options) - _CONSUMER_PARAMS - _PRODUCER_PARAMS)
         if unknown:
             raise ConfigurationError(
@@ -128,8 +200,29 @@ class KafkaBackend(Backend):
         self._consumers: list[KafkaConsumer] = []
 
     async def connect(self) -> None:
-        """Start the producer, so the first emit does not pay for the connection."""
-        await self.producer().start()
+        """Start the producer (the first emit does not pay for the connection): within
+        ``connect_timeout``, or :class:`~dispytch.errors.ConnectError`."""
+        self.security.warn_if_plaintext()
+        producer = self.producer()
+        # aiokafka logs why each bootstrap server failed and raises "Unable to bootstrap":
+        # the logged error is the cause worth one line; the log lines themselves are dropped.
+        bootstrap = _BootstrapErrors(self.servers)
+        client_log = logging.getLogger("aiokafka")
+        client_log.addFilter(bootstrap)
+        try:
+            await self.security.connect(
+                producer.start,
+                hint="check the address, that Kafka runs there, the URL's credentials and "
+                "sasl_mechanism, and the TLS settings (kafka+ssl:// for a TLS listener)",
+                auth_errors=(SaslAuthenticationFailed, UnsupportedSaslMechanismError),
+                cause=bootstrap.cause,
+            )
+        except ConnectError:
+            self._producer = None
+            await _stop_quietly(producer.producer)
+            raise
+        finally:
+            client_log.removeFilter(bootstrap)
 
     def producer(self) -> KafkaProducer:
         if self._producer is None:
@@ -235,3 +328,35 @@ class KafkaBackend(Backend):
             return out
         finally:
             await asyncio.shield(reader.stop())
+
+
+class _BootstrapErrors(logging.Filter):
+    """Takes aiokafka's "Unable connect to host:port: <error>" records about our servers
+    while the backend connects, and keeps the errors."""
+
+    def __init__(self, servers: Sequence[str]) -> None:
+        super().__init__()
+        self.servers = set(servers)
+        self.errors: list[BaseException] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if (
+            isinstance(args, tuple)
+            and len(args) == 3
+            and isinstance(args[2], BaseException)
+            and f"{args[0]}:{args[1]}" in self.servers
+        ):
+            self.errors.append(args[2])
+            return False
+        return True
+
+    def cause(self, exc: BaseException) -> BaseException:
+        return self.errors[-1] if self.errors else exc
+
+
+async def _stop_quietly(client: AIOKafkaProducer) -> None:
+    """Release what a client that failed to start holds (its connections, its tasks)."""
+    # It failed already and that error is reported; stopping must not hide it.
+    with contextlib.suppress(Exception):
+        await asyncio.shield(client.stop())
