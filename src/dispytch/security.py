@@ -60,6 +60,7 @@ class ConnectionSecurity:
         safe_url: the URL as shown in logs and errors (secrets redacted).
         tls: whether TLS was asked for (scheme or options).
         ssl_context: the context to use when ``tls`` (built from the options if not given).
+        tls_options: whether any TLS option was given (else the context is the default one).
         credentials: whether a password, token or key is configured.
         connect_timeout: seconds the first connection may take.
         secrets: secret values to redact from any text shown.
@@ -70,6 +71,7 @@ class ConnectionSecurity:
     safe_url: str
     tls: bool
     ssl_context: ssl.SSLContext | None
+    tls_options: bool
     credentials: bool
     connect_timeout: float
     secrets: frozenset[str]
@@ -178,7 +180,8 @@ def connection_security(
         if name in options:
             settings[name] = options.pop(name)
     timeout = _timeout(settings.pop("connect_timeout", DEFAULT_CONNECT_TIMEOUT))
-    tls = scheme.lower() in tls_schemes or any(v is not None for v in settings.values())
+    tls_options = any(v is not None for v in settings.values())
+    tls = scheme.lower() in tls_schemes or tls_options
     context = _ssl_context(settings) if tls else None
     userinfo = base.split("/", 1)[0].rpartition("@")[0]
     credentials = bool(unquote(userinfo).strip(":")) or any(
@@ -190,6 +193,7 @@ def connection_security(
         safe_url=redact(url),
         tls=tls,
         ssl_context=context,
+        tls_options=tls_options,
         credentials=credentials,
         connect_timeout=timeout,
         secrets=secrets,

@@ -5,19 +5,21 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import aio_pika
+import aiormq.exceptions
 from aio_pika.abc import AbstractRobustConnection
 
-from dispytch.backend import Backend, redact_url
+from dispytch.backend import Backend
 from dispytch.dead_letter import DeadLetter
 from dispytch.errors import ConfigurationError
 from dispytch.listener.consumer import Consumer
-from dispytch.rabbitmq.consumer import RabbitMQGroupConsumer, connect
+from dispytch.rabbitmq.consumer import RabbitMQGroupConsumer
 from dispytch.rabbitmq.dead_letters import (
     DEFAULT_DEAD_LETTER_EXCHANGE,
     DeadLetterStore,
     read_dead_letters,
 )
 from dispytch.rabbitmq.producer import RabbitMQProducer
+from dispytch.security import connection_security
 from dispytch.topic_rules import RABBITMQ
 
 __all__ = ["RabbitMQBackend"]
@@ -47,6 +49,13 @@ class RabbitMQBackend(Backend):
     the consuming app (or bind a queue) before emitting. Connections reconnect by themselves
     (``aio_pika.connect_robust``); messages in flight when a connection drops are redelivered.
 
+    Security: ``amqps://user:password@host:5671/vhost`` is AMQP over TLS, the server's
+    certificate verified against ``ssl_cafile`` (or the system's CAs) or checked by the
+    ``ssl_context`` you pass; a TLS option on an ``amqp://`` URL turns TLS on as well.
+    ``amqp://`` with a password logs a warning once (the password travels unencrypted).
+    aio-pika's own URL options (``?cafile=…&no_verify_ssl=1``) still work when no Dispytch TLS
+    option is given.
+
     Args:
         url: ``amqp://`` or ``amqps://`` URL; aio-pika query options (``?heartbeat=30``) work.
         exchange: name of the event exchange.
@@ -55,8 +64,10 @@ class RabbitMQBackend(Backend):
             e.g. ``{"x-max-length": 100000}`` (``x-queue-type`` comes from ``queue_type``).
         dead_letter_exchange: name of the dead-letter exchange.
         publish_timeout: seconds to wait for a publisher confirm (``None``: no limit).
+        connect_timeout: seconds the first connection may take (default 5).
         **connect_options: passed to ``aio_pika.connect_robust`` under aio-pika's names, e.g.
-            ``timeout``, ``client_properties``, ``ssl_context``, ``reconnect_interval``.
+            ``client_properties``, ``reconnect_interval``; the TLS options are Dispytch's
+            (``ssl_context``, ``ssl_cafile``... see :mod:`dispytch.security`).
     """
 
     topic_delimiter = "."
@@ -73,7 +84,19 @@ class RabbitMQBackend(Backend):
         publish_timeout: float | None = 30.0,
         **connect_options: Any,
     ) -> None:
+        self.security = connection_security(
+            "RabbitMQ", url, connect_options, tls_schemes={"amqps": "amqp"}
+        )
         super().__init__(url, **connect_options)
+        self.secrets |= self.security.secrets
+        # The URL the clients get: amqps:// whenever TLS is on, without Dispytch's options.
+        self._client_url = self.security.url
+        if self.security.tls:
+            rest = self._client_url.partition("://")[2]
+            self._client_url = f"amqps://{rest}"
+            native = any(f"{k}=" in rest for k in ("cafile", "capath", "certfile", "no_verify_ssl"))
+            if self.security.tls_options or not native:
+                connect_options["ssl_context"] = self.security.ssl_context
         if queue_type not in ("quorum", "classic"):
             raise ConfigurationError(
                 f"queue_type must be 'quorum' or 'classic', got {queue_type!r}"
@@ -94,7 +117,8 @@ class RabbitMQBackend(Backend):
         """Open the publishing connection and declare the event exchange."""
         if self.connection is not None:
             return
-        connection = await connect(self.url, redact_url(self.url), self.connect_options)
+        self.security.warn_if_plaintext()
+        connection = await self._open()
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         exchange = await channel.declare_exchange(
             self.exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
@@ -104,6 +128,20 @@ class RabbitMQBackend(Backend):
         self._dead_letters = DeadLetterStore(
             channel, self.dead_letter_exchange, timeout=self.publish_timeout
         )
+
+    async def _open(self) -> AbstractRobustConnection:
+        """A robust connection, opened within ``connect_timeout`` or ConnectError."""
+        connection: AbstractRobustConnection = await self.security.connect(
+            lambda: aio_pika.connect_robust(self._client_url, **self.connect_options),
+            hint="check the address, that RabbitMQ runs there, the URL's user, password and "
+            "vhost, and the TLS settings (amqps:// for a TLS listener)",
+            auth_errors=(
+                aiormq.exceptions.AuthenticationError,
+                aiormq.exceptions.ProbableAuthenticationError,
+            ),
+            cause=_vhost_refusal,
+        )
+        return connection
 
     def _connected(self) -> tuple[RabbitMQProducer, DeadLetterStore]:
         if self._producer is None or self._dead_letters is None:
@@ -122,14 +160,14 @@ class RabbitMQBackend(Backend):
         if not group:
             raise ConfigurationError("a RabbitMQ consumer group needs a name (the queue name)")
         consumer = RabbitMQGroupConsumer(
-            url=self.url,
+            url=self._client_url,
             connect_options=self.connect_options,
             exchange=self.exchange_name,
             queue=group,
             queue_arguments=self.queue_arguments,
             prefetch=prefetch,
             dead_letters=self._connected()[1],
-            safe_url=redact_url(self.url),
+            safe_url=self.security.safe_url,
         )
         self._consumers.append(consumer)
         return consumer
@@ -151,8 +189,19 @@ class RabbitMQBackend(Backend):
         """
         if self.connection is not None:
             return await read_dead_letters(self.connection, topic, limit)
-        connection = await connect(self.url, redact_url(self.url), self.connect_options)
+        connection = await self._open()
         try:
             return await read_dead_letters(connection, topic, limit)
         finally:
             await connection.close()
+
+
+def _vhost_refusal(exc: BaseException) -> BaseException:
+    """aiormq reports a refused ``connection.open`` (no access to the vhost, or no such vhost)
+    as an unexpected frame; say what it means."""
+    if isinstance(exc, aiormq.exceptions.InvalidFrameError) and "Connection.Close" in str(exc):
+        return PermissionError(
+            "RabbitMQ closed the connection after the login: the user has no access to this "
+            "vhost, or the vhost does not exist"
+        )
+    return exc
