@@ -83,7 +83,7 @@ profile = {
         "ca": "$TLS_DIR/ca.pem", "other_ca": "$TLS_DIR/other-ca.pem",
         "client_cert": "$TLS_DIR/client.pem", "client_key": "$TLS_DIR/client.key",
     },
-    "user": "$SECURE_USER", "password": "$SECURE_PASSWORD", "nats_token": "$SECURE_NATS_TOKEN",
+    "user": "$SECURE_USER", "password": "$SECURE_PASSWORD", "token": "$SECURE_NATS_TOKEN",
     "kafka": {"port": $KAFKA_PORT, "mechanisms": ["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"]},
     "rabbitmq": {"port": $RABBITMQ_PORT, "vhost": "$RMQ_VHOST", "other_vhost": "$RMQ_OTHER_VHOST"},
     "redis": {"port": $REDIS_PORT},

@@ -8,7 +8,8 @@ query parameters of the URL (all but ``ssl_context``)::
     ssl_certfile   client certificate (PEM) for mutual TLS, with
     ssl_keyfile    its private key, and
     ssl_password   the key's password
-    connect_timeout  seconds the first connection may take (default 5)
+    connect_timeout  seconds the first connection may take (default 4.5: a broker that does not
+                   answer is reported within 5 seconds)
 
 TLS is on when the URL's scheme says so (``kafka+ssl://``, ``amqps://``, ``rediss://``,
 ``rediss+streams://``, ``tls://``, ``nats+tls://``, ``nats+core+tls://``) or when any TLS
@@ -41,8 +42,9 @@ logger = logging.getLogger("dispytch.security")
 
 T = TypeVar("T")
 
-#: Seconds the first connection to a broker may take before :class:`ConnectError`.
-DEFAULT_CONNECT_TIMEOUT = 5.0
+#: Seconds the first connection to a broker may take before :class:`ConnectError`: a broker
+#: that does not answer at all is reported within 5 seconds of the start.
+DEFAULT_CONNECT_TIMEOUT = 4.5
 #: The TLS options every backend takes (keyword arguments; all but ssl_context also in the URL).
 TLS_OPTIONS = ("ssl_context", "ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password")
 _FILE_OPTIONS = TLS_OPTIONS[1:]
@@ -98,6 +100,8 @@ class ConnectionSecurity:
             exc, ConnectionResetError | ConnectionAbortedError | asyncio.IncompleteReadError
         ):
             cause += " during the TLS handshake: the server may not speak TLS on this port"
+        elif self.tls and isinstance(exc, TimeoutError):
+            cause += " (a plaintext port never answers a TLS handshake)"
         return self.redact(f"cannot connect to {self.broker} at {self.safe_url}: {cause}; {hint}")
 
     async def connect(

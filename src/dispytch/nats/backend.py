@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import re
+import ssl
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -13,10 +16,11 @@ import nats.js.errors
 from nats.aio.client import Client as NATSClient
 from nats.js import JetStreamContext
 
-from dispytch.backend import Backend, redact_url
+from dispytch.backend import Backend
 from dispytch.dead_letter import DeadLetter
 from dispytch.errors import ConfigurationError
 from dispytch.listener.consumer import Consumer
+from dispytch.nats._compat import GUARDED, TLSGuardClient, TLSRequiredError, probe_tls
 from dispytch.nats.consumer import NATSGroupConsumer
 from dispytch.nats.dead_letters import (
     DEFAULT_DEAD_LETTER_STREAM,
@@ -25,9 +29,10 @@ from dispytch.nats.dead_letters import (
 )
 from dispytch.nats.producer import NATSProducer
 from dispytch.nats.streams import add_subjects
+from dispytch.security import ConnectionSecurity, connection_security
 from dispytch.topic_rules import NATS
 
-__all__ = ["NATSBackend", "connect_nats"]
+__all__ = ["NATSBackend", "connect_nats", "nats_security"]
 
 logger = logging.getLogger("dispytch.nats")
 
@@ -76,8 +81,16 @@ class NATSBackend(Backend):
     The connection reconnects forever by itself (``reconnect_time_wait`` seconds apart);
     fetch loops resume once it is back, and one line is logged per disconnect and reconnect.
 
+    Security: ``tls://`` or ``nats+tls://`` asks for TLS (so does any TLS option of
+    :mod:`dispytch.security`, or nats-py's ``tls=`` context); the server must require TLS and
+    its certificate is verified. Credentials are sent only inside TLS then: a server that does
+    not upgrade the connection is refused before ``CONNECT`` (every reconnect included).
+    Credentials: ``user:password@`` or a token as the whole userinfo (``tls://TOKEN@host``),
+    or nats-py's options ``user_credentials="user.creds"`` / ``nkeys_seed="user.nk"``.
+
     Args:
-        url: ``nats://[user:password@]host:port`` (``tls://`` too).
+        url: ``nats://[user:password@|token@]host:port``; ``tls://`` / ``nats+tls://`` for TLS;
+            several servers as ``nats://h1:4222,nats://h2:4222``.
         stream: name of the event stream the backend manages.
         subjects: subjects (wildcards allowed) added to ``stream`` on :meth:`connect`.
         stream_options: ``StreamConfig`` fields (nats-py names) used when the stream is
@@ -91,7 +104,7 @@ class NATSBackend(Backend):
         inactive_threshold: seconds after which JetStream deletes an unused group consumer.
         fetch_timeout: seconds one fetch waits; stopping may take this long.
         publish_timeout: seconds to wait for a PubAck.
-        connect_timeout: seconds to wait for the first connection before raising.
+        connect_timeout: seconds the first connection may take (default 4.5).
         **connect_options: passed to ``nats.connect`` under nats-py's names (``name``,
             ``tls``, ``user_credentials``, ``reconnect_time_wait``, ``ping_interval``...).
     """
@@ -115,10 +128,11 @@ class NATSBackend(Backend):
         inactive_threshold: float | None = None,
         fetch_timeout: float = 1.0,
         publish_timeout: float = 10.0,
-        connect_timeout: float = 30.0,
         **connect_options: Any,
     ) -> None:
+        self.security = nats_security(url, connect_options)
         super().__init__(url, **connect_options)
+        self.secrets |= self.security.secrets
         if deliver_policy not in ("all", "new"):
             raise ConfigurationError(
                 f"deliver_policy must be 'all' or 'new', got {deliver_policy!r}"
@@ -144,7 +158,7 @@ class NATSBackend(Backend):
         self.inactive_threshold = inactive_threshold
         self.fetch_timeout = fetch_timeout
         self.publish_timeout = publish_timeout
-        self.connect_timeout = connect_timeout
+        self.connect_timeout = self.security.connect_timeout
         self.connect_options = connect_options
         self.connection: NATSClient | None = None
         self.jetstream: JetStreamContext | None = None
@@ -156,7 +170,8 @@ class NATSBackend(Backend):
         """Connect, check JetStream is on, create the dead-letter stream, add ``subjects``."""
         if self.connection is not None:
             return
-        connection = await connect_nats(self.url, self.connect_timeout, self.connect_options)
+        self.security.warn_if_plaintext()
+        connection = await connect_nats(self.security, self.connect_options)
         try:
             js = connection.jetstream(timeout=self.publish_timeout)
             try:
@@ -167,7 +182,7 @@ class NATSBackend(Backend):
                 nats.js.errors.ServiceUnavailableError,
             ) as exc:
                 raise ConfigurationError(
-                    f"the NATS server at {redact_url(self.url)} does not answer JetStream "
+                    f"the NATS server at {self.security.safe_url} does not answer JetStream "
                     f"requests ({type(exc).__name__}); start nats-server with JetStream "
                     "enabled (nats-server -js) or enable it for this account"
                 ) from None
@@ -245,7 +260,7 @@ class NATSBackend(Backend):
             return await read_dead_letters(
                 self.jetstream, self.dead_letter_stream, prefix, topic, limit
             )
-        connection = await connect_nats(self.url, self.connect_timeout, self.connect_options)
+        connection = await connect_nats(self.security, self.connect_options)
         try:
             return await read_dead_letters(
                 connection.jetstream(timeout=self.publish_timeout),
@@ -258,23 +273,73 @@ class NATSBackend(Backend):
             await connection.close()
 
 
-async def connect_nats(
-    url: str, timeout: float, options: dict[str, Any], *, shown: str | None = None
-) -> NATSClient:
-    """``nats.connect`` that reconnects forever once connected, but gives up on the first
-    connection after ``timeout`` seconds with an error naming the URL (or ``shown``) without
-    its password."""
-    safe_url = redact_url(shown or url)
+#: Schemes of NATS URLs that ask for TLS, and the plain ones (``nats+core`` for core NATS).
+TLS_SCHEMES = {"tls": "nats", "nats+tls": "nats", "nats+core+tls": "nats+core"}
+#: Options that carry a password or token (a warning when sent without TLS).
+_CREDENTIAL_OPTIONS = ("password", "token")
+
+
+def nats_security(url: str, options: dict[str, Any]) -> ConnectionSecurity:
+    """The connection security of a NATS URL and options (nats-py's ``tls=`` counts as
+    ``ssl_context``); the TLS and timeout options are taken out of ``options``."""
+    if "tls" in options and "ssl_context" not in options:
+        options["ssl_context"] = options.pop("tls")
+    return connection_security(
+        "NATS", url, options, tls_schemes=TLS_SCHEMES, credential_options=_CREDENTIAL_OPTIONS
+    )
+
+
+def _servers(url: str) -> list[str]:
+    """The ``nats://`` server URLs nats-py takes, for one URL or several joined by commas."""
+    parts = re.split(r",(?=[A-Za-z][A-Za-z0-9+.\-]*://)", url)
+    return ["nats://" + part.split("://", 1)[-1] for part in parts]
+
+
+class _AuthRefused(Exception):
+    """The server refused the credentials (``-ERR 'Authorization Violation'``)."""
+
+
+def _fatal(exc: BaseException) -> BaseException | None:
+    """The error to report at once, for errors retrying cannot fix (credentials, TLS)."""
+    if isinstance(exc, TLSRequiredError | ssl.SSLError):
+        return exc
+    text = str(exc).lower()
+    if "authorization violation" in text or "authentication" in text:
+        return _AuthRefused(str(exc).removeprefix("nats: "))
+    return None
+
+
+async def connect_nats(security: ConnectionSecurity, options: dict[str, Any]) -> NATSClient:
+    """Connect within ``security.connect_timeout``, then reconnect forever by itself.
+
+    A refused password or token, an untrusted certificate or a server without TLS (when TLS
+    was asked for) fails at once; an unreachable server after the timeout. Either way one
+    :class:`~dispytch.errors.ConnectError` names the URL (redacted) and the cause.
+    """
+    safe_url = security.safe_url
+    loop = asyncio.get_running_loop()
+    fatal: asyncio.Future[BaseException] = loop.create_future()
     last_error: list[BaseException] = []
-    client_ref: list[NATSClient] = []
+    client = TLSGuardClient()
+    client.require_tls = security.tls
+    servers = _servers(security.url)
 
     async def on_error(exc: Exception) -> None:
-        last_error[:] = [exc]
-        logger.debug("NATS connection error at %s: %s: %s", safe_url, type(exc).__name__, exc)
+        last_error.append(exc)
+        logger.debug(
+            "NATS connection error at %s: %s",
+            safe_url,
+            security.redact(f"{type(exc).__name__}: {exc}"),
+        )
+        # Credentials and TLS errors end the first connection at once; others once every
+        # server was tried (nats-py would go on trying until the timeout).
+        stop = _fatal(exc) or (exc if len(last_error) >= len(servers) else None)
+        if stop is not None and not fatal.done() and not client.is_connected:
+            fatal.set_result(stop)
 
     async def on_disconnect() -> None:
         # nats-py calls this on close() too: only a lost connection is worth a warning.
-        if client_ref and client_ref[0].is_closed:
+        if client.is_closed:
             return
         logger.warning("disconnected from NATS at %s; reconnecting", safe_url)
 
@@ -288,25 +353,48 @@ async def connect_nats(
         "disconnected_cb": on_disconnect,
         "reconnected_cb": on_reconnect,
     }
+    if security.tls:
+        settings["tls"] = security.ssl_context
     settings.update(options)
+
+    async def opening() -> NATSClient:
+        if security.tls and not GUARDED:
+            await _probe_each(servers, security.connect_timeout)
+        connecting: asyncio.Future[None] = asyncio.ensure_future(
+            client.connect(servers, **settings)
+        )
+        waiters: set[asyncio.Future[Any]] = {connecting, fatal}
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not connecting.done():
+                connecting.cancel()
+                await asyncio.gather(connecting, return_exceptions=True)
+        if connecting.done() and not connecting.cancelled() and connecting.exception() is None:
+            return client
+        raise fatal.result() if fatal.done() else connecting.exception() or TimeoutError()
+
+    def cause(exc: BaseException) -> BaseException:
+        # After the timeout, say why the attempts failed (connection refused...).
+        return last_error[-1] if isinstance(exc, TimeoutError) and last_error else exc
+
     try:
-        client: NATSClient = await asyncio.wait_for(nats.connect(url, **settings), timeout)
-    except (TimeoutError, OSError, nats.errors.Error) as exc:
-        cause = last_error[0] if last_error else exc
-        text = f"{type(cause).__name__}: {cause}"
-        password = _password(url)
-        if password:
-            text = text.replace(password, "***")
-        raise ConfigurationError(
-            f"cannot connect to NATS at {safe_url} ({text}); check that nats-server runs "
-            "there and that the URL's credentials are right"
-        ) from None
-    client_ref.append(client)
-    return client
+        return await security.connect(
+            opening,
+            hint="check that nats-server runs there, the URL's user and password (or token), "
+            "and the TLS settings (tls:// or nats+tls:// for a TLS server)",
+            auth_errors=(_AuthRefused,),
+            cause=cause,
+        )
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.close(), 1.0)
+        raise
 
 
-def _password(url: str) -> str | None:
-    try:
-        return urlsplit(url).password
-    except ValueError:
-        return None
+async def _probe_each(servers: list[str], timeout: float) -> None:
+    """Fallback of the TLS guard for nats-py versions without the hook (see ``_compat``)."""
+    for server in servers:
+        parts = urlsplit(server)
+        if not await probe_tls(parts.hostname or "127.0.0.1", parts.port or 4222, timeout):
+            raise TLSRequiredError()

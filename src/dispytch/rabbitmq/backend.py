@@ -64,7 +64,7 @@ class RabbitMQBackend(Backend):
             e.g. ``{"x-max-length": 100000}`` (``x-queue-type`` comes from ``queue_type``).
         dead_letter_exchange: name of the dead-letter exchange.
         publish_timeout: seconds to wait for a publisher confirm (``None``: no limit).
-        connect_timeout: seconds the first connection may take (default 5).
+        connect_timeout: seconds the first connection may take (default 4.5).
         **connect_options: passed to ``aio_pika.connect_robust`` under aio-pika's names, e.g.
             ``client_properties``, ``reconnect_interval``; the TLS options are Dispytch's
             (``ssl_context``, ``ssl_cafile``... see :mod:`dispytch.security`).

@@ -6,14 +6,16 @@ from __future__ import annotations
 from typing import Any, ClassVar, Generic, TypeVar
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError, AuthenticationWrongNumberOfArgsError
 
-from dispytch.backend import Backend, redact_url
+from dispytch.backend import Backend
 from dispytch.dead_letter import DeadLetter
 from dispytch.emitter.producer import Producer
-from dispytch.errors import ConfigurationError
+from dispytch.errors import ConfigurationError, ConnectError
 from dispytch.listener.consumer import Consumer
+from dispytch.redis.connection import ContextTLSConnection
 from dispytch.redis.dead_letters import read_dead_letters
+from dispytch.security import connection_security
 from dispytch.topic_rules import REDIS
 
 __all__ = ["RedisBackendBase", "RedisUnavailableError", "client_url"]
@@ -25,7 +27,7 @@ ConsumerT = TypeVar("ConsumerT", bound=Consumer)
 _SCHEMES = {"redis+streams": "redis", "rediss+streams": "rediss"}
 
 
-class RedisUnavailableError(ConfigurationError, ConnectionError):
+class RedisUnavailableError(ConnectError):
     """Redis did not answer when the backend connected."""
 
 
@@ -45,8 +47,29 @@ class RedisBackendBase(Backend, Generic[ProducerT]):
     unavailable_error: ClassVar[type[RedisUnavailableError]] = RedisUnavailableError
 
     def __init__(self, url: str, *, publish_timeout: float | None, **options: Any) -> None:
+        self.security = connection_security(
+            "Redis",
+            url,
+            options,
+            tls_schemes={"rediss": "redis", "rediss+streams": "redis+streams"},
+            credential_options=("password",),
+        )
         super().__init__(url, **options)
+        self.secrets |= self.security.secrets
         self.publish_timeout = publish_timeout
+        # rediss:// whenever TLS is on; the context is Dispytch's unless only redis-py's own
+        # ssl_* options were given.
+        self._client_url = client_url(self.security.url)
+        self._tls: dict[str, Any] = {}
+        if self.security.tls:
+            self._client_url = "rediss://" + self._client_url.partition("://")[2]
+            native = any(name.startswith("ssl_") for name in options)
+            if self.security.tls_options or not native:
+                self._tls = {
+                    "connection_class": ContextTLSConnection,
+                    "tls_context": self.security.ssl_context,
+                }
+        self.options.setdefault("socket_connect_timeout", self.security.connect_timeout)
         self._client: Redis | None = None
         self._producer: ProducerT | None = None
         self._consumers: list[Consumer] = []
@@ -54,12 +77,12 @@ class RedisBackendBase(Backend, Generic[ProducerT]):
     def _build(self, **overrides: Any) -> Redis:
         """A new client for the URL; ``overrides`` win over the backend's options."""
         try:
-            return Redis.from_url(client_url(self.url), **{**self.options, **overrides})
+            return Redis.from_url(self._client_url, **{**self.options, **self._tls, **overrides})
         except (ValueError, TypeError) as exc:
             # redis-py's messages may quote the URL; say it again without the password.
             scheme = self.url.partition("://")[0] or "redis"
             raise ConfigurationError(
-                f"cannot build a Redis client from {redact_url(self.url)!r}: "
+                f"cannot build a Redis client from {self.security.safe_url!r}: "
                 f"{type(exc).__name__}; use {scheme}://[:password@]host:port/db and options that "
                 "redis.asyncio.Redis.from_url accepts"
             ) from None
@@ -72,14 +95,18 @@ class RedisBackendBase(Backend, Generic[ProducerT]):
         return self._client
 
     async def connect(self) -> None:
-        """Check that Redis answers, so a wrong URL fails at start, not at the first emit."""
+        """Check that Redis answers (within ``connect_timeout``), so a wrong URL, password or
+        TLS setting fails at start, not at the first emit."""
+        self.security.warn_if_plaintext()
         try:
-            await self.client.ping()
-        except RedisError as exc:
-            raise self.unavailable_error(
-                f"Redis at {redact_url(self.url)} did not answer ({type(exc).__name__}: {exc}); "
-                "check the URL and that Redis is running"
-            ) from None
+            await self.security.connect(
+                self.client.ping,
+                hint="check the URL, that Redis runs there, the ACL user and password, and the "
+                "TLS settings (rediss:// for a TLS port)",
+                auth_errors=(AuthenticationError, AuthenticationWrongNumberOfArgsError),
+            )
+        except ConnectError as exc:
+            raise self.unavailable_error(str(exc)) from None
 
     def producer(self) -> ProducerT:
         if self._producer is None:

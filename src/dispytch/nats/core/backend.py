@@ -9,11 +9,11 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATSClient
 
-from dispytch.backend import Backend, redact_url
+from dispytch.backend import Backend
 from dispytch.dead_letter import DeadLetter
 from dispytch.errors import ConfigurationError
 from dispytch.listener.consumer import Consumer
-from dispytch.nats.backend import connect_nats
+from dispytch.nats.backend import connect_nats, nats_security
 from dispytch.nats.core.consumer import NATSCoreConsumer
 from dispytch.nats.core.producer import NATSCoreProducer
 from dispytch.nats.dead_letters import (
@@ -45,14 +45,17 @@ class NATSCoreBackend(Backend):
     ``{dead_letter_stream}.{topic}``, as with ``nats://``) when the server has JetStream; if
     it does not, :meth:`connect` logs a warning and dead letters are dropped (logged).
 
+    Security as with ``nats://`` (see :class:`~dispytch.nats.NATSBackend`), with
+    ``nats+core+tls://`` for TLS.
+
     Args:
-        url: ``nats+core://[user:password@]host:port``.
+        url: ``nats+core://[user:password@|token@]host:port``; ``nats+core+tls://`` for TLS.
         dead_letter_stream: name of the JetStream dead-letter stream (and subject prefix).
         dead_letter_stream_options: ``StreamConfig`` fields for the dead-letter stream.
         publish_timeout: seconds an emit waits for the server's ``PONG``.
         buffer_size: messages a consumer holds ahead of its handlers at most.
         pending_msgs_limit: messages a subscription queues beyond that before nats-py drops.
-        connect_timeout: seconds to wait for the first connection before raising.
+        connect_timeout: seconds the first connection may take (default 4.5).
         **connect_options: passed to ``nats.connect`` under nats-py's names.
     """
 
@@ -68,10 +71,11 @@ class NATSCoreBackend(Backend):
         publish_timeout: float = 10.0,
         buffer_size: int = 10_000,
         pending_msgs_limit: int = 65_536,
-        connect_timeout: float = 30.0,
         **connect_options: Any,
     ) -> None:
+        self.security = nats_security(url, connect_options)
         super().__init__(url, **connect_options)
+        self.secrets |= self.security.secrets
         if not dead_letter_stream or any(c in dead_letter_stream for c in ".*> \t"):
             raise ConfigurationError(
                 f"dead_letter_stream={dead_letter_stream!r} is not a valid JetStream stream "
@@ -82,25 +86,19 @@ class NATSCoreBackend(Backend):
         self.publish_timeout = publish_timeout
         self.buffer_size = buffer_size
         self.pending_msgs_limit = pending_msgs_limit
-        self.connect_timeout = connect_timeout
+        self.connect_timeout = self.security.connect_timeout
         self.connect_options = connect_options
         self.connection: NATSClient | None = None
         self._producer: NATSCoreProducer | None = None
         self._dead_letters: DeadLetterStore | None = None
         self._consumers: list[NATSCoreConsumer] = []
 
-    @property
-    def _server_url(self) -> str:
-        """The URL nats-py understands (``nats://``)."""
-        return "nats://" + self.url.split("://", 1)[1]
-
     async def connect(self) -> None:
         """Connect; set up the JetStream dead-letter stream when the server has JetStream."""
         if self.connection is not None:
             return
-        connection = await connect_nats(
-            self._server_url, self.connect_timeout, self.connect_options, shown=self.url
-        )
+        self.security.warn_if_plaintext()
+        connection = await connect_nats(self.security, self.connect_options)
         try:
             store: DeadLetterStore | None = DeadLetterStore(
                 connection.jetstream(timeout=self.publish_timeout),
@@ -118,7 +116,7 @@ class NATSCoreBackend(Backend):
                 logger.warning(
                     "the NATS server at %s has no JetStream (%s): dead letters will be "
                     "dropped (logged); enable JetStream (nats-server -js) to keep them",
-                    redact_url(self.url),
+                    self.security.safe_url,
                     type(exc).__name__,
                 )
                 store = None
@@ -173,9 +171,7 @@ class NATSCoreBackend(Backend):
         connection = self.connection
         owned = connection is None
         if connection is None:
-            connection = await connect_nats(
-                self._server_url, self.connect_timeout, self.connect_options, shown=self.url
-            )
+            connection = await connect_nats(self.security, self.connect_options)
         try:
             return await read_dead_letters(
                 connection.jetstream(timeout=self.publish_timeout),
