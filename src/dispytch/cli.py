@@ -25,6 +25,7 @@ from typing import Any
 
 from dispytch.app import ENV_BROKER_URL, App
 from dispytch.errors import ConfigurationError
+from dispytch.redaction import redact, secrets_of
 
 __all__ = ["load_app", "main"]
 
@@ -83,11 +84,19 @@ async def serve(app: App) -> None:
 
 
 def _run_one(target: str) -> int:
-    app = load_app(target)
+    # Secrets known before the app exists (the URL in the environment), then the backend's.
+    secrets = secrets_of(os.environ.get(ENV_BROKER_URL, ""))
     try:
+        app = load_app(target)
+        secrets |= app.backend.secrets
         asyncio.run(serve(app))
     except asyncio.CancelledError:
         return 130
+    except ConfigurationError as exc:
+        # One line that says what is wrong (a connect error names the broker and the cause),
+        # no traceback, never a secret.
+        logger.error("%s", redact(str(exc), secrets))
+        return 2
     return 0
 
 
@@ -141,6 +150,13 @@ def _supervise(argv: Sequence[str], workers: int, reload: bool) -> int:
                 continue
         for i, child in enumerate(children):
             code = child.poll()
+            if code == 2 and not stopping:
+                # A configuration or connect error: a restart would fail the same way.
+                logger.error("worker %d could not start (exit code 2); stopping", child.pid)
+                on_signal(signal.SIGTERM, None)
+                for other in children:
+                    other.wait()
+                return 2
             if code is not None and not stopping:
                 logger.error(
                     "worker %d exited with %d; restarting in %.1fs", child.pid, code, backoff
@@ -228,8 +244,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workers > 1 or args.reload:
         child_argv = ["run", args.target, "--log-level", args.log_level]
         return _supervise(child_argv, args.workers, args.reload)
-    try:
-        return _run_one(args.target)
-    except ConfigurationError as exc:
-        logger.error("%s", exc)
-        return 2
+    return _run_one(args.target)
