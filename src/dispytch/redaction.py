@@ -13,12 +13,20 @@ replaced wherever they occur, for the messages of broker clients that quote them
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import unquote
 
-__all__ = ["REDACTED", "is_secret_name", "redact", "redact_url", "secrets_of"]
+__all__ = [
+    "REDACTED",
+    "guard_loggers",
+    "is_secret_name",
+    "redact",
+    "redact_url",
+    "secrets_of",
+]
 
 REDACTED = "***"
 
@@ -107,3 +115,33 @@ def secrets_of(url: str, options: Mapping[str, Any] | None = None) -> frozenset[
     found |= {unquote(s) for s in found}
     found.discard("")
     return frozenset(found)
+
+
+class _SecretsFilter(logging.Filter):
+    """Redacts known secrets from the records of broker clients' loggers (aiokafka logs its
+    SASL request bytes, password included, at DEBUG level). Records that are not created
+    (their level is off) cost nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: frozenset[str] = frozenset()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            message = record.getMessage()
+            clean = redact(message, self.secrets)
+            if clean != message:
+                record.msg, record.args = clean, None
+        return True
+
+
+_FILTER = _SecretsFilter()
+
+
+def guard_loggers(names: Iterable[str], secrets: Iterable[str]) -> None:
+    """Keep ``secrets`` out of what the loggers called ``names`` write, from now on."""
+    _FILTER.secrets = _FILTER.secrets | frozenset(s for s in secrets if s)
+    for name in names:
+        log = logging.getLogger(name)
+        if _FILTER not in log.filters:
+            log.addFilter(_FILTER)

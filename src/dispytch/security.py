@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode
 
 from dispytch.errors import ConfigurationError, ConnectError, DispytchError
-from dispytch.redaction import redact, secrets_of
+from dispytch.redaction import guard_loggers, redact, secrets_of
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
@@ -66,6 +66,7 @@ class ConnectionSecurity:
         credentials: whether a password, token or key is configured.
         connect_timeout: seconds the first connection may take.
         secrets: secret values to redact from any text shown.
+        client_loggers: loggers of the broker client that may write the secrets.
     """
 
     broker: str
@@ -77,13 +78,16 @@ class ConnectionSecurity:
     credentials: bool
     connect_timeout: float
     secrets: frozenset[str]
+    client_loggers: tuple[str, ...] = ()
 
     def redact(self, text: str) -> str:
         """``text`` without this connection's secrets (and any URL's)."""
         return redact(text, self.secrets)
 
-    def warn_if_plaintext(self) -> None:
-        """Log once per process and URL when credentials go over a plaintext connection."""
+    def before_connect(self) -> None:
+        """Keep the secrets out of the client's logs; warn (once per process and URL) when
+        credentials go over a plaintext connection."""
+        guard_loggers(self.client_loggers, self.secrets)
         if self.credentials and not self.tls and self.safe_url not in _warned:
             _warned.add(self.safe_url)
             logger.warning(
@@ -158,6 +162,7 @@ def connection_security(
     *,
     tls_schemes: Mapping[str, str],
     credential_options: tuple[str, ...] = (),
+    client_loggers: tuple[str, ...] = (),
 ) -> ConnectionSecurity:
     """Take the TLS options and ``connect_timeout`` out of ``options`` (the dict is changed)
     and out of the URL's query, and decide whether TLS is on.
@@ -201,6 +206,7 @@ def connection_security(
         credentials=credentials,
         connect_timeout=timeout,
         secrets=secrets,
+        client_loggers=client_loggers,
     )
 
 

@@ -162,6 +162,7 @@ class KafkaBackend(Backend):
             options,
             tls_schemes={"kafka+ssl": "kafka"},
             credential_options=("sasl_plain_password", "sasl_oauth_token_provider"),
+            client_loggers=("aiokafka", "aiokafka.conn", "aiokafka.client"),
         )
         super().__init__(url, **options)
         self.secrets |= self.security.secrets
@@ -202,7 +203,7 @@ class KafkaBackend(Backend):
     async def connect(self) -> None:
         """Start the producer (the first emit does not pay for the connection): within
         ``connect_timeout``, or :class:`~dispytch.errors.ConnectError`."""
-        self.security.warn_if_plaintext()
+        self.security.before_connect()
         producer = self.producer()
         # aiokafka logs why each bootstrap server failed and raises "Unable to bootstrap":
         # the logged error is the cause worth one line; the log lines themselves are dropped.

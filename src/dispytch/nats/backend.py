@@ -170,7 +170,7 @@ class NATSBackend(Backend):
         """Connect, check JetStream is on, create the dead-letter stream, add ``subjects``."""
         if self.connection is not None:
             return
-        self.security.warn_if_plaintext()
+        self.security.before_connect()
         connection = await connect_nats(self.security, self.connect_options)
         try:
             js = connection.jetstream(timeout=self.publish_timeout)
@@ -285,7 +285,12 @@ def nats_security(url: str, options: dict[str, Any]) -> ConnectionSecurity:
     if "tls" in options and "ssl_context" not in options:
         options["ssl_context"] = options.pop("tls")
     return connection_security(
-        "NATS", url, options, tls_schemes=TLS_SCHEMES, credential_options=_CREDENTIAL_OPTIONS
+        "NATS",
+        url,
+        options,
+        tls_schemes=TLS_SCHEMES,
+        credential_options=_CREDENTIAL_OPTIONS,
+        client_loggers=("nats.aio.client",),
     )
 
 

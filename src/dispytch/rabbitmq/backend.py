@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Literal
 
 import aio_pika
@@ -85,7 +86,15 @@ class RabbitMQBackend(Backend):
         **connect_options: Any,
     ) -> None:
         self.security = connection_security(
-            "RabbitMQ", url, connect_options, tls_schemes={"amqps": "amqp"}
+            "RabbitMQ",
+            url,
+            connect_options,
+            tls_schemes={"amqps": "amqp"},
+            client_loggers=(
+                "aiormq.connection",
+                "aio_pika.connection",
+                "aio_pika.robust_connection",
+            ),
         )
         super().__init__(url, **connect_options)
         self.secrets |= self.security.secrets
@@ -117,7 +126,7 @@ class RabbitMQBackend(Backend):
         """Open the publishing connection and declare the event exchange."""
         if self.connection is not None:
             return
-        self.security.warn_if_plaintext()
+        self.security.before_connect()
         connection = await self._open()
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         exchange = await channel.declare_exchange(
@@ -131,16 +140,34 @@ class RabbitMQBackend(Backend):
 
     async def _open(self) -> AbstractRobustConnection:
         """A robust connection, opened within ``connect_timeout`` or ConnectError."""
-        connection: AbstractRobustConnection = await self.security.connect(
-            lambda: aio_pika.connect_robust(self._client_url, **self.connect_options),
-            hint="check the address, that RabbitMQ runs there, the URL's user, password and "
-            "vhost, and the TLS settings (amqps:// for a TLS listener)",
-            auth_errors=(
-                aiormq.exceptions.AuthenticationError,
-                aiormq.exceptions.ProbableAuthenticationError,
-            ),
-            cause=_vhost_refusal,
-        )
+        # The connection object exists before it is connected; one whose first connection
+        # failed (or timed out) must be closed, or it goes on reconnecting in the background.
+        made: list[AbstractRobustConnection] = []
+
+        def tracked(*args: Any, **kwargs: Any) -> AbstractRobustConnection:
+            made.append(aio_pika.RobustConnection(*args, **kwargs))
+            return made[-1]
+
+        try:
+            connection: AbstractRobustConnection = await self.security.connect(
+                lambda: aio_pika.connect_robust(
+                    self._client_url,
+                    connection_class=tracked,
+                    **self.connect_options,
+                ),
+                hint="check the address, that RabbitMQ runs there, the URL's user, password "
+                "and vhost, and the TLS settings (amqps:// for a TLS listener)",
+                auth_errors=(
+                    aiormq.exceptions.AuthenticationError,
+                    aiormq.exceptions.ProbableAuthenticationError,
+                ),
+                cause=_vhost_refusal,
+            )
+        except BaseException:
+            for failed in made:
+                with contextlib.suppress(Exception):
+                    await failed.close()
+            raise
         return connection
 
     def _connected(self) -> tuple[RabbitMQProducer, DeadLetterStore]:

@@ -53,6 +53,7 @@ class RedisBackendBase(Backend, Generic[ProducerT]):
             options,
             tls_schemes={"rediss": "redis", "rediss+streams": "redis+streams"},
             credential_options=("password",),
+            client_loggers=("redis.asyncio.connection", "redis.asyncio.client"),
         )
         super().__init__(url, **options)
         self.secrets |= self.security.secrets
@@ -97,7 +98,7 @@ class RedisBackendBase(Backend, Generic[ProducerT]):
     async def connect(self) -> None:
         """Check that Redis answers (within ``connect_timeout``), so a wrong URL, password or
         TLS setting fails at start, not at the first emit."""
-        self.security.warn_if_plaintext()
+        self.security.before_connect()
         try:
             await self.security.connect(
                 self.client.ping,

@@ -97,7 +97,7 @@ class NATSCoreBackend(Backend):
         """Connect; set up the JetStream dead-letter stream when the server has JetStream."""
         if self.connection is not None:
             return
-        self.security.warn_if_plaintext()
+        self.security.before_connect()
         connection = await connect_nats(self.security, self.connect_options)
         try:
             store: DeadLetterStore | None = DeadLetterStore(
