@@ -119,14 +119,38 @@ class ConnectionSecurity:
         """Await ``opening()`` within ``connect_timeout``; any failure but Dispytch's own errors
         becomes one :class:`ConnectError` naming the broker (redacted) and the cause
         (``cause(exc)`` when the client's exception only says that it failed)."""
+        # The client's own warnings and errors while connecting are held back: on failure the
+        # ConnectError says it in one line; on success (a retry worked) they are logged.
+        held = _HeldRecords()
+        loggers = [logging.getLogger(name) for name in self.client_loggers]
+        for log in loggers:
+            log.addFilter(held)
         try:
             async with asyncio.timeout(self.connect_timeout):
-                return await opening()
+                result = await opening()
         except DispytchError:
             raise
         except Exception as exc:
             real = cause(exc) if cause is not None else exc
             raise ConnectError(self.failure(real, hint, auth_errors)) from None
+        finally:
+            for log in loggers:
+                log.removeFilter(held)
+        for record in held.records:
+            logging.getLogger(record.name).handle(record)
+        return result
+
+
+class _HeldRecords(logging.Filter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            self.records.append(record)
+            return False
+        return True
 
 
 def describe_failure(exc: BaseException, auth_errors: tuple[type, ...], timeout: float) -> str:
