@@ -195,6 +195,12 @@ kafka_major() { echo "${KAFKA_VERSION%%.*}"; }
 
 ensure_kafka_libs() {
   if ls "$KAFKA_LIBS"/kafka_2.13-"$KAFKA_VERSION".jar >/dev/null 2>&1; then return 0; fi
+  # Both profiles share the jars: one resolves them, the other waits (runs in `_start kafka`,
+  # its own process, so the lock goes with it).
+  mkdir -p "$KAFKA_HOME_DIR/target"
+  exec 8>"$KAFKA_HOME_DIR/target/.resolve.lock"
+  flock -w 900 8 || die "kafka: could not get the lock $KAFKA_HOME_DIR/target/.resolve.lock"
+  if ls "$KAFKA_LIBS"/kafka_2.13-"$KAFKA_VERSION".jar >/dev/null 2>&1; then return 0; fi
   local profile t0 log_file="$RUN_ROOT/kafka-mvn.log"
   case "$(kafka_major)" in
     3) profile=kafka3 ;;
