@@ -68,17 +68,15 @@ class TopicTemplate:
         (:class:`~dispytch.errors.InvalidTopicError` names the field and the broken rule)."""
         if not self.fields:
             return self._literal
-        values: dict[str, str] = {}
-        for name in self.fields:
-            value = getattr(event, name)
-            # format(), as str.format would: an Enum member gives its value, not its name.
-            text = value if type(value) is str else format(value, "")
-            if rules is not None:
-                rules.check_value(name, text)
-            values[name] = text
+        if rules is None:
+            return self.template.format_map({name: getattr(event, name) for name in self.fields})
+        # format(), as str.format would: an Enum member gives its value, not its name.
+        values = {
+            name: value if (value := getattr(event, name)).__class__ is str else format(value, "")
+            for name in self.fields
+        }
         topic = self.template.format_map(values)
-        if rules is not None:
-            rules.check_topic(topic, values, starts=self._starts, ends=self._ends)
+        rules.check(values, topic, self._starts, self._ends)
         return topic
 
 
