@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -178,3 +182,33 @@ async def test_connect_errors_stay_within_the_timeout_for_an_unresponsive_broker
         server.close()
     assert elapsed < 2.0
     assert "silent-secret" not in str(error)
+
+
+def test_dispytch_run_with_a_wrong_password_exits_2_in_one_line(
+    secure: SecureProfile, backend_name: str, tmp_path: Path
+) -> None:
+    wrong = f"wrong-{uuid.uuid4().hex}"
+    (tmp_path / "svc.py").write_text(
+        "from dispytch import App, Event\n"
+        f"app = App(ssl_cafile={secure.ca!r})\n"
+        "@app.handler(topic='t', event='e')\n"
+        "async def handle(event: Event) -> None: pass\n"
+    )
+    env = {**os.environ, "DISPYTCH_BROKER_URL": secure.url(backend_name, password=wrong)}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2] / "src")
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "dispytch", "run", "svc:app", "--log-level", "DEBUG"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    elapsed = time.monotonic() - started
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output
+    assert wrong not in output
+    errors = [line for line in output.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "authentication failed" in errors[0], output
+    assert elapsed < 15  # interpreter start-up and imports included
