@@ -147,23 +147,7 @@ ssl.keystore.location=$TLS_DIR/server-bundle.pem
 ssl.truststore.type=PEM
 ssl.truststore.location=$TLS_DIR/ca.pem
 ssl.client.auth=none
-log.dirs=$run/data
-num.network.threads=2
-num.io.threads=2
-num.recovery.threads.per.data.dir=1
-auto.create.topics.enable=true
-num.partitions=$KAFKA_NUM_PARTITIONS
-default.replication.factor=1
-min.insync.replicas=1
-delete.topic.enable=true
-offsets.topic.replication.factor=1
-offsets.topic.num.partitions=2
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-transaction.state.log.num.partitions=2
-group.initial.rebalance.delay.ms=0
-log.segment.bytes=16777216
-log.cleaner.dedupe.buffer.size=2097152
+$(kafka_common_properties "$run")
 EOF
   umask 022
   # SCRAM credentials are stored in the cluster metadata when the data dir is formatted.

@@ -237,6 +237,28 @@ kafka_log_opts() {
   fi
 }
 
+kafka_common_properties() { # run dir -> the settings every profile's broker shares
+  cat <<EOF
+log.dirs=$1/data
+num.network.threads=2
+num.io.threads=2
+num.recovery.threads.per.data.dir=1
+auto.create.topics.enable=true
+num.partitions=$KAFKA_NUM_PARTITIONS
+default.replication.factor=1
+min.insync.replicas=1
+delete.topic.enable=true
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=5
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=5
+group.initial.rebalance.delay.ms=0
+log.segment.bytes=16777216
+log.cleaner.dedupe.buffer.size=2097152
+EOF
+}
+
 kafka_write_config() {
   local run="$1" quorum
   if [ "$(kafka_major)" = 3 ]; then
@@ -257,27 +279,11 @@ advertised.listeners=PLAINTEXT://$HOST:$KAFKA_PORT,CONTROLLER://$HOST:$KAFKA_CON
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
-log.dirs=$run/data
-num.network.threads=2
-num.io.threads=2
-num.recovery.threads.per.data.dir=1
-auto.create.topics.enable=true
-num.partitions=$KAFKA_NUM_PARTITIONS
-default.replication.factor=1
-min.insync.replicas=1
-delete.topic.enable=true
-offsets.topic.replication.factor=1
-offsets.topic.num.partitions=5
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-transaction.state.log.num.partitions=5
-group.initial.rebalance.delay.ms=0
+$(kafka_common_properties "$run")
 # after a kill -9 the restarted broker can only re-register once the old registration's session
 # has expired (default 9 s); shorter so fault tests that kill the broker restart faster
 broker.heartbeat.interval.ms=1000
 broker.session.timeout.ms=4000
-log.segment.bytes=16777216
-log.cleaner.dedupe.buffer.size=2097152
 EOF
 }
 
