@@ -132,25 +132,39 @@ class ConnectionSecurity:
             raise
         except Exception as exc:
             real = cause(exc) if cause is not None else exc
+            held.replay(as_debug=True)  # the ConnectError says it; details for DEBUG logs
             raise ConnectError(self.failure(real, hint, auth_errors)) from None
         finally:
             for log in loggers:
                 log.removeFilter(held)
-        for record in held.records:
-            logging.getLogger(record.name).handle(record)
+        held.replay()
         return result
 
 
 class _HeldRecords(logging.Filter):
+    """Holds a client's warnings and errors back while a connection is opened."""
+
     def __init__(self) -> None:
         super().__init__()
+        self.holding = True
         self.records: list[logging.LogRecord] = []
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.WARNING:
+        if self.holding and record.levelno >= logging.WARNING:
             self.records.append(record)
             return False
         return True
+
+    def replay(self, *, as_debug: bool = False) -> None:
+        """Log the held records (lowered to DEBUG: they explain a failure already reported)."""
+        self.holding = False
+        records, self.records = self.records, []
+        for record in records:
+            log = logging.getLogger(record.name)
+            if as_debug:
+                record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            if log.isEnabledFor(record.levelno):
+                log.handle(record)
 
 
 def describe_failure(exc: BaseException, auth_errors: tuple[type, ...], timeout: float) -> str:
