@@ -259,3 +259,16 @@ async def _land(value: str) -> None:
         await wait_until(lambda: bool(seen), timeout=5, what="the event")
     assert seen == [("tenant", value)]
     assert broker.published == [f"tenant:{value}:events"]
+
+
+def test_remembered_clean_values_stay_bounded() -> None:
+    rules = GENERIC.with_delimiter("/")  # a fresh rule set with its own memory
+    for i in range(5000):
+        rules.check({"v": f"value-{i}"}, f"t/value-{i}", None, "v")
+    rules.check({"v": "x" * 1000}, "t/" + "x" * 1000, None, "v")
+    assert 0 < len(rules._known) <= 4096
+    assert "x" * 1000 not in rules._known
+    with pytest.raises(InvalidTopicError):  # a bad value is never remembered as clean
+        rules.check({"v": "a/b"}, "t/a/b", None, "v")
+    with pytest.raises(InvalidTopicError):
+        rules.check({"v": "a/b"}, "t/a/b", None, "v")
