@@ -40,6 +40,16 @@ class DependencyCycleError(RegistrationError):
     """Dependencies depend on each other in a circle."""
 
 
+class InvalidGeneratorError(RegistrationError):
+    """A generator dependency yielded no value, or more than one; it must yield exactly once.
+    Raised while the handler runs (the attempt fails), as the generator's body decides."""
+
+
+class MissingTopicError(RegistrationError, TypeError):
+    """A handler was registered without a topic or an event type, and its group has no
+    default for it. Also a ``TypeError``, the error Dispytch 0.10 raised here."""
+
+
 class EmitError(DispytchError):
     """An event could not be emitted; the broker did not confirm it."""
 
@@ -62,6 +72,18 @@ class EventTemplateError(EmitError):
 
 class DecodeError(DispytchError):
     """A message's bytes are not a valid Dispytch envelope. Never retried."""
+
+
+class FieldMissingError(DecodeError):
+    """The decoded envelope lacks required fields (``id``, ``type``, ``body``)."""
+
+    def __init__(self, *fields: str) -> None:
+        self.fields = fields
+        names = ", ".join(repr(f) for f in fields) or "a required field"
+        super().__init__(
+            f"envelope has no {names} field; a Dispytch envelope carries id, type, "
+            "body and timestamp"
+        )
 
 
 class PayloadValidationError(DispytchError):
