@@ -2,5 +2,6 @@
 
 from dispytch.di.markers import Dependency, TopicSegment
 from dispytch.di.plan import CallPlan, build_plan
+from dispytch.events import Event
 
-__all__ = ["CallPlan", "Dependency", "TopicSegment", "build_plan"]
+__all__ = ["CallPlan", "Dependency", "Event", "TopicSegment", "build_plan"]

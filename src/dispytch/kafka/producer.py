@@ -14,9 +14,10 @@ from pydantic import BaseModel
 
 from dispytch.emitter.producer import Outgoing, Producer, ProducerTimeout
 from dispytch.errors import EmitError
+from dispytch.kafka.config import KafkaEventConfig  # also importable from here, as in 0.10
 from dispytch.topic_rules import KAFKA
 
-__all__ = ["KafkaProducer", "record_key"]
+__all__ = ["KafkaEventConfig", "KafkaProducer", "record_key"]
 
 #: Enqueue locks, striped by topic: bounded memory, and a topic waiting for metadata (or for
 #: buffer space) holds up only the topics that share its stripe.
