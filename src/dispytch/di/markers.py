@@ -35,17 +35,22 @@ class Dependency:
 class TopicSegment:
     """A value taken from a topic segment such as ``{user_id}`` in ``user:{user_id}:events``.
 
-    Validated against the annotation, e.g. ``Annotated[int, TopicSegment(gt=0)]``. The segment
-    name defaults to the parameter name; ``alias`` (or ``validation_alias``) names another one.
-    Keyword constraints (``gt``, ``max_length``, ``pattern``...) are pydantic ``Field`` constraints.
+    Validated against the annotation, e.g. ``Annotated[int, TopicSegment(gt=0)]``; the bare
+    class works too (``Annotated[int, TopicSegment]``), as does a default value
+    (``user_id: int = TopicSegment()``). The segment name defaults to the parameter name;
+    ``alias`` or ``validation_alias`` names another one (``validation_alias`` wins when both
+    are given, as in Dispytch 0.10). Keyword constraints (``gt``, ``max_length``,
+    ``pattern``...) are pydantic ``Field`` constraints.
     """
 
-    __slots__ = ("alias", "constraints")
+    __slots__ = ("alias", "constraints", "validation_alias")
 
     def __init__(
         self, alias: str | None = None, *, validation_alias: str | None = None, **constraints: Any
     ) -> None:
-        self.alias = alias or validation_alias
+        self.validation_alias = validation_alias
+        #: The segment name, if not the parameter's.
+        self.alias = validation_alias or alias
         self.constraints = constraints
 
     def __repr__(self) -> str:

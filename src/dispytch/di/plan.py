@@ -358,7 +358,9 @@ class _Builder:
             base, *rest = get_args(annotation)
             metadata = tuple(rest)
         markers = [
-            m for m in (*metadata, param.default) if isinstance(m, Dependency | TopicSegment)
+            TopicSegment() if m is TopicSegment else m  # the bare class, as 0.10 allowed
+            for m in (*metadata, param.default)
+            if m is TopicSegment or isinstance(m, Dependency | TopicSegment)
         ]
         if len(markers) > 1:
             raise RegistrationError(
@@ -392,6 +394,11 @@ class _Builder:
         self, name: str, base: Any, metadata: tuple[Any, ...], marker: TopicSegment, where: str
     ) -> int:
         seg_name = marker.alias or name
+        if not isinstance(seg_name, str):
+            raise RegistrationError(
+                f"{where}: parameter {name!r}: TopicSegment alias must be a segment name (str), "
+                f"got {seg_name!r}"
+            )
         if seg_name not in self.segment_names:
             known = ", ".join(sorted(self.segment_names)) or "none"
             raise RegistrationError(
@@ -399,7 +406,7 @@ class _Builder:
                 f"handler's topic has no such placeholder (it has: {known}); fix the topic or "
                 "set TopicSegment(alias=...)"
             )
-        extra = [m for m in metadata if not isinstance(m, TopicSegment)]
+        extra = [m for m in metadata if not (m is TopicSegment or isinstance(m, TopicSegment))]
         if marker.constraints:
             # Field() only warns about unknown keywords, so a typo (gtt=0) would silently
             # validate nothing: refuse names Field does not take.
