@@ -2,21 +2,25 @@
 
 A pattern such as ``user:{user_id}:events`` (``:`` being the listener's topic delimiter) matches
 ``user:42:events`` and captures ``{"user_id": "42"}``; a placeholder always spans one whole
-segment.
+segment. A literal ``*`` segment (``user:*:events``) matches any one segment too, and binds no
+parameter, as in Dispytch 0.10.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from dispytch.errors import RegistrationError
 
-__all__ = ["RouteTable", "TopicPattern"]
+__all__ = ["WILDCARD", "RouteTable", "TopicPattern"]
 
 _PLACEHOLDER = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+
+#: A whole segment that matches any one segment without naming it.
+WILDCARD = "*"
 
 #: How many concrete topics a route table remembers the matches of.
 _TOPIC_CACHE_SIZE = 4096
@@ -24,18 +28,24 @@ _TOPIC_CACHE_SIZE = 4096
 
 @dataclass(frozen=True, slots=True)
 class TopicPattern:
-    """A handler's topic: literal, or with ``{name}`` segments."""
+    """A handler's topic: literal, or with ``{name}`` and ``*`` segments."""
 
     raw: str
     delimiter: str
     segments: tuple[str, ...]  # placeholder names, in order
+    #: Positions of the ``*`` segments.
+    wildcards: tuple[int, ...] = ()
 
     @classmethod
     def parse(cls, raw: str, delimiter: str = ":") -> TopicPattern:
         if not isinstance(raw, str) or not raw:
             raise RegistrationError(f"a topic must be a non-empty string, got {raw!r}")
         names: list[str] = []
-        for part in raw.split(delimiter) if delimiter else [raw]:
+        wildcards: list[int] = []
+        for index, part in enumerate(raw.split(delimiter) if delimiter else [raw]):
+            if part == WILDCARD:
+                wildcards.append(index)
+                continue
             if "{" not in part and "}" not in part:
                 continue
             match = _PLACEHOLDER.match(part)
@@ -48,31 +58,47 @@ class TopicPattern:
             if match.group(1) in names:
                 raise RegistrationError(f"topic {raw!r} names {{{match.group(1)}}} twice")
             names.append(match.group(1))
-        return cls(raw, delimiter, tuple(names))
+        return cls(raw, delimiter, tuple(names), tuple(wildcards))
 
     @property
     def is_literal(self) -> bool:
-        return not self.segments
+        return not self.segments and not self.wildcards
 
-    def _parts(self) -> list[tuple[str, bool]]:
+    def _parts(self) -> list[tuple[str, str | None]]:
+        """Each segment as (text, what it matches): ``None`` for literal text, ``""`` for a
+        ``*``, else the placeholder's name."""
         parts = self.raw.split(self.delimiter) if self.delimiter else [self.raw]
-        return [(p, bool(_PLACEHOLDER.match(p))) for p in parts]
+        out: list[tuple[str, str | None]] = []
+        for index, part in enumerate(parts):
+            if index in self.wildcards:
+                out.append((part, ""))
+            else:
+                match = _PLACEHOLDER.match(part)
+                out.append((part, match.group(1) if match else None))
+        return out
 
     @property
     def glob(self) -> str:
-        """Glob form, ``*`` for each placeholder (Redis PSUBSCRIBE, AMQP topic bindings)."""
-        return self.delimiter.join("*" if ph else p for p, ph in self._parts())
+        """Glob form, ``*`` for each placeholder or ``*`` segment (AMQP topic bindings, NATS
+        subjects)."""
+        return self.glob_with(str)
+
+    def glob_with(self, escape: Callable[[str], str]) -> str:
+        """The glob form with literal text passed through ``escape`` (e.g. Redis' escaping)."""
+        return self.delimiter.join(
+            "*" if name is not None else escape(text) for text, name in self._parts()
+        )
 
     @property
     def regex(self) -> str:
-        """Anchored regular expression; each placeholder is a named group of one segment."""
-        if not self.delimiter:
-            return re.escape(self.raw)
-        one = f"[^{re.escape(self.delimiter)}]+"
+        """Anchored regular expression; each placeholder is a named group of one segment, each
+        ``*`` segment an unnamed one."""
+        one = f"[^{re.escape(self.delimiter)}]+" if self.delimiter else ".+"
         return (
             "^"
             + re.escape(self.delimiter).join(
-                f"(?P<{p[1:-1]}>{one})" if ph else re.escape(p) for p, ph in self._parts()
+                re.escape(text) if name is None else f"(?P<{name}>{one})" if name else f"({one})"
+                for text, name in self._parts()
             )
             + "$"
         )

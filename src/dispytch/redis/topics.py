@@ -19,8 +19,8 @@ def escape_glob(text: str) -> str:
 
 
 def subscription_glob(pattern: TopicPattern) -> str:
-    """The glob of a pattern (``PSUBSCRIBE``, ``SCAN … MATCH``): ``*`` per placeholder, literal
-    parts escaped.
+    """The glob of a pattern (``PSUBSCRIBE``, ``SCAN … MATCH``): ``*`` per placeholder or ``*``
+    segment, literal parts escaped.
 
     Redis' ``*`` also matches the delimiter, so ``user:*:events`` matches ``user:1:2:events``
     too; the pattern's anchored regex drops such names (the listener's route table for Pub/Sub,
@@ -28,9 +28,7 @@ def subscription_glob(pattern: TopicPattern) -> str:
     """
     if pattern.is_literal:
         return escape_glob(pattern.raw)
-    names = {f"{{{name}}}" for name in pattern.segments}
-    parts = pattern.raw.split(pattern.delimiter)
-    return pattern.delimiter.join("*" if part in names else escape_glob(part) for part in parts)
+    return pattern.glob_with(escape_glob)
 
 
 class PatternMatcher:
