@@ -170,18 +170,21 @@ class Envelope:
 BodyT = TypeVar("BodyT")
 
 
+@dataclass(slots=True, repr=False)
 class Event(Generic[BodyT]):
     """What a handler receives: ``Event[Model]`` gives a validated ``body`` of type ``Model``;
-    bare ``Event`` gives the body as a dict."""
+    bare ``Event`` gives the body as a dict.
 
-    __slots__ = ("body", "id", "timestamp", "topic", "type")
+    A dataclass, as in Dispytch 0.10: events compare equal field by field and work with
+    ``dataclasses.asdict``. Construct one with keywords; the positional order differs from
+    0.10's (``id, type, topic`` here, ``id, topic, type`` there).
+    """
 
-    def __init__(self, id: str, type: str, topic: str, body: BodyT, timestamp: int) -> None:
-        self.id = id
-        self.type = type
-        self.topic = topic
-        self.body = body
-        self.timestamp = timestamp
+    id: str
+    type: str
+    topic: str
+    body: BodyT
+    timestamp: int
 
     def __repr__(self) -> str:
         return (

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from dispytch.di.plan import CallPlan, build_plan
-from dispytch.errors import RegistrationError
+from dispytch.errors import MissingTopicError
 from dispytch.retry import Backoff, RetryPolicy
 
 __all__ = ["HandlerGroup", "HandlerSpec"]
@@ -41,22 +41,27 @@ class HandlerSpec:
         return HandlerSpec(self.func, self.topic, self.event_type, self.retry, plan, self.segments)
 
 
+def check_route(topic: str | None, event: str | None, where: str) -> tuple[str, str]:
+    """The handler's topic and event type; raise :class:`MissingTopicError` (a TypeError, as
+    in 0.10) if one is missing."""
+    if not topic or not isinstance(topic, str):
+        raise MissingTopicError(
+            f"{where} has no topic; pass topic=... or set HandlerGroup(default_topic=...)"
+        )
+    if not event or not isinstance(event, str):
+        raise MissingTopicError(
+            f"{where} has no event type; pass event=... or set HandlerGroup(default_event=...)"
+        )
+    return topic, event
+
+
 def make_spec(
     func: HandlerFunc,
     topic: str | None,
     event: str | None,
     retry: RetryPolicy,
 ) -> HandlerSpec:
-    where = getattr(func, "__qualname__", repr(func))
-    if not topic or not isinstance(topic, str):
-        raise RegistrationError(
-            f"handler {where} has no topic; pass topic=... or set HandlerGroup(default_topic=...)"
-        )
-    if not event or not isinstance(event, str):
-        raise RegistrationError(
-            f"handler {where} has no event type; pass event=... or set "
-            "HandlerGroup(default_event=...)"
-        )
+    topic, event = check_route(topic, event, f"handler {getattr(func, '__qualname__', func)!s}")
     segments = frozenset(_SEGMENT.findall(topic))
     return HandlerSpec(func, topic, event, retry, build_plan(func, segments), segments)
 
@@ -96,6 +101,8 @@ class HandlerGroup:
         capped at ``max_retry_interval``; ``jitter`` spreads it). After the last attempt the
         event is dead-lettered.
         """
+        # Checked here already, as 0.10 did: ``group.handler()`` alone raises.
+        check_route(topic or self.default_topic, event or self.default_event, "@group.handler()")
         retry = RetryPolicy.build(
             retries, retry_on, retry_interval, backoff, max_retry_interval, jitter
         )

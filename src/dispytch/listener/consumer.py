@@ -8,6 +8,7 @@ A consumer that implements only ``listen`` and ``ack`` still works.
 
 from __future__ import annotations
 
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,18 @@ class Message:
     offset: int | None = None
     #: Backend-private handle (the client's own message object).
     extra: Any = None
+    #: The id the broker gives the message, where it has one (see :attr:`id`).
+    message_id: str | None = None
+
+    @property
+    def id(self) -> str:
+        """The message's id: the broker's where it has one (RabbitMQ's ``message_id`` property,
+        the Redis Streams entry id, the JetStream ``Nats-Msg-Id`` header), else a random UUID
+        made when first read, as 0.10 gave every message. A consumer that builds its own
+        messages (as 0.10's did) may key the ones it handed out by it."""
+        if self.message_id is None:
+            self.message_id = str(uuid.uuid4())
+        return self.message_id
 
 
 @dataclass(slots=True, frozen=True)

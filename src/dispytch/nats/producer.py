@@ -12,12 +12,10 @@ from pydantic import BaseModel
 from dispytch.emitter.producer import Producer, ProducerTimeout
 from dispytch.errors import EmitError
 from dispytch.nats.config import NATSEventConfig
-from dispytch.nats.wire import nats_headers
+from dispytch.nats.wire import MSG_ID_HEADER, nats_headers
 from dispytch.topic_rules import NATS
 
 __all__ = ["NATSProducer", "publish_acked"]
-
-_MSG_ID_HEADER = "Nats-Msg-Id"
 
 
 class NATSProducer(Producer):
@@ -53,7 +51,7 @@ class NATSProducer(Producer):
             if headers:
                 merged.update(headers)
             if config.msg_id is not None:
-                merged[_MSG_ID_HEADER] = config.msg_id
+                merged[MSG_ID_HEADER] = config.msg_id
             if key is None and config.partition_key is not None:
                 key = config.partition_key.encode()
             headers = merged

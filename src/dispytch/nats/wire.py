@@ -15,6 +15,8 @@ __all__ = ["KEY_B64_HEADER", "KEY_HEADER", "decode_key", "nats_headers", "to_mes
 KEY_HEADER = "x-dispytch-key"
 #: Carries a key that is not UTF-8, base64-encoded (NATS header values are text).
 KEY_B64_HEADER = "x-dispytch-key-b64"
+#: JetStream's message id (set by the publisher, used to drop duplicates).
+MSG_ID_HEADER = "Nats-Msg-Id"
 
 _NEWLINES = str.maketrans({"\r": " ", "\n": " "})
 
@@ -62,4 +64,5 @@ def to_message(msg: Msg) -> Message:
         partition=None,
         offset=meta.sequence.stream,
         extra=msg,
+        message_id=headers.get(MSG_ID_HEADER) if headers else None,
     )

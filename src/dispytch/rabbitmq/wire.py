@@ -67,7 +67,8 @@ def str_headers(raw: Any) -> dict[str, str]:
 def to_message(delivered: DeliveredMessage) -> Message:
     """The listener's view of one delivery; aiormq's message rides along in ``extra``."""
     delivery = delivered.delivery
-    raw = delivered.header.properties.headers
+    properties = delivered.header.properties
+    raw = properties.headers
     headers: dict[str, str] = {}
     key: bytes | None = None
     attempt = 2 if delivery.redelivered else 1  # type: ignore[union-attr]
@@ -86,6 +87,7 @@ def to_message(delivered: DeliveredMessage) -> Message:
         headers=headers,
         delivery_attempt=attempt,
         extra=delivered,
+        message_id=properties.message_id,
     )
 
 

@@ -394,7 +394,9 @@ class RedisStreamsConsumer(Consumer):
                 payload, key, headers = decode_fields(fields)
                 entry_id = raw_id.decode()
                 inflight[entry_id] = 1
-                buffer.append(Message(stream, payload, key, headers, 1, None, None, entry_id))
+                buffer.append(
+                    Message(stream, payload, key, headers, 1, None, None, entry_id, entry_id)
+                )
                 count += 1
         if count:
             self._held += count
@@ -413,7 +415,7 @@ class RedisStreamsConsumer(Consumer):
             payload, key, headers = decode_fields(fields)
             inflight[entry_id] = attempt
             self._buffer.append(
-                Message(stream, payload, key, headers, attempt, None, None, entry_id)
+                Message(stream, payload, key, headers, attempt, None, None, entry_id, entry_id)
             )
             count += 1
         if count:
