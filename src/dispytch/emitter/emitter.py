@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from dispytch.emitter.calling import send_caller
 from dispytch.emitter.producer import Outgoing, Producer, ProducerTimeout
 from dispytch.events import EventBase
 from dispytch.serialization.json import JSONSerializer
@@ -57,13 +58,12 @@ class EventEmitter:
         rules = topic_rules or getattr(producer, "topic_rules", None)
         self.topic_rules: TopicRules = rules if isinstance(rules, TopicRules) else GENERIC
         self._on_timeout: TimeoutCallback | None = None
-        # Seed-era producers take (topic, payload, config) only: pass the key if they can take it.
-        try:
-            params = inspect.signature(producer.send).parameters
-        except (TypeError, ValueError):
-            params = {}  # type: ignore[assignment]
-        self._pass_key = "key" in params or any(
-            p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
+        # send's convention (keywords as 0.10 called it, or positional; key/headers if taken),
+        # read once here, never per emit.
+        self._call = send_caller(producer.send)
+        # Producer's own send_many passes key= and headers=, which a seed-era send may refuse.
+        self._batched = (
+            isinstance(producer, Producer) and type(producer).send_many is not Producer.send_many
         )
 
     def on_timeout(self, callback: TimeoutCallback) -> TimeoutCallback:
@@ -80,9 +80,7 @@ class EventEmitter:
     def _send(self, event: EventBase, timestamp_ms: int | None = None) -> Awaitable[Any]:
         topic, payload = self.encode(event, timestamp_ms)
         config = event.backend_config
-        if self._pass_key:
-            return self.producer.send(topic, payload, config, key=ordering_key(config))
-        return self.producer.send(topic, payload, config)
+        return self._call(topic, payload, config, ordering_key(config), None)
 
     async def emit(self, event: EventBase) -> None:
         """Send one event; return after the broker confirmed it."""
@@ -103,7 +101,7 @@ class EventEmitter:
         or reported).
         """
         now = int(time.time() * 1000)
-        if isinstance(self.producer, Producer):
+        if self._batched:
             outgoing = []
             for event in events:
                 topic, payload = self.encode(event, now)

@@ -39,6 +39,12 @@ class Producer(ABC):
 
     ``topic_rules`` says what a topic placeholder value may hold on this broker; the emitter
     checks every value against it before calling ``send``.
+
+    How the emitter calls ``send`` (read from its signature once, when the emitter is built):
+    ``topic=``, ``payload=`` and ``config=`` as keywords, as Dispytch 0.10 did, so a 0.10
+    producer taking them keyword-only works; positionally, in that order, when ``send`` does
+    not take those names by keyword (positional-only parameters). ``key=`` and ``headers=``
+    are passed by keyword only when ``send`` takes them (or ``**kwargs``).
     """
 
     topic_rules: ClassVar[TopicRules] = GENERIC
