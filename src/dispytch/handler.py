@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -13,7 +13,8 @@ from dispytch.retry import Backoff, RetryPolicy
 
 __all__ = ["HandlerGroup", "HandlerSpec"]
 
-HandlerFunc = Callable[..., Coroutine[Any, Any, Any]]
+#: An ``async def`` function, or a ``def`` one (run in a worker thread).
+HandlerFunc = Callable[..., Any]
 F = TypeVar("F", bound=HandlerFunc)
 
 _SEGMENT = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -94,7 +95,9 @@ class HandlerGroup:
         max_retry_interval: float = 60.0,
         jitter: float = 0.0,
     ) -> Callable[[F], F]:
-        """Register an ``async def`` handler for ``event`` on ``topic``.
+        """Register a handler for ``event`` on ``topic``: an ``async def`` function, or a plain
+        ``def`` one, which runs in a worker thread (see :mod:`dispytch.di.threads`) with the
+        same retries and dead-lettering.
 
         ``retries`` extra attempts are made for exceptions in ``retry_on`` (default: any
         ``Exception``), waiting ``retry_interval`` seconds (``backoff="exponential"`` doubles it,

@@ -601,19 +601,28 @@ def test_positional_only_is_refused() -> None:
         _register(handle)
 
 
-def test_sync_handler_is_refused() -> None:
-    def handle(event: Event[Body]) -> None: ...
-
-    with pytest.raises(RegistrationError, match="must be an 'async def' function"):
-        _register(handle)
-
-
 def test_async_generator_handler_is_refused() -> None:
     async def handle(event: Event[Body]) -> AsyncIterator[None]:
         yield None
 
-    with pytest.raises(RegistrationError, match="must be an 'async def' function"):
+    with pytest.raises(RegistrationError, match="must be an 'async def' or 'def' function"):
         _register(handle)
+
+
+def test_generator_handler_is_refused() -> None:
+    def handle(event: Event[Body]) -> Iterator[None]:
+        yield None
+
+    with pytest.raises(RegistrationError, match="not a generator or context manager"):
+        _register(handle)
+
+
+def test_class_handler_is_refused() -> None:
+    class Handle:
+        def __init__(self, event: Event[Body]) -> None: ...
+
+    with pytest.raises(RegistrationError, match="not a class"):
+        _register(Handle)
 
 
 def test_two_markers_on_one_parameter_are_refused() -> None:

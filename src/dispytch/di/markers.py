@@ -19,17 +19,31 @@ class Dependency:
 
     Use it as ``Annotated[T, Dependency(func)]`` or as a default: ``x: T = Dependency(func)``.
     ``Dependency()`` with no function calls the annotated type itself.
+
+    Sync providers (``def`` functions and generators, ``@contextmanager`` functions, classes)
+    run in a worker thread, teardown included, so a blocking one does not stall the event loop
+    (see :mod:`dispytch.di.threads`). ``run_in_thread=False`` calls a cheap, non-blocking one
+    directly on the loop instead, saving the thread hop (tens of microseconds). It changes
+    nothing for async providers.
     """
 
-    __slots__ = ("func", "use_cache")
+    __slots__ = ("func", "run_in_thread", "use_cache")
 
-    def __init__(self, func: Callable[..., Any] | None = None, *, use_cache: bool = True) -> None:
+    def __init__(
+        self,
+        func: Callable[..., Any] | None = None,
+        *,
+        use_cache: bool = True,
+        run_in_thread: bool = True,
+    ) -> None:
         self.func = func
         self.use_cache = use_cache
+        self.run_in_thread = run_in_thread
 
     def __repr__(self) -> str:
         name = getattr(self.func, "__qualname__", repr(self.func))
-        return f"Dependency({name}, use_cache={self.use_cache})"
+        extra = "" if self.run_in_thread else ", run_in_thread=False"
+        return f"Dependency({name}, use_cache={self.use_cache}{extra})"
 
 
 class TopicSegment:

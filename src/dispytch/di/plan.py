@@ -3,6 +3,11 @@
 :func:`build_plan` reads signatures, detects cycles and invalid parameters, and flattens the tree
 into an ordered list of steps. :meth:`CallPlan.run` then only calls functions: no reflection on
 the per-message path.
+
+Sync code (a ``def`` handler, a ``def`` / generator / ``@contextmanager`` / class dependency)
+runs in a worker thread (:mod:`dispytch.di.threads`), teardown included, unless its
+``Dependency`` says ``run_in_thread=False``. A sync handler whose dependencies are all sync and
+threaded runs with them in one thread hop: setup, handler and teardown in the same thread.
 """
 
 from __future__ import annotations
@@ -19,7 +24,13 @@ from typing import Annotated, Any, get_args, get_origin, get_type_hints
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from dispytch.di.markers import Dependency, TopicSegment
-from dispytch.errors import DependencyCycleError, PayloadValidationError, RegistrationError
+from dispytch.di.threads import run_in_thread
+from dispytch.errors import (
+    DependencyCycleError,
+    InvalidGeneratorError,
+    PayloadValidationError,
+    RegistrationError,
+)
 from dispytch.events import Envelope, Event, EventBase
 
 __all__ = ["CallPlan", "build_plan"]
@@ -50,11 +61,16 @@ _STEP = 2  # payload: index of an earlier step's result
 _CONST = 3  # payload: the value
 
 
+#: Kinds of sync code, which runs in a worker thread unless told otherwise.
+_SYNC_KINDS = frozenset({_Kind.SYNC, _Kind.GEN, _Kind.CM})
+
+
 @dataclass(slots=True)
 class _Step:
     func: Callable[..., Any]
     kind: _Kind
     args: tuple[tuple[str, int, Any], ...]
+    threaded: bool = False  # sync code, run in a worker thread
 
 
 @dataclass(slots=True)
@@ -85,6 +101,13 @@ def _kind_of(func: Callable[..., Any]) -> _Kind:
             return _Kind.ASYNC_CM
         if inspect.isgeneratorfunction(wrapped):
             return _Kind.CM
+        # A plain def decorator around an async function (functools.wraps): it returns a
+        # coroutine, so call it on the loop and await that, as for an async function.
+        try:
+            if inspect.iscoroutinefunction(inspect.unwrap(func)):
+                return _Kind.ASYNC
+        except ValueError:  # a __wrapped__ cycle
+            pass
     return _Kind.SYNC
 
 
@@ -110,6 +133,8 @@ class CallPlan:
 
     __slots__ = (
         "_has_cleanup",
+        "_one_hop",
+        "_sync",
         "_validators",
         "bodies",
         "func",
@@ -134,6 +159,10 @@ class CallPlan:
         self.bodies = bodies
         self.segments = segments
         self._has_cleanup = any(s.kind not in (_Kind.SYNC, _Kind.ASYNC) for s in steps)
+        #: A ``def`` handler: called in a worker thread.
+        self._sync = _kind_of(func) is _Kind.SYNC
+        #: A ``def`` handler whose dependencies are all threaded sync code: one thread hop.
+        self._one_hop = self._sync and all(s.threaded for s in steps)
         # Bound validators, resolved once: (validate or None for a raw dict, needs id, name).
         self._validators: list[tuple[Callable[[Any], Any] | None, bool, str]] = [
             (None, False, "dict")
@@ -177,68 +206,91 @@ class CallPlan:
         return values
 
     def start(self, events: list[Event[Any]], segments: list[Any]) -> Awaitable[Any]:
-        """What :meth:`run` does, as an awaitable: a handler without dependencies is called
-        directly (one coroutine less per message on the hot path)."""
-        if not self.steps:
+        """What :meth:`run` does, as an awaitable: an async handler without dependencies is
+        called directly (one coroutine less per message on the hot path)."""
+        if not self.steps and not self._sync:
             return self.func(**_kwargs(self.handler_args, events, segments, []))  # type: ignore[no-any-return]
         return self.run(events, segments)
 
     async def run(self, events: list[Event[Any]], segments: list[Any]) -> Any:
         """Resolve the dependencies and call the handler once."""
-        results: list[Any] = []
-        if not self._has_cleanup:
+        if self._one_hop:
+            result = await run_in_thread(self._run_sync, events, segments)
+        elif not self._has_cleanup:
+            results: list[Any] = []
             for step in self.steps:
                 kwargs = _kwargs(step.args, events, segments, results)
-                if step.kind is _Kind.SYNC:
-                    results.append(step.func(**kwargs))
-                else:
+                if step.kind is _Kind.ASYNC:
                     results.append(await step.func(**kwargs))
-            return await self.func(**_kwargs(self.handler_args, events, segments, results))
-        cleanups: list[Any] = []
+                elif step.threaded:
+                    results.append(await run_in_thread(step.func, **kwargs))
+                else:
+                    results.append(step.func(**kwargs))
+            result = await self._call_handler(events, segments, results)
+        else:
+            result = await self._run_with_cleanup(events, segments)
+        # A def handler may return an awaitable (a wrapper around an async function).
+        return await result if self._sync and inspect.isawaitable(result) else result
+
+    def _call_handler(
+        self, events: list[Event[Any]], segments: list[Any], results: list[Any]
+    ) -> Awaitable[Any]:
+        kwargs = _kwargs(self.handler_args, events, segments, results)
+        if self._sync:
+            return run_in_thread(self.func, **kwargs)
+        return self.func(**kwargs)  # type: ignore[no-any-return]
+
+    async def _run_with_cleanup(self, events: list[Event[Any]], segments: list[Any]) -> Any:
+        results: list[Any] = []
+        cleanups: list[tuple[Any, bool]] = []  # (generator or context manager, threaded)
         try:
             for step in self.steps:
-                results.append(await self._call(step, events, segments, results, cleanups))
-            result = await self.func(**_kwargs(self.handler_args, events, segments, results))
+                kwargs = _kwargs(step.args, events, segments, results)
+                kind = step.kind
+                if kind is _Kind.ASYNC:
+                    results.append(await step.func(**kwargs))
+                elif kind is _Kind.ASYNC_GEN:
+                    agen = step.func(**kwargs)
+                    try:
+                        results.append(await agen.__anext__())
+                    except StopAsyncIteration:
+                        raise _no_yield(step.func) from None
+                    cleanups.append((agen, False))
+                elif kind is _Kind.ASYNC_CM:
+                    acm: AbstractAsyncContextManager[Any] = step.func(**kwargs)
+                    results.append(await acm.__aenter__())
+                    cleanups.append((acm, False))
+                else:
+                    if step.threaded:
+                        value, item = await run_in_thread(_enter, step, kwargs)
+                    else:
+                        value, item = _enter(step, kwargs)
+                    results.append(value)
+                    if item is not None:
+                        cleanups.append((item, step.threaded))
+            result = await self._call_handler(events, segments, results)
         except BaseException as exc:
             await _cleanup(cleanups, exc)
             raise
         await _cleanup(cleanups, None)
         return result
 
-    @staticmethod
-    async def _call(
-        step: _Step,
-        events: list[Event[Any]],
-        segments: list[Any],
-        results: list[Any],
-        cleanups: list[Any] | None,
-    ) -> Any:
-        kwargs = _kwargs(step.args, events, segments, results)
-        kind = step.kind
-        if kind is _Kind.SYNC:
-            return step.func(**kwargs)
-        if kind is _Kind.ASYNC:
-            return await step.func(**kwargs)
-        assert cleanups is not None  # steps with cleanup set _has_cleanup
-        if kind is _Kind.GEN:
-            gen = step.func(**kwargs)
-            value = next(gen)
-            cleanups.append(gen)
-            return value
-        if kind is _Kind.ASYNC_GEN:
-            agen = step.func(**kwargs)
-            value = await agen.__anext__()
-            cleanups.append(agen)
-            return value
-        if kind is _Kind.CM:
-            cm: AbstractContextManager[Any] = step.func(**kwargs)
-            value = cm.__enter__()
-            cleanups.append(cm)
-            return value
-        acm: AbstractAsyncContextManager[Any] = step.func(**kwargs)
-        value = await acm.__aenter__()
-        cleanups.append(acm)
-        return value
+    def _run_sync(self, events: list[Event[Any]], segments: list[Any]) -> Any:
+        """The whole plan of a def handler with threaded sync dependencies: in one thread."""
+        results: list[Any] = []
+        cleanups: list[Any] = []
+        try:
+            for step in self.steps:
+                value, item = _enter(step, _kwargs(step.args, events, segments, results))
+                results.append(value)
+                if item is not None:
+                    cleanups.append(item)
+            result = self.func(**_kwargs(self.handler_args, events, segments, results))
+        except BaseException as exc:
+            _cleanup_sync(cleanups, exc)
+            raise
+        _cleanup_sync(cleanups, None)
+        return result
 
 
 def _kwargs(
@@ -260,43 +312,101 @@ def _kwargs(
     return out
 
 
-async def _cleanup(cleanups: list[Any], error: BaseException | None) -> None:
-    """Run teardown in reverse order. Generators resume normally, so code after ``yield`` always
-    runs; context managers see the error. A teardown error after success fails the attempt."""
-    first: BaseException | None = None
+def _no_yield(func: Callable[..., Any]) -> InvalidGeneratorError:
+    return InvalidGeneratorError(f"dependency generator {_name(func)} did not yield; yield once")
+
+
+def _enter(step: _Step, kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    """Set up one sync dependency: its value, and what to tear down after (or ``None``)."""
+    if step.kind is _Kind.SYNC:
+        return step.func(**kwargs), None
+    if step.kind is _Kind.GEN:
+        gen = step.func(**kwargs)
+        try:
+            return next(gen), gen
+        except StopIteration:
+            raise _no_yield(step.func) from None
+    cm: AbstractContextManager[Any] = step.func(**kwargs)
+    return cm.__enter__(), cm
+
+
+def _close(item: Any, error: BaseException | None) -> None:
+    """Tear down one sync generator (resumed normally) or context manager (sees the error)."""
+    if inspect.isgenerator(item):
+        try:
+            next(item)
+        except StopIteration:
+            return
+        raise InvalidGeneratorError(
+            f"dependency generator {item.__qualname__} yielded twice; yield once"
+        )
+    item.__exit__(*_exc_info(error))
+
+
+async def _aclose(item: Any, error: BaseException | None) -> None:
+    if inspect.isasyncgen(item):
+        try:
+            await item.__anext__()
+        except StopAsyncIteration:
+            return
+        raise InvalidGeneratorError(
+            f"dependency generator {item.__qualname__} yielded twice; yield once"
+        )
+    await item.__aexit__(*_exc_info(error))
+
+
+def _exc_info(error: BaseException | None) -> tuple[Any, Any, Any]:
+    return (type(error), error, error.__traceback__) if error else (None, None, None)
+
+
+class _TeardownErrors:
+    """Teardown runs every step however many fail. After a successful handler the first
+    teardown error fails the attempt; the others (and all of them after a failure) are logged."""
+
+    __slots__ = ("error", "first")
+
+    def __init__(self, error: BaseException | None) -> None:
+        self.error = error
+        self.first: Exception | None = None
+
+    def add(self, exc: Exception) -> None:
+        if self.error is None and self.first is None:
+            self.first = exc
+        else:
+            logger.error("dependency teardown failed: %s: %s", type(exc).__name__, exc)
+
+    def raise_first(self) -> None:
+        if self.first is not None:
+            raise self.first
+
+
+async def _cleanup(cleanups: list[tuple[Any, bool]], error: BaseException | None) -> None:
+    """Run teardown in reverse order, sync items in a worker thread when they were set up in
+    one. Generators resume normally, so code after ``yield`` always runs; context managers see
+    the error. A teardown error after success fails the attempt."""
+    errors = _TeardownErrors(error)
+    for item, threaded in reversed(cleanups):
+        try:
+            if inspect.isasyncgen(item) or isinstance(item, AbstractAsyncContextManager):
+                await _aclose(item, error)
+            elif threaded:
+                await run_in_thread(_close, item, error)
+            else:
+                _close(item, error)
+        except Exception as exc:
+            errors.add(exc)
+    errors.raise_first()
+
+
+def _cleanup_sync(cleanups: list[Any], error: BaseException | None) -> None:
+    """:func:`_cleanup` for a plan that runs entirely in one worker thread."""
+    errors = _TeardownErrors(error)
     for item in reversed(cleanups):
         try:
-            if inspect.isgenerator(item):
-                try:
-                    next(item)
-                except StopIteration:
-                    pass
-                else:
-                    raise RegistrationError(
-                        f"dependency generator {item.__qualname__} yielded twice; yield once"
-                    )
-            elif inspect.isasyncgen(item):
-                try:
-                    await item.__anext__()
-                except StopAsyncIteration:
-                    pass
-                else:
-                    raise RegistrationError(
-                        f"dependency generator {item.__qualname__} yielded twice; yield once"
-                    )
-            elif isinstance(item, AbstractAsyncContextManager):
-                exc_info = (type(error), error, error.__traceback__) if error else (None,) * 3
-                await item.__aexit__(*exc_info)
-            else:
-                exc_info = (type(error), error, error.__traceback__) if error else (None,) * 3
-                item.__exit__(*exc_info)
+            _close(item, error)
         except Exception as exc:
-            if error is None and first is None:
-                first = exc
-            else:
-                logger.error("dependency teardown failed: %s: %s", type(exc).__name__, exc)
-    if first is not None:
-        raise first
+            errors.add(exc)
+    errors.raise_first()
 
 
 def _short(exc: ValidationError) -> str:
@@ -374,7 +484,9 @@ class _Builder:
                     f"{where}: parameter {name!r} has Dependency() without a function and no "
                     "callable annotation; write Dependency(provider)"
                 )
-            return _STEP, self.step(func, marker.use_cache, f"{where} -> {name}")
+            return _STEP, self.step(
+                func, marker.use_cache, f"{where} -> {name}", marker.run_in_thread
+            )
         if isinstance(marker, TopicSegment):
             return _SEGMENT, self.segment(name, base, metadata, marker, where)
         body = _body_type(base, f"{where}, parameter {name!r}")
@@ -431,7 +543,9 @@ class _Builder:
         self.segments.append(_Segment(seg_name, adapter, f"{where}, parameter {name!r}"))
         return len(self.segments) - 1
 
-    def step(self, func: Callable[..., Any], use_cache: bool, where: str) -> int:
+    def step(
+        self, func: Callable[..., Any], use_cache: bool, where: str, run_in_thread: bool = True
+    ) -> int:
         func = self.overrides.get(func, func)
         if use_cache and func in self.cached:
             return self.cached[func]
@@ -447,7 +561,8 @@ class _Builder:
             args = self.params(func, f"dependency {_name(func)}")
         finally:
             self.visiting.pop()
-        self.steps.append(_Step(func, _kind_of(func), args))
+        kind = _kind_of(func)
+        self.steps.append(_Step(func, kind, args, run_in_thread and kind in _SYNC_KINDS))
         index = len(self.steps) - 1
         if use_cache:
             self.cached[func] = index
@@ -460,9 +575,11 @@ def build_plan(
     overrides: Mapping[Callable[..., Any], Any] | None = None,
 ) -> CallPlan:
     """Inspect a handler and its dependencies once; raise RegistrationError on any misuse."""
-    if not inspect.iscoroutinefunction(func):
+    kind = _kind_of(func) if callable(func) else None
+    if kind not in (_Kind.ASYNC, _Kind.SYNC) or inspect.isclass(func):
         raise RegistrationError(
-            f"handler {_name(func)} must be an 'async def' function, got {type(func).__name__}"
+            f"handler {_name(func)} must be an 'async def' or 'def' function, not a "
+            f"{'class' if inspect.isclass(func) else 'generator or context manager'}"
         )
     builder = _Builder(segment_names, overrides or {})
     handler_args = builder.params(func, f"handler {_name(func)}")
