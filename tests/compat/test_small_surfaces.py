@@ -8,12 +8,13 @@ import dataclasses
 import json
 import re
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
 from pydantic import BaseModel
 
-from dispytch import App, Event, EventListener, HandlerGroup, RegistrationError
+from dispytch import App, Dependency, Event, EventListener, HandlerGroup, RegistrationError
+from dispytch.di.context import EventHandlerContext
 from dispytch.listener.consumer import Consumer, Failure, Message
 from dispytch.memory import MemoryBroker
 from dispytch.serialization.deserializer import Deserializer, MessagePayload
@@ -211,6 +212,19 @@ def test_the_listener_handler_without_topic_is_a_type_error() -> None:
 
         @listener.handler(event="payment_made")
         async def on_payment(event: Event[Payment]) -> None: ...
+
+
+def current_user(ctx: EventHandlerContext) -> int:
+    """A 0.10 dependency that took the handler context."""
+    return int(ctx.event.body["user_id"])
+
+
+def test_event_handler_context_is_importable_and_says_what_to_use_instead() -> None:
+    payments = HandlerGroup()
+    with pytest.raises(RegistrationError, match=r"EventHandlerContext.*event: Event\[Model\]"):
+
+        @payments.handler(topic="payments", event="payment_made")
+        async def on_payment(user: Annotated[int, Dependency(current_user)]) -> None: ...
 
 
 # -- custom deserializers -------------------------------------------------------------------------

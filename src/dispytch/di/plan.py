@@ -23,6 +23,7 @@ from typing import Annotated, Any, get_args, get_origin, get_type_hints
 
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
+from dispytch.di.context import EventHandlerContext
 from dispytch.di.markers import Dependency, TopicSegment
 from dispytch.di.threads import run_in_thread
 from dispytch.errors import (
@@ -496,6 +497,12 @@ class _Builder:
             return _EVENT, self.bodies.index(body)
         if param.default is not inspect.Parameter.empty:
             return _CONST, param.default
+        if base is EventHandlerContext:
+            raise RegistrationError(
+                f"{where}: parameter {name!r} asks for Dispytch 0.10's EventHandlerContext, "
+                "which is not injected any more; take what it carried directly: "
+                "event: Event[Model] for the event, Annotated[T, TopicSegment()] for topic values"
+            )
         raise RegistrationError(
             f"{where}: parameter {name!r} has no source; annotate it as Event[Model], "
             f"Annotated[T, Dependency(provider)] or Annotated[T, TopicSegment()], or give it "
