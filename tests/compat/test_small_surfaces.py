@@ -21,7 +21,7 @@ from dispytch.serialization.deserializer import Deserializer, MessagePayload
 from dispytch.serialization.errors import DeserializationError, FieldMissingError
 from tests.conformance.conftest import BackendUnderTest
 from tests.helpers import wait_until
-from tests.unit.support import RecordingConsumer, envelope, running
+from tests.unit.support import RecordingConsumer, deliver, envelope, running
 
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 
@@ -172,13 +172,8 @@ async def test_a_handler_can_compare_the_event_it_got() -> None:
     async def on_payment(event: Event[Payment]) -> None:
         got.append(event)
 
-    broker = MemoryBroker()
-    consumer = RecordingConsumer(broker)
-    listener = EventListener(consumer)
-    listener.add_handler_group(payments)
-    async with running(listener):
-        broker.publish("payments", envelope("payment_made", {"amount": 7}, id_="e7", timestamp=9))
-        await wait_until(lambda: len(got) == 1, timeout=5, what="the event")
+    payload = envelope("payment_made", {"amount": 7}, id_="e7", timestamp=9)
+    await deliver(payments, [("payments", payload)])
     assert got == [
         Event(id="e7", type="payment_made", topic="payments", body=Payment(amount=7), timestamp=9)
     ]
@@ -250,10 +245,6 @@ async def test_a_0_10_deserializer_returning_message_payload() -> None:
     async def on_payment(event: Event[Payment]) -> None:
         got.append(event)
 
-    broker = MemoryBroker()
-    consumer = RecordingConsumer(broker)
-    listener = EventListener(consumer, LegacyJSON())
-    listener.add_handler_group(payments)
     bad = [
         b'{"id": "a", "body": {}}',  # FieldMissingError
         b'{"id": "broken", "type": "payment_made", "body": {}, "timestamp": 1}',
@@ -264,10 +255,9 @@ async def test_a_0_10_deserializer_returning_message_payload() -> None:
         b'{"id": "e1", "type": "payment_made", "body": {"amount": 5}, "timestamp": 2.0, '
         b'"producer": "ignored, as 0.10 ignored unknown keys"}'
     )
-    async with running(listener):
-        for payload in [*bad, good]:
-            broker.publish("payments", payload)
-        await wait_until(lambda: consumer.settled == 5, timeout=5, what="all settled")
+    consumer = await deliver(
+        payments, [("payments", payload) for payload in [*bad, good]], deserializer=LegacyJSON()
+    )
     assert [(e.id, e.body, e.timestamp) for e in got] == [("e1", Payment(amount=5), 2)]
     assert [(f.reason, f.error_type) for _, f in consumer.dead] == [("decode", "DecodeError")] * 4
 

@@ -29,7 +29,7 @@ from dispytch.di.plan import build_plan
 from dispytch.events import Envelope
 from dispytch.memory import MemoryBroker
 from tests.helpers import wait_until
-from tests.unit.support import RecordingConsumer, envelope, running
+from tests.unit.support import RecordingConsumer, deliver, envelope, running
 
 
 class UserCreated(BaseModel):
@@ -41,19 +41,8 @@ def _user(n: int) -> bytes:
     return envelope("user_created", {"user_id": n, "email": f"u{n}@example.com"}, id_=f"u{n}")
 
 
-async def _deliver(
-    group: HandlerGroup, payloads: list[bytes], topic: str = "users", *, settled: int | None = None
-) -> RecordingConsumer:
-    broker = MemoryBroker()
-    consumer = RecordingConsumer(broker)
-    listener = EventListener(consumer)
-    listener.add_handler_group(group)
-    async with running(listener):
-        for payload in payloads:
-            broker.publish(topic, payload)
-        want = len(payloads) if settled is None else settled
-        await wait_until(lambda: consumer.settled == want, timeout=10, what="all settled")
-    return consumer
+async def _deliver(group: HandlerGroup, payloads: list[bytes], topic: str = "users") -> Any:
+    return await deliver(group, [(topic, payload) for payload in payloads])
 
 
 # -- handlers -------------------------------------------------------------------------------------

@@ -7,10 +7,8 @@ from typing import Annotated, Any
 import pytest
 from pydantic import AliasChoices, BaseModel, Field
 
-from dispytch import Event, EventListener, HandlerGroup, RegistrationError, TopicSegment
-from dispytch.memory import MemoryBroker
-from tests.helpers import wait_until
-from tests.unit.support import RecordingConsumer, envelope, running
+from dispytch import Event, HandlerGroup, RegistrationError, TopicSegment
+from tests.unit.support import RecordingConsumer, deliver, envelope
 
 
 class Reading(BaseModel):
@@ -19,14 +17,7 @@ class Reading(BaseModel):
 
 async def _route(group: HandlerGroup, topic: str) -> RecordingConsumer:
     """Deliver one 'reading' event on ``topic`` to a 0.10-style listener ('.' delimited)."""
-    broker = MemoryBroker()
-    consumer = RecordingConsumer(broker)
-    listener = EventListener(consumer, topic_delimiter=".")
-    listener.add_handler_group(group)
-    async with running(listener):
-        broker.publish(topic, envelope("reading", {"value": 1.5}))
-        await wait_until(lambda: consumer.settled == 1, timeout=5, what="the reading")
-    return consumer
+    return await deliver(group, [(topic, envelope("reading", {"value": 1.5}))], topic_delimiter=".")
 
 
 async def test_the_bare_class_works_as_an_instance() -> None:

@@ -13,16 +13,14 @@ from dispytch import (
     App,
     Event,
     EventBase,
-    EventListener,
     HandlerGroup,
     RegistrationError,
     TopicSegment,
 )
-from dispytch.memory import MemoryBroker
 from dispytch.routing import RouteTable, TopicPattern
 from tests.conformance.conftest import BackendUnderTest
 from tests.helpers import wait_until
-from tests.unit.support import RecordingConsumer, envelope, running
+from tests.unit.support import deliver, envelope
 
 
 class Shipped(BaseModel):
@@ -109,15 +107,13 @@ async def test_seed_style_listener_with_a_star_topic() -> None:
     async def on_shipped(event: Event[Shipped]) -> None:
         got.append((event.topic, event.body.order_id))
 
-    broker = MemoryBroker()
-    consumer = RecordingConsumer(broker)
-    listener = EventListener(consumer, topic_delimiter=".")
-    listener.add_handler_group(orders)
-    async with running(listener):
-        broker.publish("orders.eu.shipped", envelope("order_shipped", {"order_id": 1}))
-        broker.publish("orders.eu.west.shipped", envelope("order_shipped", {"order_id": 2}))
-        broker.publish("orders.us.shipped", envelope("order_shipped", {"order_id": 3}))
-        await wait_until(lambda: consumer.settled == 2, timeout=5, what="two events")
+    topics = ["orders.eu.shipped", "orders.eu.west.shipped", "orders.us.shipped"]
+    consumer = await deliver(
+        orders,
+        [(t, envelope("order_shipped", {"order_id": n})) for n, t in enumerate(topics, 1)],
+        settled=2,
+        topic_delimiter=".",
+    )
     assert got == [("orders.eu.shipped", 1), ("orders.us.shipped", 3)]
     # The two-segment topic was never fetched: the subscription itself is one segment wide.
     assert consumer.fetched == 2

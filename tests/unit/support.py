@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
+from dispytch.handler import HandlerGroup
 from dispytch.listener.consumer import Failure, Message
 from dispytch.listener.listener import EventListener
 from dispytch.memory import MemoryBroker, MemoryConsumer
 from dispytch.routing import TopicPattern
+from dispytch.serialization.deserializer import Deserializer
+from tests.helpers import wait_until
 
 GROUP = "unit"
 
@@ -88,3 +91,27 @@ async def running(
     finally:
         listener.stop()
         await asyncio.wait_for(task, timeout)
+
+
+async def deliver(
+    group: HandlerGroup,
+    messages: Iterable[tuple[str, bytes]],
+    *,
+    settled: int | None = None,
+    deserializer: Deserializer | None = None,
+    topic_delimiter: str = ":",
+) -> RecordingConsumer:
+    """Run a listener with ``group`` on a fresh memory broker, publish ``messages`` (topic,
+    payload), wait until ``settled`` of them (default: all) are settled, stop; return the
+    consumer, which recorded how each was settled."""
+    messages = list(messages)
+    broker = MemoryBroker()
+    consumer = RecordingConsumer(broker)
+    listener = EventListener(consumer, deserializer, topic_delimiter)
+    listener.add_handler_group(group)
+    want = len(messages) if settled is None else settled
+    async with running(listener):
+        for topic, payload in messages:
+            broker.publish(topic, payload)
+        await wait_until(lambda: consumer.settled == want, timeout=10, what=f"{want} settled")
+    return consumer

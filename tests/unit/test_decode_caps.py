@@ -10,13 +10,11 @@ from typing import Any
 import msgpack
 import pytest
 
-from dispytch import ConfigurationError, DecodeError, Event, EventListener, HandlerGroup
-from dispytch.memory import MemoryBroker
+from dispytch import ConfigurationError, DecodeError, Event, HandlerGroup
 from dispytch.serialization.deserializer import STRUCTURE_CHECK_BYTES, Deserializer
 from dispytch.serialization.json import JSONDeserializer
 from dispytch.serialization.msgpack import MessagePackDeserializer
-from tests.helpers import wait_until
-from tests.unit.support import RecordingConsumer, envelope, running
+from tests.unit.support import deliver, envelope
 
 MiB = 1024 * 1024
 
@@ -192,15 +190,8 @@ async def test_a_too_dense_event_is_dead_lettered_once_and_the_next_is_handled()
     async def handle(event: Event[dict[str, Any]]) -> None:
         got.append(event.body["n"])
 
-    broker = MemoryBroker()
-    consumer = RecordingConsumer(broker)
-    listener = EventListener(consumer)
-    listener.add_handler_group(group)
     bomb = _json_list(b"{}", 300_000)  # a valid envelope, too dense to decode
-    async with running(listener):
-        broker.publish("orders", bomb)
-        broker.publish("orders", envelope("placed", {"n": 1}))
-        await wait_until(lambda: consumer.settled == 2, timeout=5, what="both settled")
+    consumer = await deliver(group, [("orders", bomb), ("orders", envelope("placed", {"n": 1}))])
     assert got == [1]
     ((message, failure),) = consumer.dead
     assert message.payload == bomb

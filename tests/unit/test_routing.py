@@ -9,8 +9,7 @@ from pydantic import BaseModel
 from dispytch import Event, EventListener, HandlerGroup, RegistrationError, TopicSegment
 from dispytch.memory import MemoryBroker
 from dispytch.routing import _TOPIC_CACHE_SIZE, RouteTable, TopicPattern
-from tests.helpers import wait_until
-from tests.unit.support import RecordingConsumer, envelope, running
+from tests.unit.support import RecordingConsumer, deliver, envelope
 
 
 class Body(BaseModel):
@@ -130,13 +129,7 @@ def test_topic_cache_is_bounded() -> None:
 async def _deliver(
     group: HandlerGroup, topic: str, *, expect_dead: int = 0, expect_acked: int = 1
 ) -> RecordingConsumer:
-    broker = MemoryBroker()
-    consumer = RecordingConsumer(broker)
-    listener = EventListener(consumer)
-    listener.add_handler_group(group)
-    async with running(listener):
-        broker.publish(topic, envelope("created", {"n": 1}))
-        await wait_until(lambda: consumer.settled == expect_acked, timeout=5, what="settle")
+    consumer = await deliver(group, [(topic, envelope("created", {"n": 1}))], settled=expect_acked)
     assert len(consumer.dead) == expect_dead
     return consumer
 

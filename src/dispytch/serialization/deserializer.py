@@ -31,6 +31,7 @@ __all__ = [
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "DEFAULT_MSGPACK_BYTES_PER_CONTAINER",
     "STRUCTURE_CHECK_BYTES",
+    "CappedDeserializer",
     "Deserializer",
     "MessagePayload",
     "envelope_from_mapping",
@@ -99,40 +100,49 @@ def envelope_from_mapping(data: Any) -> Envelope:
     return Envelope(id_, type_, body, timestamp)
 
 
-class DecodeCaps:
-    """The size and structure caps of one deserializer, with the checks they need."""
-
-    __slots__ = ("bytes_per_container", "checked_above", "max_payload_bytes")
+class CappedDeserializer(Deserializer):
+    """A deserializer with decode caps: the base of the JSON and MessagePack ones."""
 
     def __init__(self, max_payload_bytes: int, bytes_per_container: int) -> None:
         if max_payload_bytes < 1:
             raise ConfigurationError(f"max_payload_bytes must be >= 1, got {max_payload_bytes}")
         if bytes_per_container < 0:
-            raise ConfigurationError(f"bytes_per_container must be >= 0, got {bytes_per_container}")
-        self.max_payload_bytes = max_payload_bytes
-        self.bytes_per_container = bytes_per_container
+            raise ConfigurationError(
+                f"bytes_per_container must be >= 0 (0: no structure check), got "
+                f"{bytes_per_container}"
+            )
+        self._max_payload_bytes = max_payload_bytes
+        self._bytes_per_container = bytes_per_container
         #: Payloads longer than this need a closer look: the one comparison on the hot path.
-        self.checked_above = (
+        self._checked_above = (
             min(max_payload_bytes, STRUCTURE_CHECK_BYTES)
             if bytes_per_container
             else max_payload_bytes
         )
 
-    def check_size(self, size: int) -> None:
-        if size > self.max_payload_bytes:
+    @property
+    def max_payload_bytes(self) -> int:
+        return self._max_payload_bytes
+
+    @property
+    def bytes_per_container(self) -> int:
+        return self._bytes_per_container
+
+    def _check_size(self, size: int) -> None:
+        if size > self._max_payload_bytes:
             raise DecodeError(
-                f"payload of {size} bytes exceeds max_payload_bytes={self.max_payload_bytes}; "
+                f"payload of {size} bytes exceeds max_payload_bytes={self._max_payload_bytes}; "
                 "raise max_payload_bytes on the deserializer if such events are expected"
             )
 
-    def container_budget(self, size: int) -> int | None:
+    def _container_budget(self, size: int) -> int | None:
         """How many objects and arrays a payload of ``size`` bytes may hold (``None``: any)."""
-        if not self.bytes_per_container or size <= STRUCTURE_CHECK_BYTES:
+        if not self._bytes_per_container or size <= STRUCTURE_CHECK_BYTES:
             return None
-        return size // self.bytes_per_container
+        return size // self._bytes_per_container
 
     @staticmethod
-    def too_dense(size: int, budget: int) -> DecodeError:
+    def _too_dense(size: int, budget: int) -> DecodeError:
         return DecodeError(
             f"payload of {size} bytes holds more than {budget} objects/arrays (one per "
             f"bytes_per_container bytes); refused so it cannot expand in memory. Lower "

@@ -11,8 +11,7 @@ from dispytch.events import Envelope
 from dispytch.serialization.deserializer import (
     DEFAULT_BYTES_PER_CONTAINER,
     DEFAULT_MAX_PAYLOAD_BYTES,
-    DecodeCaps,
-    Deserializer,
+    CappedDeserializer,
     envelope_from_mapping,
 )
 
@@ -33,7 +32,7 @@ def _loads(text: str) -> Any:
     return value
 
 
-class JSONDeserializer(Deserializer):
+class JSONDeserializer(CappedDeserializer):
     """Decodes the JSON envelope.
 
     ``max_payload_bytes`` and ``bytes_per_container`` are the decode caps (see
@@ -50,16 +49,7 @@ class JSONDeserializer(Deserializer):
         bytes_per_container: int = DEFAULT_BYTES_PER_CONTAINER,
     ) -> None:
         self.encoding = encoding
-        self._caps = DecodeCaps(max_payload_bytes, bytes_per_container)
-        self._checked_above = self._caps.checked_above
-
-    @property
-    def max_payload_bytes(self) -> int:
-        return self._caps.max_payload_bytes
-
-    @property
-    def bytes_per_container(self) -> int:
-        return self._caps.bytes_per_container
+        super().__init__(max_payload_bytes, bytes_per_container)
 
     def deserialize(self, payload: bytes) -> Envelope:
         if len(payload) > self._checked_above:
@@ -74,7 +64,7 @@ class JSONDeserializer(Deserializer):
 
     def _check(self, payload: bytes) -> None:
         size = len(payload)
-        self._caps.check_size(size)
-        budget = self._caps.container_budget(size)
+        self._check_size(size)
+        budget = self._container_budget(size)
         if budget is not None and payload.count(b"{") + payload.count(b"[") > budget:
-            raise self._caps.too_dense(size, budget)
+            raise self._too_dense(size, budget)

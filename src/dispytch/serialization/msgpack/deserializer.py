@@ -12,8 +12,7 @@ from dispytch.events import Envelope
 from dispytch.serialization.deserializer import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     DEFAULT_MSGPACK_BYTES_PER_CONTAINER,
-    DecodeCaps,
-    Deserializer,
+    CappedDeserializer,
     envelope_from_mapping,
 )
 
@@ -40,7 +39,7 @@ class _Budget:
         return container
 
 
-class MessagePackDeserializer(Deserializer):
+class MessagePackDeserializer(CappedDeserializer):
     """Decodes the MessagePack envelope.
 
     ``max_payload_bytes`` and ``bytes_per_container`` are the decode caps (see
@@ -56,16 +55,7 @@ class MessagePackDeserializer(Deserializer):
         *,
         bytes_per_container: int = DEFAULT_MSGPACK_BYTES_PER_CONTAINER,
     ) -> None:
-        self._caps = DecodeCaps(max_payload_bytes, bytes_per_container)
-        self._checked_above = self._caps.checked_above
-
-    @property
-    def max_payload_bytes(self) -> int:
-        return self._caps.max_payload_bytes
-
-    @property
-    def bytes_per_container(self) -> int:
-        return self._caps.bytes_per_container
+        super().__init__(max_payload_bytes, bytes_per_container)
 
     def deserialize(self, payload: bytes) -> Envelope:
         counter = self._counter(payload) if len(payload) > self._checked_above else None
@@ -81,7 +71,7 @@ class MessagePackDeserializer(Deserializer):
                     list_hook=counter,
                 )
         except _TooDense:
-            raise self._caps.too_dense(len(payload), counter.budget if counter else 0) from None
+            raise self._too_dense(len(payload), counter.budget if counter else 0) from None
         except RecursionError:
             raise DecodeError("MessagePack nested too deeply") from None
         except Exception as exc:  # msgpack raises several unrelated types on bad input
@@ -90,6 +80,6 @@ class MessagePackDeserializer(Deserializer):
 
     def _counter(self, payload: bytes) -> _Budget | None:
         size = len(payload)
-        self._caps.check_size(size)
-        budget = self._caps.container_budget(size)
+        self._check_size(size)
+        budget = self._container_budget(size)
         return None if budget is None else _Budget(budget)
