@@ -262,6 +262,46 @@ async def test_a_0_10_deserializer_returning_message_payload() -> None:
     assert [(f.reason, f.error_type) for _, f in consumer.dead] == [("decode", "DecodeError")] * 4
 
 
+class OwnPayload(BaseModel):
+    """A 0.10 user's own model of the envelope (0.10's listener only called model_dump())."""
+
+    id: str
+    type: str
+    body: Any = None
+    timestamp: int = 0
+
+
+class ShapeDeserializer(Deserializer):
+    """Returns the 0.10 shape as a pydantic model, or as a plain dict for ``"as": "dict"``."""
+
+    def deserialize(self, payload: bytes) -> Any:
+        data = json.loads(payload)
+        return data if data.pop("as", None) == "dict" else OwnPayload(**data)
+
+
+async def test_a_deserializer_returning_its_own_model_or_a_dict() -> None:
+    got: list[tuple[str, int]] = []
+    payments = HandlerGroup()
+
+    @payments.handler(topic="payments", event="payment_made")
+    async def on_payment(event: Event[Payment]) -> None:
+        got.append((event.id, event.body.amount))
+
+    payloads = [
+        b'{"id": "m", "type": "payment_made", "body": {"amount": 1}, "timestamp": 1}',
+        b'{"as": "dict", "id": "d", "type": "payment_made", "body": {"amount": 2}}',
+        # Shapes the pipeline could not use: a decode failure each, never a redelivery loop.
+        b'{"id": "no-body", "type": "payment_made"}',
+        b'{"as": "dict", "id": "list-body", "type": "payment_made", "body": [1]}',
+    ]
+    consumer = await deliver(
+        payments, [("payments", p) for p in payloads], deserializer=ShapeDeserializer()
+    )
+    assert got == [("m", 1), ("d", 2)]
+    assert [(f.reason, f.error_type) for _, f in consumer.dead] == [("decode", "DecodeError")] * 2
+    assert consumer.nacked == []
+
+
 def test_message_payload_is_an_envelope_with_0_10_construction() -> None:
     payload = MessagePayload(id="e1", type="payment_made", body={"amount": 1}, timestamp=3)
     assert (payload.id, payload.type, payload.body, payload.timestamp) == (

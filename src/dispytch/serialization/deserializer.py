@@ -20,8 +20,10 @@ check would cost every ordinary event a scan.
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 from dispytch.errors import ConfigurationError, DecodeError, FieldMissingError
 from dispytch.events import Envelope
@@ -52,11 +54,39 @@ class Deserializer(ABC):
     :class:`~dispytch.errors.DecodeError` on bad input (any other exception is treated the
     same way: the message is dead-lettered, never retried).
 
-    A Dispytch 0.10 deserializer returning :class:`MessagePayload` works unchanged.
+    A subclass's ``deserialize`` may also return what Dispytch 0.10 deserializers returned:
+    :class:`MessagePayload`, or any object (a pydantic model, say) or mapping with ``id``,
+    ``type``, ``body`` and ``timestamp``. Such a result is checked and turned into an
+    ``Envelope`` once, right after ``deserialize``: a malformed one is a ``DecodeError`` (a dead
+    letter), never an error later in the pipeline.
     """
+
+    #: Set by deserializers whose ``deserialize`` always returns a checked ``Envelope``; the
+    #: others get their results checked.
+    returns_envelope: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("deserialize")
+        if own is not None and not cls.__dict__.get("returns_envelope", False):
+            setattr(cls, "deserialize", _checking(own))  # noqa: B010 - replaces the method
 
     @abstractmethod
     def deserialize(self, payload: bytes) -> Envelope: ...
+
+
+def _checking(deserialize: Callable[[Any, bytes], Any]) -> Callable[[Any, bytes], Envelope]:
+    @functools.wraps(deserialize)
+    def checked(self: Any, payload: bytes) -> Envelope:
+        result = deserialize(self, payload)
+        if isinstance(result, Envelope):  # an Envelope, or a MessagePayload (checked already)
+            return result
+        if isinstance(result, Mapping):
+            return envelope_from_mapping(dict(result))
+        fields = ("id", "type", "body", "timestamp")
+        return envelope_from_mapping({f: getattr(result, f) for f in fields if hasattr(result, f)})
+
+    return checked
 
 
 class MessagePayload(Envelope):

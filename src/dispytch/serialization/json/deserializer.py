@@ -41,6 +41,8 @@ class JSONDeserializer(CappedDeserializer):
     upper bound and costs one pass over the bytes, nothing is decoded before it passes.
     """
 
+    returns_envelope = True
+
     def __init__(
         self,
         encoding: str = "utf-8",

@@ -49,6 +49,8 @@ class MessagePackDeserializer(CappedDeserializer):
     most ``budget`` containers of memory (about 9x its size at the default).
     """
 
+    returns_envelope = True
+
     def __init__(
         self,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
