@@ -154,3 +154,14 @@ async def test_the_signature_is_read_once_not_per_emit(monkeypatch: pytest.Monke
     await emitter.emit_many(OrderShipped(region="eu", order_id=n) for n in range(20))
     assert built >= 1
     assert len(reads) == built
+
+
+def test_a_standard_producer_is_called_directly_others_through_an_adapter() -> None:
+    from dispytch.emitter.calling import send_caller
+    from dispytch.memory import MemoryBroker, MemoryProducer
+
+    class KeywordOnly(Producer):
+        async def send(self, *, topic: str, payload: bytes, config: Any = None) -> None: ...  # type: ignore[override]
+
+    assert send_caller(MemoryProducer(MemoryBroker()).send) is None
+    assert send_caller(KeywordOnly().send) is not None

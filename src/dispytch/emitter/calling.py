@@ -26,11 +26,16 @@ SendCaller = Callable[
     [str, bytes, BaseModel | None, bytes | None, Mapping[str, str] | None], Awaitable[Any]
 ]
 
-_NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+_EITHER = inspect.Parameter.POSITIONAL_OR_KEYWORD
+_NAMED = (_EITHER, inspect.Parameter.KEYWORD_ONLY)
+_STANDARD = [("topic", _EITHER), ("payload", _EITHER), ("config", _EITHER)]
 
 
-def send_caller(send: Callable[..., Awaitable[Any]]) -> SendCaller:
-    """A function that calls ``send`` with the convention its signature asks for."""
+def send_caller(send: Callable[..., Awaitable[Any]]) -> SendCaller | None:
+    """A function that calls ``send`` with the convention its signature asks for, or ``None``
+    when ``send`` has the standard signature of :meth:`Producer.send
+    <dispytch.emitter.producer.Producer.send>` (``topic, payload, config`` in that order, ``key``
+    and ``headers`` by keyword): the emitter then calls it directly, with no adapter between."""
     try:
         params = dict(inspect.signature(send).parameters)
     except (TypeError, ValueError):  # no readable signature: call it as 0.10 did
@@ -42,6 +47,9 @@ def send_caller(send: Callable[..., Awaitable[Any]]) -> SendCaller:
         return any_keyword if param is None else param.kind in _NAMED
 
     key, headers = takes("key"), takes("headers")
+    first = [(p.name, p.kind) for p in list(params.values())[:3]]
+    if key and headers and first == _STANDARD:
+        return None  # positionally or by keyword, the same call
     if takes("topic") and takes("payload") and takes("config"):
         if key and headers:
             return lambda t, p, c, k, h: send(topic=t, payload=p, config=c, key=k, headers=h)

@@ -59,7 +59,7 @@ class EventEmitter:
         self.topic_rules: TopicRules = rules if isinstance(rules, TopicRules) else GENERIC
         self._on_timeout: TimeoutCallback | None = None
         # send's convention (keywords as 0.10 called it, or positional; key/headers if taken),
-        # read once here, never per emit.
+        # read once here, never per emit; None: the standard signature, called directly.
         self._call = send_caller(producer.send)
         # Producer's own send_many passes key= and headers=, which a seed-era send may refuse.
         self._batched = (
@@ -80,6 +80,8 @@ class EventEmitter:
     def _send(self, event: EventBase, timestamp_ms: int | None = None) -> Awaitable[Any]:
         topic, payload = self.encode(event, timestamp_ms)
         config = event.backend_config
+        if self._call is None:
+            return self.producer.send(topic, payload, config, key=ordering_key(config))
         return self._call(topic, payload, config, ordering_key(config), None)
 
     async def emit(self, event: EventBase) -> None:
