@@ -42,9 +42,10 @@ class Producer(ABC):
 
     How the emitter calls ``send`` (read from its signature once, when the emitter is built):
     ``topic=``, ``payload=`` and ``config=`` as keywords, as Dispytch 0.10 did, so a 0.10
-    producer taking them keyword-only works; positionally, in that order, when ``send`` does
-    not take those names by keyword (positional-only parameters). ``key=`` and ``headers=``
-    are passed by keyword only when ``send`` takes them (or ``**kwargs``).
+    producer taking them keyword-only (or in another order) works; positionally, in that
+    order, when ``send`` does not take those names by keyword (positional-only parameters) or
+    has this class's signature (the same call, made directly). ``key=`` and ``headers=`` are
+    passed by keyword only when ``send`` takes them (or ``**kwargs``).
     """
 
     topic_rules: ClassVar[TopicRules] = GENERIC
