@@ -217,7 +217,9 @@ class CallPlan:
         """Resolve the dependencies and call the handler once."""
         if self._one_hop:
             result = await run_in_thread(self._run_sync, events, segments)
-        elif not self._has_cleanup:
+        elif self._has_cleanup:
+            result = await self._run_with_cleanup(events, segments)
+        else:
             results: list[Any] = []
             for step in self.steps:
                 kwargs = _kwargs(step.args, events, segments, results)
@@ -227,9 +229,10 @@ class CallPlan:
                     results.append(await run_in_thread(step.func, **kwargs))
                 else:
                     results.append(step.func(**kwargs))
-            result = await self._call_handler(events, segments, results)
-        else:
-            result = await self._run_with_cleanup(events, segments)
+            kwargs = _kwargs(self.handler_args, events, segments, results)
+            if not self._sync:
+                return await self.func(**kwargs)
+            result = await run_in_thread(self.func, **kwargs)
         # A def handler may return an awaitable (a wrapper around an async function).
         return await result if self._sync and inspect.isawaitable(result) else result
 
