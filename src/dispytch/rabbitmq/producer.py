@@ -43,7 +43,8 @@ class RabbitMQProducer(Producer):
 
     Args:
         exchange: an aio-pika exchange, or a list of them; an event picks one by name with
-            ``RabbitMQEventConfig(exchange=...)``, otherwise the first is used.
+            ``RabbitMQEventConfig(exchange=...)``, otherwise the first is used. ``exchanges=``
+            (Dispytch 0.10's keyword) is the same.
         timeout: seconds to wait for the confirm; ``None`` waits as long as the connection lives.
     """
 
@@ -51,14 +52,17 @@ class RabbitMQProducer(Producer):
 
     def __init__(
         self,
-        exchange: AbstractExchange | Sequence[AbstractExchange],
+        exchange: AbstractExchange | Sequence[AbstractExchange] = (),
         timeout: float | None = None,
+        *,
+        exchanges: Sequence[AbstractExchange] = (),
     ) -> None:
-        exchanges = [exchange] if isinstance(exchange, AbstractExchange) else list(exchange)
-        if not exchanges:
+        given = exchanges or exchange
+        chosen = [given] if isinstance(given, AbstractExchange) else list(given)
+        if not chosen:
             raise ConfigurationError("RabbitMQProducer needs at least one exchange")
-        self.exchanges: dict[str, AbstractExchange] = {ex.name: ex for ex in exchanges}
-        self.default_exchange = exchanges[0]
+        self.exchanges: dict[str, AbstractExchange] = {ex.name: ex for ex in chosen}
+        self.default_exchange = chosen[0]
         self.timeout = timeout
 
     def _exchange(self, name: str) -> AbstractExchange:
