@@ -353,6 +353,33 @@ async def test_a_generator_dependency_that_does_not_yield_fails_the_attempt(
     assert "did not yield" in failure.error_message
 
 
+async def fetch_quota() -> int:
+    return 3
+
+
+async def test_a_def_dependency_returning_a_coroutine_is_awaited_as_in_0_10() -> None:
+    got: list[int] = []
+    users = HandlerGroup()
+
+    @users.handler(topic="users", event="user_created")
+    async def on_user(quota: Annotated[int, Dependency(lambda: fetch_quota())]) -> None:
+        got.append(quota)
+
+    await _deliver(users, [_user(1)])
+    assert got == [3]
+
+
+async def test_a_def_handler_cannot_await_a_dependency_coroutine_and_says_so() -> None:
+    users = HandlerGroup()
+
+    @users.handler(topic="users", event="user_created")
+    def on_user(quota: Annotated[int, Dependency(lambda: fetch_quota())]) -> None: ...
+
+    consumer = await _deliver(users, [_user(1)])
+    ((_, failure),) = consumer.dead
+    assert "make the handler async def" in failure.error_message
+
+
 # -- context variables ----------------------------------------------------------------------------
 
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")

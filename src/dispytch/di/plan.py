@@ -225,10 +225,15 @@ class CallPlan:
                 kwargs = _kwargs(step.args, events, segments, results)
                 if step.kind is _Kind.ASYNC:
                     results.append(await step.func(**kwargs))
-                elif step.threaded:
-                    results.append(await run_in_thread(step.func, **kwargs))
                 else:
-                    results.append(step.func(**kwargs))
+                    value = (
+                        await run_in_thread(step.func, **kwargs)
+                        if step.threaded
+                        else step.func(**kwargs)
+                    )
+                    # A def returning an awaitable (a lambda around an async function), as
+                    # 0.10 allowed: await what it returned.
+                    results.append(await value if inspect.isawaitable(value) else value)
             kwargs = _kwargs(self.handler_args, events, segments, results)
             if not self._sync:
                 return await self.func(**kwargs)
@@ -269,7 +274,7 @@ class CallPlan:
                         value, item = await run_in_thread(_enter, step, kwargs)
                     else:
                         value, item = _enter(step, kwargs)
-                    results.append(value)
+                    results.append(await value if inspect.isawaitable(value) else value)
                     if item is not None:
                         cleanups.append((item, step.threaded))
             result = await self._call_handler(events, segments, results)
@@ -286,9 +291,16 @@ class CallPlan:
         try:
             for step in self.steps:
                 value, item = _enter(step, _kwargs(step.args, events, segments, results))
-                results.append(value)
                 if item is not None:
                     cleanups.append(item)
+                if inspect.isawaitable(value):
+                    _discard(value)
+                    raise RegistrationError(
+                        f"dependency {_name(step.func)} returned an awaitable to the def handler "
+                        f"{self.name}, which runs in a worker thread and cannot await it; make "
+                        "the handler async def, or the dependency async def"
+                    )
+                results.append(value)
             result = self.func(**_kwargs(self.handler_args, events, segments, results))
         except BaseException as exc:
             _cleanup_sync(cleanups, exc)
@@ -314,6 +326,13 @@ def _kwargs(
         else:
             out[name] = payload
     return out
+
+
+def _discard(awaitable: Any) -> None:
+    """Close a coroutine that will never be awaited (no 'never awaited' warning)."""
+    close = getattr(awaitable, "close", None)
+    if close is not None:
+        close()
 
 
 def _no_yield(func: Callable[..., Any]) -> InvalidGeneratorError:
