@@ -3,6 +3,7 @@ built, a `def` handler with a sync dependency, a `{segment}` or a `*` topic. (Ka
 start-then-listen wiring is tested with the Kafka backend.)"""
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from pydantic import BaseModel
@@ -61,6 +62,21 @@ def signup_handlers(topic: str) -> HandlerGroup:
     return group
 
 
+async def _emit_and_welcome(
+    listener: EventListener,
+    emitter: EventEmitter,
+    event: EventBase,
+    ready: Callable[[], Awaitable[bool]],
+) -> None:
+    """Listen, emit once ``ready``, wait for the welcome, stop."""
+    listening = asyncio.create_task(listener.listen())
+    await eventually(ready, "the subscription")
+    await emitter.emit(event)
+    await wait_until(lambda: len(WELCOMED) == 1, timeout=20, what="the welcome")
+    listener.stop()
+    await asyncio.wait_for(listening, 20)
+
+
 async def test_rabbitmq_wired_as_in_0_10() -> None:
     require_broker("rabbitmq", 5672)
     import aio_pika
@@ -82,11 +98,15 @@ async def test_rabbitmq_wired_as_in_0_10() -> None:
         listener.add_handler_group(signup_handlers("signups.{region}.users"))
         emitter = EventEmitter(RabbitMQProducer(exchanges=[exchange], timeout=5))
 
-        listening = asyncio.create_task(listener.listen())
-        await emitter.emit(UserSignedUp(region="eu", email="ann@example.com"))
-        await wait_until(lambda: len(WELCOMED) == 1, timeout=20, what="the welcome")
-        listener.stop()
-        await asyncio.wait_for(listening, 20)
+        async def nothing_to_wait_for() -> bool:
+            return True
+
+        await _emit_and_welcome(
+            listener,
+            emitter,
+            UserSignedUp(region="eu", email="ann@example.com"),
+            nothing_to_wait_for,
+        )
     finally:
         await connection.close()
     assert WELCOMED == [("eu", "ann@example.com")]
@@ -111,16 +131,12 @@ async def test_redis_pubsub_wired_as_in_0_10() -> None:
         class Signed(UserSignedUp):
             __topic__ = f"signups_{uid}:{{region}}:users"
 
-        listening = asyncio.create_task(listener.listen())
-
-        async def subscribed() -> bool:
+        async def subscribed() -> bool:  # Pub/Sub keeps nothing: publish once subscribed
             return int(await redis.pubsub_numpat()) > 0
 
-        await eventually(subscribed, "the pattern subscription")
-        await emitter.emit(Signed(region="us", email="bob@example.com"))
-        await wait_until(lambda: len(WELCOMED) == 1, timeout=20, what="the welcome")
-        listener.stop()
-        await asyncio.wait_for(listening, 20)
+        await _emit_and_welcome(
+            listener, emitter, Signed(region="us", email="bob@example.com"), subscribed
+        )
     finally:
         await pubsub.aclose()
         await redis.aclose()
