@@ -3,6 +3,7 @@ built, a `def` handler with a sync dependency, a `{segment}` or a `*` topic. (Ka
 start-then-listen wiring is tested with the Kafka backend.)"""
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
@@ -84,7 +85,7 @@ async def test_rabbitmq_wired_as_in_0_10() -> None:
     from dispytch.rabbitmq import RabbitMQConsumer, RabbitMQProducer
 
     WELCOMED.clear()
-    uid = __import__("uuid").uuid4().hex[:8]
+    uid = uuid.uuid4().hex[:8]
     connection = await aio_pika.connect("amqp://guest:guest@127.0.0.1:5672/")
     try:
         channel = await connection.channel()
@@ -119,7 +120,7 @@ async def test_redis_pubsub_wired_as_in_0_10() -> None:
     from dispytch.redis import RedisConsumer, RedisProducer
 
     WELCOMED.clear()
-    uid = __import__("uuid").uuid4().hex[:8]
+    uid = uuid.uuid4().hex[:8]
     redis = Redis.from_url("redis://127.0.0.1:6379/0")
     pubsub = redis.pubsub()
     try:
