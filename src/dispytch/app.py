@@ -6,15 +6,23 @@ import asyncio
 import inspect
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from dispytch.backend import Backend, backend_from_url
+from dispytch.dead_letter import fallback_topic
 from dispytch.emitter.emitter import EventEmitter
-from dispytch.errors import ConfigurationError, ListenerError, RegistrationError
+from dispytch.errors import ConfigurationError, DispytchError, ListenerError, RegistrationError
 from dispytch.events import EventBase
-from dispytch.handler import HandlerGroup
-from dispytch.listener.listener import EventListener, ListenerObserver, Ordering
+from dispytch.handler import HandlerGroup, check_timeout
+from dispytch.listener.listener import (
+    DEFAULT_MAX_BUFFER_BYTES,
+    EventListener,
+    ListenerObserver,
+    Ordering,
+)
+from dispytch.middleware import check_middleware
+from dispytch.retry import RetryPolicy
 from dispytch.serialization.deserializer import Deserializer
 from dispytch.serialization.serializer import Serializer
 
@@ -36,6 +44,18 @@ class App:
     :meth:`add_handler_group`, emit with :meth:`emit`, and run it with ``dispytch run
     module:app`` (or ``async with app:`` / ``await app.run()``).
 
+    ``middleware`` wraps every message handled and every event emitted (see
+    :mod:`dispytch.middleware`); ``handler_timeout`` bounds each handler attempt unless the
+    handler sets its own ``timeout``; ``max_buffer_bytes`` bounds the payload bytes held
+    (fetched, not yet settled). On shutdown, in-flight work gets ``shutdown_timeout`` seconds,
+    then it is cancelled, and handlers that ignore the cancellation for ``shutdown_grace``
+    seconds more are abandoned (their messages handed back, never acknowledged).
+
+    A dead letter the consumer's destination cannot store (after ``dead_letter_retry``
+    attempts) goes to the backend's fallback destination, or to the topic
+    ``dispytch.dlq.<group>`` through the app's producer; when that fails too, the app stops
+    with :class:`~dispytch.errors.DeadLetterError`.
+
     Options not named here (``**backend_options``) go to the backend and from there to the
     broker client, under the client's own names.
     """
@@ -50,7 +70,12 @@ class App:
         concurrency: int = 64,
         ordering: Ordering = "key",
         shutdown_timeout: float = 30.0,
+        shutdown_grace: float = 2.0,
         max_deliveries: int = 10,
+        max_buffer_bytes: int | None = DEFAULT_MAX_BUFFER_BYTES,
+        handler_timeout: float | None = None,
+        middleware: Sequence[object] | None = None,
+        dead_letter_retry: RetryPolicy | None = None,
         topic_delimiter: str | None = None,
         backend: Backend | None = None,
         **backend_options: Any,
@@ -70,7 +95,15 @@ class App:
         self.concurrency = concurrency
         self.ordering = ordering
         self.shutdown_timeout = shutdown_timeout
+        self.shutdown_grace = shutdown_grace
         self.max_deliveries = max_deliveries
+        self.max_buffer_bytes = max_buffer_bytes
+        self.handler_timeout = check_timeout(handler_timeout, "handler_timeout")
+        self.dead_letter_retry = dead_letter_retry
+        #: Middleware around every message, handler call and emit, outermost first.
+        self.middleware: list[object] = list(middleware or ())
+        for item in self.middleware:
+            check_middleware(item, "App(middleware=...)", ("consume", "handle", "publish"))
         self.topic_delimiter = topic_delimiter or backend.topic_delimiter
         #: What a topic placeholder value may hold: the backend's rules, split at the app's
         #: delimiter; checked on every emit and on every consumed topic segment.
@@ -119,6 +152,15 @@ class App:
             if event not in self.published:
                 self.published.append(event)
 
+    def add_middleware(self, middleware: object) -> None:
+        """Wrap every message, handler call and emit in ``middleware``, inside the middleware
+        added before it (the first one is the outermost). Add middleware before the app
+        starts."""
+        if self._emitter is not None:
+            raise ListenerError("add middleware before the app starts")
+        check_middleware(middleware, "App middleware", ("consume", "handle", "publish"))
+        self.middleware.append(middleware)
+
     def on_startup(self, func: F) -> F:
         """Run ``func()`` (sync or async) when the app starts, before handlers receive events."""
         self._startup.append(func)
@@ -141,13 +183,17 @@ class App:
             raise ListenerError("the app is not started; use 'async with app:' or app.start()")
         return self._emitter
 
-    async def emit(self, event: EventBase) -> None:
-        """Emit one event; returns after the broker confirmed it, raises otherwise."""
-        await self.emitter.emit(event)
+    async def emit(self, event: EventBase, *, headers: Mapping[str, str] | None = None) -> None:
+        """Emit one event (with ``headers``, which handlers read as ``event.headers``); returns
+        after the broker confirmed it, raises otherwise."""
+        await self.emitter.emit(event, headers=headers)
 
-    async def emit_many(self, events: Iterable[EventBase]) -> None:
-        """Emit many events with pipelined confirms; returns after all were confirmed."""
-        await self.emitter.emit_many(events)
+    async def emit_many(
+        self, events: Iterable[EventBase], *, headers: Mapping[str, str] | None = None
+    ) -> None:
+        """Emit many events with pipelined confirms (``headers`` go with each); returns after
+        all were confirmed."""
+        await self.emitter.emit_many(events, headers=headers)
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -163,19 +209,29 @@ class App:
         logger.info("starting %r", self)
         await self.backend.connect()
         producer = self.backend.producer()
-        self._emitter = EventEmitter(producer, self.serializer, topic_rules=self.topic_rules)
+        self._emitter = EventEmitter(
+            producer, self.serializer, topic_rules=self.topic_rules, middleware=self.middleware
+        )
         for hook in self._startup:
             await _call(hook)
         if self.has_handlers:
             listener = EventListener(
-                self.backend.consumer(self.group, prefetch=self.concurrency),
+                self.backend.consumer(
+                    self.group, prefetch=self.concurrency, max_buffer_bytes=self.max_buffer_bytes
+                ),
                 self.deserializer,
                 self.topic_delimiter,
                 concurrency=self.concurrency,
                 ordering=self.ordering,
                 shutdown_timeout=self.shutdown_timeout,
+                shutdown_grace=self.shutdown_grace,
                 dead_letter_producer=producer,
+                dead_letter_fallback_topic=fallback_topic(self.group),
+                dead_letter_retry=self.dead_letter_retry,
                 max_deliveries=self.max_deliveries,
+                max_buffer_bytes=self.max_buffer_bytes,
+                handler_timeout=self.handler_timeout,
+                middleware=self.middleware,
                 observer=self.observer,
                 dependency_overrides=self.dependency_overrides,
                 topic_rules=self.topic_rules,
@@ -194,8 +250,11 @@ class App:
             )
 
     def _listener_done(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("listener stopped with an error", exc_info=task.exception())
+        error = None if task.cancelled() else task.exception()
+        if isinstance(error, DispytchError):  # says what happened and what to do: one line
+            logger.error("listener stopped: %s: %s", type(error).__name__, error)
+        elif error is not None:
+            logger.error("listener stopped with an error", exc_info=error)
         if self._stop_requested is not None:
             self._stop_requested.set()
 

@@ -1,8 +1,16 @@
 """Command line: ``dispytch run module:app``, ``dispytch docs gen|serve module:app``.
 
 ``run`` imports the app, starts it, and on SIGINT or SIGTERM stops fetching, lets in-flight
-work finish (the app's ``shutdown_timeout``), settles it, and exits. A second signal exits at once;
-unsettled messages then stay unacknowledged and the broker redelivers them.
+work finish (the app's ``shutdown_timeout``), settles it, and exits. Work still running after
+that is cancelled; a handler that ignores the cancellation for the app's ``shutdown_grace``
+seconds is abandoned and the process exits with status 1, its message unacknowledged. A second
+signal stops waiting for in-flight work (cancel, grace, exit 130); unsettled messages stay
+unacknowledged and the broker redelivers them.
+
+Exit status: 0 after a clean stop, 1 when the app stopped on an error (a dead letter that
+could not be stored anywhere, handlers that ignored cancellation...), 2 for a configuration
+error, 130 after a second signal.
+
 ``--workers N`` runs N processes under a supervisor that restarts a worker that dies;
 ``--reload`` restarts the worker when a ``.py`` file under the current directory changes.
 """
@@ -24,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from dispytch.app import ENV_BROKER_URL, App
-from dispytch.errors import ConfigurationError
+from dispytch.errors import ConfigurationError, DispytchError, ShutdownError
 from dispytch.redaction import redact, secrets_of
 
 __all__ = ["load_app", "main"]
@@ -88,16 +96,71 @@ def _run_one(target: str) -> int:
     secrets = secrets_of(os.environ.get(ENV_BROKER_URL, ""))
     try:
         app = load_app(target)
-        secrets |= app.backend.secrets
-        asyncio.run(serve(app))
+    except ConfigurationError as exc:
+        logger.error("%s", redact(str(exc), secrets))
+        return 2
+    secrets |= app.backend.secrets
+    # Not asyncio.run(): its clean-up waits without a bound for every task to finish, and a
+    # handler that ignores cancellation would keep the process alive for ever.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    code, wait = 0, app.shutdown_grace
+    try:
+        loop.run_until_complete(serve(app))
     except asyncio.CancelledError:
-        return 130
+        code = 130
     except ConfigurationError as exc:
         # One line that says what is wrong (a connect error names the broker and the cause),
         # no traceback, never a secret.
         logger.error("%s", redact(str(exc), secrets))
-        return 2
-    return 0
+        code = 2
+    except DispytchError as exc:
+        logger.error("exiting with status 1: %s: %s", type(exc).__name__, redact(str(exc), secrets))
+        code = 1
+        if isinstance(exc, ShutdownError):
+            wait = 0.0  # its tasks were already given their grace
+    except Exception:
+        logger.exception("exiting with status 1: the app failed")
+        code = 1
+    if not _close_loop(loop, wait):
+        # Tasks or threads that cannot be stopped: leave without them. Their messages were
+        # never acknowledged, so the broker hands them to the next consumer.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code or 1)
+    return code
+
+
+def _close_loop(loop: asyncio.AbstractEventLoop, grace: float) -> bool:
+    """Cancel what is left on ``loop`` and close it, waiting at most ``grace`` s for tasks and
+    for the default executor's threads. ``False`` when something did not stop in time."""
+    tasks = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        loop.run_until_complete(asyncio.wait(tasks, timeout=max(grace, 0.01)))
+        stuck = [task for task in tasks if not task.done()]
+        if stuck:
+            logger.error(
+                "%d task(s) still running after being cancelled; exiting without them",
+                len(stuck),
+            )
+            return False
+        for task in tasks:
+            if not task.cancelled():
+                task.exception()  # retrieved: the app already reported what failed
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    try:
+        loop.run_until_complete(
+            asyncio.wait_for(loop.shutdown_default_executor(), max(grace, 0.01))
+        )
+    except TimeoutError:
+        logger.error("worker threads still running after %.1fs; exiting without them", grace)
+        return False
+    asyncio.set_event_loop(None)
+    loop.close()
+    return True
 
 
 def _snapshot(root: Path) -> dict[Path, float]:

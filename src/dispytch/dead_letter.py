@@ -5,14 +5,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["DeadLetter", "dead_letter_topic"]
+__all__ = ["DeadLetter", "dead_letter_topic", "fallback_topic"]
 
 #: Suffix of the dead-letter destination of a topic: ``orders`` -> ``orders.dlq``.
 DEAD_LETTER_SUFFIX = ".dlq"
+#: Prefix of the fixed fallback destination of a consumer group, used when a topic's own
+#: dead-letter destination keeps failing: group ``billing`` -> ``dispytch.dlq.billing``. The
+#: original topic is in each dead letter's ``x-dispytch-original-topic`` header.
+DEAD_LETTER_FALLBACK_PREFIX = "dispytch.dlq."
 
 
 def dead_letter_topic(topic: str) -> str:
     return topic + DEAD_LETTER_SUFFIX
+
+
+def fallback_topic(group: str) -> str:
+    return DEAD_LETTER_FALLBACK_PREFIX + group
 
 
 @dataclass(slots=True)

@@ -96,6 +96,20 @@ class DeadLetterError(DispytchError):
     dead-letter destination (permissions, name, size limits) and restart."""
 
 
+class HandlerTimeout(DispytchError, TimeoutError):
+    """A handler attempt ran longer than its ``timeout`` and was cancelled. A failure like any
+    other: retried as the handler's retry policy says, then dead-lettered. Raise the timeout
+    (``@handler(..., timeout=...)`` or the app's ``handler_timeout``) or make the handler
+    faster."""
+
+
+class ShutdownError(DispytchError):
+    """Handlers were still running after the shutdown timeout and ignored cancellation for the
+    grace period that followed. Their messages were handed back unacknowledged; the process
+    has to exit (``dispytch run`` exits non-zero). Let ``asyncio.CancelledError`` propagate in
+    handlers (do not catch it, or re-raise it)."""
+
+
 class ListenerError(DispytchError):
     """The listener was used wrongly (for example started twice)."""
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import string
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, Field, PrivateAttr
@@ -170,10 +172,21 @@ class Envelope:
 BodyT = TypeVar("BodyT")
 
 
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+
+class _HeadersSlot:
+    """Where an :class:`Event` keeps its headers: outside the dataclass fields, which stay
+    0.10's five (equality and ``dataclasses.asdict`` ignore headers)."""
+
+    __slots__ = ("_headers",)
+    _headers: Mapping[str, str] | None
+
+
 @dataclass(slots=True, repr=False)
-class Event(Generic[BodyT]):
+class Event(_HeadersSlot, Generic[BodyT]):
     """What a handler receives: ``Event[Model]`` gives a validated ``body`` of type ``Model``;
-    bare ``Event`` gives the body as a dict.
+    bare ``Event`` gives the body as a dict. ``headers`` are the message's headers, read-only.
 
     A dataclass, as in Dispytch 0.10: events compare equal field by field and work with
     ``dataclasses.asdict``. Construct one with keywords; the positional order differs from
@@ -185,6 +198,28 @@ class Event(Generic[BodyT]):
     topic: str
     body: BodyT
     timestamp: int
+
+    def __init__(
+        self,
+        id: str,
+        type: str,
+        topic: str,
+        body: BodyT,
+        timestamp: int,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.id = id
+        self.type = type
+        self.topic = topic
+        self.body = body
+        self.timestamp = timestamp
+        self._headers = headers
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """The message's headers (read-only). Redis Pub/Sub carries none: always empty there."""
+        headers = self._headers
+        return MappingProxyType(headers) if headers else _NO_HEADERS
 
     def __repr__(self) -> str:
         return (

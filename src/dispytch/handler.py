@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from dispytch.di.plan import CallPlan, build_plan
-from dispytch.errors import MissingTopicError
+from dispytch.errors import MissingTopicError, RegistrationError
+from dispytch.middleware import check_middleware
 from dispytch.retry import Backoff, RetryPolicy
 
 __all__ = ["HandlerGroup", "HandlerSpec"]
@@ -30,6 +32,10 @@ class HandlerSpec:
     retry: RetryPolicy
     plan: CallPlan
     segments: frozenset[str]
+    #: seconds one attempt may take; ``None``: the listener's ``handler_timeout``
+    timeout: float | None = None
+    #: this handler's own middleware (``handle`` scope), outermost first
+    middleware: tuple[object, ...] = ()
 
     @property
     def name(self) -> str:
@@ -38,8 +44,29 @@ class HandlerSpec:
     def with_overrides(self, overrides: Mapping[Callable[..., Any], Any]) -> HandlerSpec:
         if not overrides:
             return self
-        plan = build_plan(self.func, self.segments, overrides)
-        return HandlerSpec(self.func, self.topic, self.event_type, self.retry, plan, self.segments)
+        return replace(self, plan=build_plan(self.func, self.segments, overrides))
+
+
+def check_timeout(timeout: object, what: str) -> float | None:
+    """``timeout`` as seconds (``None``: no limit); a bad value raises RegistrationError."""
+    if timeout is None:
+        return None
+    if (
+        not isinstance(timeout, int | float)
+        or isinstance(timeout, bool)
+        or not math.isfinite(timeout)
+        or timeout <= 0
+    ):
+        raise RegistrationError(f"{what} must be a number of seconds > 0, got {timeout!r}")
+    return float(timeout)
+
+
+def check_middleware_list(middleware: Iterable[object] | None, where: str) -> tuple[object, ...]:
+    """Handler and group middleware: only the ``handle`` scope applies there."""
+    items = tuple(middleware or ())
+    for item in items:
+        check_middleware(item, where, ("handle",))
+    return items
 
 
 def check_route(topic: str | None, event: str | None, where: str) -> tuple[str, str]:
@@ -61,23 +88,38 @@ def make_spec(
     topic: str | None,
     event: str | None,
     retry: RetryPolicy,
+    timeout: float | None = None,
+    middleware: tuple[object, ...] = (),
 ) -> HandlerSpec:
     topic, event = check_route(topic, event, f"handler {getattr(func, '__qualname__', func)!s}")
     segments = frozenset(_SEGMENT.findall(topic))
-    return HandlerSpec(func, topic, event, retry, build_plan(func, segments), segments)
+    return HandlerSpec(
+        func, topic, event, retry, build_plan(func, segments), segments, timeout, middleware
+    )
 
 
 class HandlerGroup:
     """A set of handlers, registered with ``@group.handler(...)`` and added to a listener or app.
 
     ``default_topic`` and ``default_event`` apply to handlers that do not name their own.
+    ``middleware`` wraps each call of this group's handlers (their ``handle`` scope; see
+    :mod:`dispytch.middleware`), outermost first.
     Every handler is checked when it is registered: a bad signature, an unknown topic segment or
     a dependency cycle raises :class:`~dispytch.errors.RegistrationError` right there.
     """
 
-    def __init__(self, default_topic: str | None = None, default_event: str | None = None) -> None:
+    def __init__(
+        self,
+        default_topic: str | None = None,
+        default_event: str | None = None,
+        *,
+        middleware: Sequence[object] | None = None,
+    ) -> None:
         self.default_topic = default_topic
         self.default_event = default_event
+        self.middleware: list[object] = list(
+            check_middleware_list(middleware, "HandlerGroup(middleware=...)")
+        )
         self.handlers: list[HandlerSpec] = []
         # Checks of the listeners this group was added to, run on each new handler so a
         # mismatch (e.g. the topic delimiter) is reported at registration too.
@@ -94,6 +136,8 @@ class HandlerGroup:
         backoff: Backoff = "fixed",
         max_retry_interval: float = 60.0,
         jitter: float = 0.0,
+        timeout: float | None = None,
+        middleware: Sequence[object] | None = None,
     ) -> Callable[[F], F]:
         """Register a handler for ``event`` on ``topic``: an ``async def`` function, or a plain
         ``def`` one, which runs in a worker thread (see :mod:`dispytch.di.threads`) with the
@@ -103,18 +147,38 @@ class HandlerGroup:
         ``Exception``), waiting ``retry_interval`` seconds (``backoff="exponential"`` doubles it,
         capped at ``max_retry_interval``; ``jitter`` spreads it). After the last attempt the
         event is dead-lettered.
+
+        ``timeout`` bounds each attempt, in seconds (default: the app's ``handler_timeout``,
+        itself unlimited by default): an attempt that runs longer is cancelled and fails with
+        :class:`~dispytch.errors.HandlerTimeout`, retried and dead-lettered like any failure.
+        ``middleware`` wraps each attempt of this handler (``handle`` scope), inside the
+        group's and the app's.
         """
         # Checked here already, as 0.10 did: ``group.handler()`` alone raises.
         check_route(topic or self.default_topic, event or self.default_event, "@group.handler()")
         retry = RetryPolicy.build(
             retries, retry_on, retry_interval, backoff, max_retry_interval, jitter
         )
+        limit = check_timeout(timeout, "timeout")
+        own = check_middleware_list(middleware, "handler(middleware=...)")
 
         def decorator(func: F) -> F:
-            spec = make_spec(func, topic or self.default_topic, event or self.default_event, retry)
+            spec = make_spec(
+                func,
+                topic or self.default_topic,
+                event or self.default_event,
+                retry,
+                limit,
+                own,
+            )
             for check in self._checks:
                 check(spec)
             self.handlers.append(spec)
             return func
 
         return decorator
+
+    def add_middleware(self, middleware: object) -> None:
+        """Wrap every call of this group's handlers in ``middleware`` (``handle`` scope), inside
+        the ones added before it. Add middleware before the app starts."""
+        self.middleware.extend(check_middleware_list([middleware], "HandlerGroup.add_middleware"))

@@ -22,6 +22,7 @@ from dispytch.events import Event, EventBase
 from dispytch.listener.consumer import Failure, Message
 from dispytch.memory.backend import MemoryBackend
 from dispytch.memory.broker import MemoryBroker
+from dispytch.middleware import ConsumeContext, ConsumeNext, HandleNext, HandlerCall, Middleware
 
 __all__ = ["Handled", "TestClient"]
 
@@ -34,16 +35,23 @@ class Handled:
     event: Event[Any]
 
 
-class _Recorder:
+class _Recorder(Middleware):
+    """Records what happened, as the outermost middleware (it sees what the app's own
+    middleware made of each call)."""
+
     def __init__(self) -> None:
         self.handled: list[Handled] = []
         self.failures: list[tuple[Message, Failure]] = []
 
-    def on_handled(self, handler: str, event: Event[Any]) -> None:
-        self.handled.append(Handled(handler, event))
+    async def consume(self, context: ConsumeContext, call_next: ConsumeNext) -> None:
+        await call_next(context)
+        if context.outcome == "dead_lettered" and context.failure is not None:
+            self.failures.append((context.message, context.failure))
 
-    def on_dead_letter(self, message: Message, failure: Failure) -> None:
-        self.failures.append((message, failure))
+    async def handle(self, call: HandlerCall, call_next: HandleNext) -> Any:
+        result = await call_next(call)
+        self.handled.append(Handled(call.handler, call.event))
+        return result
 
 
 class TestClient:
@@ -64,9 +72,9 @@ class TestClient:
 
     async def __aenter__(self) -> TestClient:
         app = self.app
-        self._saved = (app.backend, app.observer, dict(app.dependency_overrides))
+        self._saved = (app.backend, list(app.middleware), dict(app.dependency_overrides))
         app.backend = MemoryBackend("memory://", broker=self.broker)
-        app.observer = self._recorder
+        app.middleware.insert(0, self._recorder)
         app.dependency_overrides.update(self._overrides)
         try:
             await app.start()
@@ -83,18 +91,21 @@ class TestClient:
 
     def _restore(self) -> None:
         if self._saved is not None:
-            backend, observer, overrides = self._saved
-            self.app.backend, self.app.observer = backend, observer
+            backend, middleware, overrides = self._saved
+            self.app.backend = backend
+            self.app.middleware[:] = middleware
             self.app.dependency_overrides.clear()
             self.app.dependency_overrides.update(overrides)
             self._saved = None
 
-    async def emit(self, event: EventBase) -> None:
-        await self.app.emit(event)
+    async def emit(self, event: EventBase, *, headers: Mapping[str, str] | None = None) -> None:
+        await self.app.emit(event, headers=headers)
 
-    async def publish_raw(self, topic: str, payload: bytes) -> None:
+    async def publish_raw(
+        self, topic: str, payload: bytes, headers: Mapping[str, str] | None = None
+    ) -> None:
         """Put arbitrary bytes on a topic, e.g. to test how bad input is handled."""
-        self.broker.publish(topic, payload)
+        self.broker.publish(topic, payload, headers=headers)
 
     async def wait_idle(self, timeout: float = 10.0) -> None:
         """Wait until every emitted event was handled or dead-lettered (events emitted by
@@ -112,6 +123,11 @@ class TestClient:
         """Events that ``handler`` (function or qualified name) handled successfully."""
         name = handler if isinstance(handler, str) else handler.__qualname__
         return [h.event for h in self._recorder.handled if h.handler == name]
+
+    @property
+    def failures(self) -> list[tuple[Message, Failure]]:
+        """Every dead-lettered message with its failure, in order."""
+        return list(self._recorder.failures)
 
     @property
     def dead_letters(self) -> list[DeadLetter]:

@@ -176,7 +176,9 @@ class CallPlan:
             for model in bodies
         ]
 
-    def events(self, envelope: Envelope, topic: str) -> list[Event[Any]]:
+    def events(
+        self, envelope: Envelope, topic: str, headers: Mapping[str, str] | None = None
+    ) -> list[Event[Any]]:
         """Validate the body once per body type this plan needs. Raises PayloadValidationError."""
         out: list[Event[Any]] = []
         for validate, needs_id, name in self._validators:
@@ -191,7 +193,7 @@ class CallPlan:
                         f"body of {envelope.type!r} event {envelope.id} does not match "
                         f"{name}: {_short(exc)}"
                     ) from None
-            out.append(Event(envelope.id, envelope.type, topic, body, envelope.timestamp))
+            out.append(Event(envelope.id, envelope.type, topic, body, envelope.timestamp, headers))
         return out
 
     def segment_values(self, raw: Mapping[str, str]) -> list[Any]:

@@ -31,6 +31,18 @@ _NAMED = (_EITHER, inspect.Parameter.KEYWORD_ONLY)
 _STANDARD = [("topic", _EITHER), ("payload", _EITHER), ("config", _EITHER)]
 
 
+def accepts(send: Callable[..., Awaitable[Any]], name: str) -> bool:
+    """Whether ``send`` takes the keyword ``name`` (as a named parameter or ``**kwargs``)."""
+    try:
+        params = inspect.signature(send).parameters
+    except (TypeError, ValueError):
+        return False
+    param = params.get(name)
+    if param is None:
+        return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return param.kind in _NAMED
+
+
 def send_caller(send: Callable[..., Awaitable[Any]]) -> SendCaller | None:
     """A function that calls ``send`` with the convention its signature asks for, or ``None``
     when ``send`` has the standard signature of :meth:`Producer.send

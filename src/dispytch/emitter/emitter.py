@@ -6,17 +6,19 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel
 
-from dispytch.emitter.calling import send_caller
+from dispytch.emitter.calling import accepts, send_caller
 from dispytch.emitter.producer import Outgoing, Producer, ProducerTimeout
 from dispytch.events import EventBase
+from dispytch.middleware import Outbound, PublishContext, chain, scope_methods
 from dispytch.serialization.json import JSONSerializer
 from dispytch.serialization.serializer import Serializer
 from dispytch.topic_rules import GENERIC, TopicRules
+from dispytch.untrusted import loggable
 
 __all__ = ["EventEmitter"]
 
@@ -44,6 +46,9 @@ class EventEmitter:
     before anything is sent (:class:`~dispytch.errors.InvalidTopicError` otherwise): by
     default the producer's (``producer.topic_rules``, which Dispytch's producers declare),
     else :data:`dispytch.topic_rules.GENERIC` (neither ``.`` nor ``:``, no wildcard).
+
+    ``middleware`` (:class:`~dispytch.middleware.Middleware` with a ``publish`` scope) wraps
+    each emit and emit_many, outermost first.
     """
 
     def __init__(
@@ -52,6 +57,7 @@ class EventEmitter:
         serializer: Serializer | None = None,
         *,
         topic_rules: TopicRules | None = None,
+        middleware: Sequence[object] | None = None,
     ) -> None:
         self.producer = producer
         self.serializer = serializer or JSONSerializer()
@@ -65,6 +71,12 @@ class EventEmitter:
         self._batched = (
             isinstance(producer, Producer) and type(producer).send_many is not Producer.send_many
         )
+        self._drops_headers = not accepts(producer.send, "headers")
+        self._warned_headers = False
+        publish = scope_methods(middleware or (), "publish")
+        self._publish: Callable[[PublishContext], Awaitable[None]] | None = (
+            chain(publish, self._publish_terminal) if publish else None
+        )
 
     def on_timeout(self, callback: TimeoutCallback) -> TimeoutCallback:
         """Register ``callback(event)`` (sync or async) to be called when an emit times out."""
@@ -77,43 +89,106 @@ class EventEmitter:
             event.envelope(timestamp_ms)
         )
 
-    def _send(self, event: EventBase, timestamp_ms: int | None = None) -> Awaitable[Any]:
-        topic, payload = self.encode(event, timestamp_ms)
-        config = event.backend_config
+    def _send(
+        self,
+        topic: str,
+        payload: bytes,
+        config: BaseModel | None,
+        headers: Mapping[str, str] | None,
+        key: bytes | None,
+    ) -> Awaitable[Any]:
         if self._call is None:
-            return self.producer.send(topic, payload, config, key=ordering_key(config))
-        return self._call(topic, payload, config, ordering_key(config), None)
+            return self.producer.send(topic, payload, config, headers=headers, key=key)
+        if headers and self._drops_headers:
+            self._headers_dropped()
+        return self._call(topic, payload, config, key, headers)
 
-    async def emit(self, event: EventBase) -> None:
-        """Send one event; return after the broker confirmed it."""
+    def _headers_dropped(self) -> None:
+        if not self._warned_headers:
+            self._warned_headers = True
+            logger.warning(
+                "%s.send() takes no 'headers' argument; emitted events carry no headers. "
+                "Add 'headers: Mapping[str, str] | None = None' to it (or subclass Producer)",
+                type(self.producer).__name__,
+            )
+
+    async def emit(self, event: EventBase, *, headers: Mapping[str, str] | None = None) -> None:
+        """Send one event with optional ``headers``; return after the broker confirmed it."""
         try:
-            await self._send(event)
+            if self._publish is None:
+                topic, payload = self.encode(event)
+                config = event.backend_config
+                await self._send(topic, payload, config, headers, ordering_key(config))
+            else:
+                await self._publish(PublishContext([self._outbound(event, headers)], False))
         except ProducerTimeout:
             if self._on_timeout is None:
                 raise
-            logger.warning("emit of %s event %s timed out", event.event_type(), event.id)
+            logger.warning("emit of %s event %s timed out", event.event_type(), loggable(event.id))
             result = self._on_timeout(event)
             if inspect.isawaitable(result):
                 await result
 
-    async def emit_many(self, events: Iterable[EventBase]) -> None:
+    async def emit_many(
+        self, events: Iterable[EventBase], *, headers: Mapping[str, str] | None = None
+    ) -> None:
         """Send many events at once, confirms pipelined; return after every one was confirmed.
+        ``headers`` go with every event.
 
         Raises the first failure after every send has settled (each event is either confirmed
         or reported).
         """
         now = int(time.time() * 1000)
-        if self._batched:
-            outgoing = []
-            for event in events:
-                topic, payload = self.encode(event, now)
-                config = event.backend_config
-                outgoing.append(Outgoing(topic, payload, config, ordering_key(config)))
-            errors = [e for e in await self.producer.send_many(outgoing) if e is not None]
-        else:  # a seed-era producer: concurrent sends
-            results = await asyncio.gather(
-                *(self._send(event, now) for event in events), return_exceptions=True
-            )
-            errors = [r for r in results if isinstance(r, BaseException)]
+        if self._publish is not None:
+            batch = [self._outbound(event, headers, now) for event in events]
+            await self._publish(PublishContext(batch, True))
+            return
+        outgoing = []
+        for event in events:
+            topic, payload = self.encode(event, now)
+            config = event.backend_config
+            outgoing.append(Outgoing(topic, payload, config, ordering_key(config), headers))
+        errors = [e for e in await self._send_many(outgoing) if e is not None]
         if errors:
             raise errors[0]
+
+    async def _send_many(self, outgoing: list[Outgoing]) -> list[BaseException | None]:
+        if self._batched:
+            return await self.producer.send_many(outgoing)
+        # A seed-era producer (or one without a send_many of its own): concurrent sends.
+        results = await asyncio.gather(
+            *(self._send(m.topic, m.payload, m.config, m.headers, m.key) for m in outgoing),
+            return_exceptions=True,
+        )
+        return [r if isinstance(r, BaseException) else None for r in results]
+
+    # -- with publish middleware --------------------------------------------------------------
+
+    def _outbound(
+        self,
+        event: EventBase,
+        headers: Mapping[str, str] | None,
+        timestamp_ms: int | None = None,
+    ) -> Outbound:
+        topic, payload = self.encode(event, timestamp_ms)
+        key = ordering_key(event.backend_config)
+        return Outbound(topic, payload, dict(headers) if headers else {}, key, event)
+
+    async def _publish_terminal(self, context: PublishContext) -> None:
+        messages = context.messages
+        if not context.batch:
+            (m,) = messages
+            try:
+                await self._send(m.topic, m.payload, m.event.backend_config, m.headers, m.key)
+            except Exception as exc:
+                context.errors = [exc]
+                raise
+            context.errors = [None]
+            return
+        outgoing = [
+            Outgoing(m.topic, m.payload, m.event.backend_config, m.key, m.headers) for m in messages
+        ]
+        context.errors = errors = await self._send_many(outgoing)
+        first = next((e for e in errors if e is not None), None)
+        if first is not None:
+            raise first

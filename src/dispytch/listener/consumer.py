@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from dispytch.routing import TopicPattern
 
-__all__ = ["Consumer", "Failure", "Message"]
+__all__ = ["FORWARDED_HEADER_PREFIX", "Consumer", "Failure", "Message"]
 
 
 @dataclass(slots=True)
@@ -49,27 +49,48 @@ class Message:
         return self.message_id
 
 
+#: Prefix of the headers Dispytch writes into a dead letter.
+FAILURE_HEADER_PREFIX = "x-dispytch-"
+#: What an incoming ``x-dispytch-*`` header is renamed to in a dead letter, so that a publisher
+#: cannot forge the failure headers Dispytch writes (``x-dispytch-reason`` arrives as
+#: ``x-dispytch-forwarded-reason``). Headers already under this prefix are kept as they are.
+FORWARDED_HEADER_PREFIX = "x-dispytch-forwarded-"
+
+
 @dataclass(slots=True, frozen=True)
 class Failure:
     """Why a message is being dead-lettered."""
 
-    reason: str  # "decode", "validation" or "handler"
+    reason: str  # "decode", "validation", "handler", "redelivery" or "middleware"
     error_type: str
     error_message: str
     handler: str | None
     attempts: int
     failed_at_ms: int
+    #: the exception behind the failure, when there is one (not written to the dead letter)
+    error: BaseException | None = field(default=None, compare=False, repr=False)
 
     def headers(self, message: Message) -> dict[str, str]:
-        """The dead-letter headers that describe this failure and the message's origin."""
-        out = {
-            "x-dispytch-reason": self.reason,
-            "x-dispytch-error-type": self.error_type,
-            "x-dispytch-error-message": self.error_message[:2048],
-            "x-dispytch-attempts": str(self.attempts),
-            "x-dispytch-original-topic": message.topic,
-            "x-dispytch-failed-at": str(self.failed_at_ms),
-        }
+        """The dead letter's headers: the message's own, then the ones that describe this
+        failure and the message's origin.
+
+        An incoming header named ``x-dispytch-...`` (any case) is kept renamed to
+        ``x-dispytch-forwarded-...``: only Dispytch writes the failure headers.
+        """
+        out: dict[str, str] = {}
+        for name, value in message.headers.items():
+            lowered = name.lower()
+            if lowered.startswith(FAILURE_HEADER_PREFIX) and not lowered.startswith(
+                FORWARDED_HEADER_PREFIX
+            ):
+                name = FORWARDED_HEADER_PREFIX + name[len(FAILURE_HEADER_PREFIX) :]
+            out[name] = value
+        out["x-dispytch-reason"] = self.reason
+        out["x-dispytch-error-type"] = self.error_type
+        out["x-dispytch-error-message"] = self.error_message[:2048]
+        out["x-dispytch-attempts"] = str(self.attempts)
+        out["x-dispytch-original-topic"] = message.topic
+        out["x-dispytch-failed-at"] = str(self.failed_at_ms)
         if self.handler is not None:
             out["x-dispytch-handler"] = self.handler
         if message.partition is not None:

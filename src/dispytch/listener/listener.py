@@ -4,68 +4,86 @@ Delivery contract kept here, once for every backend:
 
 * a message is acked only after every matching handler succeeded (or none matched);
 * a permanent failure (retries exhausted, undecodable bytes, invalid body or topic segment) is
-  dead-lettered with failure details, then acked;
-* work cut short by shutdown is nacked (handed back), never acked;
-* at most ``concurrency`` messages are held at once (the next fetch waits for a free slot), and
-  messages sharing an ordering key run one at a time in arrival order.
+  dead-lettered with failure details, then acked; a dead-letter destination that keeps failing
+  sends it to the fallback destination, and when that fails too the listener stops
+  (:class:`~dispytch.errors.DeadLetterError`) without acknowledging anything more;
+* work cut short by shutdown is handed back, never acked;
+* at most ``concurrency`` messages (and about ``max_buffer_bytes`` of payload) are held at once,
+  and messages sharing an ordering key run one at a time in arrival order.
+
+:class:`EventListener` wires three parts together: the scheduler (fetch loop, backpressure, key
+lanes, worker pool, drain), the pipeline (decode, route, handlers, outcome) and the settler
+(ack, hand back, dead letters).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import inspect
 import logging
-import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Hashable, Mapping
-from typing import Any, Literal, Protocol, TypeVar
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 from dispytch.emitter.producer import Producer
-from dispytch.errors import DecodeError, ListenerError, PayloadValidationError, RegistrationError
-from dispytch.events import Envelope, Event
-from dispytch.handler import HandlerGroup, HandlerSpec
+from dispytch.errors import ListenerError, RegistrationError, ShutdownError
+from dispytch.events import Event
+from dispytch.handler import HandlerGroup, HandlerSpec, check_timeout
+from dispytch.listener.adapter import as_consumer
 from dispytch.listener.consumer import Consumer, Failure, Message
+from dispytch.listener.pipeline import Pipeline, Route
+from dispytch.listener.scheduler import Ordering, Scheduler
+from dispytch.listener.settle import DEFAULT_DEAD_LETTER_RETRY, Settler
+from dispytch.middleware import (
+    ConsumeContext,
+    ConsumeNext,
+    HandleNext,
+    HandlerCall,
+    Middleware,
+    check_middleware,
+    scope_methods,
+)
+from dispytch.retry import RetryPolicy
 from dispytch.routing import RouteTable, TopicPattern
 from dispytch.serialization.deserializer import Deserializer
 from dispytch.serialization.json import JSONDeserializer
-from dispytch.topic_rules import GENERIC, TopicRules, check_segments
+from dispytch.topic_rules import GENERIC, TopicRules
 
-__all__ = ["EventListener", "ListenerObserver", "Ordering"]
+__all__ = ["DEFAULT_MAX_BUFFER_BYTES", "EventListener", "ListenerObserver", "Ordering"]
 
 logger = logging.getLogger("dispytch.listener")
 
-Ordering = Literal["key", "partition", "none"]
-F = TypeVar("F", bound=Callable[..., Any])
+#: Default bound on the payload bytes a listener holds (fetched, not yet settled): 64 MiB.
+DEFAULT_MAX_BUFFER_BYTES = 64 * 1024 * 1024
 
 
 class ListenerObserver(Protocol):
-    """Hooks for tests and metrics; called on the listener's task, keep them cheap."""
+    """Hooks for tests and metrics; called on the listener's task, keep them cheap.
+
+    Kept for compatibility: an observer runs as a :class:`~dispytch.middleware.Middleware`
+    (see :class:`ObserverMiddleware`); new code writes middleware directly.
+    """
 
     def on_handled(self, handler: str, event: Event[Any]) -> None: ...
 
     def on_dead_letter(self, message: Message, failure: Failure) -> None: ...
 
 
-#: Distinct (topic, event type) pairs whose handler lists are memoised before the memo resets.
-_MATCH_CACHE_SIZE = 4096
+class ObserverMiddleware(Middleware):
+    """A :class:`ListenerObserver` as middleware: ``on_handled`` after each successful handler
+    call, ``on_dead_letter`` after each dead letter was stored."""
 
+    def __init__(self, observer: ListenerObserver) -> None:
+        self.observer = observer
 
-def _as_async(func: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
-    if inspect.iscoroutinefunction(func):
-        return func
+    async def consume(self, context: ConsumeContext, call_next: ConsumeNext) -> None:
+        await call_next(context)
+        if context.outcome == "dead_lettered" and context.failure is not None:
+            self.observer.on_dead_letter(context.message, context.failure)
 
-    async def call(*args: Any) -> Any:
-        result = func(*args)
-        if inspect.isawaitable(result):
-            return await result
+    async def handle(self, call: HandlerCall, call_next: HandleNext) -> Any:
+        result = await call_next(call)
+        self.observer.on_handled(call.handler, call.event)
         return result
-
-    return call
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class EventListener:
@@ -78,12 +96,25 @@ class EventListener:
         concurrency: how many messages are held at once; fetching waits for a free slot.
         ordering: ``"key"`` runs messages that share a key one at a time (unkeyed ones in
             parallel); ``"partition"`` serialises each partition or queue; ``"none"`` never waits.
-        shutdown_timeout: seconds in-flight work gets to finish on stop before it is handed back.
+        shutdown_timeout: seconds in-flight work gets to finish on stop before it is cancelled
+            and handed back.
+        shutdown_grace: seconds cancelled work gets to end; a handler that ignores cancellation
+            longer is abandoned and :meth:`listen` raises :class:`~dispytch.errors.ShutdownError`.
         dead_letter_producer: where permanent failures go when the consumer has no dead-letter
             destination of its own; ``dead_letter_topic`` names the destination
-            (``{topic}`` is the original topic).
+            (``{topic}`` is the original topic) and ``dead_letter_fallback_topic`` the fixed
+            destination used when that keeps failing.
+        dead_letter_retry: how a failing dead-letter destination is retried (default: 5
+            attempts, exponential backoff from 0.5 s, capped at 10 s, with jitter).
         max_deliveries: a message the broker delivered more often than this (the process died
             while handling it each time) is dead-lettered without running handlers again.
+        max_buffer_bytes: fetching pauses while the payloads held exceed this many bytes
+            (``None``: no byte bound). One larger message still goes through alone.
+        handler_timeout: seconds each handler attempt may take unless the handler sets its own
+            ``timeout`` (``None``: no limit).
+        middleware: :class:`~dispytch.middleware.Middleware` around each message and each
+            handler call, outermost first.
+        observer: a :class:`ListenerObserver` (kept for compatibility; runs as middleware).
         topic_rules: what a captured ``{segment}`` may hold (the backend's rules; by default
             the generic ones split at ``topic_delimiter``); a message whose segment breaks
             them is dead-lettered as a validation failure.
@@ -98,9 +129,15 @@ class EventListener:
         concurrency: int = 64,
         ordering: Ordering = "key",
         shutdown_timeout: float = 30.0,
+        shutdown_grace: float = 2.0,
         dead_letter_producer: Producer | None = None,
         dead_letter_topic: str = "{topic}.dlq",
+        dead_letter_fallback_topic: str | None = None,
+        dead_letter_retry: RetryPolicy | None = None,
         max_deliveries: int = 10,
+        max_buffer_bytes: int | None = DEFAULT_MAX_BUFFER_BYTES,
+        handler_timeout: float | None = None,
+        middleware: Sequence[object] | None = None,
         observer: ListenerObserver | None = None,
         dependency_overrides: Mapping[Callable[..., Any], Any] | None = None,
         topic_rules: TopicRules | None = None,
@@ -111,6 +148,18 @@ class EventListener:
             raise RegistrationError(f"ordering must be 'key', 'partition' or 'none': {ordering!r}")
         if "{topic}" not in dead_letter_topic:
             raise RegistrationError("dead_letter_topic must contain '{topic}', e.g. '{topic}.dlq'")
+        if max_buffer_bytes is not None and (
+            not isinstance(max_buffer_bytes, int) or max_buffer_bytes < 1
+        ):
+            raise RegistrationError(
+                f"max_buffer_bytes must be an int >= 1 (or None), got {max_buffer_bytes!r}"
+            )
+        for name, value in (
+            ("shutdown_timeout", shutdown_timeout),
+            ("shutdown_grace", shutdown_grace),
+        ):
+            if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+                raise RegistrationError(f"{name} must be seconds >= 0, got {value!r}")
         self.consumer = consumer
         self.deserializer = deserializer or JSONDeserializer()
         self.topic_delimiter = topic_delimiter
@@ -118,9 +167,17 @@ class EventListener:
         self.concurrency = concurrency
         self.ordering = ordering
         self.shutdown_timeout = shutdown_timeout
+        self.shutdown_grace = shutdown_grace
         self.dead_letter_producer = dead_letter_producer
         self.dead_letter_topic = dead_letter_topic
+        self.dead_letter_fallback_topic = dead_letter_fallback_topic
+        self.dead_letter_retry = dead_letter_retry or DEFAULT_DEAD_LETTER_RETRY
         self.max_deliveries = max_deliveries
+        self.max_buffer_bytes = max_buffer_bytes
+        self.handler_timeout = check_timeout(handler_timeout, "handler_timeout")
+        self.middleware: list[object] = list(middleware or ())
+        for item in self.middleware:
+            check_middleware(item, "middleware", ("consume", "handle", "publish"))
         self.observer = observer
         self.dependency_overrides = dependency_overrides
         self._own = HandlerGroup()
@@ -129,23 +186,15 @@ class EventListener:
         #: Register a handler on this listener itself; see :meth:`HandlerGroup.handler`.
         self.handler = self._own.handler
         self._routes: RouteTable[HandlerSpec] | None = None
-        self._ack = _as_async(consumer.ack)
-        self._nack = _as_async(getattr(consumer, "nack", None) or (lambda m: None))
-        dead_letter = getattr(consumer, "dead_letter", None)
-        self._consumer_dead_letter = _as_async(dead_letter) if dead_letter else None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._keys: dict[Hashable, deque[Message]] = {}
-        # Set while the fetch loop waits for a free slot (held == concurrency); _release wakes it.
-        self._room: asyncio.Future[None] | None = None
+        self._compiled: RouteTable[Route] | None = None
+        # The seam, adapted once: a seed-style consumer gets a wrapper, not a getattr per call.
+        self._consumer = as_consumer(consumer)
         self._stop: asyncio.Event | None = None
         self._running = False
         self._subscribed = False
-        self._held = 0
-        self._ready: deque[Message] = deque()
-        self._idle: list[asyncio.Future[None]] = []
-        self._workers = 0
-        self._settled: asyncio.Event | None = None
-        self._matches: dict[tuple[str, str], list[tuple[HandlerSpec, dict[str, str]]]] = {}
+        self._scheduler: Scheduler | None = None
+        self._settler: Settler | None = None
+        self._fatal: BaseException | None = None
 
     # -- registration -------------------------------------------------------------------------
 
@@ -157,6 +206,13 @@ class EventListener:
             self._check(spec)
         group._checks.append(self._check)
         self._groups.append(group)
+
+    def add_middleware(self, middleware: object) -> None:
+        """Wrap every message and handler call in ``middleware``, inside those added before it."""
+        if self._running:
+            raise ListenerError("add middleware before listen() starts")
+        check_middleware(middleware, "middleware", ("consume", "handle", "publish"))
+        self.middleware.append(middleware)
 
     def _check(self, spec: HandlerSpec) -> TopicPattern:
         pattern = TopicPattern.parse(spec.topic, self.topic_delimiter)
@@ -170,20 +226,36 @@ class EventListener:
     def routes(self) -> RouteTable[HandlerSpec]:
         """The route table, built once from every registered handler."""
         if self._routes is None:
-            table: RouteTable[HandlerSpec] = RouteTable()
-            for group in self._groups:
-                for spec in group.handlers:
-                    pattern = self._check(spec)
-                    if self.dependency_overrides:
-                        spec = spec.with_overrides(self.dependency_overrides)
-                    table.add(pattern, spec.event_type, spec)
-            self._routes = table
+            self._build_routes()
+        assert self._routes is not None
         return self._routes
+
+    def _build_routes(self) -> None:
+        middleware = self._all_middleware()
+        outer = scope_methods(middleware, "handle")
+        specs: RouteTable[HandlerSpec] = RouteTable()
+        compiled: RouteTable[Route] = RouteTable()
+        for group in self._groups:
+            around = outer + scope_methods(group.middleware, "handle")
+            for spec in group.handlers:
+                pattern = self._check(spec)
+                if self.dependency_overrides:
+                    spec = spec.with_overrides(self.dependency_overrides)
+                specs.add(pattern, spec.event_type, spec)
+                timeout = spec.timeout if spec.timeout is not None else self.handler_timeout
+                own = scope_methods(spec.middleware, "handle")
+                compiled.add(pattern, spec.event_type, Route(spec, timeout, around + own))
+        self._routes, self._compiled = specs, compiled
+
+    def _all_middleware(self) -> list[object]:
+        if self.observer is None:
+            return list(self.middleware)
+        return [*self.middleware, ObserverMiddleware(self.observer)]
 
     @property
     def in_flight(self) -> int:
         """Messages fetched and not yet settled."""
-        return self._held
+        return self._scheduler.held if self._scheduler is not None else 0
 
     # -- running ------------------------------------------------------------------------------
 
@@ -192,39 +264,23 @@ class EventListener:
         call it first to be sure events emitted right after are received."""
         if self._subscribed:
             return
-        start = getattr(self.consumer, "start", None)
-        if start is not None:
-            await _as_async(start)(self.routes().patterns())
+        await self._consumer.start(self.routes().patterns())
         self._subscribed = True
 
     async def listen(self) -> None:
-        """Consume until :meth:`stop` is called or the consumer ends, then shut down gracefully."""
+        """Consume until :meth:`stop` is called or the consumer ends, then shut down gracefully.
+
+        Raises :class:`~dispytch.errors.DeadLetterError` when a message could be stored
+        neither in its dead-letter destination nor in the fallback, and
+        :class:`~dispytch.errors.ShutdownError` when handlers ignored cancellation at shutdown.
+        """
         if self._running:
             raise ListenerError("this listener is already listening; create another one")
         self._running = True
-        if self._stop is None:
-            self._stop = asyncio.Event()
-        await self.subscribe()
-        fetch = asyncio.create_task(self._fetch_loop(), name="dispytch-fetch")
-        stop_wait = asyncio.create_task(self._stop.wait(), name="dispytch-stop-wait")
-        graceful = True
         try:
-            await asyncio.wait({fetch, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            graceful = False
-            raise
+            await self._listen()
         finally:
-            stop_wait.cancel()
-            if not fetch.done():
-                fetch.cancel()
-            await asyncio.gather(fetch, stop_wait, return_exceptions=True)
-            await self._drain(self.shutdown_timeout if graceful else 0.0)
-            close = getattr(self.consumer, "close", None)
-            if close is not None:
-                await _as_async(close)()
             self._running = False
-        if not fetch.cancelled() and fetch.exception() is not None:
-            raise fetch.exception()  # type: ignore[misc]
 
     def stop(self) -> None:
         """Ask :meth:`listen` to stop fetching, finish in-flight work and return."""
@@ -232,288 +288,93 @@ class EventListener:
             self._stop = asyncio.Event()
         self._stop.set()
 
-    async def _drain(self, timeout: float) -> None:
-        if self._held and timeout > 0:
-            logger.info("waiting up to %.1fs for %d in-flight messages", timeout, self._held)
-            self._settled = asyncio.Event()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._settled.wait(), timeout)
-        if self._held:
-            logger.warning(
-                "%d messages not finished at shutdown; handing them back unacknowledged",
-                self._held,
-            )
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        leftovers = list(self._ready)
-        self._ready.clear()
-        for pending in self._keys.values():
-            leftovers.extend(pending)
-        self._keys.clear()
-        for message in leftovers:
-            await self._settle_safely(self._nack, message)
-            self._release()
-
-    async def _fetch_loop(self) -> None:
-        limit = self.concurrency
-        loop = asyncio.get_running_loop()
-        ordering = self.ordering
-        ready = self._ready
-        idle = self._idle
-        stream = self.consumer.listen()
+    async def _listen(self) -> None:
+        if self._stop is None:
+            self._stop = asyncio.Event()
+        self._fatal = None
+        await self.subscribe()
+        routes = self._compiled
+        assert routes is not None  # built by subscribe() -> routes()
+        middleware = self._all_middleware()
+        settler = Settler(
+            self._consumer,
+            dead_letter_producer=self.dead_letter_producer,
+            dead_letter_topic=self.dead_letter_topic,
+            fallback_topic=self.dead_letter_fallback_topic,
+            retry=self.dead_letter_retry,
+        )
+        pipeline = Pipeline(
+            routes,
+            self.deserializer,
+            settler,
+            max_deliveries=self.max_deliveries,
+            topic_rules=self.topic_rules,
+            on_fatal=self._fail,
+            consume_middleware=scope_methods(middleware, "consume"),
+        )
+        scheduler = Scheduler(
+            pipeline.process,
+            settler.nack,
+            concurrency=self.concurrency,
+            ordering=self.ordering,
+            max_buffer_bytes=self.max_buffer_bytes,
+            shutdown_grace=self.shutdown_grace,
+        )
+        self._settler, self._scheduler = settler, scheduler
+        fetch = asyncio.create_task(scheduler.fetch(self._consumer.listen()), name="dispytch-fetch")
+        stop_wait = asyncio.create_task(self._stop.wait(), name="dispytch-stop-wait")
+        interrupted = False
         try:
-            while True:
-                if self._held >= limit:  # backpressure: fetch only with a free slot
-                    self._room = room = loop.create_future()
-                    try:
-                        await room
-                    finally:
-                        self._room = None
-                    continue
-                try:
-                    message = await anext(stream)
-                except StopAsyncIteration:
-                    return
-                self._held += 1
-                if ordering == "key":
-                    key: Hashable | None = message.key
-                elif ordering == "partition":
-                    key = (message.topic, message.partition)
-                else:
-                    key = None
-                if key is None:
-                    # Unkeyed work goes to a pool of long-lived workers: no task per message.
-                    ready.append(message)
-                    if idle:
-                        waiter = idle.pop()
-                        if not waiter.done():
-                            waiter.set_result(None)
-                    elif self._workers < self.concurrency:
-                        self._workers += 1
-                        self._spawn(self._worker())
-                    continue
-                queued = self._keys.get(key)
-                if queued is not None:
-                    queued.append(message)
-                else:
-                    self._keys[key] = deque()
-                    self._spawn(self._run_key(key, message))
-        finally:
-            aclose = getattr(stream, "aclose", None)
-            if aclose is not None:
-                await aclose()
-
-    async def _worker(self) -> None:
-        ready = self._ready
-        loop = asyncio.get_running_loop()
-        try:
-            while True:
-                while ready:
-                    message = ready.popleft()
-                    try:
-                        await self._process(message)
-                    finally:
-                        self._release()
-                waiter: asyncio.Future[None] = loop.create_future()
-                self._idle.append(waiter)
-                await waiter
-        finally:
-            self._workers -= 1
-
-    def _spawn(self, coro: Any) -> None:
-        task: asyncio.Task[None] = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("listener task failed", exc_info=task.exception())
-
-    def _release(self) -> None:
-        self._held -= 1
-        room = self._room
-        if room is not None and not room.done():
-            room.set_result(None)
-        if not self._held and self._settled is not None:
-            self._settled.set()
-
-    async def _run_key(self, key: Hashable, message: Message) -> None:
-        queued = self._keys[key]
-        current: Message | None = message
-        try:
-            while current is not None:
-                await self._process(current)
-                self._release()
-                current = queued.popleft() if queued else None
-        except BaseException:
-            self._release()
-            raise
-        finally:
-            if current is None or not queued:
-                self._keys.pop(key, None)
-
-    # -- one message --------------------------------------------------------------------------
-
-    async def _process(self, message: Message) -> None:
-        # One coroutine per message from here to the handler's plan: this is the hot path.
-        try:
-            if message.delivery_attempt > self.max_deliveries:
-                await self._dead_letter(
-                    message,
-                    Failure(
-                        "redelivery",
-                        "TooManyDeliveries",
-                        f"delivered {message.delivery_attempt} times (max_deliveries="
-                        f"{self.max_deliveries}); the process kept stopping while handling it",
-                        None,
-                        message.delivery_attempt,
-                        _now_ms(),
-                    ),
-                )
-                return
-            try:
-                envelope = self.deserializer.deserialize(message.payload)
-            except Exception as exc:
-                kind = "DecodeError" if isinstance(exc, DecodeError) else type(exc).__name__
-                await self._dead_letter(
-                    message, Failure("decode", kind, str(exc), None, 1, _now_ms())
-                )
-                return
-            matches = self._lookup(message.topic, envelope.type)
-            if not matches:
-                logger.debug(
-                    "no handler for %r on %r; acknowledging event %s",
-                    envelope.type,
-                    message.topic,
-                    envelope.id,
-                )
-                await self._settle_safely(self._ack, message)
-                return
-            if len(matches) == 1:
-                spec, segments = matches[0]
-                failure = await self._run_handler(spec, segments, envelope, message)
-            else:
-                results = await asyncio.gather(
-                    *(self._run_handler(spec, segs, envelope, message) for spec, segs in matches)
-                )
-                failure = next((f for f in results if f is not None), None)
-            if failure is not None:
-                await self._dead_letter(message, failure)
-                return
-            try:
-                await self._ack(message)
-            except Exception as exc:
-                self._settle_failed(message, exc)
+            await asyncio.wait({fetch, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
-            await self._settle_safely(self._nack, message)
-            raise
+            interrupted = True
+        stuck, cancelled = await self._shut_down(fetch, stop_wait, graceful=not interrupted)
+        if interrupted or cancelled:
+            raise asyncio.CancelledError
+        if self._fatal is not None:
+            raise self._fatal
+        if stuck:
+            raise ShutdownError(
+                f"{stuck} handler task(s) ignored cancellation after the shutdown timeout "
+                f"({self.shutdown_timeout:g}s + {self.shutdown_grace:g}s grace); their "
+                "messages were handed back unacknowledged. Let asyncio.CancelledError "
+                "propagate in handlers"
+            )
+        if fetch.done() and not fetch.cancelled() and fetch.exception() is not None:
+            raise fetch.exception()  # type: ignore[misc]
+
+    async def _shut_down(
+        self, fetch: asyncio.Task[None], stop_wait: asyncio.Task[Any], *, graceful: bool
+    ) -> tuple[int, bool]:
+        """Stop fetching, drain, close the consumer. Never cut short by a cancellation (each
+        step is bounded); returns the abandoned task count and whether we were cancelled."""
+        settler, scheduler = self._settler, self._scheduler
+        assert settler is not None and scheduler is not None
+        interrupted = False
+        stop_wait.cancel()
+        if not fetch.done():
+            fetch.cancel()
+        try:
+            await asyncio.wait({fetch, stop_wait}, timeout=max(self.shutdown_grace, 0.1))
+        except asyncio.CancelledError:
+            interrupted = True
+        timeout = self.shutdown_timeout if graceful and self._fatal is None else 0.0
+        stuck, cancelled = await scheduler.drain(timeout, before_cancel=settler.close)
+        settler.sealed = True
+        try:
+            await self._consumer.close()
+        except asyncio.CancelledError:
+            interrupted = True
         except Exception:
-            logger.exception(
-                "could not settle a message from %r; handing it back for redelivery", message.topic
-            )
-            await self._settle_safely(self._nack, message)
+            logger.exception("closing the consumer failed")
+        return stuck, interrupted or cancelled
 
-    def _lookup(self, topic: str, event_type: str) -> list[tuple[HandlerSpec, dict[str, str]]]:
-        """The handlers for ``(topic, event_type)``, memoised (bounded: both come off the wire)."""
-        key = (topic, event_type)
-        matches = self._matches.get(key)
-        if matches is None:
-            matches = self.routes().lookup(topic, event_type)
-            if len(self._matches) >= _MATCH_CACHE_SIZE:
-                self._matches.clear()
-            self._matches[key] = matches
-        return matches
-
-    async def _run_handler(
-        self, spec: HandlerSpec, raw_segments: dict[str, str], envelope: Envelope, message: Message
-    ) -> Failure | None:
-        plan = spec.plan
-        try:
-            if raw_segments:
-                check_segments(raw_segments, self.topic_rules)
-            events = plan.events(envelope, message.topic)
-            segments = plan.segment_values(raw_segments) if plan.segments else []
-        except PayloadValidationError as exc:
-            return Failure("validation", "ValidationError", str(exc), spec.name, 1, _now_ms())
-        retry = spec.retry
-        attempt = 1
-        while True:
-            try:
-                await plan.start(events, segments)
-            except Exception as exc:
-                if retry.should_retry(exc, attempt):
-                    delay = retry.delay(attempt)
-                    logger.warning(
-                        "handler %s failed on event %s (attempt %d/%d: %s: %s); retrying in %.2fs",
-                        spec.name,
-                        envelope.id,
-                        attempt,
-                        retry.attempts,
-                        type(exc).__name__,
-                        exc,
-                        delay,
-                    )
-                    await asyncio.sleep(delay)
-                    attempt += 1
-                    continue
-                return Failure(
-                    "handler", type(exc).__name__, str(exc), spec.name, attempt, _now_ms()
-                )
-            if self.observer is not None:
-                self.observer.on_handled(
-                    spec.name,
-                    events[0]
-                    if events
-                    else Event(
-                        envelope.id, envelope.type, message.topic, envelope.body, envelope.timestamp
-                    ),
-                )
-            return None
-
-    async def _dead_letter(self, message: Message, failure: Failure) -> None:
-        stored = False
-        if self._consumer_dead_letter is not None:
-            stored = bool(await self._consumer_dead_letter(message, failure))
-        if not stored and self.dead_letter_producer is not None:
-            await self.dead_letter_producer.send(
-                self.dead_letter_topic.replace("{topic}", message.topic),
-                message.payload,
-                headers=failure.headers(message),
-                key=message.key,
-            )
-            stored = True
-        where = "dead-lettered" if stored else "DROPPED (no dead-letter destination configured)"
-        logger.error(
-            "%s message from %r%s: %s failure%s after %d attempt(s): %s: %s",
-            where,
-            message.topic,
-            "" if message.offset is None else f" [{message.partition}@{message.offset}]",
-            failure.reason,
-            f" in {failure.handler}" if failure.handler else "",
-            failure.attempts,
-            failure.error_type,
-            failure.error_message[:500],
-        )
-        if self.observer is not None:
-            self.observer.on_dead_letter(message, failure)
-        await self._settle_safely(self._ack, message)
-
-    async def _settle_safely(
-        self, settle: Callable[[Message], Awaitable[Any]], message: Message
-    ) -> None:
-        try:
-            await settle(message)
-        except Exception as exc:
-            self._settle_failed(message, exc)
-
-    @staticmethod
-    def _settle_failed(message: Message, exc: Exception) -> None:
-        # The broker will redeliver what it did not hear about; the log says so.
-        logger.warning(
-            "could not settle message from %r (%s: %s); the broker will redeliver it",
-            message.topic,
-            type(exc).__name__,
-            exc,
-        )
+    def _fail(self, error: BaseException) -> None:
+        """A fatal error in the pipeline: acknowledge nothing more and stop."""
+        if self._settler is not None:
+            self._settler.close()
+        if self._fatal is None:
+            self._fatal = error
+            logger.error("stopping the listener: %s", error)
+        if self._stop is not None:
+            self._stop.set()

@@ -7,7 +7,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from dispytch.dead_letter import DEAD_LETTER_SUFFIX, DeadLetter
+from dispytch.dead_letter import DEAD_LETTER_FALLBACK_PREFIX, DEAD_LETTER_SUFFIX, DeadLetter
 from dispytch.routing import TopicPattern
 
 __all__ = ["DeadLetter", "MemoryBroker", "Record"]
@@ -76,15 +76,21 @@ class MemoryBroker:
         return list(self._logs.get(topic, ()))
 
     def dead_letters(self, topic: str | None = None) -> list[DeadLetter]:
-        """Dead letters of ``topic`` (or of every topic), oldest first."""
+        """Dead letters of ``topic`` (or of every topic), oldest first; those in the fallback
+        destinations (``dispytch.dlq.<group>``) after the others."""
         out: list[DeadLetter] = []
+        fallback: list[DeadLetter] = []
         for name, log in self._logs.items():
-            if not name.endswith(DEAD_LETTER_SUFFIX):
-                continue
-            original = name[: -len(DEAD_LETTER_SUFFIX)]
-            if topic is None or topic == original:
-                out.extend(DeadLetter(original, r.payload, r.headers, r.key) for r in log)
-        return out
+            if name.startswith(DEAD_LETTER_FALLBACK_PREFIX):
+                for r in log:
+                    original = r.headers.get("x-dispytch-original-topic", "")
+                    if topic is None or topic == original:
+                        fallback.append(DeadLetter(original, r.payload, r.headers, r.key))
+            elif name.endswith(DEAD_LETTER_SUFFIX):
+                original = name[: -len(DEAD_LETTER_SUFFIX)]
+                if topic is None or topic == original:
+                    out.extend(DeadLetter(original, r.payload, r.headers, r.key) for r in log)
+        return out + fallback
 
     def replay(self, dead_letter: DeadLetter) -> None:
         """Publish a dead letter's original bytes to its original topic again."""

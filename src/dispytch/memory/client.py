@@ -4,7 +4,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 
 from pydantic import BaseModel
 
-from dispytch.dead_letter import DEAD_LETTER_SUFFIX
+from dispytch.dead_letter import DEAD_LETTER_SUFFIX, fallback_topic
 from dispytch.emitter.producer import Outgoing, Producer
 from dispytch.listener.consumer import Consumer, Failure, Message
 from dispytch.memory.broker import MemoryBroker, Record
@@ -90,6 +90,13 @@ class MemoryConsumer(Consumer):
             message.payload,
             message.key,
             failure.headers(message),
+        )
+        return True
+
+    async def dead_letter_fallback(self, message: Message, failure: Failure) -> bool:
+        """Store the dead letter in the group's fallback topic, ``dispytch.dlq.<group>``."""
+        self.broker.publish(
+            fallback_topic(self.group), message.payload, message.key, failure.headers(message)
         )
         return True
 

@@ -1,0 +1,344 @@
+"""The per-message pipeline: decode, route, run the handlers with retries and timeouts, settle.
+
+:meth:`Pipeline.run` is the hot path: one coroutine per message from the scheduler to the
+handler's call plan. Middleware, when registered, wraps it (:meth:`Pipeline.run_observed`) and
+each handler attempt (:class:`Route`); without middleware nothing of it is built or awaited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from dispytch.di.plan import CallPlan
+from dispytch.errors import DeadLetterError, DecodeError, HandlerTimeout, PayloadValidationError
+from dispytch.events import Envelope
+from dispytch.handler import HandlerSpec
+from dispytch.listener.consumer import Failure, Message
+from dispytch.listener.settle import Settler, now_ms, settle_failed
+from dispytch.middleware import ConsumeContext, HandlerCall, chain
+from dispytch.retry import RetryPolicy
+from dispytch.routing import RouteTable
+from dispytch.serialization.deserializer import Deserializer
+from dispytch.topic_rules import TopicRules, check_segments
+from dispytch.untrusted import loggable
+
+__all__ = ["Pipeline", "Route"]
+
+logger = logging.getLogger("dispytch.listener")
+
+#: Distinct (topic, event type) pairs whose handler lists are memoised before the memo resets.
+_MATCH_CACHE_SIZE = 4096
+
+Match = tuple["Route", dict[str, str]]
+
+
+class Route:
+    """One handler as the pipeline runs it: its plan, retry policy, timeout and the chain of
+    ``handle`` middleware around it, all resolved once when the listener starts."""
+
+    __slots__ = ("call", "name", "pattern", "plan", "retry", "spec", "timeout")
+
+    def __init__(
+        self, spec: HandlerSpec, timeout: float | None, middleware: Sequence[Callable[..., Any]]
+    ) -> None:
+        self.spec = spec
+        self.plan: CallPlan = spec.plan
+        self.name = spec.name
+        self.pattern = spec.topic
+        self.retry: RetryPolicy = spec.retry
+        self.timeout = timeout
+        #: the middleware chain for one attempt; ``None`` when there is no middleware
+        self.call: Callable[[HandlerCall], Awaitable[Any]] | None = (
+            chain(middleware, self._terminal) if middleware else None
+        )
+
+    def _terminal(self, call: HandlerCall) -> Awaitable[Any]:
+        if self.timeout is None:
+            return self.plan.start(call._events, call._segments)
+        return self.bounded(call._events, call._segments)
+
+    async def bounded(self, events: list[Any], segments: list[Any]) -> Any:
+        """One attempt, cancelled after ``timeout`` seconds (then :class:`HandlerTimeout`)."""
+        scope = asyncio.timeout(self.timeout)
+        try:
+            async with scope:
+                result = await self.plan.start(events, segments)
+        except Exception:
+            # TimeoutError from the scope, or whatever the handler turned its cancellation into.
+            if scope.expired():
+                raise self._timed_out() from None
+            raise
+        if scope.expired():  # the handler swallowed the cancellation and returned
+            raise self._timed_out()
+        return result
+
+    def _timed_out(self) -> HandlerTimeout:
+        return HandlerTimeout(
+            f"handler {self.name} did not finish within {self.timeout:g}s and was cancelled"
+        )
+
+
+class Pipeline:
+    """Runs one message from bytes to settle. I/O only through the :class:`Settler`."""
+
+    def __init__(
+        self,
+        routes: RouteTable[Route],
+        deserializer: Deserializer,
+        settler: Settler,
+        *,
+        max_deliveries: int,
+        topic_rules: TopicRules,
+        on_fatal: Callable[[BaseException], None],
+        consume_middleware: Sequence[Callable[..., Any]] = (),
+    ) -> None:
+        self.routes = routes
+        self.deserializer = deserializer
+        self.settler = settler
+        self.max_deliveries = max_deliveries
+        self.topic_rules = topic_rules
+        self._on_fatal = on_fatal
+        self._ack = settler.consumer.ack
+        self._matches: dict[tuple[str, str], list[Match]] = {}
+        self._chain: Callable[[ConsumeContext], Awaitable[None]] | None = (
+            chain(consume_middleware, self._terminal) if consume_middleware else None
+        )
+        #: what the scheduler calls per message
+        self.process: Callable[[Message], Awaitable[None]] = (
+            self.run if self._chain is None else self.run_observed
+        )
+
+    # -- one message --------------------------------------------------------------------------
+
+    async def run(self, message: Message, ctx: ConsumeContext | None = None) -> None:
+        # One coroutine per message from here to the handler's plan: this is the hot path.
+        settler = self.settler
+        try:
+            if message.delivery_attempt > self.max_deliveries:
+                await self._dead_letter(
+                    message,
+                    Failure(
+                        "redelivery",
+                        "TooManyDeliveries",
+                        f"delivered {message.delivery_attempt} times (max_deliveries="
+                        f"{self.max_deliveries}); the process kept stopping while handling it",
+                        None,
+                        message.delivery_attempt,
+                        now_ms(),
+                    ),
+                    None,
+                    ctx,
+                )
+                return
+            try:
+                envelope = self.deserializer.deserialize(message.payload)
+            except Exception as exc:
+                kind = "DecodeError" if isinstance(exc, DecodeError) else type(exc).__name__
+                await self._dead_letter(
+                    message, Failure("decode", kind, str(exc), None, 1, now_ms(), exc), None, ctx
+                )
+                return
+            if ctx is not None:
+                ctx.event_id = envelope.id
+                ctx.event_type = envelope.type
+            matches = self._lookup(message.topic, envelope.type)
+            if not matches:
+                logger.debug(
+                    "no handler for %s on %s; acknowledging event %s",
+                    loggable(envelope.type),
+                    loggable(message.topic),
+                    loggable(envelope.id),
+                )
+                acked = await settler.ack(message)
+                if ctx is not None:
+                    ctx.outcome = "no_handler" if acked else "handed_back"
+                return
+            if ctx is not None:
+                ctx._matches = matches
+            if len(matches) == 1:
+                route, segments = matches[0]
+                failure = await self._run_handler(route, segments, envelope, message, ctx)
+            else:
+                results = await asyncio.gather(
+                    *(self._run_handler(r, segs, envelope, message, ctx) for r, segs in matches)
+                )
+                failure = next((f for f in results if f is not None), None)
+            if failure is not None:
+                await self._dead_letter(message, failure, envelope.id, ctx)
+                return
+            if settler.open:
+                try:
+                    await self._ack(message)
+                except Exception as exc:
+                    settle_failed(message, exc)
+                if ctx is not None:
+                    ctx.outcome = "handled"
+            else:
+                await settler.nack(message)
+                if ctx is not None:
+                    ctx.outcome = "handed_back"
+        except asyncio.CancelledError:
+            await settler.nack(message)
+            if ctx is not None:
+                ctx.outcome = "handed_back"
+            raise
+        except DeadLetterError as exc:
+            await settler.nack(message)
+            if ctx is not None:
+                ctx.outcome, ctx.error = "handed_back", exc
+            self._on_fatal(exc)
+        except Exception as exc:
+            logger.exception(
+                "could not settle a message from %s; handing it back for redelivery",
+                loggable(message.topic),
+            )
+            await settler.nack(message)
+            if ctx is not None:
+                ctx.outcome, ctx.error = "handed_back", exc
+
+    async def _dead_letter(
+        self,
+        message: Message,
+        failure: Failure,
+        event_id: str | None,
+        ctx: ConsumeContext | None,
+    ) -> None:
+        stored = await self.settler.dead_letter(message, failure, event_id)
+        if ctx is not None:
+            if stored:
+                ctx.outcome, ctx.failure = "dead_lettered", failure
+            else:
+                ctx.outcome = "handed_back"
+            ctx.error = failure.error
+
+    def _lookup(self, topic: str, event_type: str) -> list[Match]:
+        """The routes for ``(topic, event_type)``, memoised (bounded: both come off the wire)."""
+        key = (topic, event_type)
+        matches = self._matches.get(key)
+        if matches is None:
+            matches = self.routes.lookup(topic, event_type)
+            if len(self._matches) >= _MATCH_CACHE_SIZE:
+                self._matches.clear()
+            self._matches[key] = matches
+        return matches
+
+    async def _run_handler(
+        self,
+        route: Route,
+        raw_segments: dict[str, str],
+        envelope: Envelope,
+        message: Message,
+        ctx: ConsumeContext | None,
+    ) -> Failure | None:
+        plan = route.plan
+        try:
+            if raw_segments:
+                check_segments(raw_segments, self.topic_rules)
+            events = plan.events(envelope, message.topic, message.headers)
+            segments = plan.segment_values(raw_segments) if plan.segments else []
+        except PayloadValidationError as exc:
+            return Failure("validation", "ValidationError", str(exc), route.name, 1, now_ms(), exc)
+        retry = route.retry
+        call = route.call
+        attempt = 1
+        while True:
+            try:
+                if call is not None:
+                    await call(
+                        HandlerCall(
+                            message,
+                            route.name,
+                            route.pattern,
+                            raw_segments,
+                            attempt,
+                            retry,
+                            route.timeout,
+                            envelope,
+                            events,
+                            segments,
+                        )
+                    )
+                elif route.timeout is None:
+                    await plan.start(events, segments)
+                else:
+                    await route.bounded(events, segments)
+            except Exception as exc:
+                if retry.should_retry(exc, attempt):
+                    delay = retry.delay(attempt)
+                    logger.warning(
+                        "handler %s failed on event %s (attempt %d/%d: %s: %s); retrying in %.2fs",
+                        route.name,
+                        loggable(envelope.id),
+                        attempt,
+                        retry.attempts,
+                        type(exc).__name__,
+                        loggable(exc),
+                        delay,
+                    )
+                    await asyncio.sleep(delay)
+                    attempt += 1
+                    continue
+                return Failure(
+                    "handler", type(exc).__name__, str(exc), route.name, attempt, now_ms(), exc
+                )
+            return None
+
+    # -- with consume middleware --------------------------------------------------------------
+
+    async def _terminal(self, ctx: ConsumeContext) -> None:
+        try:
+            await self.run(ctx.message, ctx)
+        finally:
+            ctx.duration = time.perf_counter() - ctx.started
+
+    async def run_observed(self, message: Message) -> None:
+        """:meth:`run` inside the ``consume`` middleware chain."""
+        consume = self._chain
+        if consume is None:
+            return await self.run(message)
+        ctx = ConsumeContext(message)
+        try:
+            await consume(ctx)
+        except asyncio.CancelledError:
+            if ctx.outcome is None:
+                await self.settler.nack(message)
+                ctx.outcome = "handed_back"
+            raise
+        except Exception as exc:
+            if ctx.outcome is not None:
+                logger.error(
+                    "consume middleware raised after a message from %s was settled (%s): %s: %s",
+                    loggable(message.topic),
+                    ctx.outcome,
+                    type(exc).__name__,
+                    loggable(exc),
+                )
+                return
+            await self._unsettled(
+                ctx, Failure("middleware", type(exc).__name__, str(exc), None, 1, now_ms(), exc)
+            )
+            return
+        if ctx.outcome is None:
+            await self._unsettled(
+                ctx,
+                Failure(
+                    "middleware",
+                    "MiddlewareError",
+                    "a consume middleware returned without calling call_next",
+                    None,
+                    1,
+                    now_ms(),
+                ),
+            )
+
+    async def _unsettled(self, ctx: ConsumeContext, failure: Failure) -> None:
+        """A consume middleware failed before the message was settled: dead-letter it."""
+        try:
+            await self._dead_letter(ctx.message, failure, ctx.event_id, None)
+        except DeadLetterError as exc:
+            await self.settler.nack(ctx.message)
+            self._on_fatal(exc)

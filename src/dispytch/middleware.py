@@ -1,0 +1,341 @@
+"""Middleware: code that wraps every message handled and every event emitted.
+
+A middleware is an object with up to three *scopes*, each an ``async`` method that receives a
+context and ``call_next``, does its work around ``await call_next(context)``, and returns what
+``call_next`` returned (as Starlette middleware wraps an app):
+
+* :meth:`Middleware.consume` wraps one message from the moment it was fetched until it was
+  settled: decoding, routing, every matching handler with its retries, and the settle itself.
+  After ``call_next`` returns, :attr:`ConsumeContext.outcome` says what happened
+  (``"handled"``, ``"no_handler"``, ``"dead_lettered"``, ``"handed_back"``).
+* :meth:`Middleware.handle` wraps one attempt of one handler (a retried handler passes through
+  it once per attempt). ``call_next`` raises what the handler raised.
+* :meth:`Middleware.publish` wraps each ``emit`` and ``emit_many``, before the bytes are sent;
+  it may add headers to the outgoing messages.
+
+Override only the scopes you need; a scope left as inherited costs nothing. Register
+middleware on the app (``App(middleware=[...])`` or :meth:`App.add_middleware
+<dispytch.app.App.add_middleware>`): all three scopes apply. On a handler group
+(``HandlerGroup(middleware=[...])``) or on one handler (``@group.handler(...,
+middleware=[...])``) only the ``handle`` scope applies, to that group's or handler's calls.
+
+Order: the first middleware in a list is the outermost. Around a handler, the app's run
+outside the group's, which run outside the handler's own. With no middleware registered the
+listener and the emitter run exactly as without this module: no context object is built and
+no extra coroutine is awaited.
+
+An exception raised by a ``handle`` scope is a handler failure (retried, then dead-lettered).
+A ``consume`` scope that raises before its message was settled gets the message dead-lettered
+with reason ``middleware``; one that raises after it was settled is logged and changes nothing.
+``CancelledError`` (shutdown) must be let through.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+from dispytch.errors import RegistrationError
+
+if TYPE_CHECKING:
+    from dispytch.events import Envelope, Event, EventBase
+    from dispytch.listener.consumer import Failure, Message
+    from dispytch.retry import RetryPolicy
+
+__all__ = [
+    "ConsumeContext",
+    "HandlerCall",
+    "Middleware",
+    "Outbound",
+    "Outcome",
+    "PublishContext",
+]
+
+#: What became of one message: every handler succeeded; no handler matched its type (acked);
+#: it was dead-lettered (then acked); it was handed back to the broker unacknowledged
+#: (shutdown, or the listener stopped).
+Outcome = Literal["handled", "no_handler", "dead_lettered", "handed_back"]
+
+T = TypeVar("T")
+
+
+class ConsumeContext:
+    """One message as it goes through the listener; what :meth:`Middleware.consume` sees.
+
+    Fields filled in as the message progresses: ``event_id`` and ``event_type`` once the
+    payload was decoded (``None`` if it could not be), ``outcome``, ``failure`` and ``error``
+    once it was settled, ``duration`` (seconds from fetch to settle). ``state`` is a dict for
+    middleware to keep per-message data in (spans, timers...).
+    """
+
+    __slots__ = (
+        "_matches",
+        "_state",
+        "duration",
+        "error",
+        "event_id",
+        "event_type",
+        "failure",
+        "message",
+        "outcome",
+        "started",
+    )
+
+    def __init__(self, message: Message) -> None:
+        self.message = message
+        self.event_id: str | None = None
+        self.event_type: str | None = None
+        self.outcome: Outcome | None = None
+        #: why the message was dead-lettered (``outcome == "dead_lettered"``)
+        self.failure: Failure | None = None
+        #: the exception behind ``failure`` or behind a handed-back message, when there is one
+        self.error: BaseException | None = None
+        #: ``time.perf_counter()`` when the listener took the message
+        self.started = time.perf_counter()
+        self.duration: float | None = None
+        self._matches: Sequence[tuple[Any, Any]] = ()
+        self._state: dict[str, Any] | None = None
+
+    @property
+    def topic(self) -> str:
+        """The concrete topic the message came from (high cardinality: not a metric label)."""
+        return self.message.topic
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """The message's headers as the broker delivered them."""
+        return self.message.headers
+
+    @property
+    def handlers(self) -> tuple[str, ...]:
+        """Names of the handlers the message was routed to (empty before routing)."""
+        return tuple(route.name for route, _ in self._matches)
+
+    @property
+    def patterns(self) -> tuple[str, ...]:
+        """The distinct topic patterns (as registered, e.g. ``user:{user_id}:events``) of the
+        handlers the message was routed to: low cardinality, fit for metric labels."""
+        return tuple(dict.fromkeys(route.pattern for route, _ in self._matches))
+
+    @property
+    def state(self) -> dict[str, Any]:
+        if self._state is None:
+            self._state = {}
+        return self._state
+
+    def __repr__(self) -> str:
+        return (
+            f"ConsumeContext(topic={self.topic!r}, event_type={self.event_type!r}, "
+            f"event_id={self.event_id!r}, outcome={self.outcome!r})"
+        )
+
+
+class HandlerCall:
+    """One attempt of one handler; what :meth:`Middleware.handle` sees.
+
+    ``handler`` is the handler's qualified name, ``pattern`` its topic as registered,
+    ``attempt`` counts from 1 up to ``max_attempts``. ``event`` is what the handler receives
+    (its ``headers`` are the message's).
+    """
+
+    __slots__ = (
+        "_envelope",
+        "_events",
+        "_retry",
+        "_segments",
+        "attempt",
+        "handler",
+        "max_attempts",
+        "message",
+        "pattern",
+        "segments",
+        "timeout",
+    )
+
+    def __init__(
+        self,
+        message: Message,
+        handler: str,
+        pattern: str,
+        segments: Mapping[str, str],
+        attempt: int,
+        retry: RetryPolicy,
+        timeout: float | None,
+        envelope: Envelope,
+        events: list[Event[Any]],
+        segment_values: list[Any],
+    ) -> None:
+        self.message = message
+        self.handler = handler
+        self.pattern = pattern
+        #: the topic segments captured by the pattern, as text (``{"user_id": "42"}``)
+        self.segments = segments
+        self.attempt = attempt
+        self.max_attempts = retry.attempts
+        #: seconds this attempt may take (``None``: no limit)
+        self.timeout = timeout
+        self._retry = retry
+        self._envelope = envelope
+        self._events = events
+        self._segments = segment_values
+
+    @property
+    def event(self) -> Event[Any]:
+        """The event as the handler receives it (a raw-body one for a handler that takes none)."""
+        if self._events:
+            return self._events[0]
+        from dispytch.events import Event
+
+        envelope = self._envelope
+        return Event(
+            envelope.id,
+            envelope.type,
+            self.message.topic,
+            envelope.body,
+            envelope.timestamp,
+            self.message.headers,
+        )
+
+    @property
+    def event_id(self) -> str:
+        return self._envelope.id
+
+    @property
+    def event_type(self) -> str:
+        return self._envelope.type
+
+    @property
+    def topic(self) -> str:
+        return self.message.topic
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self.message.headers
+
+    def will_retry(self, error: BaseException) -> bool:
+        """Whether the listener retries after this attempt failed with ``error``."""
+        return self._retry.should_retry(error, self.attempt)
+
+    def __repr__(self) -> str:
+        return (
+            f"HandlerCall(handler={self.handler!r}, pattern={self.pattern!r}, "
+            f"attempt={self.attempt}/{self.max_attempts})"
+        )
+
+
+class Outbound:
+    """One message about to be sent by an emit. ``headers`` may be changed by middleware."""
+
+    __slots__ = ("event", "headers", "key", "payload", "topic")
+
+    def __init__(
+        self,
+        topic: str,
+        payload: bytes,
+        headers: dict[str, str],
+        key: bytes | None,
+        event: EventBase,
+    ) -> None:
+        self.topic = topic
+        self.payload = payload
+        self.headers = headers
+        self.key = key
+        self.event = event
+
+    def __repr__(self) -> str:
+        return f"Outbound(topic={self.topic!r}, headers={self.headers!r})"
+
+
+class PublishContext:
+    """One ``emit`` (one message) or ``emit_many`` (``batch`` is true); what
+    :meth:`Middleware.publish` sees. After ``call_next`` returned or raised, ``errors`` holds
+    one entry per message: ``None`` when the broker confirmed it, else the exception."""
+
+    __slots__ = ("_state", "batch", "errors", "messages", "started")
+
+    def __init__(self, messages: list[Outbound], batch: bool) -> None:
+        self.messages = messages
+        self.batch = batch
+        self.errors: list[BaseException | None] | None = None
+        self.started = time.perf_counter()
+        self._state: dict[str, Any] | None = None
+
+    @property
+    def state(self) -> dict[str, Any]:
+        if self._state is None:
+            self._state = {}
+        return self._state
+
+    def __repr__(self) -> str:
+        return f"PublishContext({len(self.messages)} message(s), batch={self.batch})"
+
+
+ConsumeNext = Callable[[ConsumeContext], Awaitable[None]]
+HandleNext = Callable[[HandlerCall], Awaitable[Any]]
+PublishNext = Callable[[PublishContext], Awaitable[None]]
+
+
+class Middleware:
+    """Base class of middleware; override the scopes you need (see the module docs)."""
+
+    async def consume(self, context: ConsumeContext, call_next: ConsumeNext) -> None:
+        """Wrap one message from fetch to settle. Read ``context.outcome`` after ``call_next``."""
+        await call_next(context)
+
+    async def handle(self, call: HandlerCall, call_next: HandleNext) -> Any:
+        """Wrap one attempt of one handler; ``call_next`` raises what the handler raised."""
+        return await call_next(call)
+
+    async def publish(self, context: PublishContext, call_next: PublishNext) -> None:
+        """Wrap one emit or emit_many; add headers to ``context.messages`` before ``call_next``."""
+        await call_next(context)
+
+
+Scope = Literal["consume", "handle", "publish"]
+
+
+def scope_methods(middleware: Iterable[object], scope: Scope) -> list[Callable[..., Any]]:
+    """The ``scope`` methods of ``middleware`` that do something (inherited no-ops left out)."""
+    methods = []
+    for item in middleware:
+        method = getattr(item, scope, None)
+        if method is None or getattr(type(item), scope, None) is getattr(Middleware, scope):
+            continue
+        methods.append(method)
+    return methods
+
+
+def check_middleware(middleware: object, where: str, scopes: Sequence[Scope]) -> None:
+    """Refuse, at registration, an object that has none of the ``scopes`` that apply ``where``."""
+    if isinstance(middleware, type):
+        raise RegistrationError(
+            f"{where}: got the class {middleware.__name__}; pass an instance, "
+            f"{middleware.__name__}(...)"
+        )
+    if not scope_methods([middleware], scopes[0]) and not any(
+        scope_methods([middleware], s) for s in scopes[1:]
+    ):
+        names = " or ".join(f"{s}()" for s in scopes)
+        raise RegistrationError(
+            f"{where}: {type(middleware).__name__} has no {names} method that applies here; "
+            "subclass dispytch.middleware.Middleware and override a scope"
+        )
+
+
+def chain(
+    methods: Sequence[Callable[[T, Any], Awaitable[Any]]], terminal: Callable[[T], Any]
+) -> Any:
+    """``methods[0]`` wrapping ``methods[1]`` ... wrapping ``terminal``: built once, called per
+    message."""
+    call = terminal
+    for method in reversed(methods):
+        call = _link(method, call)
+    return call
+
+
+def _link(method: Callable[[T, Any], Awaitable[Any]], call_next: Callable[[T], Any]) -> Any:
+    def call(context: T) -> Awaitable[Any]:
+        return method(context, call_next)
+
+    return call
