@@ -238,6 +238,72 @@ async def test_concurrency_is_bounded_under_a_backlog() -> None:
     assert len(consumer.acked) == 200
 
 
+async def test_in_flight_returns_to_zero_when_work_settles_during_a_fetch() -> None:
+    group = HandlerGroup()
+
+    @group.handler(topic="orders", event="placed")
+    async def handle() -> None:
+        await asyncio.sleep(0)
+
+    broker, consumer, listener = setup(group, shutdown_timeout=10)
+    async with running(listener, timeout=5):
+        broker.publish("orders", envelope("placed", {"n": 1}), key=b"k")
+        await wait_until(lambda: consumer.settled == 1, timeout=5, what="first")
+        # The fetch loop was waiting for the next message while the first one settled.
+        for n in range(3):
+            broker.publish("orders", envelope("placed", {"n": n}), key=b"k")
+        await wait_until(lambda: consumer.settled == 4, timeout=5, what="the rest")
+        await wait_until(lambda: listener.in_flight == 0, timeout=5, what="nothing held")
+
+
+class ByteCountingConsumer(RecordingConsumer):
+    """Tracks the payload bytes fetched and not yet settled, and their peak."""
+
+    def __init__(self, broker: MemoryBroker) -> None:
+        super().__init__(broker)
+        self.held_bytes = self.peak_bytes = 0
+
+    async def listen(self) -> AsyncIterator[Message]:
+        async for message in super().listen():
+            self.held_bytes += len(message.payload)
+            self.peak_bytes = max(self.peak_bytes, self.held_bytes)
+            yield message
+
+    async def ack(self, message: Message) -> None:
+        self.held_bytes -= len(message.payload)
+        await super().ack(message)
+
+
+@pytest.mark.parametrize("bound", [10_000, None])
+async def test_byte_bound_holds_at_most_the_bound_plus_one_message(bound: int | None) -> None:
+    group = HandlerGroup()
+
+    @group.handler(topic="orders", event="placed")
+    async def handle(event: Event[Body]) -> None:
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+    broker = MemoryBroker()
+    consumer = ByteCountingConsumer(broker)
+    listener = EventListener(consumer, concurrency=64, max_buffer_bytes=bound)
+    listener.add_handler_group(group)
+    sizes = []
+    for n in range(60):
+        payload = envelope("placed", {"n": n, "pad": "x" * (500 + 37 * n)}, id_=str(n))
+        sizes.append(len(payload))
+        broker.publish("orders", payload)
+    big = envelope("placed", {"n": 99, "pad": "y" * 30_000})  # larger than the bound alone
+    broker.publish("orders", big)
+    async with running(listener):
+        await wait_until(lambda: consumer.settled == 61, timeout=10, what="backlog handled")
+    assert len(consumer.acked) == 61  # the oversized one went through too
+    if bound is None:  # the count bound alone lets far more bytes in
+        assert consumer.peak_bytes > 3 * 10_000
+    else:
+        assert consumer.peak_bytes <= bound + len(big)
+        assert consumer.max_outstanding > 1  # still in parallel under the bound
+
+
 async def test_same_key_runs_in_order_and_different_keys_in_parallel() -> None:
     order: dict[str, list[int]] = defaultdict(list)
     active: dict[str, int] = defaultdict(int)

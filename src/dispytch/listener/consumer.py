@@ -75,16 +75,18 @@ class Failure:
         failure and the message's origin.
 
         An incoming header named ``x-dispytch-...`` (any case) is kept renamed to
-        ``x-dispytch-forwarded-...``: only Dispytch writes the failure headers.
+        ``x-dispytch-forwarded-...`` (it wins over an incoming ``x-dispytch-forwarded-...`` of
+        the same name): only Dispytch writes the failure headers.
         """
         out: dict[str, str] = {}
         for name, value in message.headers.items():
             lowered = name.lower()
-            if lowered.startswith(FAILURE_HEADER_PREFIX) and not lowered.startswith(
-                FORWARDED_HEADER_PREFIX
-            ):
-                name = FORWARDED_HEADER_PREFIX + name[len(FAILURE_HEADER_PREFIX) :]
-            out[name] = value
+            if not lowered.startswith(FAILURE_HEADER_PREFIX):
+                out[name] = value
+            elif lowered.startswith(FORWARDED_HEADER_PREFIX):
+                out.setdefault(name, value)  # an older forwarded one yields to a newer one
+            else:
+                out[FORWARDED_HEADER_PREFIX + name[len(FAILURE_HEADER_PREFIX) :]] = value
         out["x-dispytch-reason"] = self.reason
         out["x-dispytch-error-type"] = self.error_type
         out["x-dispytch-error-message"] = self.error_message[:2048]

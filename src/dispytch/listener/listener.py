@@ -373,6 +373,8 @@ class EventListener:
         """A fatal error in the pipeline: acknowledge nothing more and stop."""
         if self._settler is not None:
             self._settler.close()
+        if self._scheduler is not None:
+            self._scheduler.halt()
         if self._fatal is None:
             self._fatal = error
             logger.error("stopping the listener: %s", error)

@@ -187,10 +187,10 @@ class Pipeline:
                 ctx.outcome = "handed_back"
             raise
         except DeadLetterError as exc:
+            self._on_fatal(exc)  # first: stop fetching before the hand-back can come back
             await settler.nack(message)
             if ctx is not None:
                 ctx.outcome, ctx.error = "handed_back", exc
-            self._on_fatal(exc)
         except Exception as exc:
             logger.exception(
                 "could not settle a message from %s; handing it back for redelivery",
@@ -340,5 +340,5 @@ class Pipeline:
         try:
             await self._dead_letter(ctx.message, failure, ctx.event_id, None)
         except DeadLetterError as exc:
-            await self.settler.nack(ctx.message)
             self._on_fatal(exc)
+            await self.settler.nack(ctx.message)

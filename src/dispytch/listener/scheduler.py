@@ -60,11 +60,13 @@ class Scheduler:
         self._room: asyncio.Future[None] | None = None
         self._settled: asyncio.Event | None = None
         self._closing = False
+        self._fetching: asyncio.Task[Any] | None = None
 
     # -- fetching -----------------------------------------------------------------------------
 
     async def fetch(self, stream: AsyncIterator[Message]) -> None:
         """Take messages from ``stream`` while there is room, until it ends or is cancelled."""
+        self._fetching = asyncio.current_task()
         limit = self.concurrency
         max_bytes = self.max_buffer_bytes
         loop = asyncio.get_running_loop()
@@ -87,7 +89,7 @@ class Scheduler:
                     message = await anext(stream)
                 except StopAsyncIteration:
                     return
-                self.held = held + 1
+                self.held += 1  # not held + 1: work may have settled while we waited
                 self.held_bytes += len(message.payload)
                 if ordering == "key":
                     key: Hashable | None = message.key
@@ -172,13 +174,12 @@ class Scheduler:
 
     # -- stopping -----------------------------------------------------------------------------
 
-    def hurry(self) -> None:
-        """Stop waiting for in-flight work to finish (a second stop request)."""
-        if self._settled is not None:
-            self._settled.set()
-        else:
-            self._settled = asyncio.Event()
-            self._settled.set()
+    def halt(self) -> None:
+        """Start no more work: what is queued stays for the drain to hand back."""
+        self._closing = True
+        fetching = self._fetching
+        if fetching is not None and not fetching.done():
+            fetching.cancel()
 
     async def drain(
         self, timeout: float, before_cancel: Callable[[], None] = lambda: None

@@ -34,8 +34,15 @@ class _Group:
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
     def matches(self, topic: str) -> bool:
+        # A pattern never matches a dead-letter destination (``orders:{kind}`` would match
+        # ``orders:x.dlq`` and handle its own dead letters again); a literal topic may.
+        is_dead_letter = topic.endswith(DEAD_LETTER_SUFFIX) or topic.startswith(
+            DEAD_LETTER_FALLBACK_PREFIX
+        )
         for literal, regex in self.matchers:
-            if literal == topic or (regex is not None and regex.match(topic)):
+            if literal == topic:
+                return True
+            if regex is not None and not is_dead_letter and regex.match(topic):
                 return True
         return False
 
