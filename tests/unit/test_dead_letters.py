@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 from dispytch import App, Event, EventBase, EventListener, HandlerGroup
-from dispytch.emitter.producer import Producer
 from dispytch.errors import DeadLetterError
 from dispytch.listener.consumer import Failure, Message
 from dispytch.memory import MemoryBackend, MemoryBroker, MemoryProducer
@@ -133,9 +132,12 @@ async def test_failing_fallback_stops_the_listener_without_acking(
     task = asyncio.create_task(listener.listen())
     await asyncio.wait_for(started.wait(), 5)
     broker.publish("orders", envelope("placed", {}))
-    with caplog.at_level(logging.ERROR, logger="dispytch"):
-        with pytest.raises(DeadLetterError, match="could not dead-letter a message from orders"):
-            await asyncio.wait_for(task, 5)  # not shutdown_timeout: nothing waits for work
+    expected = "could not dead-letter a message from orders"
+    with (
+        caplog.at_level(logging.ERROR, logger="dispytch"),
+        pytest.raises(DeadLetterError, match=expected),
+    ):
+        await asyncio.wait_for(task, 5)  # not shutdown_timeout: nothing waits for work
     assert consumer.acked == []  # nothing acknowledged: the failing one, nor the in-flight one
     assert sorted(m.topic for m in consumer.nacked) == ["orders", "slow"]
     assert broker.pending(GROUP) == 2  # both go to the next consumer

@@ -68,7 +68,9 @@ class Placed(EventBase):
     n: int
 
 
-def listener_with(group: HandlerGroup, **options: Any) -> tuple[MemoryBroker, RecordingConsumer, EventListener]:
+def listener_with(
+    group: HandlerGroup, **options: Any
+) -> tuple[MemoryBroker, RecordingConsumer, EventListener]:
     broker = MemoryBroker()
     consumer = RecordingConsumer(broker)
     listener = EventListener(consumer, **options)
@@ -155,7 +157,8 @@ class Outcomes(Middleware):
         try:
             result = await call_next(call)
         except Exception as exc:
-            self.attempts.append((call.handler, call.attempt, type(exc).__name__, call.will_retry(exc)))
+            retry = call.will_retry(exc)
+            self.attempts.append((call.handler, call.attempt, type(exc).__name__, retry))
             raise
         self.attempts.append((call.handler, call.attempt, "ok", False))
         return result
@@ -419,7 +422,7 @@ def test_registration_errors() -> None:
         group.handler(topic="t", event="e", middleware=[ConsumeOnly()])
 
 
-# -- no middleware: nothing built, nothing awaited --------------------------------------------------
+# -- no middleware: nothing built, nothing awaited ------------------------------------------------
 
 
 async def test_no_middleware_builds_no_context(monkeypatch: pytest.MonkeyPatch) -> None:
