@@ -124,13 +124,15 @@ class Scheduler:
         process = self.process
         loop = asyncio.get_running_loop()
         try:
-            while not self._closing:
+            while True:
                 while ready and not self._closing:
                     message = ready.popleft()
                     try:
                         await process(message)
                     finally:
                         self._release(message)
+                if self._closing:  # work that swallowed its cancellation ends here
+                    return
                 waiter: asyncio.Future[None] = loop.create_future()
                 self._idle.append(waiter)
                 await waiter
