@@ -4,6 +4,7 @@ the cancellation gets ``shutdown_grace`` seconds, then is abandoned, never ackno
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 from dispytch import Event, EventListener, HandlerGroup
 from dispytch.errors import ShutdownError
 from dispytch.memory import MemoryBroker
+from tests.helpers import wait_until
 from tests.unit.support import GROUP, RecordingConsumer, envelope
 
 Body = dict[str, Any]
@@ -24,10 +26,8 @@ def stubborn_group(started: asyncio.Event, release: asyncio.Event) -> HandlerGro
     async def ignores_cancellation(event: Event[Body]) -> None:
         started.set()
         while not release.is_set():
-            try:
+            with contextlib.suppress(asyncio.CancelledError):  # the bug this protects against
                 await release.wait()
-            except asyncio.CancelledError:
-                pass  # the bug this protects against
 
     return group
 
@@ -74,8 +74,7 @@ async def test_work_that_swallows_the_cancellation_and_returns_is_handed_back() 
     await listener.subscribe()
     broker.publish("orders", envelope("placed", {}))
     task = asyncio.create_task(listener.listen())
-    while listener.in_flight == 0:
-        await asyncio.sleep(0.005)
+    await wait_until(lambda: listener.in_flight == 1, timeout=5, what="the handler to start")
     listener.stop()
     await asyncio.wait_for(task, 5)
     assert finished.is_set()
