@@ -30,6 +30,8 @@ class BackendUnderTest:
     durable: bool = True
     #: topic segment delimiter used for dynamic-topic tests
     delimiter: str = ":"
+    #: does a message carry headers (Redis Pub/Sub carries the payload only)?
+    carries_headers: bool = True
 
 
 BACKENDS = {
@@ -39,7 +41,12 @@ BACKENDS = {
         "rabbitmq", "amqp://guest:guest@127.0.0.1:5672/", 5672, delimiter="."
     ),
     "redis": BackendUnderTest(
-        "redis", "redis://127.0.0.1:6379/0", 6379, carries_keys=False, durable=False
+        "redis",
+        "redis://127.0.0.1:6379/0",
+        6379,
+        carries_keys=False,
+        durable=False,
+        carries_headers=False,
     ),
     "redis_streams": BackendUnderTest("redis_streams", "redis+streams://127.0.0.1:6379/0", 6379),
     "nats": BackendUnderTest("nats", "nats://127.0.0.1:4222", 4222, delimiter="."),

@@ -109,6 +109,32 @@ async def test_dynamic_topic_with_typed_segments(
     assert got == [(42, f"user{d}42{d}events_{uid}")]
 
 
+async def test_emitted_headers_reach_the_handler(
+    make_app, topic: str, backend: BackendUnderTest
+) -> None:
+    got: list[dict[str, str]] = []
+    app = make_app()
+
+    @app.handler(topic=topic, event="order_placed")
+    async def handle(event: Event[Order]) -> None:
+        got.append(dict(event.headers))
+
+    await _started(app)
+    OrderPlaced = order_event(topic)
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    await app.emit(OrderPlaced(order_id=1), headers={"x-tenant": "t1", "traceparent": parent})
+    await app.emit_many(
+        [OrderPlaced(order_id=2), OrderPlaced(order_id=3)], headers={"x-tenant": "t2"}
+    )
+    await wait_until(lambda: len(got) == 3, what="three events")
+    if not backend.carries_headers:  # Redis Pub/Sub: documented to carry none
+        assert got == [{}, {}, {}]
+        return
+    assert sorted(str(h.get("x-tenant")) for h in got) == ["t1", "t2", "t2"]
+    (first,) = [h for h in got if h.get("x-tenant") == "t1"]
+    assert first["traceparent"] == parent
+
+
 async def test_retries_then_success(make_app, topic: str) -> None:
     attempts: list[int] = []
     app = make_app()
