@@ -549,6 +549,19 @@ async def test_seed_style_consumer(consumer_class: type[Any]) -> None:
     assert {d.payload for d in dead} == {messages[1].payload, b"junk"}
 
 
+def test_a_seed_style_consumer_is_adapted_once() -> None:
+    from dispytch import RegistrationError
+    from dispytch.listener.adapter import SeedConsumer, as_consumer
+
+    duck = DuckConsumer([])
+    adapted = as_consumer(duck)
+    assert isinstance(adapted, SeedConsumer) and adapted.inner is duck
+    native = RecordingConsumer(MemoryBroker())
+    assert as_consumer(native) is native  # a full Consumer is used as it is
+    with pytest.raises(RegistrationError, match=r"has no listen or ack\(\)"):
+        EventListener(object())  # type: ignore[arg-type]
+
+
 async def test_dead_letter_producer_is_used_when_the_consumer_has_no_destination() -> None:
     class NoDestination(RecordingConsumer):
         async def dead_letter(self, message: Message, failure: Failure) -> bool:

@@ -12,6 +12,7 @@ import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from dispytch.errors import RegistrationError
 from dispytch.listener.consumer import Consumer, Failure, Message
 
 if TYPE_CHECKING:
@@ -50,6 +51,12 @@ class SeedConsumer(Consumer):
     """A consumer with only some of the seam's methods, some of them synchronous."""
 
     def __init__(self, inner: Any) -> None:
+        missing = [name for name in ("listen", "ack") if not callable(getattr(inner, name, None))]
+        if missing:
+            raise RegistrationError(
+                f"{type(inner).__name__} is not a consumer: it has no {' or '.join(missing)}(); "
+                "subclass dispytch.listener.consumer.Consumer"
+            )
         self.inner = inner
         base = Consumer
         for name in _METHODS:
