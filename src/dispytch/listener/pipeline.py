@@ -103,7 +103,8 @@ class Pipeline:
         self.topic_rules = topic_rules
         self._on_fatal = on_fatal
         self._ack = settler.consumer.ack
-        self._matches: dict[tuple[str, str], list[Match]] = {}
+        self._matches: dict[str, dict[str, list[Match]]] = {}
+        self._memoised = 0
         self._chain: Callable[[ConsumeContext], Awaitable[None]] | None = (
             chain(consume_middleware, self._terminal) if consume_middleware else None
         )
@@ -216,14 +217,23 @@ class Pipeline:
             ctx.error = failure.error
 
     def _lookup(self, topic: str, event_type: str) -> list[Match]:
-        """The routes for ``(topic, event_type)``, memoised (bounded: both come off the wire)."""
-        key = (topic, event_type)
-        matches = self._matches.get(key)
-        if matches is None:
-            matches = self.routes.lookup(topic, event_type)
-            if len(self._matches) >= _MATCH_CACHE_SIZE:
-                self._matches.clear()
-            self._matches[key] = matches
+        """The routes for ``(topic, event_type)``, memoised (bounded: both come off the wire).
+
+        Two dict levels rather than a ``(topic, type)`` key: no tuple built per message."""
+        by_type = self._matches.get(topic)
+        if by_type is not None:
+            matches = by_type.get(event_type)
+            if matches is not None:
+                return matches
+        matches = self.routes.lookup(topic, event_type)
+        self._memoised += 1
+        if self._memoised > _MATCH_CACHE_SIZE:
+            self._matches.clear()
+            self._memoised = 1
+            by_type = None
+        if by_type is None:
+            by_type = self._matches[topic] = {}
+        by_type[event_type] = matches
         return matches
 
     async def _run_handler(
