@@ -376,7 +376,6 @@ class EventListener:
         if self._scheduler is not None:
             self._scheduler.halt()
         if self._fatal is None:
-            self._fatal = error
-            logger.error("stopping the listener: %s", error)
+            self._fatal = error  # raised by listen() once the drain is done
         if self._stop is not None:
             self._stop.set()
