@@ -60,7 +60,37 @@ Outcome = Literal["handled", "no_handler", "dead_lettered", "handed_back"]
 T = TypeVar("T")
 
 
-class ConsumeContext:
+class _OfMessage:
+    """What a context tells about the message it is about."""
+
+    __slots__ = ()
+    message: Message
+
+    @property
+    def topic(self) -> str:
+        """The concrete topic the message came from (high cardinality: not a metric label)."""
+        return self.message.topic
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """The message's headers as the broker delivered them."""
+        return self.message.headers
+
+
+class _WithState:
+    """A per-context dict for middleware, made on first use."""
+
+    __slots__ = ("_state",)
+    _state: dict[str, Any] | None
+
+    @property
+    def state(self) -> dict[str, Any]:
+        if self._state is None:
+            self._state = {}
+        return self._state
+
+
+class ConsumeContext(_OfMessage, _WithState):
     """One message as it goes through the listener; what :meth:`Middleware.consume` sees.
 
     Fields filled in as the message progresses: ``event_id`` and ``event_type`` once the
@@ -71,7 +101,6 @@ class ConsumeContext:
 
     __slots__ = (
         "_matches",
-        "_state",
         "duration",
         "error",
         "event_id",
@@ -98,16 +127,6 @@ class ConsumeContext:
         self._state: dict[str, Any] | None = None
 
     @property
-    def topic(self) -> str:
-        """The concrete topic the message came from (high cardinality: not a metric label)."""
-        return self.message.topic
-
-    @property
-    def headers(self) -> Mapping[str, str]:
-        """The message's headers as the broker delivered them."""
-        return self.message.headers
-
-    @property
     def handlers(self) -> tuple[str, ...]:
         """Names of the handlers the message was routed to (empty before routing)."""
         return tuple(route.name for route, _ in self._matches)
@@ -118,12 +137,6 @@ class ConsumeContext:
         handlers the message was routed to: low cardinality, fit for metric labels."""
         return tuple(dict.fromkeys(route.pattern for route, _ in self._matches))
 
-    @property
-    def state(self) -> dict[str, Any]:
-        if self._state is None:
-            self._state = {}
-        return self._state
-
     def __repr__(self) -> str:
         return (
             f"ConsumeContext(topic={self.topic!r}, event_type={self.event_type!r}, "
@@ -131,7 +144,7 @@ class ConsumeContext:
         )
 
 
-class HandlerCall:
+class HandlerCall(_OfMessage):
     """One attempt of one handler; what :meth:`Middleware.handle` sees.
 
     ``handler`` is the handler's qualified name, ``pattern`` its topic as registered,
@@ -205,14 +218,6 @@ class HandlerCall:
     def event_type(self) -> str:
         return self._envelope.type
 
-    @property
-    def topic(self) -> str:
-        return self.message.topic
-
-    @property
-    def headers(self) -> Mapping[str, str]:
-        return self.message.headers
-
     def will_retry(self, error: BaseException) -> bool:
         """Whether the listener retries after this attempt failed with ``error``."""
         return self._retry.should_retry(error, self.attempt)
@@ -247,12 +252,12 @@ class Outbound:
         return f"Outbound(topic={self.topic!r}, headers={self.headers!r})"
 
 
-class PublishContext:
+class PublishContext(_WithState):
     """One ``emit`` (one message) or ``emit_many`` (``batch`` is true); what
     :meth:`Middleware.publish` sees. After ``call_next`` returned or raised, ``errors`` holds
     one entry per message: ``None`` when the broker confirmed it, else the exception."""
 
-    __slots__ = ("_state", "batch", "errors", "messages", "started")
+    __slots__ = ("batch", "errors", "messages", "started")
 
     def __init__(self, messages: list[Outbound], batch: bool) -> None:
         self.messages = messages
@@ -260,12 +265,6 @@ class PublishContext:
         self.errors: list[BaseException | None] | None = None
         self.started = time.perf_counter()
         self._state: dict[str, Any] | None = None
-
-    @property
-    def state(self) -> dict[str, Any]:
-        if self._state is None:
-            self._state = {}
-        return self._state
 
     def __repr__(self) -> str:
         return f"PublishContext({len(self.messages)} message(s), batch={self.batch})"

@@ -18,26 +18,40 @@ import pytest
 from tests.examples.test_examples import _wait_for_lines
 from tests.helpers import require_broker
 
-#: A memory app whose consumer prints each settle, with a handler that ignores cancellation.
-MEMORY_SERVICE = """
+#: Memory-backend pieces both services use: a consumer that prints each settle, and a startup
+#: hook that puts one event on topic "t".
+MEMORY_BASE = """
 import asyncio, contextlib, json
 from dispytch import App, Event
 from dispytch.memory import MemoryBackend, MemoryConsumer
+from dispytch.retry import RetryPolicy
 
 class Loud(MemoryConsumer):
     async def ack(self, message):
-        print("ACKED", flush=True)
+        print("SETTLE ack", flush=True)
         await super().ack(message)
 
     async def nack(self, message):
-        print("NACKED", flush=True)
+        print("SETTLE nack", flush=True)
         await super().nack(message)
 
-class Backend(MemoryBackend):
-    def consumer(self, group, *, prefetch, max_buffer_bytes=None):
-        return Loud(self.broker, group)
+def backend_with(consumer_class, name):
+    class Backend(MemoryBackend):
+        def consumer(self, group, *, prefetch, max_buffer_bytes=None):
+            return consumer_class(self.broker, group)
+    return Backend(f"memory://{name}")
 
-app = App(backend=Backend("memory://cli-stop"), shutdown_timeout=1, shutdown_grace=1)
+def publish_one(app):
+    envelope = {"id": "1", "type": "e", "body": {}, "timestamp": 1}
+    app.on_startup(lambda: app.backend.broker.publish("t", json.dumps(envelope).encode()))
+"""
+
+#: A handler that ignores cancellation.
+STUBBORN_SERVICE = (
+    MEMORY_BASE
+    + """
+app = App(backend=backend_with(Loud, "cli-stop"), shutdown_timeout=1, shutdown_grace=1)
+publish_one(app)
 
 @app.handler(topic="t", event="e")
 async def stubborn(event: Event):
@@ -45,12 +59,29 @@ async def stubborn(event: Event):
     while True:
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.sleep(3600)
-
-@app.on_startup
-def publish():
-    envelope = {"id": "1", "type": "e", "body": {}, "timestamp": 1}
-    app.backend.broker.publish("t", json.dumps(envelope).encode())
 """
+)
+
+#: Neither the dead-letter destination nor the fallback can store anything.
+NOWHERE_SERVICE = (
+    MEMORY_BASE
+    + """
+class Broken(Loud):
+    async def dead_letter(self, message, failure):
+        raise PermissionError("dead-letter topic not writable")
+
+    async def dead_letter_fallback(self, message, failure):
+        raise PermissionError("fallback not writable either")
+
+app = App(backend=backend_with(Broken, "cli-dlq"),
+          dead_letter_retry=RetryPolicy.build(retries=1, retry_interval=0.01))
+publish_one(app)
+
+@app.handler(topic="t", event="e")
+async def reject(event: Event):
+    raise ValueError("declined")
+"""
+)
 
 
 def start(tmp_path: Path, source: str) -> subprocess.Popen[str]:
@@ -84,13 +115,13 @@ def stop(proc: subprocess.Popen[str], signals: int, budget: float) -> tuple[int,
 def test_a_handler_ignoring_cancellation_cannot_keep_the_process_alive(
     tmp_path: Path, signals: int, expected: int
 ) -> None:
-    proc = start(tmp_path, MEMORY_SERVICE)
+    proc = start(tmp_path, STUBBORN_SERVICE)
     _wait_for_lines(proc, "HANDLING", 1, timeout=60)
     # shutdown_timeout 1 s + grace 1 s (+ 1 s more for the loop's leftovers) + slack
     code, took, out, err = stop(proc, signals, budget=1 + 1 + 1)
     assert code == expected, err
     assert took < 1 + 1 + 1 + 4, f"took {took:.1f}s\n{err}"
-    assert "ACKED" not in out  # the unfinished message was never acknowledged
+    assert "SETTLE ack" not in out.splitlines()  # the unfinished message was never acknowledged
     assert "ignored cancellation" in err or "still running after being cancelled" in err
 
 
@@ -137,40 +168,7 @@ def test_the_unfinished_message_stays_pending_on_a_durable_broker(tmp_path: Path
 
 
 def test_a_dead_letter_stored_nowhere_stops_the_process_non_zero(tmp_path: Path) -> None:
-    source = """
-        import json
-        from dispytch import App, Event
-        from dispytch.memory import MemoryBackend, MemoryConsumer
-        from dispytch.retry import RetryPolicy
-
-        class Broken(MemoryConsumer):
-            async def ack(self, message):
-                print("ACKED", flush=True)
-                await super().ack(message)
-
-            async def dead_letter(self, message, failure):
-                raise PermissionError("dead-letter topic not writable")
-
-            async def dead_letter_fallback(self, message, failure):
-                raise PermissionError("fallback not writable either")
-
-        class Backend(MemoryBackend):
-            def consumer(self, group, *, prefetch, max_buffer_bytes=None):
-                return Broken(self.broker, group)
-
-        app = App(backend=Backend("memory://cli-dlq"),
-                  dead_letter_retry=RetryPolicy.build(retries=1, retry_interval=0.01))
-
-        @app.handler(topic="t", event="e")
-        async def reject(event: Event):
-            raise ValueError("declined")
-
-        @app.on_startup
-        def publish():
-            envelope = {"id": "1", "type": "e", "body": {}, "timestamp": 1}
-            app.backend.broker.publish("t", json.dumps(envelope).encode())
-        """
-    proc = start(tmp_path, source)
+    proc = start(tmp_path, NOWHERE_SERVICE)
     try:
         code = proc.wait(timeout=60)
     finally:
@@ -178,7 +176,8 @@ def test_a_dead_letter_stored_nowhere_stops_the_process_non_zero(tmp_path: Path)
             os.kill(proc.pid, signal.SIGKILL)
     out, err = proc.communicate()
     assert code == 1, err
-    assert "ACKED" not in out
+    assert "SETTLE ack" not in out.splitlines()
+    assert "SETTLE nack" in out.splitlines()  # handed back when the listener stopped
     assert "DeadLetterError: could not dead-letter a message from t" in err
     assert "Traceback" in err  # the first failure's traceback, once
     assert err.count("Traceback") == 1

@@ -24,7 +24,9 @@ async def test_the_complete_example_and_its_test_run(caplog: pytest.LogCaptureFi
     with caplog.at_level(logging.INFO, logger="shop.events"):
         await namespace["test_a_shipment_carries_the_orders_correlation_id"]()  # type: ignore[operator]
     lines = [r.getMessage() for r in caplog.records if r.name == "shop.events"]
-    assert any(re.fullmatch(r"order_placed \S+ via orders: handled in [\d.]+ ms", li) for li in lines)
+    assert any(
+        re.fullmatch(r"order_placed \S+ via orders: handled in [\d.]+ ms", li) for li in lines
+    )
 
 
 def test_the_first_snippet_registers() -> None:

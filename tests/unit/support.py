@@ -79,6 +79,17 @@ class RecordingConsumer(MemoryConsumer):
         return await super().dead_letter(message, failure)
 
 
+def memory_listener(
+    group: HandlerGroup, **options: Any
+) -> tuple[MemoryBroker, RecordingConsumer, EventListener]:
+    """A listener for ``group`` on a fresh memory broker, with a recording consumer."""
+    broker = MemoryBroker()
+    consumer = RecordingConsumer(broker)
+    listener = EventListener(consumer, **options)
+    listener.add_handler_group(group)
+    return broker, consumer, listener
+
+
 @asynccontextmanager
 async def running(
     listener: EventListener, timeout: float = 10.0

@@ -7,24 +7,16 @@ from typing import Any
 
 import pytest
 
-from dispytch import App, Event, EventBase, EventListener, HandlerGroup, RegistrationError
+from dispytch import App, Event, EventBase, HandlerGroup, RegistrationError
 from dispytch.errors import HandlerTimeout
-from dispytch.memory import MemoryBroker
 from dispytch.testing import TestClient
 from tests.helpers import wait_until
-from tests.unit.support import RecordingConsumer, envelope, running
+from tests.unit.support import envelope, memory_listener, running
 
 Body = dict[str, Any]
 
 
-def setup(
-    group: HandlerGroup, **options: Any
-) -> tuple[MemoryBroker, RecordingConsumer, EventListener]:
-    broker = MemoryBroker()
-    consumer = RecordingConsumer(broker)
-    listener = EventListener(consumer, **options)
-    listener.add_handler_group(group)
-    return broker, consumer, listener
+setup = memory_listener
 
 
 async def test_timeout_is_retried_then_dead_lettered() -> None:

@@ -13,19 +13,12 @@ from dispytch.listener.consumer import Consumer, Failure, Message
 from dispytch.memory import MemoryBroker, MemoryProducer
 from dispytch.routing import TopicPattern
 from tests.helpers import wait_until
-from tests.unit.support import GROUP, RecordingConsumer, envelope, running
+from tests.unit.support import GROUP, RecordingConsumer, envelope, memory_listener, running
 
 Body = dict[str, Any]
 
 
-def setup(
-    group: HandlerGroup, **options: Any
-) -> tuple[MemoryBroker, RecordingConsumer, EventListener]:
-    broker = MemoryBroker()
-    consumer = RecordingConsumer(broker)
-    listener = EventListener(consumer, **options)
-    listener.add_handler_group(group)
-    return broker, consumer, listener
+setup = memory_listener
 
 
 # -- settle outcomes ------------------------------------------------------------------------------

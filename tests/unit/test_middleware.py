@@ -8,9 +8,8 @@ from typing import Any
 
 import pytest
 
-from dispytch import App, Event, EventBase, EventListener, HandlerGroup, RegistrationError
+from dispytch import App, Event, EventBase, HandlerGroup, RegistrationError
 from dispytch.listener import pipeline as pipeline_module
-from dispytch.memory import MemoryBroker
 from dispytch.middleware import (
     ConsumeContext,
     ConsumeNext,
@@ -22,7 +21,7 @@ from dispytch.middleware import (
 )
 from dispytch.testing import TestClient
 from tests.helpers import wait_until
-from tests.unit.support import RecordingConsumer, envelope, running
+from tests.unit.support import envelope, memory_listener, running
 
 Body = dict[str, Any]
 
@@ -68,14 +67,7 @@ class Placed(EventBase):
     n: int
 
 
-def listener_with(
-    group: HandlerGroup, **options: Any
-) -> tuple[MemoryBroker, RecordingConsumer, EventListener]:
-    broker = MemoryBroker()
-    consumer = RecordingConsumer(broker)
-    listener = EventListener(consumer, **options)
-    listener.add_handler_group(group)
-    return broker, consumer, listener
+listener_with = memory_listener
 
 
 # -- order ----------------------------------------------------------------------------------------
