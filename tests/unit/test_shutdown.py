@@ -127,3 +127,30 @@ async def test_cancelled_while_stubborn_work_runs_still_ends_within_the_grace() 
     assert time.monotonic() - began < 0.3 + 1.0
     assert consumer.acked == []
     release.set()
+
+
+async def test_no_grace_still_lets_cancelled_work_end_cleanly() -> None:
+    started = asyncio.Event()
+    cleaned: list[str] = []
+    group = HandlerGroup()
+
+    @group.handler(topic="orders", event="placed")
+    async def polite(event: Event[Body]) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        finally:
+            await asyncio.sleep(0.01)  # async clean-up after the cancellation
+            cleaned.append("closed")
+
+    broker = MemoryBroker()
+    consumer = RecordingConsumer(broker)
+    listener = EventListener(consumer, shutdown_timeout=0, shutdown_grace=0)
+    listener.add_handler_group(group)
+    task = asyncio.create_task(listener.listen())
+    broker.publish("orders", envelope("placed", {}))
+    await asyncio.wait_for(started.wait(), 5)
+    listener.stop()
+    await asyncio.wait_for(task, 5)  # no ShutdownError: it did end when cancelled
+    assert cleaned == ["closed"]
+    assert consumer.log == [("nack", 0)]

@@ -31,7 +31,7 @@ from dispytch.handler import HandlerGroup, HandlerSpec, check_timeout
 from dispytch.listener.adapter import as_consumer
 from dispytch.listener.consumer import Consumer, Failure, Message
 from dispytch.listener.pipeline import Pipeline, Route
-from dispytch.listener.scheduler import Ordering, Scheduler
+from dispytch.listener.scheduler import MIN_GRACE, Ordering, Scheduler
 from dispytch.listener.settle import DEFAULT_DEAD_LETTER_RETRY, Settler
 from dispytch.middleware import (
     ConsumeContext,
@@ -355,7 +355,7 @@ class EventListener:
         if not fetch.done():
             fetch.cancel()
         try:
-            await asyncio.wait({fetch, stop_wait}, timeout=max(self.shutdown_grace, 0.1))
+            await asyncio.wait({fetch, stop_wait}, timeout=max(self.shutdown_grace, MIN_GRACE))
         except asyncio.CancelledError:
             interrupted = True
         timeout = self.shutdown_timeout if graceful and self._fatal is None else 0.0

@@ -28,6 +28,9 @@ logger = logging.getLogger("dispytch.listener")
 
 Ordering = Literal["key", "partition", "none"]
 
+#: Seconds cancelled work gets at least, whatever ``shutdown_grace`` says.
+MIN_GRACE = 0.1
+
 
 class Scheduler:
     """Feeds fetched messages to ``process`` under the concurrency, byte and ordering rules."""
@@ -218,7 +221,9 @@ class Scheduler:
         if tasks:
             pending: set[asyncio.Task[None]] = set()
             try:
-                _, pending = await asyncio.wait(tasks, timeout=self.shutdown_grace)
+                # Even with no grace, cancelled work gets a moment to run its clean-up.
+                grace = max(self.shutdown_grace, MIN_GRACE)
+                _, pending = await asyncio.wait(tasks, timeout=grace)
             except asyncio.CancelledError:
                 interrupted = True
                 pending = {task for task in tasks if not task.done()}
