@@ -271,13 +271,34 @@ async def test_an_event_id_with_a_newline_forges_no_log_line(
     evil = "e1\n2030-01-01 00:00:00 CRITICAL dispytch: forged"
     with caplog.at_level(logging.DEBUG, logger="dispytch"):
         async with running(listener):
-            broker.publish("orders:a\nb", envelope("placed", {}, id_=evil))
-            await wait_until(lambda: consumer.settled == 1, timeout=5, what="settle")
+            broker.publish("orders:a", envelope("placed", {}, id_=evil))  # retried, then dead
+            broker.publish("orders:a\nb", envelope("placed", {}, id_=evil))  # bad segment: dead
+            await wait_until(lambda: consumer.settled == 2, timeout=5, what="settle")
     retry = [r for r in caplog.records if "retrying" in r.getMessage()]
     dead = [r for r in caplog.records if "dead-lettered message" in r.getMessage()]
-    assert len(retry) == 1 and len(dead) == 1
+    assert len(retry) == 1 and len(dead) == 2
     for record in retry + dead:
         text = record.getMessage()
         assert "\n" not in text
         assert "e1\\n2030-01-01" in text  # the id, escaped
-    assert "orders:a\\nb" in dead[0].getMessage()  # the topic, escaped
+    assert any("orders:a\\nb" in r.getMessage() for r in dead)  # the topic, escaped
+
+
+async def test_a_pattern_handler_never_receives_its_own_dead_letters() -> None:
+    calls: list[str] = []
+    group = HandlerGroup()
+
+    @group.handler(topic="orders:{kind}", event="placed")
+    async def reject(event: Event[Body]) -> None:
+        calls.append(event.topic)
+        raise ValueError("declined")
+
+    broker = MemoryBroker()
+    consumer = RecordingConsumer(broker)
+    listener = EventListener(consumer)
+    listener.add_handler_group(group)
+    async with running(listener):
+        broker.publish("orders:new", envelope("placed", {}))
+        await broker.wait_idle(5)  # a dead letter routed back would keep the group busy
+    assert calls == ["orders:new"]  # "orders:new.dlq" matches the pattern, but is not routed
+    assert [d.topic for d in broker.dead_letters()] == ["orders:new"]
