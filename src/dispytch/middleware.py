@@ -41,7 +41,7 @@ from dispytch.errors import RegistrationError
 if TYPE_CHECKING:
     from dispytch.events import Envelope, Event, EventBase
     from dispytch.listener.consumer import Failure, Message
-    from dispytch.retry import RetryPolicy
+    from dispytch.listener.pipeline import Route
 
 __all__ = [
     "ConsumeContext",
@@ -126,6 +126,13 @@ class ConsumeContext(_OfMessage, _WithState):
         self._matches: Sequence[tuple[Any, Any]] = ()
         self._state: dict[str, Any] | None = None
 
+    def _settle(self, outcome: Outcome, error: BaseException | None = None) -> None:
+        """Record how the message was settled (the listener calls it)."""
+        self.duration = time.perf_counter() - self.started
+        self.outcome = outcome
+        if error is not None:
+            self.error = error
+
     @property
     def handlers(self) -> tuple[str, ...]:
         """Names of the handlers the message was routed to (empty before routing)."""
@@ -152,46 +159,43 @@ class HandlerCall(_OfMessage):
     (its ``headers`` are the message's).
     """
 
-    __slots__ = (
-        "_envelope",
-        "_events",
-        "_retry",
-        "_segments",
-        "attempt",
-        "handler",
-        "max_attempts",
-        "message",
-        "pattern",
-        "segments",
-        "timeout",
-    )
+    __slots__ = ("_envelope", "_events", "_route", "_segments", "attempt", "message", "segments")
 
     def __init__(
         self,
         message: Message,
-        handler: str,
-        pattern: str,
+        route: Route,
         segments: Mapping[str, str],
         attempt: int,
-        retry: RetryPolicy,
-        timeout: float | None,
         envelope: Envelope,
         events: list[Event[Any]],
         segment_values: list[Any],
     ) -> None:
         self.message = message
-        self.handler = handler
-        self.pattern = pattern
+        self._route = route
         #: the topic segments captured by the pattern, as text (``{"user_id": "42"}``)
         self.segments = segments
         self.attempt = attempt
-        self.max_attempts = retry.attempts
-        #: seconds this attempt may take (``None``: no limit)
-        self.timeout = timeout
-        self._retry = retry
         self._envelope = envelope
         self._events = events
         self._segments = segment_values
+
+    @property
+    def handler(self) -> str:
+        return self._route.name
+
+    @property
+    def pattern(self) -> str:
+        return self._route.pattern
+
+    @property
+    def max_attempts(self) -> int:
+        return self._route.retry.attempts
+
+    @property
+    def timeout(self) -> float | None:
+        """Seconds this attempt may take (``None``: no limit)."""
+        return self._route.timeout
 
     @property
     def event(self) -> Event[Any]:
@@ -220,7 +224,7 @@ class HandlerCall(_OfMessage):
 
     def will_retry(self, error: BaseException) -> bool:
         """Whether the listener retries after this attempt failed with ``error``."""
-        return self._retry.should_retry(error, self.attempt)
+        return self._route.retry.should_retry(error, self.attempt)
 
     def __repr__(self) -> str:
         return (

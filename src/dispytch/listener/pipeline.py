@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -156,7 +155,7 @@ class Pipeline:
                 )
                 acked = await settler.ack(message)
                 if ctx is not None:
-                    ctx.outcome = "no_handler" if acked else "handed_back"
+                    ctx._settle("no_handler" if acked else "handed_back")
                 return
             if ctx is not None:
                 ctx._matches = matches
@@ -177,21 +176,21 @@ class Pipeline:
                 except Exception as exc:
                     settle_failed(message, exc)
                 if ctx is not None:
-                    ctx.outcome = "handled"
+                    ctx._settle("handled")
             else:
                 await settler.nack(message)
                 if ctx is not None:
-                    ctx.outcome = "handed_back"
+                    ctx._settle("handed_back")
         except asyncio.CancelledError:
             await settler.nack(message)
             if ctx is not None:
-                ctx.outcome = "handed_back"
+                ctx._settle("handed_back")
             raise
         except DeadLetterError as exc:
             self._on_fatal(exc)  # first: stop fetching before the hand-back can come back
             await settler.nack(message)
             if ctx is not None:
-                ctx.outcome, ctx.error = "handed_back", exc
+                ctx._settle("handed_back", exc)
         except Exception as exc:
             logger.exception(
                 "could not settle a message from %s; handing it back for redelivery",
@@ -199,7 +198,7 @@ class Pipeline:
             )
             await settler.nack(message)
             if ctx is not None:
-                ctx.outcome, ctx.error = "handed_back", exc
+                ctx._settle("handed_back", exc)
 
     async def _dead_letter(
         self,
@@ -211,10 +210,8 @@ class Pipeline:
         stored = await self.settler.dead_letter(message, failure, event_id)
         if ctx is not None:
             if stored:
-                ctx.outcome, ctx.failure = "dead_lettered", failure
-            else:
-                ctx.outcome = "handed_back"
-            ctx.error = failure.error
+                ctx.failure = failure
+            ctx._settle("dead_lettered" if stored else "handed_back", failure.error)
 
     def _lookup(self, topic: str, event_type: str) -> list[Match]:
         """The routes for ``(topic, event_type)``, memoised (bounded: both come off the wire).
@@ -260,16 +257,7 @@ class Pipeline:
                 if call is not None:
                     await call(
                         HandlerCall(
-                            message,
-                            route.name,
-                            route.pattern,
-                            raw_segments,
-                            attempt,
-                            retry,
-                            route.timeout,
-                            envelope,
-                            events,
-                            segments,
+                            message, route, raw_segments, attempt, envelope, events, segments
                         )
                     )
                 elif route.timeout is None:
@@ -299,11 +287,8 @@ class Pipeline:
 
     # -- with consume middleware --------------------------------------------------------------
 
-    async def _terminal(self, ctx: ConsumeContext) -> None:
-        try:
-            await self.run(ctx.message, ctx)
-        finally:
-            ctx.duration = time.perf_counter() - ctx.started
+    def _terminal(self, ctx: ConsumeContext) -> Awaitable[None]:
+        return self.run(ctx.message, ctx)
 
     async def run_observed(self, message: Message) -> None:
         """:meth:`run` inside the ``consume`` middleware chain."""
@@ -316,7 +301,7 @@ class Pipeline:
         except asyncio.CancelledError:
             if ctx.outcome is None:
                 await self.settler.nack(message)
-                ctx.outcome = "handed_back"
+                ctx._settle("handed_back")
             raise
         except Exception as exc:
             if ctx.outcome is not None:
