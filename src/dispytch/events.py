@@ -213,7 +213,8 @@ class Event(_HeadersSlot, Generic[BodyT]):
         self.topic = topic
         self.body = body
         self.timestamp = timestamp
-        self._headers = headers
+        # The slot is _HeadersSlot's; mypy's dataclass plugin only sees the fields' slots.
+        self._headers = headers  # type: ignore[misc]
 
     @property
     def headers(self) -> Mapping[str, str]:
