@@ -31,7 +31,9 @@ class RedisBackend(RedisBackendBase[RedisProducer]):
         dead_letter_maxlen: approximate cap of each ``{topic}.dlq`` stream (``None``: no cap).
         publish_timeout: seconds an emit waits for Redis' reply before
             :class:`~dispytch.emitter.producer.ProducerTimeout`.
-        buffer_size: messages a consumer reads ahead of its handlers at most.
+        buffer_size: messages a consumer reads ahead of its handlers at most; with the App's
+            ``max_buffer_bytes`` (payload bytes, 64 MiB by default) it bounds the read-ahead,
+            and a message arriving while it is full is dropped (counted, ERROR logged).
         poll_interval: seconds a consumer's read waits before it checks whether it is closing.
         reconnect_max_delay: cap of a consumer's wait between reconnection attempts.
     """
@@ -42,7 +44,7 @@ class RedisBackend(RedisBackendBase[RedisProducer]):
         *,
         dead_letter_maxlen: int | None = DEFAULT_DEAD_LETTER_MAXLEN,
         publish_timeout: float | None = 10.0,
-        buffer_size: int = 10_000,
+        buffer_size: int = 100_000,
         poll_interval: float = 1.0,
         reconnect_max_delay: float = 10.0,
         **options: Any,
@@ -59,8 +61,9 @@ class RedisBackend(RedisBackendBase[RedisProducer]):
     def consumer(
         self, group: str, *, prefetch: int, max_buffer_bytes: int | None = None
     ) -> Consumer:
-        """A new Pub/Sub subscriber. ``group`` and ``prefetch`` do not apply to Pub/Sub: every
-        subscriber receives every message, and the consumer reads ahead up to ``buffer_size``.
+        """A new Pub/Sub subscriber. ``prefetch`` does not apply to Pub/Sub and ``group`` only
+        names the fallback dead-letter stream: every subscriber receives every message, and the
+        consumer reads ahead up to ``buffer_size`` messages and ``max_buffer_bytes`` bytes.
         """
         # Its own client: payloads are bytes whatever decode_responses says, and a health check
         # notices a dead connection on an idle subscription.
@@ -72,8 +75,10 @@ class RedisBackend(RedisBackendBase[RedisProducer]):
             RedisConsumer(
                 subscriber.pubsub(ignore_subscribe_messages=True),
                 redis=self.client,
+                group=group,
                 dead_letter_maxlen=self.dead_letter_maxlen,
                 buffer_size=self.buffer_size,
+                max_buffer_bytes=max_buffer_bytes,
                 poll_interval=self.poll_interval,
                 reconnect_max_delay=self.reconnect_max_delay,
                 owns_pubsub=True,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
-from types import MappingProxyType
 from typing import Any
 
 from redis.asyncio import Redis
@@ -18,13 +18,18 @@ from redis.asyncio.connection import AbstractConnection
 from dispytch.errors import ConfigurationError
 from dispytch.listener.consumer import Consumer, Failure, Message
 from dispytch.redis.connection import CONNECTION_ERRORS, Reconnection, pause, stop_reader
-from dispytch.redis.dead_letters import DEFAULT_DEAD_LETTER_MAXLEN, add_dead_letter
+from dispytch.redis.dead_letters import DEFAULT_DEAD_LETTER_MAXLEN, DeadLetterWriter
+from dispytch.redis.records import NO_HEADERS, channel_message
 from dispytch.redis.topics import subscription_glob
 from dispytch.routing import TopicPattern
+from dispytch.undecodable import Undecodable, dead_letter_undecodable
 
-__all__ = ["RedisConsumer"]
+__all__ = ["DEFAULT_MAX_BUFFER_BYTES", "RedisConsumer"]
 
 logger = logging.getLogger("dispytch.redis")
+
+#: Default cap of the payload bytes a consumer reads ahead of its handlers.
+DEFAULT_MAX_BUFFER_BYTES = 64 * 1024 * 1024
 
 _DATA_TYPES = frozenset({"message", "pmessage"})
 # A data reply's kind -> where its channel is ([kind, channel, data] or [kind, pattern,
@@ -34,8 +39,12 @@ _CHANNEL_INDEX: dict[Any, int] = {b"message": 1, "message": 1, b"pmessage": 2, "
 _BATCH = 128
 # redis-py 8 renamed the check for buffered reply bytes (the old name now warns).
 _CAN_READ = "can_read" if hasattr(AbstractConnection, "can_read") else "can_read_destructive"
-# Pub/Sub messages have no headers; one shared empty mapping saves a dict per message.
-_NO_HEADERS: MappingProxyType[str, str] = MappingProxyType({})
+# Channels remembered (decoded name, which pattern delivers them) before the memo resets:
+# channels matched by a pattern come off the wire, so the memo is bounded.
+_CHANNEL_MEMO = 4096
+# Seconds between two ERROR lines about messages dropped because the buffer was full.
+_DROP_REPORT_INTERVAL = 10.0
+_MISSING = object()
 
 
 class RedisConsumer(Consumer):
@@ -44,16 +53,30 @@ class RedisConsumer(Consumer):
     **At most once.** Redis Pub/Sub delivers a message only to the subscribers connected when it
     is published and never redelivers it. There is no acknowledgement: :meth:`ack` and
     :meth:`nack` do nothing, and a message in flight when the process stops, or published while
-    the connection is down, is lost. Redis also disconnects a subscriber that falls too far
-    behind (``client-output-buffer-limit pubsub``, 32 MB by default) and drops what it had
-    queued. Use Redis Streams (``redis+streams://``) when events must not be lost.
+    the connection is down, is lost. Use Redis Streams (``redis+streams://``) when events must
+    not be lost.
 
     Every subscriber receives every message: two processes subscribed to a channel both handle
-    each event (there are no competing consumer groups in Pub/Sub).
+    each event (there are no competing consumer groups in Pub/Sub). A message whose channel
+    matches several subscriptions (a literal channel and a pattern, or two patterns) is handled
+    once: Redis sends one copy per subscription, the consumer keeps one.
+
+    **A full buffer drops.** A background task reads the connection as fast as Redis sends, into
+    a buffer of at most ``buffer_size`` messages and ``max_buffer_bytes`` payload bytes;
+    :meth:`listen` yields from that buffer. Pub/Sub has no backpressure: a reader that stopped
+    reading would only move the backlog into Redis' output buffer for this client, and Redis
+    disconnects a subscriber past ``client-output-buffer-limit pubsub`` (32 MB by default),
+    losing everything queued there and everything published while it reconnects. So the reader
+    never stops: a message that arrives while the buffer is full is **dropped**, counted in
+    :attr:`dropped`, and reported by an ERROR line (at most one every 10 s, with the count).
 
     Dead letters, on the other hand, are durable: :meth:`dead_letter` appends the original bytes
     and the failure headers to the Redis Stream ``{topic}.dlq`` (trimmed to about
-    ``dead_letter_maxlen`` entries).
+    ``dead_letter_maxlen`` entries); :meth:`dead_letter_fallback` to the group's fallback
+    stream ``dispytch.fallback.{group}.dlq``. A message whose channel name is not UTF-8 is
+    dead-lettered to the fallback stream at once (its channel in base64 in the
+    ``x-dispytch-original-topic-b64`` header) and never reaches a handler; if even that fails
+    it is dropped with an ERROR line and counted in :attr:`skipped`.
 
     Messages carry no key (Pub/Sub has none) and no partition; a listener with
     ``ordering="partition"`` handles each channel's messages one at a time, in order.
@@ -65,21 +88,20 @@ class RedisConsumer(Consumer):
         listener = EventListener(RedisConsumer(pubsub))
 
     A PubSub that is already subscribed is used as it is; one with no subscription is
-    subscribed to what the listener's handlers need.
-
-    A background task reads the connection as fast as it can into a buffer of
-    ``buffer_size`` messages (so Redis' output buffer stays small); :meth:`listen` yields from
-    that buffer. When the connection is lost the task reconnects by itself, with capped
-    exponential backoff and jitter, and subscribes again.
+    subscribed to what the listener's handlers need. When the connection is lost the reader
+    reconnects by itself, with capped exponential backoff and jitter, and subscribes again.
 
     Args:
         pubsub: a ``redis.asyncio.client.PubSub``.
         redis: the client used to write dead letters; by default one sharing ``pubsub``'s
             connection pool.
+        group: names the fallback dead-letter stream (the App's group).
         dead_letter_maxlen: approximate cap of each dead-letter stream; ``None`` for no cap.
         buffer_size: messages read ahead of the listener at most.
+        max_buffer_bytes: payload bytes read ahead of the listener at most (64 MiB by default).
         poll_interval: seconds one read waits before checking whether the consumer is closing.
         reconnect_max_delay: cap of the wait between reconnection attempts, in seconds.
+        dead_letter_timeout: seconds one dead-letter write may take before it fails.
         owns_pubsub: close ``pubsub`` and disconnect its connection pool on :meth:`close` (the
             backend sets it for the pool it built for the consumer).
     """
@@ -89,23 +111,31 @@ class RedisConsumer(Consumer):
         pubsub: PubSub,
         *,
         redis: Redis | None = None,
+        group: str = "dispytch",
         dead_letter_maxlen: int | None = DEFAULT_DEAD_LETTER_MAXLEN,
-        buffer_size: int = 10_000,
+        buffer_size: int = 100_000,
+        max_buffer_bytes: int | None = None,
         poll_interval: float = 1.0,
         reconnect_max_delay: float = 10.0,
+        dead_letter_timeout: float = 10.0,
         owns_pubsub: bool = False,
     ) -> None:
         if buffer_size < 1:
             raise ConfigurationError(f"buffer_size must be >= 1, got {buffer_size}")
+        if max_buffer_bytes is not None and max_buffer_bytes < 1:
+            raise ConfigurationError(f"max_buffer_bytes must be >= 1, got {max_buffer_bytes}")
         if poll_interval <= 0:
             raise ConfigurationError(f"poll_interval must be > 0, got {poll_interval}")
         self.pubsub = pubsub
+        self.group = group
         self.dead_letter_maxlen = dead_letter_maxlen
         self.buffer_size = buffer_size
+        self.max_buffer_bytes = max_buffer_bytes or DEFAULT_MAX_BUFFER_BYTES
         self.poll_interval = poll_interval
         self.owns_pubsub = owns_pubsub
         self._redis = redis
         self._owns_redis = False  # a client given to us is someone else's to close
+        self._writer = DeadLetterWriter(group, dead_letter_maxlen, dead_letter_timeout)
         # Every failed attempt is a warning: each one means more published messages are lost.
         self._reconnection = Reconnection(
             logger,
@@ -115,14 +145,25 @@ class RedisConsumer(Consumer):
             warn_every_attempt=True,
         )
         self._buffer: deque[Message] = deque()
+        self._undecodable: deque[Message] = deque()
         self._readable = asyncio.Event()
-        self._writable = asyncio.Event()
         self._stopped = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
         self._error: BaseException | None = None
         self._closing = False
         self._ping_token = b""
         self._pong_seen = asyncio.Event()
+        # channel -> its decoded name; channel -> the pattern whose copies are kept.
+        self._topics: dict[Any, str] = {}
+        self._owners: dict[Any, Any] = {}
+        self._dropped_reported = 0
+        self._next_drop_report = 0.0
+        #: Payload bytes held in the read-ahead buffer now.
+        self.buffered_bytes = 0
+        #: Messages dropped because the read-ahead buffer was full.
+        self.dropped = 0
+        #: Messages whose channel could not be decoded and that could not be dead-lettered.
+        self.skipped = 0
         #: Times the consumer reconnected after losing its connection (for tests and metrics).
         self.reconnects = 0
 
@@ -175,14 +216,15 @@ class RedisConsumer(Consumer):
             )
         self._ensure_reader()
         buffer = self._buffer
+        undecodable = self._undecodable
         readable = self._readable
         while True:
+            if undecodable:
+                await self._dead_letter_undecodable(undecodable.popleft())
+                continue
             if buffer:
                 message = buffer.popleft()
-                # Resume a reader that stopped on a full buffer once half of it is free, not
-                # after every message.
-                if not self._writable.is_set() and len(buffer) <= self.buffer_size // 2:
-                    self._writable.set()
+                self.buffered_bytes -= len(message.payload)
                 yield message
                 continue
             if self._reader is None or self._reader.done() or self._closing:
@@ -206,8 +248,9 @@ class RedisConsumer(Consumer):
         buffer = self._buffer
         append = buffer.append
         readable = self._readable
-        writable = self._writable
         capacity = self.buffer_size
+        max_bytes = self.max_buffer_bytes
+        topics = self._topics
         reconnection = self._reconnection
         while not self._closing:
             count = 0
@@ -231,21 +274,24 @@ class RedisConsumer(Consumer):
                         # A data message with no redis-py handler: build the Message straight
                         # from the reply (handle_message would build a dict first).
                         channel = response[index]
-                        data = response[index + 1]
-                        append(
-                            Message(
-                                channel.decode() if type(channel) is bytes else str(channel),
-                                data if type(data) is bytes else str(data).encode(),
-                                None,
-                                _NO_HEADERS,
-                            )
-                        )
-                        count += 1
-                        if count == 1:
-                            readable.set()
+                        if index == 2 and not self._keeps(response[1], channel):
+                            pass  # another subscription delivers this message too
+                        elif len(buffer) >= capacity or self.buffered_bytes >= max_bytes:
+                            self._drop()
+                        else:
+                            data = response[index + 1]
+                            topic = topics.get(channel)
+                            if topic is not None and type(data) is bytes:
+                                append(Message(topic, data, None, NO_HEADERS))
+                                self.buffered_bytes += len(data)
+                            else:
+                                self._add(channel_message(channel, data), channel)
+                            count += 1
+                            if count == 1:
+                                readable.set()
                     else:
                         self._take(await pubsub.handle_message(response, True))  # type: ignore[no-untyped-call]
-                    if count >= _BATCH or len(buffer) >= capacity or self._closing:
+                    if count >= _BATCH or self._closing:
                         break
                     # Drain the replies already received without a timeout: the read below
                     # cannot block for long, as bytes of the next reply are already here.
@@ -264,13 +310,56 @@ class RedisConsumer(Consumer):
                 continue
             if count:
                 readable.set()
-            if len(buffer) >= capacity:
-                # Full: stop reading; Redis queues for us (up to its output-buffer limit).
-                writable.clear()
-                await writable.wait()
-            elif count >= _BATCH:
+            if count >= _BATCH:
                 # Reads from an already filled socket buffer never suspend; let the handlers run.
                 await asyncio.sleep(0)
+
+    def _keeps(self, pattern: Any, channel: Any) -> bool:
+        """Whether this ``pmessage`` copy is the one to deliver.
+
+        Redis sends a message once per subscription it matches: once for a literal
+        subscription to its channel and once per matching pattern. The literal copy is kept;
+        without one, the copies of the first pattern seen delivering the channel (it matches
+        every message of that channel, so it delivers each of them).
+        """
+        pubsub = self.pubsub
+        if pubsub.channels.get(channel, _MISSING) is None:
+            return False  # subscribed literally (no redis-py handler): that copy is kept
+        owner = self._owners.get(channel)
+        if owner is None or owner not in pubsub.patterns:
+            if len(self._owners) >= _CHANNEL_MEMO:
+                self._owners.clear()
+            self._owners[channel] = owner = pattern
+        return bool(owner == pattern)
+
+    def _add(self, message: Message, channel: Any) -> None:
+        """Buffer a message built by :func:`channel_message` (the slow path)."""
+        if isinstance(message.extra, Undecodable):
+            self._undecodable.append(message)
+            return
+        if type(channel) is bytes:
+            if len(self._topics) >= _CHANNEL_MEMO:
+                self._topics.clear()
+            self._topics[channel] = message.topic
+        self._buffer.append(message)
+        self.buffered_bytes += len(message.payload)
+
+    def _drop(self) -> None:
+        self.dropped += 1
+        now = time.monotonic()
+        if now >= self._next_drop_report:
+            self._next_drop_report = now + _DROP_REPORT_INTERVAL
+            logger.error(
+                "Redis Pub/Sub read-ahead buffer full (%d messages, %d of %d bytes): dropped %d "
+                "message(s) since the last report (%d in all); handlers are slower than the "
+                "publishers (Pub/Sub is at-most-once: use redis+streams:// to keep them)",
+                len(self._buffer),
+                self.buffered_bytes,
+                self.max_buffer_bytes,
+                self.dropped - self._dropped_reported,
+                self.dropped,
+            )
+            self._dropped_reported = self.dropped
 
     def _take(self, raw: dict[str, Any] | None) -> None:
         """A reply handle_message parsed: a pong, or a message of a kind the fast path skips."""
@@ -279,15 +368,14 @@ class RedisConsumer(Consumer):
         kind = raw["type"]
         if kind in _DATA_TYPES:
             channel = raw["channel"]
-            data = raw["data"]
-            self._buffer.append(
-                Message(
-                    channel.decode() if isinstance(channel, bytes) else str(channel),
-                    data if isinstance(data, bytes) else str(data).encode(),
-                    None,
-                    _NO_HEADERS,
-                )
-            )
+            if kind == "pmessage" and not self._keeps(raw["pattern"], channel):
+                return
+            if len(self._buffer) >= self.buffer_size or (
+                self.buffered_bytes >= self.max_buffer_bytes
+            ):
+                self._drop()
+                return
+            self._add(channel_message(channel, raw["data"]), channel)
             self._readable.set()
         elif kind == "pong":
             self._check_pong(raw["data"])
@@ -325,20 +413,25 @@ class RedisConsumer(Consumer):
     async def nack(self, message: Message) -> None:
         """Nothing to do: Pub/Sub cannot redeliver; the message is lost (at-most-once)."""
 
-    async def dead_letter(self, message: Message, failure: Failure) -> bool:
-        """XADD the original bytes and the failure headers to the stream ``{topic}.dlq``."""
+    def _dead_letter_client(self) -> Redis:
         if self._redis is None:
             self._redis = Redis(connection_pool=self.pubsub.connection_pool)
             self._owns_redis = True  # the client only; it does not close a pool it was given
-        await add_dead_letter(
-            self._redis,
-            message.topic,
-            message.payload,
-            None,
-            failure.headers(message),
-            self.dead_letter_maxlen,
+        return self._redis
+
+    async def dead_letter(self, message: Message, failure: Failure) -> bool:
+        """XADD the original bytes and the failure headers to the stream ``{topic}.dlq``."""
+        return await self._writer.write(
+            self._dead_letter_client(), message, failure, fallback=False
         )
-        return True
+
+    async def dead_letter_fallback(self, message: Message, failure: Failure) -> bool:
+        """XADD the message to the group's fallback stream ``dispytch.fallback.{group}.dlq``."""
+        return await self._writer.write(self._dead_letter_client(), message, failure, fallback=True)
+
+    async def _dead_letter_undecodable(self, message: Message) -> None:
+        if not await dead_letter_undecodable(self, message, logger, own_destination=False):
+            self.skipped += 1  # Pub/Sub cannot hand it back: it is lost (at-most-once)
 
     # -- closing ------------------------------------------------------------------------------
 
@@ -348,11 +441,11 @@ class RedisConsumer(Consumer):
             return
         self._closing = True
         self._stopped.set()
-        self._writable.set()
         self._readable.set()
         # The reader checks the flag at least every poll_interval.
         await stop_reader(self._reader, self._wake_reader, self.poll_interval + 5.0)
         self._buffer.clear()
+        self.buffered_bytes = 0
         if self.owns_pubsub:
             await self.pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
             await self.pubsub.connection_pool.disconnect()

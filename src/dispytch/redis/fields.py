@@ -3,10 +3,12 @@
 An entry has these fields (names are ASCII bytes):
 
 * ``payload``: the message bytes (the Dispytch envelope). The only field a producer must write;
-  an entry without it is delivered with an empty payload and dead-lettered as undecodable.
+  an entry without it is not handled: it is dead-lettered (reason ``decode``) with every field
+  it has, base64-encoded (see :func:`dispytch.redis.records.entry_message`).
 * ``key`` (optional): the ordering key; messages sharing a key are handled one at a time.
 * ``h:<name>`` (optional, one per header): a header value, UTF-8 text. Dead letters carry their
-  failure details this way (``h:x-dispytch-reason``...).
+  failure details this way (``h:x-dispytch-reason``...). An entry with a header name or value
+  that is not UTF-8 is dead-lettered too, the header base64-encoded.
 
 Other fields are ignored, so entries written by other tools with a ``payload`` field are read.
 """
@@ -42,18 +44,25 @@ def encode_fields(
 
 def decode_fields(
     fields: Mapping[bytes, bytes] | None,
-) -> tuple[bytes, bytes | None, Mapping[str, str]]:
-    """``(payload, key, headers)`` of an entry's fields (read with ``decode_responses=False``)."""
+) -> tuple[bytes, bytes | None, Mapping[str, str]] | None:
+    """``(payload, key, headers)`` of an entry's fields (read with ``decode_responses=False``);
+    ``None`` when Dispytch cannot read the entry: no ``payload`` field, or a header whose name or
+    value is not UTF-8. Never raises."""
     if not fields:
-        return b"", None, NO_HEADERS
-    payload = fields.get(PAYLOAD_FIELD, b"")
+        return None
+    payload = fields.get(PAYLOAD_FIELD)
+    if type(payload) is not bytes:
+        return None
     if len(fields) == 1:  # the common case: payload only
         return payload, None, NO_HEADERS
     key = fields.get(KEY_FIELD)
     headers: dict[str, str] | None = None
-    for name, value in fields.items():
-        if name.startswith(HEADER_PREFIX):
-            if headers is None:
-                headers = {}
-            headers[name[2:].decode("utf-8", "replace")] = value.decode("utf-8", "replace")
-    return payload, key, NO_HEADERS if headers is None else headers
+    try:
+        for name, value in fields.items():
+            if name.startswith(HEADER_PREFIX):
+                if headers is None:
+                    headers = {}
+                headers[name[2:].decode()] = value.decode()
+    except (UnicodeDecodeError, AttributeError):
+        return None
+    return payload, key if type(key) is bytes else None, NO_HEADERS if headers is None else headers

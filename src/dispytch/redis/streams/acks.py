@@ -46,7 +46,7 @@ class AckBatcher:
         self.group = group
         self.interval = interval
         self.max_pending = max_pending
-        self._pending: dict[str, list[str]] = {}
+        self._pending: dict[str | bytes, list[str]] = {}
         self._count = 0
         self._wake = asyncio.Event()
         self._full = asyncio.Event()
@@ -61,7 +61,7 @@ class AckBatcher:
         """Acks collected and not yet sent to Redis."""
         return self._count
 
-    def add(self, stream: str, entry_id: str) -> None:
+    def add(self, stream: str | bytes, entry_id: str) -> None:
         """Queue one ack; it reaches Redis within ``interval`` seconds."""
         ids = self._pending.get(stream)
         if ids is None:
@@ -113,7 +113,7 @@ class AckBatcher:
             if self._closing and not self._count:
                 return
 
-    async def _send(self, batch: dict[str, list[str]]) -> None:
+    async def _send(self, batch: dict[str | bytes, list[str]]) -> None:
         pipe = self.redis.pipeline(transaction=False)
         for stream, ids in batch.items():
             for start in range(0, len(ids), _IDS_PER_COMMAND):
@@ -126,7 +126,7 @@ class AckBatcher:
             else:
                 self.acked += int(result)
 
-    def _restore(self, batch: dict[str, list[str]]) -> None:
+    def _restore(self, batch: dict[str | bytes, list[str]]) -> None:
         for stream, ids in batch.items():
             newer = self._pending.get(stream)
             self._pending[stream] = ids if newer is None else ids + newer

@@ -90,7 +90,8 @@ class RedisStreamsBackend(RedisBackendBase[RedisStreamsProducer]):
     def consumer(
         self, group: str, *, prefetch: int, max_buffer_bytes: int | None = None
     ) -> Consumer:
-        """A new consumer of consumer group ``group`` holding at most ``prefetch`` entries."""
+        """A new consumer of consumer group ``group`` holding at most ``prefetch`` entries and
+        about ``max_buffer_bytes`` payload bytes (64 MiB when ``None``)."""
         overrides: dict[str, Any] = {}
         if "socket_timeout" not in self.options:
             # A read blocks at most poll_interval on the server; a socket silent for much longer
@@ -103,6 +104,7 @@ class RedisStreamsBackend(RedisBackendBase[RedisStreamsProducer]):
                 self._build(**overrides),
                 group=group,
                 prefetch=prefetch,
+                max_buffer_bytes=max_buffer_bytes,
                 owns_client=True,
                 **self.consumer_options,
             )

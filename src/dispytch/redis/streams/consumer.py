@@ -11,19 +11,22 @@ import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from dispytch.errors import ConfigurationError
+from dispytch.errors import ConfigurationError, DeadLetterError
 from dispytch.listener.consumer import Consumer, Failure, Message
 from dispytch.redis.connection import CONNECTION_ERRORS, Reconnection, pause, stop_reader
-from dispytch.redis.dead_letters import add_dead_letter
-from dispytch.redis.fields import decode_fields
+from dispytch.redis.consumer import DEFAULT_MAX_BUFFER_BYTES
+from dispytch.redis.dead_letters import DeadLetterWriter
+from dispytch.redis.records import entry_message, stream_name
 from dispytch.redis.streams.acks import AckBatcher
 from dispytch.redis.topics import PatternMatcher
 from dispytch.routing import TopicPattern
+from dispytch.undecodable import Undecodable, dead_letter_undecodable, shown
+from dispytch.untrusted import loggable
 
 __all__ = ["RedisStreamsConsumer", "default_consumer_name"]
 
@@ -31,6 +34,11 @@ logger = logging.getLogger("dispytch.redis.streams")
 
 # Ids per XCLAIM command when refreshing or releasing many entries at once.
 _IDS_PER_COMMAND = 1000
+# Weight of the newest entry in the running average of entry sizes (sizes the next read).
+_SIZE_WEIGHT = 0.2
+
+#: A stream as the consumer holds it: its key as text, or as bytes when it is not UTF-8.
+Stream = str | bytes
 
 
 def default_consumer_name() -> str:
@@ -63,7 +71,18 @@ class RedisStreamsConsumer(Consumer):
       ``claim_idle_ms / 3``) delivers it again; closing does the same for entries read ahead and
       never handed to a handler (keeping their delivery count).
     * :meth:`dead_letter` appends the original bytes, key and failure headers to the stream
-      ``{topic}.dlq`` (see :mod:`dispytch.redis.dead_letters`).
+      ``{topic}.dlq``, :meth:`dead_letter_fallback` to the group's fallback stream
+      ``dispytch.fallback.{group}.dlq`` (see :mod:`dispytch.redis.dead_letters`).
+    * **Entries Dispytch cannot read** never reach a handler and never stop the consumer: an
+      entry without a ``payload`` field, with a header that is not UTF-8, or in a stream whose
+      key is not UTF-8 (found for a pattern) is dead-lettered at once (reason ``decode``, the
+      unreadable parts base64-encoded in ``x-dispytch-undecodable*`` headers; to the fallback
+      stream when the key is unreadable) and acknowledged, so a restart does not see it again.
+      If neither dead-letter stream takes it, the consumer stops with
+      :class:`~dispytch.errors.DeadLetterError` and the entry stays pending.
+    * **Read-ahead is bounded** by ``prefetch`` entries and about ``max_buffer_bytes`` payload
+      bytes: no read starts while the entries held reach it, and a read asks for fewer entries
+      when the average entry is large.
 
     Topics with ``{segments}``: Redis has no pattern subscription for streams, so the consumer
     finds matching stream keys with ``SCAN … MATCH <glob> TYPE stream`` at start and every
@@ -88,6 +107,7 @@ class RedisStreamsConsumer(Consumer):
         group: the consumer group, created (``XGROUP CREATE … MKSTREAM``) when missing.
         consumer: this consumer's name in the group; by default ``hostname-pid-random``.
         prefetch: most entries held (read and not yet settled) at once.
+        max_buffer_bytes: payload bytes held at once, about (64 MiB by default).
         claim_idle_ms: an entry pending longer than this is taken from its consumer as dead.
             Must exceed the longest pause of a live process (its refresh runs every third of it).
         poll_interval: longest single ``XREADGROUP … BLOCK``, in seconds; also how long closing
@@ -118,6 +138,8 @@ class RedisStreamsConsumer(Consumer):
         dead_letter_maxlen: int | None = None,
         start_id: str = "0",
         reconnect_max_delay: float = 10.0,
+        max_buffer_bytes: int | None = None,
+        dead_letter_timeout: float = 10.0,
         owns_client: bool = False,
     ) -> None:
         if isinstance(streams, str):
@@ -126,6 +148,8 @@ class RedisStreamsConsumer(Consumer):
             raise ConfigurationError("group must be a non-empty consumer group name")
         if prefetch < 1:
             raise ConfigurationError(f"prefetch must be >= 1, got {prefetch}")
+        if max_buffer_bytes is not None and max_buffer_bytes < 1:
+            raise ConfigurationError(f"max_buffer_bytes must be >= 1, got {max_buffer_bytes}")
         if claim_idle_ms < 1:
             raise ConfigurationError(f"claim_idle_ms must be >= 1, got {claim_idle_ms}")
         if poll_interval <= 0 or discovery_interval <= 0 or ack_interval < 0 or ack_batch < 1:
@@ -142,10 +166,12 @@ class RedisStreamsConsumer(Consumer):
         self.group = group
         self.name = consumer or default_consumer_name()
         self.prefetch = prefetch
+        self.max_buffer_bytes = max_buffer_bytes or DEFAULT_MAX_BUFFER_BYTES
         self.claim_idle_ms = claim_idle_ms
         self.poll_interval = poll_interval
         self.discovery_interval = discovery_interval
         self.dead_letter_maxlen = dead_letter_maxlen
+        self._writer = DeadLetterWriter(group, dead_letter_maxlen, dead_letter_timeout, ids=True)
         self.start_id = start_id
         self.owns_client = owns_client
         self._named = consumer is not None
@@ -170,12 +196,16 @@ class RedisStreamsConsumer(Consumer):
         self._literal: list[str] = []
         self._matchers: list[PatternMatcher] = []
         #: stream -> {entry id: delivery attempt} of entries read and not yet settled.
-        self._inflight: dict[str, dict[str, int]] = {}
-        self._read_ids: dict[str, str] = {}  # the XREADGROUP argument: stream -> ">"
-        self._names: dict[bytes, str] = {}
-        self._recover: dict[str, str] = {}  # stream -> cursor into this consumer's own PEL
+        self._inflight: dict[Stream, dict[str, int]] = {}
+        self._read_ids: dict[Stream, str] = {}  # the XREADGROUP argument: stream -> ">"
+        self._names: dict[bytes, Stream] = {}
+        self._recover: dict[Stream, str] = {}  # stream -> cursor into this consumer's own PEL
         self._held = 0
+        self._entry_size = 0.0  # running average of the payload sizes read
+        #: Payload bytes of the entries held now (read and not yet settled).
+        self.held_bytes = 0
         self._buffer: deque[Message] = deque()
+        self._undecodable: deque[Message] = deque()
         self._readable = asyncio.Event()
         self._room = asyncio.Event()
         self._stopped = asyncio.Event()
@@ -189,8 +219,9 @@ class RedisStreamsConsumer(Consumer):
         self.reconnects = 0
 
     @property
-    def streams(self) -> list[str]:
-        """The streams read right now (literal ones and those found for patterns)."""
+    def streams(self) -> list[Stream]:
+        """The streams read right now (literal ones and those found for patterns); a key that
+        is not UTF-8 is listed as bytes."""
         return list(self._read_ids)
 
     @property
@@ -222,7 +253,7 @@ class RedisStreamsConsumer(Consumer):
         self._started = True
         self._reader = asyncio.create_task(self._read_loop(), name="dispytch-redis-streams-read")
 
-    async def _create_groups(self, streams: Sequence[str]) -> list[str]:
+    async def _create_groups(self, streams: Sequence[Stream]) -> list[Stream]:
         """XGROUP CREATE … MKSTREAM on each stream; return those where the group now exists."""
         if not streams:
             return []
@@ -230,23 +261,23 @@ class RedisStreamsConsumer(Consumer):
         for stream in streams:
             pipe.xgroup_create(stream, self.group, id=self.start_id, mkstream=True)
         results = await pipe.execute(raise_on_error=False)
-        ready: list[str] = []
+        ready: list[Stream] = []
         for stream, result in zip(streams, results, strict=True):
             if isinstance(result, CONNECTION_ERRORS):
                 raise result
             if isinstance(result, ResponseError) and not str(result).startswith("BUSYGROUP"):
                 raise ConfigurationError(
-                    f"cannot create consumer group {self.group!r} on {stream!r}: {result}; "
-                    "the key must be a stream (or not exist)"
+                    f"cannot create consumer group {self.group!r} on {loggable(stream)}: "
+                    f"{result}; the key must be a stream (or not exist)"
                 )
             ready.append(stream)
         return ready
 
-    def _add_stream(self, stream: str) -> None:
+    def _add_stream(self, stream: Stream) -> None:
         if stream in self._read_ids:
             return
         self._read_ids[stream] = ">"
-        self._names[stream.encode()] = stream
+        self._names[_raw(stream)] = stream
         self._inflight.setdefault(stream, {})
         self._recover[stream] = "-"
 
@@ -256,11 +287,14 @@ class RedisStreamsConsumer(Consumer):
             self._next_discovery = math.inf
             return
         self._next_discovery = time.monotonic() + self.discovery_interval
-        found: list[str] = []
+        found: list[Stream] = []
         for matcher in self._matchers:
             async for raw in self.redis.scan_iter(match=matcher.glob, count=1000, _type="stream"):
-                stream = raw.decode() if isinstance(raw, bytes) else str(raw)
-                if stream not in self._read_ids and matcher(stream) and stream not in found:
+                stream = stream_name(raw)
+                # A key that is not UTF-8 is matched as its escaped text; its entries are
+                # dead-lettered as unreadable when read.
+                text = stream if isinstance(stream, str) else shown(stream)
+                if stream not in self._read_ids and matcher(text) and stream not in found:
                     found.append(stream)
         if not found:
             return
@@ -271,7 +305,7 @@ class RedisStreamsConsumer(Consumer):
             return
         for stream in ready:
             self._add_stream(stream)
-        logger.debug("now also reading %s", ", ".join(ready))
+        logger.debug("now also reading %s", ", ".join(loggable(s) for s in ready))
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -280,10 +314,14 @@ class RedisStreamsConsumer(Consumer):
         if not self._started:
             await self.start()
         buffer = self._buffer
+        undecodable = self._undecodable
         readable = self._readable
         while True:
-            while buffer:
-                yield buffer.popleft()
+            while buffer or undecodable:
+                if undecodable:
+                    await self._dead_letter_undecodable(undecodable.popleft())
+                else:
+                    yield buffer.popleft()
             if self._error is not None:
                 raise self._error
             if self._closing:
@@ -344,7 +382,7 @@ class RedisStreamsConsumer(Consumer):
         for stream in list(self._read_ids):
             if stream not in self._literal:
                 del self._read_ids[stream]
-                self._names.pop(stream.encode(), None)
+                self._names.pop(_raw(stream), None)
                 self._recover.pop(stream, None)
         await self._discover()
 
@@ -361,7 +399,13 @@ class RedisStreamsConsumer(Consumer):
             return
         room = self.prefetch - self._held
         wait = max(0.001, min(self._next_sweep, self._next_discovery) - time.monotonic())
-        if room <= 0 or not self._read_ids or (self._buffer and room < self._low_water):
+        free_bytes = self.max_buffer_bytes - self.held_bytes
+        if (
+            room <= 0
+            or not self._read_ids
+            or (self._buffer and room < self._low_water)
+            or (free_bytes <= 0 and self._held)
+        ):
             self._room.clear()
             try:
                 async with asyncio.timeout(min(wait, self.poll_interval)):
@@ -371,6 +415,9 @@ class RedisStreamsConsumer(Consumer):
             return
         if self._reader_id is None:
             self._reader_id = int(await self._reader_client.client_id())
+        if self._entry_size >= 1:
+            # Large entries: ask for about as many as fit in the free bytes (at least one).
+            room = min(room, max(1, int(free_bytes / self._entry_size)))
         per_stream = -(-room // len(self._read_ids))
         reply = await self._reader_client.xreadgroup(
             self.group,
@@ -383,28 +430,22 @@ class RedisStreamsConsumer(Consumer):
             self._take(reply)
 
     def _take(self, reply: Any) -> None:
-        buffer = self._buffer
         names = self._names
-        count = 0
         items = reply.items() if isinstance(reply, dict) else reply  # RESP3 or RESP2
         for raw_stream, entries in items:
-            stream = names.get(raw_stream) or raw_stream.decode()
+            stream = names.get(raw_stream)
+            if stream is None:  # not asked for; cannot happen, but never crash on it
+                stream = stream_name(raw_stream)
+                self._inflight.setdefault(stream, {})
             inflight = self._inflight[stream]
             for raw_id, fields in entries:
-                payload, key, headers = decode_fields(fields)
                 entry_id = raw_id.decode()
                 inflight[entry_id] = 1
-                buffer.append(
-                    Message(stream, payload, key, headers, 1, None, None, entry_id, entry_id)
-                )
-                count += 1
-        if count:
-            self._held += count
-            self._readable.set()
+                self._hold(entry_message(stream, entry_id, fields, 1))
+        self._readable.set()
 
-    def _take_claimed(self, stream: str, claimed: Any, attempts: dict[bytes, int]) -> None:
+    def _take_claimed(self, stream: Stream, claimed: Any, attempts: dict[bytes, int]) -> None:
         inflight = self._inflight[stream]
-        count = 0
         for raw_id, fields in claimed or ():
             if fields is None:  # deleted from the stream meanwhile
                 continue
@@ -412,15 +453,19 @@ class RedisStreamsConsumer(Consumer):
             if entry_id in inflight:
                 continue
             attempt = attempts.get(raw_id, 1)
-            payload, key, headers = decode_fields(fields)
             inflight[entry_id] = attempt
-            self._buffer.append(
-                Message(stream, payload, key, headers, attempt, None, None, entry_id, entry_id)
-            )
-            count += 1
-        if count:
-            self._held += count
-            self._readable.set()
+            self._hold(entry_message(stream, entry_id, fields, attempt))
+        self._readable.set()
+
+    def _hold(self, message: Message) -> None:
+        size = len(message.payload)
+        self._held += 1
+        self.held_bytes += size
+        self._entry_size += (size - self._entry_size) * _SIZE_WEIGHT
+        if type(message.extra) is Undecodable:
+            self._undecodable.append(message)
+        else:
+            self._buffer.append(message)
 
     async def _recover_own(self) -> None:
         """Deliver again this consumer's own pending entries (a restart with the same name)."""
@@ -446,7 +491,7 @@ class RedisStreamsConsumer(Consumer):
                 self._recover[stream] = "(" + pending[-1]["message_id"].decode()
             await self._claim(stream, pending, 0)
 
-    async def _claim(self, stream: str, pending: list[dict[str, Any]], min_idle: int) -> None:
+    async def _claim(self, stream: Stream, pending: list[dict[str, Any]], min_idle: int) -> None:
         inflight = self._inflight.get(stream, {})
         wanted = [p for p in pending if p["message_id"].decode() not in inflight]
         if not wanted:
@@ -483,7 +528,7 @@ class RedisStreamsConsumer(Consumer):
         await self._xclaim_ids({s: list(ids) for s, ids in self._inflight.items() if ids})
 
     async def _xclaim_ids(
-        self, ids: dict[str, list[Any]], *, idle: int | None = None, retry: int | None = None
+        self, ids: dict[Stream, list[Any]], *, idle: int | None = None, retry: int | None = None
     ) -> None:
         if not ids:
             return
@@ -505,10 +550,14 @@ class RedisStreamsConsumer(Consumer):
     # -- settling -----------------------------------------------------------------------------
 
     def _settled(self, message: Message) -> bool:
-        inflight = self._inflight.get(message.topic)
-        if inflight is None or inflight.pop(message.extra, None) is None:
+        return self._release_slot(message.topic, message.extra, len(message.payload))
+
+    def _release_slot(self, stream: Stream, entry_id: Any, size: int) -> bool:
+        inflight = self._inflight.get(stream)
+        if inflight is None or inflight.pop(entry_id, None) is None:
             return False  # settled twice, or not ours
         self._held -= 1
+        self.held_bytes -= size
         if self.prefetch - self._held >= self._low_water:
             self._room.set()
         return True
@@ -525,7 +574,7 @@ class RedisStreamsConsumer(Consumer):
             await self._release({message.topic: [message.extra]})
             self._next_sweep = 0.0
 
-    async def _release(self, ids: dict[str, list[str]], retry: int | None = None) -> None:
+    async def _release(self, ids: dict[Stream, list[str]], retry: int | None = None) -> None:
         try:
             await self._xclaim_ids(ids, idle=self.claim_idle_ms, retry=retry)
         except CONNECTION_ERRORS as exc:
@@ -533,19 +582,28 @@ class RedisStreamsConsumer(Consumer):
             logger.debug("could not hand back entries at once (%s: %s)", type(exc).__name__, exc)
 
     async def dead_letter(self, message: Message, failure: Failure) -> bool:
-        """XADD the original bytes, key and failure headers to the stream ``{topic}.dlq``."""
-        headers = failure.headers(message)
-        if message.extra is not None:
-            headers["x-dispytch-original-id"] = str(message.extra)
-        await add_dead_letter(
-            self.redis,
-            message.topic,
-            message.payload,
-            message.key,
-            headers,
-            self.dead_letter_maxlen,
+        """XADD the original bytes, key, headers and failure headers to ``{topic}.dlq``."""
+        return await self._writer.write(self.redis, message, failure, fallback=False)
+
+    async def dead_letter_fallback(self, message: Message, failure: Failure) -> bool:
+        """XADD the message to the group's fallback stream ``dispytch.fallback.{group}.dlq``."""
+        return await self._writer.write(self.redis, message, failure, fallback=True)
+
+    async def _dead_letter_undecodable(self, message: Message) -> None:
+        """Dead-letter an entry Dispytch cannot read, then acknowledge it; if it cannot be
+        stored, stop: it stays pending, so nothing is lost."""
+        undecodable = cast(Undecodable, message.extra)  # only such messages are queued here
+        stream, entry_id = undecodable.extra
+        own = "topic" not in undecodable.parts
+        if await dead_letter_undecodable(self, message, logger, own_destination=own):
+            if self._release_slot(stream, entry_id, len(message.payload)):
+                self._acks.add(stream, entry_id)
+            return
+        raise DeadLetterError(
+            f"an entry of stream {loggable(message.topic)} that Dispytch cannot read "
+            f"({loggable(undecodable.detail)}) could be stored in no dead-letter stream; it "
+            "stays pending: fix the dead-letter streams (see the errors above) and restart"
         )
-        return True
 
     # -- closing ------------------------------------------------------------------------------
 
@@ -563,6 +621,7 @@ class RedisStreamsConsumer(Consumer):
         await self._hand_back()
         await self._forget_consumer()
         self._buffer.clear()
+        self._undecodable.clear()
         await self._reader_client.aclose()
         if self.owns_client:
             await self.redis.aclose()
@@ -582,7 +641,7 @@ class RedisStreamsConsumer(Consumer):
     async def _hand_back(self) -> None:
         """Entries read ahead and never handed out go back with their delivery count unchanged;
         entries handed out and never settled go back as they are."""
-        unread: dict[tuple[str, int], list[str]] = {}
+        unread: dict[tuple[Stream, int], list[str]] = {}
         for message in self._buffer:
             unread.setdefault((message.topic, message.delivery_attempt - 1), []).append(
                 str(message.extra)
@@ -593,6 +652,7 @@ class RedisStreamsConsumer(Consumer):
         await self._release({s: list(ids) for s, ids in self._inflight.items() if ids})
         self._inflight.clear()
         self._held = 0
+        self.held_bytes = 0
 
     async def _forget_consumer(self) -> None:
         """Remove a generated consumer name from the groups where it holds nothing, so names
@@ -612,3 +672,7 @@ class RedisStreamsConsumer(Consumer):
             await pipe.execute(raise_on_error=False)
         except CONNECTION_ERRORS:
             pass
+
+
+def _raw(stream: Stream) -> bytes:
+    return stream if isinstance(stream, bytes) else stream.encode()
