@@ -126,7 +126,10 @@ class DeadLetterWriter:
 async def read_dead_letters(client: Redis, topic: str, limit: int = 100) -> list[DeadLetter]:
     """Up to ``limit`` dead letters of ``topic``, oldest first, without removing them: those
     of ``{topic}.dlq``, then those of ``topic`` in the groups' fallback streams."""
-    entries = await client.xrange(dead_letter_topic(topic), "-", "+", count=limit)
+    try:
+        entries = await client.xrange(dead_letter_topic(topic), "-", "+", count=limit)
+    except ResponseError:  # the key is not a stream: its dead letters went to the fallback
+        entries = []
     out = [_dead_letter(topic, fields) for _entry_id, fields in entries or ()]
     if len(out) >= limit:
         return out

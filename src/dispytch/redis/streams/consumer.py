@@ -34,8 +34,8 @@ logger = logging.getLogger("dispytch.redis.streams")
 
 # Ids per XCLAIM command when refreshing or releasing many entries at once.
 _IDS_PER_COMMAND = 1000
-# Weight of the newest entry in the running average of entry sizes (sizes the next read).
-_SIZE_WEIGHT = 0.2
+# How fast the remembered entry size (which sizes the next read) forgets a large entry.
+_SIZE_DECAY = 0.98
 
 #: A stream as the consumer holds it: its key as text, or as bytes when it is not UTF-8.
 Stream = str | bytes
@@ -81,8 +81,8 @@ class RedisStreamsConsumer(Consumer):
       If neither dead-letter stream takes it, the consumer stops with
       :class:`~dispytch.errors.DeadLetterError` and the entry stays pending.
     * **Read-ahead is bounded** by ``prefetch`` entries and about ``max_buffer_bytes`` payload
-      bytes: no read starts while the entries held reach it, and a read asks for fewer entries
-      when the average entry is large.
+      bytes: no read starts while the entries held reach it, and a read asks for no more
+      entries than fit in the free bytes at the size of the largest recent entry.
 
     Topics with ``{segments}``: Redis has no pattern subscription for streams, so the consumer
     finds matching stream keys with ``SCAN … MATCH <glob> TYPE stream`` at start and every
@@ -201,7 +201,7 @@ class RedisStreamsConsumer(Consumer):
         self._names: dict[bytes, Stream] = {}
         self._recover: dict[Stream, str] = {}  # stream -> cursor into this consumer's own PEL
         self._held = 0
-        self._entry_size = 0.0  # running average of the payload sizes read
+        self._entry_size = 0.0  # recent largest payload size read (0: nothing read yet)
         #: Payload bytes of the entries held now (read and not yet settled).
         self.held_bytes = 0
         self._buffer: deque[Message] = deque()
@@ -415,9 +415,9 @@ class RedisStreamsConsumer(Consumer):
             return
         if self._reader_id is None:
             self._reader_id = int(await self._reader_client.client_id())
-        if self._entry_size >= 1:
-            # Large entries: ask for about as many as fit in the free bytes (at least one).
-            room = min(room, max(1, int(free_bytes / self._entry_size)))
+        # Ask for about as many entries as fit in the free bytes (at least one); the very
+        # first read, before any size is known, asks for one.
+        room = min(room, max(1, int(free_bytes / self._entry_size))) if self._entry_size else 1
         per_stream = -(-room // len(self._read_ids))
         reply = await self._reader_client.xreadgroup(
             self.group,
@@ -461,7 +461,9 @@ class RedisStreamsConsumer(Consumer):
         size = len(message.payload)
         self._held += 1
         self.held_bytes += size
-        self._entry_size += (size - self._entry_size) * _SIZE_WEIGHT
+        # The largest recent entry size, decaying slowly: a read never asks for many large
+        # entries on the strength of a run of small ones.
+        self._entry_size = max(size, self._entry_size * _SIZE_DECAY, 1.0)
         if type(message.extra) is Undecodable:
             self._undecodable.append(message)
         else:
