@@ -1,30 +1,73 @@
-"""The one place that touches nats-py internals: refusing to send credentials without TLS.
+"""Every use of nats-py's private parts, in one place.
 
-A NATS server speaks first (``INFO {...}`` in plaintext) and nats-py upgrades the connection
-to TLS only when that INFO says ``tls_required``, then sends ``CONNECT`` with the user,
-password or token. A server without TLS, or anyone on the path who rewrites the INFO line,
-would receive the credentials in plaintext even though the client was given a TLS context.
-:class:`TLSGuardClient` checks, right before ``CONNECT`` is written, that the connection really
-is TLS when TLS was asked for; otherwise the connection fails with :class:`TLSRequiredError`.
-This applies to every reconnect too.
+Verified with nats-py 2.16.0 (the TLS guard also with 2.6 to 2.15). Each part checks that what
+it needs is there and falls back otherwise; ``tests/unit/test_poison_conversions.py`` fails when
+a nats-py release changes what the hardening relies on.
 
-Verified with nats-py 2.6 to 2.16 (``Client._connect_command`` is called by
-``_process_connect_init`` after the optional TLS upgrade, and ``_transport._io_writer`` is the
-stream writer of the current connection). If a nats-py version lacks ``_connect_command``,
-:data:`GUARDED` is false and :func:`probe_tls` (a separate connection that reads the server's
-INFO first) is the fallback: it catches a server without TLS, though not an active attacker.
+**Refusing to send credentials without TLS.** A NATS server speaks first (``INFO {...}`` in
+plaintext) and nats-py upgrades the connection to TLS only when that INFO says
+``tls_required``, then sends ``CONNECT`` with the user, password or token. A server without TLS,
+or anyone on the path who rewrites the INFO line, would receive the credentials in plaintext
+even though the client was given a TLS context. :class:`TLSGuardClient` checks, right before
+``CONNECT`` is written, that the connection really is TLS when TLS was asked for; otherwise the
+connection fails with :class:`TLSRequiredError`. This applies to every reconnect too.
+``Client._connect_command`` is called by ``_process_connect_init`` after the optional TLS
+upgrade, and ``_transport._io_writer`` is the stream writer of the current connection. If a
+nats-py version lacks ``_connect_command``, :data:`GUARDED` is false and :func:`probe_tls` (a
+separate connection that reads the server's INFO first) is the fallback: it catches a server
+without TLS, though not an active attacker.
+
+**Surviving what a publisher sends** (:func:`harden`):
+
+* *Bytes nats-py cannot decode kill its reader.* nats-py decodes a message's subject and reply
+  with strict UTF-8 and parses its header block outside of any error handling; one message
+  published with a subject that is not UTF-8 (or a malformed status line in its headers)
+  raises inside the connection's read loop, which then ends: the connection stays "connected"
+  and hears nothing more. A hardened connection decodes those defensively (a subject that is
+  not UTF-8 keeps its bytes as surrogate escapes; a header block that cannot be parsed becomes
+  :class:`UnparsedHeaders`), so the consumer can dead-letter the message.
+* *A publisher can forge a status line.* A header block starting ``NATS/1.0 404`` makes
+  nats-py's JetStream fetch take a stored message for a server status (it is dropped, or the
+  fetch raises) and redeliver it forever. A message JetStream delivers (its reply is an
+  ``$JS.ACK.`` subject) never carries a real status, so such headers become
+  :class:`UnparsedHeaders` too.
+* *A late PONG kills the reader too.* ``flush(timeout)`` cancels its future on timeout but
+  leaves it queued; the PONG that arrives later sets the result of the cancelled future, which
+  raises inside the read loop (the "deaf connection" after one timed-out emit). PONGs skip
+  futures that are already done; :func:`reader_alive` tells whether the read loop still runs,
+  for connections hardened too late or broken another way.
+* *The publishes buffered by nats-py* must reach the socket before a confirming PING
+  (:func:`flush_pending`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import types
 from typing import Any
 
+import nats.errors
 from nats.aio.client import Client
 from nats.errors import Error as NATSError
 
-__all__ = ["GUARDED", "TLSGuardClient", "TLSRequiredError", "probe_tls"]
+__all__ = [
+    "GUARDED",
+    "TLSGuardClient",
+    "TLSRequiredError",
+    "UnparsedHeaders",
+    "connection_of",
+    "consumer_name",
+    "flush_pending",
+    "force_reconnect",
+    "harden",
+    "probe_tls",
+    "reader_alive",
+    "subscription_id",
+]
+
+logger = logging.getLogger("dispytch.nats")
 
 #: Whether the in-connection check works with the installed nats-py.
 GUARDED = callable(getattr(Client, "_connect_command", None))
@@ -74,3 +117,141 @@ async def probe_tls(host: str, port: int, timeout: float) -> bool:
     except ValueError:
         return False
     return bool(isinstance(info, dict) and info.get("tls_required"))
+
+
+# -- hardening -------------------------------------------------------------------------------
+
+_HARDENED = "_dispytch_hardened"
+_warned: set[str] = set()
+
+
+class UnparsedHeaders(dict[str, str]):
+    """The headers of a message whose header block nats-py could not parse (empty); ``raw`` is
+    the block as received."""
+
+    def __init__(self, raw: bytes) -> None:
+        super().__init__()
+        self.raw = raw
+
+
+def _warn_once(what: str) -> None:
+    if what not in _warned:
+        _warned.add(what)
+        logger.warning(
+            "this nats-py version lacks %s (verified with nats-py 2.16.0); Dispytch runs "
+            "without that protection",
+            what,
+        )
+
+
+def harden(connection: Client) -> Client:
+    """Make ``connection`` survive messages it cannot decode and late PONGs (see above).
+    Idempotent; returns ``connection``."""
+    if getattr(connection, _HARDENED, False):
+        return connection
+    build = getattr(connection, "_build_message", None)
+    process_headers = getattr(connection, "_process_headers", None)
+    pongs = getattr(connection, "_pongs", None)
+    if build is not None and getattr(connection, "msg_class", None) is not None:
+        connection._build_message = types.MethodType(_build_message, connection)  # type: ignore[method-assign]
+    else:
+        _warn_once("Client._build_message")
+    if process_headers is not None:
+        connection._process_headers = types.MethodType(  # type: ignore[method-assign]
+            _headers_parser(process_headers), connection
+        )
+    else:
+        _warn_once("Client._process_headers")
+    if isinstance(pongs, list) and hasattr(connection, "_pongs_received"):
+        connection._process_pong = types.MethodType(_process_pong, connection)  # type: ignore[method-assign]
+    else:
+        _warn_once("Client._pongs")
+    setattr(connection, _HARDENED, True)
+    return connection
+
+
+def _text(raw: bytes) -> str:
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "surrogateescape")
+
+
+def _build_message(
+    self: Any, sid: int, subject: bytes, reply: bytes, data: bytes, headers: Any
+) -> Any:
+    return self.msg_class(
+        subject=_text(subject),
+        reply=_text(reply),
+        data=data,
+        headers=headers,
+        _client=self,
+        _sid=sid,
+    )
+
+
+def _headers_parser(original: Any) -> Any:
+    async def process_headers(self: Any, headers: bytes) -> Any:
+        try:
+            return await original(headers)
+        except Exception:
+            return UnparsedHeaders(bytes(headers))
+
+    return process_headers
+
+
+async def _process_pong(self: Any) -> None:
+    pongs = self._pongs
+    while pongs:
+        future = pongs.pop(0)
+        if not future.done():  # a flush that timed out cancelled its own future
+            future.set_result(True)
+            break
+    self._pongs_received += 1
+    self._pings_outstanding = 0
+
+
+def reader_alive(connection: Client) -> bool:
+    """Whether the connection's read loop runs (``True`` when this cannot be told)."""
+    task = getattr(connection, "_reading_task", None)
+    if not isinstance(task, asyncio.Task):
+        return True
+    return not task.done()
+
+
+async def force_reconnect(connection: Client) -> None:
+    """Make a connection that looks connected reconnect (its subscriptions are renewed)."""
+    method = getattr(connection, "force_reconnect", None)
+    if method is not None:
+        await method()
+        return
+    _warn_once("Client.force_reconnect")  # nats-py < 2.10: the reconnect path it uses itself
+    await connection._process_op_err(nats.errors.StaleConnectionError())
+
+
+async def flush_pending(connection: Client, timeout: float) -> None:
+    """Have nats-py write the publishes it buffered to the socket, and wait for that."""
+    flush = getattr(connection, "_flush_pending", None)
+    if flush is not None:
+        await asyncio.wait_for(flush(force_flush=True), timeout)
+    else:  # another nats-py: a first round trip makes its flusher run
+        _warn_once("Client._flush_pending")
+        await connection.flush(timeout=timeout)  # type: ignore[arg-type]
+
+
+def connection_of(subscription: Any) -> Client | None:
+    """The connection a (pull) subscription belongs to."""
+    connection = getattr(subscription, "_nc", None)
+    if connection is None:
+        connection = getattr(getattr(subscription, "_sub", None), "_conn", None)
+    return connection if isinstance(connection, Client) else None
+
+
+def subscription_id(subscription: Any) -> int:
+    """The sid of a pull subscription (what ``Msg._sid`` of its messages holds)."""
+    return int(subscription._sub._id)
+
+
+def consumer_name(subscription: Any) -> str:
+    """The JetStream consumer a pull subscription reads, for log lines."""
+    return str(getattr(subscription, "_consumer", "?"))

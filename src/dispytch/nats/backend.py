@@ -20,7 +20,7 @@ from dispytch.backend import Backend
 from dispytch.dead_letter import DeadLetter
 from dispytch.errors import ConfigurationError
 from dispytch.listener.consumer import Consumer
-from dispytch.nats._compat import GUARDED, TLSGuardClient, TLSRequiredError, probe_tls
+from dispytch.nats._compat import GUARDED, TLSGuardClient, TLSRequiredError, harden, probe_tls
 from dispytch.nats.consumer import NATSGroupConsumer
 from dispytch.nats.dead_letters import (
     DEFAULT_DEAD_LETTER_STREAM,
@@ -29,6 +29,7 @@ from dispytch.nats.dead_letters import (
 )
 from dispytch.nats.producer import NATSProducer
 from dispytch.nats.streams import add_subjects
+from dispytch.poison import Overflow
 from dispytch.security import ConnectionSecurity, connection_security
 from dispytch.topic_rules import NATS
 
@@ -216,7 +217,8 @@ class NATSBackend(Backend):
     def consumer(
         self, group: str, *, prefetch: int, max_buffer_bytes: int | None = None
     ) -> Consumer:
-        """The consumer of ``group``: durable pull consumers, ``prefetch`` messages ahead."""
+        """The consumer of ``group``: durable pull consumers, ``prefetch`` messages (and
+        ``max_buffer_bytes`` payload bytes, 64 MiB when ``None``) ahead."""
         if not group:
             raise ConfigurationError("a NATS consumer group needs a name (it names the consumers)")
         js, _, dead_letters = self._connected()
@@ -235,6 +237,7 @@ class NATSBackend(Backend):
             prefetch=prefetch,
             fetch_timeout=self.fetch_timeout,
             dead_letters=dead_letters,
+            max_buffer_bytes=max_buffer_bytes,
         )
         self._consumers.append(consumer)
         return consumer
@@ -314,12 +317,17 @@ def _fatal(exc: BaseException) -> BaseException | None:
     return None
 
 
-async def connect_nats(security: ConnectionSecurity, options: dict[str, Any]) -> NATSClient:
+async def connect_nats(
+    security: ConnectionSecurity, options: dict[str, Any], *, overflow: Overflow | None = None
+) -> NATSClient:
     """Connect within ``security.connect_timeout``, then reconnect forever by itself.
 
     A refused password or token, an untrusted certificate or a server without TLS (when TLS
     was asked for) fails at once; an unreachable server after the timeout. Either way one
     :class:`~dispytch.errors.ConnectError` names the URL (redacted) and the cause.
+
+    Messages nats-py drops for a slow subscription are reported to ``overflow``; the client is
+    hardened against input it cannot decode (see ``_compat``).
     """
     safe_url = security.safe_url
     loop = asyncio.get_running_loop()
@@ -330,6 +338,10 @@ async def connect_nats(security: ConnectionSecurity, options: dict[str, Any]) ->
     servers = _servers(security.url)
 
     async def on_error(exc: Exception) -> None:
+        if overflow is not None and isinstance(exc, nats.errors.SlowConsumerError):
+            sub = exc.sub
+            overflow.drop(sub.pending_msgs if sub else 0, sub.pending_bytes if sub else 0)
+            return
         last_error.append(exc)
         logger.debug(
             "NATS connection error at %s: %s",
@@ -384,13 +396,14 @@ async def connect_nats(security: ConnectionSecurity, options: dict[str, Any]) ->
         return last_error[-1] if isinstance(exc, TimeoutError) and last_error else exc
 
     try:
-        return await security.connect(
+        connected = await security.connect(
             opening,
             hint="check that nats-server runs there, the URL's user and password (or token), "
             "and the TLS settings (tls:// or nats+tls:// for a TLS server)",
             auth_errors=(_AuthRefused,),
             cause=cause,
         )
+        return harden(connected)
     except BaseException:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(client.close(), 1.0)

@@ -8,7 +8,7 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import nats.errors
 import nats.js.errors
@@ -16,13 +16,16 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from dispytch.errors import ConfigurationError
+from dispytch.errors import ConfigurationError, DeadLetterError, SubscriptionLostError
 from dispytch.listener.consumer import Consumer, Failure, Message
+from dispytch.nats import _compat
 from dispytch.nats.dead_letters import DeadLetterStore
 from dispytch.nats.streams import stream_for
 from dispytch.nats.subjects import consumer_name, covers, overlaps
 from dispytch.nats.wire import to_message
+from dispytch.poison import Undecodable, dead_letter_undecodable
 from dispytch.routing import TopicPattern
+from dispytch.untrusted import loggable
 
 __all__ = ["NATSConsumer", "NATSGroupConsumer"]
 
@@ -38,6 +41,10 @@ _DEFAULT_ACK_WAIT = 30.0
 #: Bounds of the in-progress period (a third of the redelivery timeout).
 _MIN_PROGRESS_INTERVAL = 0.05
 _MAX_PROGRESS_INTERVAL = 10.0
+#: Default cap of the payload bytes fetched and not yet settled.
+DEFAULT_MAX_BUFFER_BYTES = 64 * 1024 * 1024
+# How fast the remembered message size (which sizes the next fetch) forgets a large message.
+_SIZE_DECAY = 0.98
 
 
 @dataclass(slots=True, eq=False)
@@ -71,8 +78,22 @@ class NATSConsumer(Consumer):
     consumer holds a message (fetched, not yet settled) it tells JetStream every third of
     ``ack_wait`` that the message is in progress (``+WPI``), so a handler running longer than
     ``ack_wait`` keeps its message instead of seeing it delivered again.
-    Dead letters go to ``dead_letters`` (a :class:`~dispytch.nats.DeadLetterStore`); without
-    one the listener's own dead-letter producer is used.
+    Dead letters go to ``dead_letters`` (a :class:`~dispytch.nats.DeadLetterStore`), under
+    the topic's subject or, when that cannot be used, the fallback subject of ``group``;
+    without a store the listener's own dead-letter producer is used.
+
+    **Bounded in bytes too**: no fetch starts while the payload bytes held reach
+    ``max_buffer_bytes``, and a fetch asks for no more messages than fit in the free bytes at
+    the size of the largest recent message (the server's ``max_payload`` before the first).
+
+    **Poison-proof**: a message Dispytch cannot read (a subject that is not UTF-8, a header
+    block nats-py cannot parse, an ``x-dispytch-key-b64`` header that is not base64) never
+    reaches a handler: it is dead-lettered at once (reason ``decode``, the raw parts base64 in
+    ``x-dispytch-undecodable*`` headers) and acked; if no dead-letter destination takes it,
+    :meth:`listen` raises :class:`~dispytch.errors.DeadLetterError` and the message stays
+    unacked. A connection nats-py closed for good (the server refused something and closed
+    it) makes :meth:`listen` raise :class:`~dispytch.errors.SubscriptionLostError`, so the
+    service stops with an error instead of idling.
 
     Args:
         subscriptions: nats-py pull subscriptions (``js.pull_subscribe(...)``).
@@ -84,6 +105,9 @@ class NATSConsumer(Consumer):
             ``ack_wait``); held messages are reported in progress every third of it.
             ``None``: read from the subscriptions' consumers (the shortest of their
             ``ack_wait`` and ``backoff``) when fetching starts.
+        group: names the fallback dead-letter subject.
+        max_buffer_bytes: payload bytes fetched and not yet settled at most (64 MiB by
+            default; a single larger message is still fetched alone).
     """
 
     def __init__(
@@ -93,6 +117,8 @@ class NATSConsumer(Consumer):
         fetch_timeout: float = 1.0,
         dead_letters: DeadLetterStore | None = None,
         ack_wait: float | None = None,
+        group: str = "dispytch",
+        max_buffer_bytes: int | None = None,
     ) -> None:
         if prefetch < 1:
             raise ConfigurationError(f"prefetch must be >= 1, got {prefetch}")
@@ -100,11 +126,19 @@ class NATSConsumer(Consumer):
             raise ConfigurationError(f"fetch_timeout must be > 0, got {fetch_timeout}")
         if ack_wait is not None and ack_wait <= 0:
             raise ConfigurationError(f"ack_wait must be > 0 seconds, got {ack_wait}")
+        if max_buffer_bytes is not None and max_buffer_bytes < 1:
+            raise ConfigurationError(f"max_buffer_bytes must be >= 1, got {max_buffer_bytes}")
         self.subscriptions: list[PullSubscription] = list(subscriptions)
         self.prefetch = prefetch
         self.fetch_timeout = fetch_timeout
         self.dead_letters = dead_letters
         self.ack_wait = ack_wait
+        self.group = group
+        self.max_buffer_bytes = max_buffer_bytes or DEFAULT_MAX_BUFFER_BYTES
+        #: Payload bytes fetched and not yet settled.
+        self.held_bytes = 0
+        self._message_size = 0.0  # recent largest payload (0: none fetched yet)
+        self._lost: BaseException | None = None
         self._shadows: list[tuple[str, ...]] = []
         self._feeds: dict[int, _Feed] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -130,9 +164,14 @@ class NATSConsumer(Consumer):
             )
         budget = max(1, self.prefetch // len(self.subscriptions))
         for i, sub in enumerate(self.subscriptions):
+            connection = _compat.connection_of(sub)
+            if connection is not None:
+                _compat.harden(connection)
+                if not self._message_size:
+                    self._message_size = float(connection.max_payload)
             shadows = self._shadows[i] if i < len(self._shadows) else ()
             feed = _Feed(sub, budget, shadows)
-            self._feeds[sub._sub._id] = feed
+            self._feeds[_compat.subscription_id(sub)] = feed
             self._tasks.append(
                 asyncio.create_task(self._fetch_loop(feed), name=f"dispytch-nats-fetch-{i}")
             )
@@ -151,10 +190,14 @@ class NATSConsumer(Consumer):
         held = self._held
         while not self._closing:
             room = feed.budget - feed.inflight
-            if room <= 0:
+            free_bytes = self.max_buffer_bytes - self.held_bytes
+            if room <= 0 or (free_bytes <= 0 and held):
                 feed.room.clear()
                 await feed.room.wait()
                 continue
+            if self._message_size:
+                # No more than fit in the free bytes at the recent largest size (at least one).
+                room = min(room, max(1, int(free_bytes / self._message_size)))
             try:
                 # Whatever room there is, even one slot: a fetch returns what is available at
                 # once and otherwise waits up to fetch_timeout, so this never spins.
@@ -166,10 +209,7 @@ class NATSConsumer(Consumer):
             except nats.errors.ConnectionClosedError:
                 # Closed for good: a lost connection is "reconnecting", not closed.
                 if not self._closing:
-                    logger.warning(
-                        "the NATS connection of consumer %r was closed; it stops fetching",
-                        sub._consumer,
-                    )
+                    self._connection_lost(sub)
                 return
             except Exception as exc:
                 if self._closing:
@@ -178,7 +218,7 @@ class NATSConsumer(Consumer):
                 # slowly (nats-py reconnects by itself).
                 logger.warning(
                     "fetch from JetStream consumer %r failed (%s: %s); retrying in %.1fs",
-                    sub._consumer,
+                    _compat.consumer_name(sub),
                     type(exc).__name__,
                     exc,
                     backoff,
@@ -196,9 +236,22 @@ class NATSConsumer(Consumer):
                     continue
                 feed.inflight += 1
                 held[id(msg)] = msg
+                size = len(msg.data)
+                self.held_bytes += size
+                self._message_size = max(size, self._message_size * _SIZE_DECAY, 1.0)
                 self._ready.append((feed, msg))
             if self._ready:
                 self._wakeup.set()
+
+    def _connection_lost(self, sub: PullSubscription) -> None:
+        connection = _compat.connection_of(sub)
+        cause = getattr(connection, "last_error", None)
+        self._lost = SubscriptionLostError(
+            f"the NATS connection of JetStream consumer {loggable(_compat.consumer_name(sub))} "
+            f"was closed for good ({loggable(cause or 'closed')}) and does not reconnect; "
+            "unacknowledged messages are redelivered: restart the service"
+        )
+        logger.error("%s", self._lost)
 
     # -- keeping held messages ---------------------------------------------------------------
 
@@ -244,7 +297,7 @@ class NATSConsumer(Consumer):
                 logger.warning(
                     "could not read the ack_wait of JetStream consumer %r (%s: %s); "
                     "assuming %.0fs: pass ack_wait= to NATSConsumer to set it",
-                    sub._consumer,
+                    _compat.consumer_name(sub),
                     type(exc).__name__,
                     exc,
                     _DEFAULT_ACK_WAIT,
@@ -272,9 +325,15 @@ class NATSConsumer(Consumer):
         while True:
             if ready:
                 _, msg = ready.popleft()
-                yield to_message(msg)
+                message = to_message(msg)
+                if type(message.extra) is Undecodable:
+                    await self._dead_letter_undecodable(message)
+                    continue
+                yield message
                 continue
             if self._closing or self._stopped == len(self._tasks):
+                if self._lost is not None and not self._closing:
+                    raise self._lost
                 return
             wakeup.clear()
             await wakeup.wait()
@@ -284,11 +343,13 @@ class NATSConsumer(Consumer):
     def _settled(self, msg: Msg) -> None:
         if self._held.pop(id(msg), None) is None:
             return  # settled twice, or not ours
+        self.held_bytes -= len(msg.data)
         feed = self._feeds.get(msg._sid or 0)
         if feed is None:
             return
         feed.inflight -= 1
-        feed.room.set()
+        for other in self._feeds.values():  # bytes freed: any feed may fetch again
+            other.room.set()
 
     async def ack(self, message: Message) -> None:
         msg: Msg = message.extra
@@ -304,8 +365,31 @@ class NATSConsumer(Consumer):
     async def dead_letter(self, message: Message, failure: Failure) -> bool:
         if self.dead_letters is None:
             return False
-        await self.dead_letters.put(message, failure)
+        await self.dead_letters.put(message, failure, group=self.group)
         return True
+
+    async def dead_letter_fallback(self, message: Message, failure: Failure) -> bool:
+        """Store the message under the group's fallback subject (``{prefix}._fallback.{group}``
+        of the dead-letter stream)."""
+        if self.dead_letters is None:
+            return False
+        await self.dead_letters.put(message, failure, group=self.group, fallback=True)
+        return True
+
+    async def _dead_letter_undecodable(self, message: Message) -> None:
+        undecodable = cast(Undecodable, message.extra)  # what listen() checked
+        msg: Msg = undecodable.extra
+        own = "topic" not in undecodable.parts
+        if await dead_letter_undecodable(self, message, logger, own_destination=own):
+            self._settled(msg)
+            await msg.ack()
+            return
+        raise DeadLetterError(
+            f"a message on {loggable(message.topic)} that Dispytch cannot read "
+            f"({loggable(undecodable.detail)}) could be stored in no dead-letter destination; "
+            "it stays unacknowledged: fix the dead-letter stream (see the errors above) and "
+            "restart"
+        )
 
     # -- closing ------------------------------------------------------------------------------
 
@@ -357,12 +441,15 @@ class NATSGroupConsumer(NATSConsumer):
         prefetch: int,
         fetch_timeout: float,
         dead_letters: DeadLetterStore,
+        max_buffer_bytes: int | None = None,
     ) -> None:
         super().__init__(
             prefetch=prefetch,
             fetch_timeout=fetch_timeout,
             dead_letters=dead_letters,
             ack_wait=consumer_options.get("ack_wait"),
+            group=group,
+            max_buffer_bytes=max_buffer_bytes,
         )
         self.jetstream = jetstream
         self.group = group
@@ -394,7 +481,7 @@ class NATSGroupConsumer(NATSConsumer):
             try:
                 await sub.unsubscribe()
             except (nats.errors.Error, ValueError) as exc:
-                logger.debug("could not unsubscribe from %r: %s", sub._consumer, exc)
+                logger.debug("could not unsubscribe from %r: %s", _compat.consumer_name(sub), exc)
 
 
 async def _ensure_consumer(

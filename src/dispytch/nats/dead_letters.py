@@ -6,12 +6,25 @@ JetStream lets a subject live in one stream only, and a handler for ``orders.{ki
 then receive the dead letters of ``orders``. Each dead letter is the original bytes with the
 original headers plus ``x-dispytch-*`` headers saying what failed; it is published with a
 PubAck, and the listener acks the original only after it.
+
+**The fallback subject** ``{prefix}._fallback.{group}`` (one per consumer group, in the same
+stream) takes the dead letters that cannot go to ``{prefix}.T``: a subject that would be too
+long for the server (:data:`~dispytch.nats.producer.MAX_SUBJECT_BYTES`), a subject that is not
+UTF-8, or a store that failed for the topic's own subject. The original subject is in the
+``x-dispytch-original-topic`` header and :func:`read_dead_letters` finds them by it. A dead
+letter the server cannot take whole (payload plus headers over ``max_payload``) goes there
+with its payload cut to fit, marked by ``x-dispytch-payload-truncated`` (the original size;
+and when the original headers alone are too large, they are left out:
+``x-dispytch-headers-dropped`` counts them).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import re
+from collections.abc import Callable
 from typing import Any
 
 import nats.errors
@@ -21,9 +34,11 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from dispytch.dead_letter import DeadLetter
 from dispytch.listener.consumer import Failure, Message
-from dispytch.nats.producer import publish_acked
+from dispytch.nats._compat import connection_of
+from dispytch.nats.producer import MAX_SUBJECT_BYTES, header_bytes, publish_acked
 from dispytch.nats.streams import ensure_stream
 from dispytch.nats.wire import KEY_B64_HEADER, KEY_HEADER, decode_key, nats_headers
+from dispytch.poison import Undecodable, dead_letter_headers
 
 __all__ = ["DEFAULT_DEAD_LETTER_STREAM", "DeadLetterStore", "read_dead_letters"]
 
@@ -31,10 +46,35 @@ DEFAULT_DEAD_LETTER_STREAM = "dispytch_dlq"
 
 #: Seconds to wait for dead letters that the stream says are there.
 _READ_TIMEOUT = 5.0
+#: Fallback dead letters examined at most by one :func:`read_dead_letters` call.
+_FALLBACK_SCAN = 10_000
+_FALLBACK = "_fallback"
+_ORIGINAL_TOPIC = "x-dispytch-original-topic"
+_TRUNCATED = "x-dispytch-payload-truncated"
+_HEADERS_DROPPED = "x-dispytch-headers-dropped"
+_DISPYTCH = "x-dispytch-"
+_NOT_IN_TOKEN = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def _group_token(group: str) -> str:
+    """``group`` as one subject token: readable, and distinct per group."""
+    token = _NOT_IN_TOKEN.sub("_", group)[:64] or "_"
+    if token != group:
+        token += "_" + hashlib.sha256(group.encode()).hexdigest()[:10]
+    return token
+
+
+def _valid_subject(subject: str) -> bool:
+    try:
+        size = len(subject.encode())
+    except UnicodeEncodeError:
+        return False
+    return size <= MAX_SUBJECT_BYTES and "" not in subject.split(".")
 
 
 class DeadLetterStore:
-    """Publishes dead letters to stream ``stream`` under ``{prefix}.{topic}``.
+    """Publishes dead letters to stream ``stream`` under ``{prefix}.{topic}``, or under the
+    fallback subject ``{prefix}._fallback.{group}`` (see the module docstring).
 
     The stream is created on first use if missing (``stream_options`` under nats-py's
     ``StreamConfig`` names, e.g. ``{"max_age": 30 * 86400}``; kept forever by default).
@@ -57,8 +97,15 @@ class DeadLetterStore:
         self._ready = False
         self._lock = asyncio.Lock()
 
-    def subject(self, topic: str) -> str:
-        return f"{self.prefix}.{topic}"
+    def subject(self, topic: str) -> str | None:
+        """The dead-letter subject of ``topic``; ``None`` when it cannot be one (too long, not
+        UTF-8, an empty token): such dead letters go to the fallback subject."""
+        subject = f"{self.prefix}.{topic}"
+        return subject if _valid_subject(subject) else None
+
+    def fallback_subject(self, group: str) -> str:
+        """The fallback dead-letter subject of consumer group ``group``."""
+        return f"{self.prefix}.{_FALLBACK}.{_group_token(group)}"
 
     async def ensure(self) -> None:
         """Create the dead-letter stream if it does not exist yet."""
@@ -71,33 +118,83 @@ class DeadLetterStore:
                 )
                 self._ready = True
 
-    async def put(self, message: Message, failure: Failure) -> None:
-        """Store ``message``'s original bytes with the failure headers; raise if not stored."""
+    async def put(
+        self, message: Message, failure: Failure, *, group: str = "dispytch", fallback: bool = False
+    ) -> None:
+        """Store ``message``'s original bytes with its headers and the failure headers; raise if
+        not stored. In ``group``'s fallback subject when ``fallback``, or when the topic makes
+        no valid subject."""
         await self.ensure()
         headers = {
             name: value
-            for name, value in message.headers.items()
+            for name, value in dead_letter_headers(message, failure).items()
             # Nats-* headers steer the publish (dedup id, expected stream...): not copied.
             if not name.startswith("Nats-") and name not in (KEY_HEADER, KEY_B64_HEADER)
         }
-        headers.update(failure.headers(message))
+        readable = not (isinstance(message.extra, Undecodable) and "topic" in message.extra.parts)
+        subject = None if fallback or not readable else self.subject(message.topic)
+        payload = message.payload
+        if subject is None:
+            subject = self.fallback_subject(group)
+            payload = self._fit(payload, headers, message.key)
         await publish_acked(
-            self.jetstream,
-            self.subject(message.topic),
-            message.payload,
-            nats_headers(headers, message.key),
-            self.timeout,
+            self.jetstream, subject, payload, nats_headers(headers, message.key), self.timeout
         )
+
+    def _fit(self, payload: bytes, headers: dict[str, str], key: bytes | None) -> bytes:
+        """``payload``, cut to what the server takes with the headers (the fallback must be
+        able to store every message): the original headers go first, then payload bytes; what
+        was cut is said in the headers."""
+        connection = connection_of(self.jetstream)
+        if connection is None:
+            return payload
+        limit = connection.max_payload
+        if len(payload) + header_bytes(nats_headers(headers, key)) <= limit:
+            return payload
+        if header_bytes(nats_headers(headers, key)) > limit // 2:
+            originals = [name for name in headers if not name.startswith(_DISPYTCH)]
+            for name in originals:
+                del headers[name]
+            headers[_HEADERS_DROPPED] = str(len(originals))
+        headers[_TRUNCATED] = str(len(payload))
+        return payload[: max(0, limit - header_bytes(nats_headers(headers, key)))]
 
 
 async def read_dead_letters(
     js: JetStreamContext, stream: str, prefix: str, topic: str, limit: int
 ) -> list[DeadLetter]:
-    """Up to ``limit`` dead letters of ``topic``, oldest first, without removing them.
+    """Up to ``limit`` dead letters of ``topic``, oldest first, without removing them: those
+    under ``{prefix}.{topic}``, then those of ``topic`` under the fallback subjects.
 
-    Reads through a short-lived consumer that acknowledges nothing and is deleted afterwards.
+    Reads through short-lived consumers that acknowledge nothing and are deleted afterwards.
     """
+    out: list[DeadLetter] = []
     subject = f"{prefix}.{topic}"
+    if _valid_subject(subject):
+        out = await _read(js, stream, subject, topic, limit, lambda headers: True)
+    if len(out) < limit:
+        out += await _read(
+            js,
+            stream,
+            f"{prefix}.{_FALLBACK}.>",
+            topic,
+            limit - len(out),
+            lambda headers: headers.get(_ORIGINAL_TOPIC) == topic,
+            scan=_FALLBACK_SCAN,
+        )
+    return out
+
+
+async def _read(
+    js: JetStreamContext,
+    stream: str,
+    subject: str,
+    topic: str,
+    limit: int,
+    keep: Callable[[dict[str, str]], bool],
+    *,
+    scan: int | None = None,
+) -> list[DeadLetter]:
     try:
         info = await js.add_consumer(
             stream,
@@ -111,7 +208,7 @@ async def read_dead_letters(
         )
     except nats.js.errors.NotFoundError:
         return []  # no dead-letter stream yet: no dead letters
-    wanted = min(limit, info.num_pending or 0)
+    wanted = min(scan or limit, info.num_pending or 0)
     out: list[DeadLetter] = []
     if wanted <= 0:
         await _delete_consumer(js, stream, info.name)
@@ -119,17 +216,24 @@ async def read_dead_letters(
     sub = await js.pull_subscribe_bind(consumer=info.name, stream=stream)
     try:
         deadline = asyncio.get_running_loop().time() + _READ_TIMEOUT
-        while len(out) < wanted:
+        seen = 0
+        while seen < wanted and len(out) < limit:
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
                 break
             try:
-                msgs = await sub.fetch(wanted - len(out), timeout=left)
+                msgs = await sub.fetch(min(wanted - seen, 256), timeout=left)
             except nats.errors.TimeoutError:
                 break
             for msg in msgs:
+                seen += 1
                 headers = dict(msg.headers or {})
-                key = decode_key(headers)
+                if not keep(headers):
+                    continue
+                try:
+                    key = decode_key(headers)
+                except ValueError:
+                    key = None
                 headers.pop(KEY_HEADER, None)
                 headers.pop(KEY_B64_HEADER, None)
                 out.append(DeadLetter(topic, msg.data, headers, key))

@@ -10,12 +10,60 @@ from nats.js import JetStreamContext
 from pydantic import BaseModel
 
 from dispytch.emitter.producer import Producer, ProducerTimeout
-from dispytch.errors import EmitError
+from dispytch.errors import EmitError, InvalidTopicError
+from dispytch.nats._compat import connection_of
 from dispytch.nats.config import NATSEventConfig
 from dispytch.nats.wire import MSG_ID_HEADER, nats_headers
 from dispytch.topic_rules import NATS
+from dispytch.untrusted import loggable
 
-__all__ = ["NATSProducer", "publish_acked"]
+__all__ = [
+    "MAX_SUBJECT_BYTES",
+    "NATSProducer",
+    "check_publishable",
+    "header_bytes",
+    "publish_acked",
+]
+
+#: Longest subject Dispytch publishes to, in bytes. The server reads a publish's control line
+#: (``HPUB <subject> <reply> <sizes>``) into at most ``max_control_line`` bytes (4096 by
+#: default) and closes the connection when it is longer; this leaves room for the reply inbox.
+MAX_SUBJECT_BYTES = 3840
+# "NATS/1.0\r\n" opens a header block, "\r\n" ends it; each header is "name: value\r\n".
+_HEADER_BLOCK = 12
+_HEADER_LINE = 4
+
+
+def header_bytes(headers: Mapping[str, str] | None) -> int:
+    """The size of the NATS header block nats-py writes for ``headers``."""
+    if not headers:
+        return 0
+    return _HEADER_BLOCK + sum(
+        len(name.encode()) + len(value.encode("utf-8", "surrogateescape")) + _HEADER_LINE
+        for name, value in headers.items()
+    )
+
+
+def check_publishable(
+    subject: str, payload: bytes, headers: Mapping[str, str] | None, max_payload: int
+) -> None:
+    """Raise before a publish the server would answer by closing the connection: a subject
+    longer than :data:`MAX_SUBJECT_BYTES` (:class:`~dispytch.errors.InvalidTopicError`), or a
+    payload plus headers over the server's ``max_payload`` (nats-py checks the payload only)."""
+    if len(subject) > MAX_SUBJECT_BYTES // 4 and len(subject.encode()) > MAX_SUBJECT_BYTES:
+        raise InvalidTopicError(
+            f"the NATS subject {loggable(subject)} is {len(subject.encode())} bytes; the "
+            f"server closes the connection of a publish whose control line passes its "
+            f"max_control_line, so subjects are limited to {MAX_SUBJECT_BYTES} bytes: use a "
+            "shorter topic",
+            rule="length",
+        )
+    if headers and len(payload) + header_bytes(headers) > max_payload:
+        raise EmitError(
+            f"the message for {loggable(subject)} is {len(payload) + header_bytes(headers)} "
+            f"bytes with its headers, more than the NATS server's max_payload ({max_payload}); "
+            "send a smaller event or raise max_payload"
+        )
 
 
 class NATSProducer(Producer):
@@ -67,7 +115,11 @@ async def publish_acked(
     headers: dict[str, str] | None,
     timeout: float,
 ) -> None:
-    """``js.publish`` with errors that say what happened and what to do."""
+    """``js.publish`` with errors that say what happened and what to do; a publish that would
+    make the server close the connection raises before anything is sent."""
+    connection = connection_of(jetstream)
+    if connection is not None:
+        check_publishable(subject, payload, headers, connection.max_payload)
     try:
         await jetstream.publish(subject, payload, timeout=timeout, headers=headers)
     except nats.js.errors.NoStreamResponseError:

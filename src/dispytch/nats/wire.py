@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import base64
+import binascii
 from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
 
 from nats.aio.msg import Msg
 
 from dispytch.listener.consumer import Message
+from dispytch.nats._compat import UnparsedHeaders
+from dispytch.poison import TOPIC_B64_HEADER, Undecodable, b64, shown
 
-__all__ = ["KEY_B64_HEADER", "KEY_HEADER", "decode_key", "nats_headers", "to_message"]
+__all__ = [
+    "KEY_B64_HEADER",
+    "KEY_HEADER",
+    "core_message",
+    "decode_key",
+    "nats_headers",
+    "to_message",
+]
 
 #: Carries the ordering key when it is UTF-8 text (NATS messages have no key of their own).
 KEY_HEADER = "x-dispytch-key"
@@ -17,8 +29,14 @@ KEY_HEADER = "x-dispytch-key"
 KEY_B64_HEADER = "x-dispytch-key-b64"
 #: JetStream's message id (set by the publisher, used to drop duplicates).
 MSG_ID_HEADER = "Nats-Msg-Id"
+#: The header block of a message whose headers nats-py could not parse, base64.
+HEADERS_B64_HEADER = "x-dispytch-undecodable-headers-b64"
+#: The text of a key header that is not valid base64.
+KEY_TEXT_HEADER = "x-dispytch-undecodable-key"
 
 _NEWLINES = str.maketrans({"\r": " ", "\n": " "})
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+_NOT_KEY = object()
 
 
 def nats_headers(headers: Mapping[str, str] | None, key: bytes | None) -> dict[str, str] | None:
@@ -44,25 +62,92 @@ def nats_headers(headers: Mapping[str, str] | None, key: bytes | None) -> dict[s
 
 
 def decode_key(headers: Mapping[str, str]) -> bytes | None:
+    """The key the headers carry; raises ``ValueError`` when the base64 form is not base64."""
     text = headers.get(KEY_HEADER)
     if text is not None:
-        return text.encode()
+        return text.encode("utf-8", "surrogateescape")
     packed = headers.get(KEY_B64_HEADER)
-    return base64.b64decode(packed) if packed is not None else None
+    if packed is None:
+        return None
+    try:
+        return base64.b64decode(packed, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("the x-dispytch-key-b64 header is not base64") from None
 
 
 def to_message(msg: Msg) -> Message:
-    """The listener's view of one JetStream delivery; the nats-py message rides in ``extra``."""
-    headers = msg.headers or {}
-    meta = msg.metadata
+    """The listener's view of one JetStream delivery; the nats-py message rides in ``extra``
+    (in the :class:`~dispytch.poison.Undecodable` of a message Dispytch cannot read)."""
+    try:
+        meta = msg.metadata
+        attempt, offset = meta.num_delivered, meta.sequence.stream
+    except Exception:  # not a JetStream delivery (no ack subject): count it as the first
+        attempt, offset = 1, None
+    return _message(msg, attempt, offset, jetstream=True)
+
+
+def core_message(msg: Msg) -> Message:
+    """The listener's view of one core NATS message (no delivery count, no offset)."""
+    return _message(msg, 1, None, jetstream=False)
+
+
+def _message(msg: Msg, attempt: int, offset: int | None, *, jetstream: bool) -> Message:
+    subject = msg.subject
+    headers = msg.headers
+    if (subject.isascii() or _utf8(subject)) and type(headers) is not UnparsedHeaders:
+        if not headers:
+            return Message(subject, msg.data, None, _NO_HEADERS, attempt, None, offset, msg)
+        try:
+            key = decode_key(headers)
+        except ValueError:
+            pass
+        else:
+            # JetStream's message id is the publisher's Nats-Msg-Id (core NATS has none).
+            message_id = headers.get(MSG_ID_HEADER) if jetstream else None
+            return Message(subject, msg.data, key, headers, attempt, None, offset, msg, message_id)
+    return _unreadable(msg, attempt, offset)
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _unreadable(msg: Msg, attempt: int, offset: int | None) -> Message:
+    parts: list[str] = []
+    problems: list[str] = []
+    raw: dict[str, str] = {}
+    subject = msg.subject
+    if not _utf8(subject):
+        parts.append("topic")
+        problems.append("the subject is not UTF-8")
+        raw_subject = subject.encode("utf-8", "surrogateescape")
+        raw[TOPIC_B64_HEADER] = b64(raw_subject)
+        subject = shown(raw_subject)
+    headers: Any = msg.headers or _NO_HEADERS
+    if type(headers) is UnparsedHeaders:
+        parts.append("headers")
+        problems.append("the header block could not be parsed")
+        raw[HEADERS_B64_HEADER] = b64(headers.raw)
+        headers = _NO_HEADERS
+    key = None
+    try:
+        key = decode_key(headers)
+    except ValueError as exc:
+        parts.append("key")
+        problems.append(str(exc))
+        raw[KEY_TEXT_HEADER] = headers[KEY_B64_HEADER]
+        headers = {k: v for k, v in headers.items() if k != KEY_B64_HEADER}
     return Message(
-        topic=msg.subject,
-        payload=msg.data,
-        key=decode_key(headers) if headers else None,
-        headers=headers,
-        delivery_attempt=meta.num_delivered,
-        partition=None,
-        offset=meta.sequence.stream,
-        extra=msg,
-        message_id=headers.get(MSG_ID_HEADER) if headers else None,
+        subject,
+        msg.data,
+        key,
+        headers,
+        attempt,
+        None,
+        offset,
+        Undecodable(tuple(parts), "; ".join(problems), raw, msg),
     )

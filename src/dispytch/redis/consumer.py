@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
@@ -17,12 +16,12 @@ from redis.asyncio.connection import AbstractConnection
 
 from dispytch.errors import ConfigurationError
 from dispytch.listener.consumer import Consumer, Failure, Message
+from dispytch.poison import Overflow, Undecodable, dead_letter_undecodable
 from dispytch.redis.connection import CONNECTION_ERRORS, Reconnection, pause, stop_reader
 from dispytch.redis.dead_letters import DEFAULT_DEAD_LETTER_MAXLEN, DeadLetterWriter
 from dispytch.redis.records import NO_HEADERS, channel_message
 from dispytch.redis.topics import subscription_glob
 from dispytch.routing import TopicPattern
-from dispytch.undecodable import Undecodable, dead_letter_undecodable
 
 __all__ = ["DEFAULT_MAX_BUFFER_BYTES", "RedisConsumer"]
 
@@ -42,8 +41,6 @@ _CAN_READ = "can_read" if hasattr(AbstractConnection, "can_read") else "can_read
 # Channels remembered (decoded name, which pattern delivers them) before the memo resets:
 # channels matched by a pattern come off the wire, so the memo is bounded.
 _CHANNEL_MEMO = 4096
-# Seconds between two ERROR lines about messages dropped because the buffer was full.
-_DROP_REPORT_INTERVAL = 10.0
 _MISSING = object()
 
 
@@ -156,12 +153,9 @@ class RedisConsumer(Consumer):
         # channel -> its decoded name; channel -> the pattern whose copies are kept.
         self._topics: dict[Any, str] = {}
         self._owners: dict[Any, Any] = {}
-        self._dropped_reported = 0
-        self._next_drop_report = 0.0
+        self._overflow = Overflow(logger, "Redis Pub/Sub")
         #: Payload bytes held in the read-ahead buffer now.
         self.buffered_bytes = 0
-        #: Messages dropped because the read-ahead buffer was full.
-        self.dropped = 0
         #: Messages whose channel could not be decoded and that could not be dead-lettered.
         self.skipped = 0
         #: Times the consumer reconnected after losing its connection (for tests and metrics).
@@ -344,22 +338,13 @@ class RedisConsumer(Consumer):
         self._buffer.append(message)
         self.buffered_bytes += len(message.payload)
 
+    @property
+    def dropped(self) -> int:
+        """Messages dropped because the read-ahead buffer was full."""
+        return self._overflow.dropped
+
     def _drop(self) -> None:
-        self.dropped += 1
-        now = time.monotonic()
-        if now >= self._next_drop_report:
-            self._next_drop_report = now + _DROP_REPORT_INTERVAL
-            logger.error(
-                "Redis Pub/Sub read-ahead buffer full (%d messages, %d of %d bytes): dropped %d "
-                "message(s) since the last report (%d in all); handlers are slower than the "
-                "publishers (Pub/Sub is at-most-once: use redis+streams:// to keep them)",
-                len(self._buffer),
-                self.buffered_bytes,
-                self.max_buffer_bytes,
-                self.dropped - self._dropped_reported,
-                self.dropped,
-            )
-            self._dropped_reported = self.dropped
+        self._overflow.drop(len(self._buffer), self.buffered_bytes, self.max_buffer_bytes)
 
     def _take(self, raw: dict[str, Any] | None) -> None:
         """A reply handle_message parsed: a pong, or a message of a kind the fast path skips."""

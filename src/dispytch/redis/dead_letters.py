@@ -26,8 +26,8 @@ from redis.exceptions import ResponseError
 from dispytch.dead_letter import DEAD_LETTER_SUFFIX, DeadLetter, dead_letter_topic
 from dispytch.errors import EmitError
 from dispytch.listener.consumer import Failure, Message
+from dispytch.poison import Undecodable, dead_letter_headers
 from dispytch.redis.fields import HEADER_PREFIX, KEY_FIELD, PAYLOAD_FIELD, encode_fields
-from dispytch.undecodable import Undecodable, dead_letter_headers
 from dispytch.untrusted import loggable
 
 __all__ = [

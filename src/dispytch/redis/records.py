@@ -2,7 +2,7 @@
 
 Channels, stream keys, field names and values are bytes written by whoever can publish. These
 functions never raise on them: what Dispytch cannot read makes a message whose ``extra`` is an
-:class:`~dispytch.undecodable.Undecodable` (the consumers dead-letter those at once).
+:class:`~dispytch.poison.Undecodable` (the consumers dead-letter those at once).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from types import MappingProxyType
 from typing import Any
 
 from dispytch.listener.consumer import Message
+from dispytch.poison import TOPIC_B64_HEADER, Undecodable, b64, header_pair, shown
 from dispytch.redis.fields import HEADER_PREFIX, KEY_FIELD, PAYLOAD_FIELD, decode_fields
-from dispytch.undecodable import TOPIC_B64_HEADER, Undecodable, b64, header_pair, shown
 
 __all__ = ["NO_HEADERS", "channel_message", "entry_message", "stream_name"]
 
@@ -56,7 +56,7 @@ def entry_message(
     """A stream entry of ``stream`` (as :func:`stream_name` holds it).
 
     ``extra`` is the entry id; for an entry Dispytch cannot read it is an
-    :class:`~dispytch.undecodable.Undecodable` whose ``extra`` is ``(stream, entry_id)``.
+    :class:`~dispytch.poison.Undecodable` whose ``extra`` is ``(stream, entry_id)``.
     """
     decoded = decode_fields(fields)
     if decoded is not None and type(stream) is str:

@@ -21,6 +21,7 @@ from dispytch.nats.dead_letters import (
     DeadLetterStore,
     read_dead_letters,
 )
+from dispytch.poison import Overflow
 from dispytch.topic_rules import NATS
 
 __all__ = ["NATSCoreBackend"]
@@ -53,8 +54,10 @@ class NATSCoreBackend(Backend):
         dead_letter_stream: name of the JetStream dead-letter stream (and subject prefix).
         dead_letter_stream_options: ``StreamConfig`` fields for the dead-letter stream.
         publish_timeout: seconds an emit waits for the server's ``PONG``.
-        buffer_size: messages a consumer holds ahead of its handlers at most.
-        pending_msgs_limit: messages a subscription queues beyond that before nats-py drops.
+        buffer_size: messages a consumer holds ahead of its handlers at most; with the App's
+            ``max_buffer_bytes`` (payload bytes, 64 MiB by default) it bounds what is held
+            (beyond it, nats-py's subscription queue).
+        pending_msgs_limit: messages nats-py queues for a subscription before it drops.
         connect_timeout: seconds the first connection may take (default 4.5).
         **connect_options: passed to ``nats.connect`` under nats-py's names.
     """
@@ -69,7 +72,7 @@ class NATSCoreBackend(Backend):
         dead_letter_stream: str = DEFAULT_DEAD_LETTER_STREAM,
         dead_letter_stream_options: dict[str, Any] | None = None,
         publish_timeout: float = 10.0,
-        buffer_size: int = 10_000,
+        buffer_size: int = 100_000,
         pending_msgs_limit: int = 65_536,
         **connect_options: Any,
     ) -> None:
@@ -92,13 +95,16 @@ class NATSCoreBackend(Backend):
         self._producer: NATSCoreProducer | None = None
         self._dead_letters: DeadLetterStore | None = None
         self._consumers: list[NATSCoreConsumer] = []
+        self._overflow = Overflow(logger, "core NATS (nats-py's subscription queue)")
 
     async def connect(self) -> None:
         """Connect; set up the JetStream dead-letter stream when the server has JetStream."""
         if self.connection is not None:
             return
         self.security.before_connect()
-        connection = await connect_nats(self.security, self.connect_options)
+        connection = await connect_nats(
+            self.security, self.connect_options, overflow=self._overflow
+        )
         try:
             store: DeadLetterStore | None = DeadLetterStore(
                 connection.jetstream(timeout=self.publish_timeout),
@@ -143,13 +149,16 @@ class NATSCoreBackend(Backend):
         self, group: str, *, prefetch: int, max_buffer_bytes: int | None = None
     ) -> Consumer:
         """A subscriber in queue group ``group`` (``prefetch`` does not apply: core NATS
-        pushes; ``buffer_size`` bounds what is held ahead of the handlers)."""
+        pushes; ``buffer_size`` and ``max_buffer_bytes`` bound what is held ahead of the
+        handlers)."""
         consumer = NATSCoreConsumer(
             self._connection(),
             queue=group,
             dead_letters=self._dead_letters,
             buffer_size=self.buffer_size,
+            max_buffer_bytes=max_buffer_bytes,
             pending_msgs_limit=self.pending_msgs_limit,
+            overflow=self._overflow,
         )
         self._consumers.append(consumer)
         return consumer

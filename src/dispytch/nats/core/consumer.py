@@ -6,24 +6,27 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
-from types import MappingProxyType
 
 import nats.errors
 from nats.aio.client import Client as NATSClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from dispytch.errors import ConfigurationError
+from dispytch.errors import ConfigurationError, SubscriptionLostError
 from dispytch.listener.consumer import Consumer, Failure, Message
+from dispytch.nats import _compat
 from dispytch.nats.dead_letters import DeadLetterStore
-from dispytch.nats.wire import decode_key
+from dispytch.nats.wire import core_message
+from dispytch.poison import Overflow, Undecodable, dead_letter_undecodable
 from dispytch.routing import TopicPattern
+from dispytch.untrusted import loggable
 
-__all__ = ["NATSCoreConsumer"]
+__all__ = ["DEFAULT_MAX_BUFFER_BYTES", "NATSCoreConsumer"]
 
 logger = logging.getLogger("dispytch.nats")
 
-_NO_HEADERS: MappingProxyType[str, str] = MappingProxyType({})
+#: Default cap of the payload bytes held ahead of the handlers.
+DEFAULT_MAX_BUFFER_BYTES = 64 * 1024 * 1024
 
 
 class NATSCoreConsumer(Consumer):
@@ -38,10 +41,22 @@ class NATSCoreConsumer(Consumer):
     message goes to one member of the group, so processes of one group share the work and
     every group gets every message. Without it, every subscriber gets every message.
 
-    Messages are buffered up to ``buffer_size`` ahead of the listener; beyond that the
-    subscription's own pending queue fills, and past ``pending_msgs_limit`` messages (or
-    ``pending_bytes_limit`` bytes) nats-py drops messages and reports a slow consumer.
-    nats-py resubscribes by itself after a reconnect.
+    **Bounded in bytes.** Messages are buffered up to ``buffer_size`` messages and
+    ``max_buffer_bytes`` payload bytes ahead of the listener; beyond that the subscription's own
+    pending queue in nats-py fills, and past ``pending_msgs_limit`` messages or
+    ``pending_bytes_limit`` bytes nats-py drops messages (core NATS has no backpressure towards
+    publishers). The backend reports such drops with an ERROR line (at most one every 10 s) and
+    counts them in :attr:`dropped`; with a connection of your own, nats-py calls your
+    ``error_cb`` with ``SlowConsumerError``. nats-py resubscribes by itself after a reconnect.
+
+    **Poison-proof.** A message Dispytch cannot read (a subject that is not UTF-8, a header
+    block nats-py cannot parse, an ``x-dispytch-key-b64`` header that is not base64) never
+    reaches a handler: it is dead-lettered at once (reason ``decode``); if that fails too it
+    is dropped with an ERROR line and counted in :attr:`skipped`. A watchdog checks the
+    connection every ``watch_interval`` seconds: one whose reader died (so it hears nothing
+    while it looks connected) is made to reconnect, and one nats-py closed for good makes
+    :meth:`listen` raise :class:`~dispytch.errors.SubscriptionLostError`, so the service
+    stops with an error instead of staying up deaf.
 
     Dead letters go to JetStream through ``dead_letters`` when given (durable even though the
     events are not); without it the listener's own dead-letter producer, if any, is used.
@@ -62,27 +77,49 @@ class NATSCoreConsumer(Consumer):
         subjects: Sequence[str] = (),
         queue: str = "",
         dead_letters: DeadLetterStore | None = None,
-        buffer_size: int = 10_000,
+        buffer_size: int = 100_000,
+        max_buffer_bytes: int | None = None,
         pending_msgs_limit: int = 65_536,
         pending_bytes_limit: int = 64 * 1024 * 1024,
+        watch_interval: float = 1.0,
+        overflow: Overflow | None = None,
     ) -> None:
         if buffer_size < 1:
             raise ConfigurationError(f"buffer_size must be >= 1, got {buffer_size}")
+        if max_buffer_bytes is not None and max_buffer_bytes < 1:
+            raise ConfigurationError(f"max_buffer_bytes must be >= 1, got {max_buffer_bytes}")
         if any(c in queue for c in " \t\r\n"):
             raise ConfigurationError(f"queue group {queue!r} may not hold whitespace")
-        self.connection = connection
+        self.connection = _compat.harden(connection)
         self.subjects = list(subjects)
         self.queue = queue
         self.dead_letters = dead_letters
         self.buffer_size = buffer_size
+        self.max_buffer_bytes = max_buffer_bytes or DEFAULT_MAX_BUFFER_BYTES
         self.pending_msgs_limit = pending_msgs_limit
         self.pending_bytes_limit = pending_bytes_limit
+        self.watch_interval = watch_interval
         self.subscriptions: list[Subscription] = []
         self._buffer: deque[Msg] = deque()
         self._wakeup = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
         self._closed = False
+        self._lost: SubscriptionLostError | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        self._overflow = overflow or Overflow(logger, "core NATS")
+        #: Payload bytes held in the buffer now.
+        self.buffered_bytes = 0
+        #: Messages Dispytch could not read and could not dead-letter either (dropped).
+        self.skipped = 0
+        #: Times the watchdog made a deaf connection reconnect.
+        self.revived = 0
+
+    @property
+    def dropped(self) -> int:
+        """Messages nats-py dropped because the buffers were full (counted when the backend
+        made the connection)."""
+        return self._overflow.dropped
 
     async def start(self, subscriptions: Sequence[TopicPattern]) -> None:
         """Subscribe to ``subjects``, or to what the handlers need; once."""
@@ -118,17 +155,45 @@ class NATSCoreConsumer(Consumer):
                 f"the NATS server did not confirm the subscriptions to {subjects} "
                 f"({type(exc).__name__}: {exc}); check the connection"
             ) from None
+        self._watchdog = asyncio.create_task(self._watch(), name="dispytch-nats-core-watchdog")
 
     async def _on_message(self, msg: Msg) -> None:
         # Called by nats-py's per-subscription task, one message at a time: waiting here
-        # for room leaves the rest in the subscription's pending queue.
-        if len(self._buffer) >= self.buffer_size:
+        # for room leaves the rest in the subscription's pending queue (bounded by nats-py).
+        while (
+            len(self._buffer) >= self.buffer_size or self.buffered_bytes >= self.max_buffer_bytes
+        ) and not self._closed:
             self._room.clear()
             await self._room.wait()
         if self._closed:
             return
         self._buffer.append(msg)
+        self.buffered_bytes += len(msg.data)
         self._wakeup.set()
+
+    async def _watch(self) -> None:
+        """Every ``watch_interval``: revive a deaf connection; notice one closed for good."""
+        connection = self.connection
+        while not self._closed:
+            await asyncio.sleep(self.watch_interval)  # cancelled by close()
+            if self._closed:
+                return
+            if connection.is_closed:
+                self._lost = SubscriptionLostError(
+                    f"the NATS connection of the core NATS consumer was closed for good "
+                    f"({loggable(connection.last_error or 'closed')}) and does not reconnect; "
+                    "its subscriptions hear nothing: restart the service"
+                )
+                logger.error("%s", self._lost)
+                self._wakeup.set()
+                return
+            if connection.is_connected and not _compat.reader_alive(connection):
+                logger.warning(
+                    "the NATS connection stopped reading (it would hear nothing while it looks "
+                    "connected); reconnecting it"
+                )
+                self.revived += 1
+                await _compat.force_reconnect(connection)
 
     async def listen(self) -> AsyncIterator[Message]:
         await self.start([])
@@ -136,15 +201,16 @@ class NATSCoreConsumer(Consumer):
         while True:
             while buffer:
                 msg = buffer.popleft()
+                self.buffered_bytes -= len(msg.data)
                 if not room.is_set():
                     room.set()
-                headers = msg.headers
-                yield Message(
-                    topic=msg.subject,
-                    payload=msg.data,
-                    key=decode_key(headers) if headers else None,
-                    headers=headers or _NO_HEADERS,
-                )
+                message = core_message(msg)
+                if type(message.extra) is Undecodable:
+                    await self._dead_letter_undecodable(message)
+                    continue
+                yield message
+            if self._lost is not None and not self._closed:
+                raise self._lost
             if self._closed:
                 return
             wakeup.clear()
@@ -159,14 +225,30 @@ class NATSCoreConsumer(Consumer):
     async def dead_letter(self, message: Message, failure: Failure) -> bool:
         if self.dead_letters is None:
             return False
-        await self.dead_letters.put(message, failure)
+        await self.dead_letters.put(message, failure, group=self.queue or "dispytch")
         return True
+
+    async def dead_letter_fallback(self, message: Message, failure: Failure) -> bool:
+        """Store the message under the group's fallback subject of the JetStream dead-letter
+        stream (``False`` without one)."""
+        if self.dead_letters is None:
+            return False
+        await self.dead_letters.put(message, failure, group=self.queue or "dispytch", fallback=True)
+        return True
+
+    async def _dead_letter_undecodable(self, message: Message) -> None:
+        own = isinstance(message.extra, Undecodable) and "topic" not in message.extra.parts
+        if not await dead_letter_undecodable(self, message, logger, own_destination=own):
+            self.skipped += 1  # core NATS cannot hand it back: it is lost (at-most-once)
 
     async def close(self) -> None:
         """Unsubscribe; messages buffered but never listened to are lost (logged)."""
         if self._closed:
             return
         self._closed = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            await asyncio.gather(self._watchdog, return_exceptions=True)
         subscriptions, self.subscriptions = self.subscriptions, []
         for sub in subscriptions:
             try:
@@ -180,5 +262,6 @@ class NATSCoreConsumer(Consumer):
                 len(self._buffer),
             )
             self._buffer.clear()
+            self.buffered_bytes = 0
         self._room.set()
         self._wakeup.set()

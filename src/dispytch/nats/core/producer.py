@@ -11,6 +11,8 @@ from pydantic import BaseModel
 
 from dispytch.emitter.producer import Outgoing, Producer, ProducerTimeout
 from dispytch.errors import EmitError
+from dispytch.nats import _compat
+from dispytch.nats.producer import check_publishable
 from dispytch.nats.wire import nats_headers
 from dispytch.topic_rules import NATS
 
@@ -30,9 +32,13 @@ class NATSCoreProducer(Producer):
     JetStream (``nats://``) when events must survive a subscriber being away.
 
     Raises :class:`~dispytch.errors.EmitError` when the message cannot be sent (too large for
-    the server's ``max_payload``, connection closed) and
-    :class:`~dispytch.emitter.producer.ProducerTimeout` when no ``PONG`` came within
-    ``timeout`` seconds (the event may or may not have been delivered).
+    the server's ``max_payload``, a subject the server would close the connection for,
+    connection closed) and :class:`~dispytch.emitter.producer.ProducerTimeout` when no ``PONG``
+    came within ``timeout`` seconds (the event may or may not have been delivered).
+
+    A connection whose reader has died (it looks connected but hears nothing, so no ``PONG``
+    can ever confirm) is never reported as confirming: the emit raises and the connection is
+    made to reconnect.
 
     Args:
         connection: a connected ``nats.aio.client.Client``; the producer does not close it.
@@ -42,7 +48,7 @@ class NATSCoreProducer(Producer):
     topic_rules = NATS
 
     def __init__(self, connection: NATSClient, timeout: float = 10.0) -> None:
-        self.connection = connection
+        self.connection = _compat.harden(connection)
         self.timeout = timeout
         # Futures of publishes written since the last PING went out; one round trip confirms
         # them all (the server answers PINGs in order, after what came before them).
@@ -81,6 +87,7 @@ class NATSCoreProducer(Producer):
         return results
 
     async def _publish(self, subject: str, payload: bytes, headers: dict[str, str] | None) -> None:
+        check_publishable(subject, payload, headers, self.connection.max_payload)
         try:
             await self.connection.publish(subject, payload, headers=headers)
         except nats.errors.MaxPayloadError as exc:
@@ -131,13 +138,16 @@ class NATSCoreProducer(Producer):
                 # Reconnecting: nats-py keeps the publishes in its reconnect buffer and its
                 # flush() would return at once, confirming nothing.
                 raise nats.errors.ConnectionReconnectingError()
+            await self._check_reader()
             # nats-py writes a PING to the socket at once but leaves publishes in its pending
             # buffer for its flusher task: the PING could overtake them, and its PONG would
             # confirm publishes the server has not read. So the buffer goes out first.
-            await self._write_pending()
+            await _compat.flush_pending(connection, self.timeout)
             await connection.flush(timeout=self.timeout)  # type: ignore[arg-type]
             if connection.stats["reconnects"] != reconnects or not connection.is_connected:
                 raise nats.errors.ConnectionReconnectingError()
+            # flush() returns at once, without a PONG, when the reader is gone.
+            await self._check_reader()
         except (nats.errors.FlushTimeoutError, TimeoutError) as exc:
             return ProducerTimeout(
                 f"the NATS server did not confirm {count} publish(es) within {self.timeout}s "
@@ -150,13 +160,13 @@ class NATSCoreProducer(Producer):
             )
         return None
 
-    async def _write_pending(self) -> None:
-        """Have nats-py's flusher write the buffered publishes to the socket, and wait."""
-        flush_pending = getattr(self.connection, "_flush_pending", None)
-        if flush_pending is not None:
-            await asyncio.wait_for(flush_pending(force_flush=True), self.timeout)
-        else:  # another nats-py: a first round trip makes the flusher run before the PING
-            await self.connection.flush(timeout=self.timeout)  # type: ignore[arg-type]
+    async def _check_reader(self) -> None:
+        """Raise (and reconnect) when the connection's reader is gone: it would never hear
+        the PONG, and nats-py's flush() would then return at once as if confirmed."""
+        if _compat.reader_alive(self.connection):
+            return
+        await _compat.force_reconnect(self.connection)
+        raise nats.errors.ConnectionReconnectingError()
 
     async def close(self) -> None:
         """Wait for a confirmation round in progress. The connection stays open."""

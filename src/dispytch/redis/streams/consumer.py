@@ -18,6 +18,7 @@ from redis.exceptions import ResponseError
 
 from dispytch.errors import ConfigurationError, DeadLetterError
 from dispytch.listener.consumer import Consumer, Failure, Message
+from dispytch.poison import Undecodable, dead_letter_undecodable, shown
 from dispytch.redis.connection import CONNECTION_ERRORS, Reconnection, pause, stop_reader
 from dispytch.redis.consumer import DEFAULT_MAX_BUFFER_BYTES
 from dispytch.redis.dead_letters import DeadLetterWriter
@@ -25,7 +26,6 @@ from dispytch.redis.records import entry_message, stream_name
 from dispytch.redis.streams.acks import AckBatcher
 from dispytch.redis.topics import PatternMatcher
 from dispytch.routing import TopicPattern
-from dispytch.undecodable import Undecodable, dead_letter_undecodable, shown
 from dispytch.untrusted import loggable
 
 __all__ = ["RedisStreamsConsumer", "default_consumer_name"]

@@ -1,5 +1,6 @@
-"""Broker metadata that is not text, and the messages that carry it.
+"""Messages an adapter cannot hand to the listener: metadata that is not text, no room left.
 
+**Metadata that is not text.**
 A topic (a channel, a stream key, a subject), a key or a header comes off the wire as bytes
 written by whoever may publish to the broker. An adapter decodes them defensively: bytes that are
 not what Dispytch can read never raise; the adapter builds the :class:`Message` anyway, with
@@ -8,6 +9,11 @@ them base64-encoded. Such a message is never routed (its topic or key is not wha
 written for): the adapter dead-letters it at once with :func:`dead_letter_undecodable` (reason
 ``decode``, the raw parts in the ``x-dispytch-undecodable*`` headers) and acknowledges it, or,
 where not even that is possible, skips it with an ERROR line and counts it.
+
+**No room left.** A broker that pushes without backpressure (Redis Pub/Sub, core NATS) fills
+the adapter's read-ahead buffer faster than handlers empty it; past its bounds the adapter
+drops what arrives and reports it with an :class:`Overflow` (a counter, and an ERROR line at
+most every 10 seconds).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from dispytch.untrusted import loggable
 
 __all__ = [
     "UNDECODABLE_HEADER",
+    "Overflow",
     "Undecodable",
     "b64",
     "dead_letter_headers",
@@ -127,3 +134,39 @@ async def dead_letter_undecodable(
         loggable("; ".join(errors) or "no dead-letter destination"),
     )
     return False
+
+
+class Overflow:
+    """Messages dropped because a read-ahead buffer was full: :attr:`dropped` counts them, and
+    :meth:`drop` logs an ERROR line at most every ``interval`` seconds with the count since the
+    last one."""
+
+    def __init__(self, logger: logging.Logger, what: str, interval: float = 10.0) -> None:
+        self.logger = logger
+        self.what = what
+        self.interval = interval
+        #: Messages dropped so far.
+        self.dropped = 0
+        self._reported = 0
+        self._next_report = 0.0
+
+    def drop(self, held: int, held_bytes: int, max_bytes: int | None = None) -> None:
+        """Count one message dropped while ``held`` messages (``held_bytes`` bytes, of at most
+        ``max_bytes``) wait."""
+        self.dropped += 1
+        now = time.monotonic()
+        if now < self._next_report:
+            return
+        self._next_report = now + self.interval
+        self.logger.error(
+            "%s read-ahead buffer full (%d messages, %d%s bytes): dropped %d message(s) since "
+            "the last report (%d in all); handlers are slower than the publishers (this "
+            "backend is at-most-once; use a durable one to keep every event)",
+            self.what,
+            held,
+            held_bytes,
+            "" if max_bytes is None else f" of {max_bytes}",
+            self.dropped - self._reported,
+            self.dropped,
+        )
+        self._reported = self.dropped
