@@ -122,6 +122,9 @@ async def probe_tls(host: str, port: int, timeout: float) -> bool:
 # -- hardening -------------------------------------------------------------------------------
 
 _HARDENED = "_dispytch_hardened"
+_JS_ACK = b"$JS.ACK."
+_STATUS = "Status"
+_DESCRIPTION = "Description"
 _warned: set[str] = set()
 
 
@@ -180,6 +183,8 @@ def _text(raw: bytes) -> str:
 def _build_message(
     self: Any, sid: int, subject: bytes, reply: bytes, data: bytes, headers: Any
 ) -> Any:
+    if headers and _STATUS in headers and reply.startswith(_JS_ACK):
+        headers = UnparsedHeaders(_header_block(headers))
     return self.msg_class(
         subject=_text(subject),
         reply=_text(reply),
@@ -188,6 +193,14 @@ def _build_message(
         _client=self,
         _sid=sid,
     )
+
+
+def _header_block(headers: dict[str, str]) -> bytes:
+    """The header block that parsed into ``headers`` (near enough: spacing is not kept)."""
+    status = headers.get(_STATUS, "")
+    lines = [f"NATS/1.0 {status} {headers.get(_DESCRIPTION, '')}".rstrip()]
+    lines += [f"{k}: {v}" for k, v in headers.items() if k not in (_STATUS, _DESCRIPTION)]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")
 
 
 def _headers_parser(original: Any) -> Any:

@@ -127,7 +127,7 @@ def _unreadable(msg: Msg, attempt: int, offset: int | None) -> Message:
         raw_subject = subject.encode("utf-8", "surrogateescape")
         raw[TOPIC_B64_HEADER] = b64(raw_subject)
         subject = shown(raw_subject)
-    headers: Any = msg.headers or _NO_HEADERS
+    headers: Any = _NO_HEADERS if msg.headers is None else msg.headers
     if type(headers) is UnparsedHeaders:
         parts.append("headers")
         problems.append("the header block could not be parsed")
