@@ -38,9 +38,14 @@ from dispytch.nats._compat import connection_of
 from dispytch.nats.producer import MAX_SUBJECT_BYTES, header_bytes, publish_acked
 from dispytch.nats.streams import ensure_stream
 from dispytch.nats.wire import KEY_B64_HEADER, KEY_HEADER, decode_key, nats_headers
-from dispytch.poison import Undecodable, dead_letter_headers
+from dispytch.poison import Undecodable, dead_letter_headers, header_pair
 
-__all__ = ["DEFAULT_DEAD_LETTER_STREAM", "DeadLetterStore", "read_dead_letters"]
+__all__ = [
+    "DEFAULT_DEAD_LETTER_STREAM",
+    "DeadLetterStore",
+    "dead_letter_nats_headers",
+    "read_dead_letters",
+]
 
 DEFAULT_DEAD_LETTER_STREAM = "dispytch_dlq"
 
@@ -54,6 +59,8 @@ _TRUNCATED = "x-dispytch-payload-truncated"
 _HEADERS_DROPPED = "x-dispytch-headers-dropped"
 _DISPYTCH = "x-dispytch-"
 _NOT_IN_TOKEN = re.compile(r"[^A-Za-z0-9_-]")
+# The header names nats-py sends (RFC 7230 tokens); it raises on any other.
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 def _group_token(group: str) -> str:
@@ -70,6 +77,22 @@ def _valid_subject(subject: str) -> bool:
     except UnicodeEncodeError:
         return False
     return size <= MAX_SUBJECT_BYTES and "" not in subject.split(".")
+
+
+def dead_letter_nats_headers(message: Message, failure: Failure) -> dict[str, str]:
+    """The headers of ``message``'s dead letter (not the key), as nats-py will send them."""
+    headers: dict[str, str] = {}
+    for index, (name, value) in enumerate(dead_letter_headers(message, failure).items()):
+        # Nats-* headers steer the publish (dedup id, expected stream...): not copied.
+        if name.startswith("Nats-") or name in (KEY_HEADER, KEY_B64_HEADER):
+            continue
+        if _HEADER_NAME.fullmatch(name):
+            headers[name] = value
+        else:  # nats-py refuses to send such a name (it came in anyway): keep it base64
+            raw_name = name.encode("utf-8", "backslashreplace")
+            raw_value = value.encode("utf-8", "backslashreplace")
+            headers.update((header_pair(index, raw_name, raw_value),))
+    return headers
 
 
 class DeadLetterStore:
@@ -125,12 +148,7 @@ class DeadLetterStore:
         not stored. In ``group``'s fallback subject when ``fallback``, or when the topic makes
         no valid subject."""
         await self.ensure()
-        headers = {
-            name: value
-            for name, value in dead_letter_headers(message, failure).items()
-            # Nats-* headers steer the publish (dedup id, expected stream...): not copied.
-            if not name.startswith("Nats-") and name not in (KEY_HEADER, KEY_B64_HEADER)
-        }
+        headers = dead_letter_nats_headers(message, failure)
         readable = not (isinstance(message.extra, Undecodable) and "topic" in message.extra.parts)
         subject = None if fallback or not readable else self.subject(message.topic)
         payload = message.payload

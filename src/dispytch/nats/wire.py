@@ -43,12 +43,17 @@ def nats_headers(headers: Mapping[str, str] | None, key: bytes | None) -> dict[s
     """Headers safe to put on the wire, with the key added; ``None`` when there are none.
 
     A CR or LF in a value would end the NATS header block early (and corrupt the message), so
-    they become spaces: error messages in dead-letter headers often span lines.
+    they become spaces: error messages in dead-letter headers often span lines. A value that is
+    not encodable as UTF-8 (a lone surrogate) is escaped.
     """
     out: dict[str, str] = {}
     if headers:
         for name, value in headers.items():
-            out[name] = value.translate(_NEWLINES) if ("\n" in value or "\r" in value) else value
+            if "\n" in value or "\r" in value:
+                value = value.translate(_NEWLINES)
+            if not value.isascii():
+                value = value.encode("utf-8", "backslashreplace").decode()
+            out[name] = value
     if key is not None:
         try:
             out[KEY_HEADER] = key.decode()
