@@ -64,13 +64,26 @@ class MemoryBroker:
         key: bytes | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> Record:
+        """Append a record to ``topic``. What a consumer receives is always well formed, as
+        from a broker: a ``str`` key is encoded, header names and values become text (bytes
+        decoded, escaping what is not UTF-8); a topic that is not text, a payload or key that
+        is not bytes raise ``TypeError`` here, at the publisher."""
+        if not isinstance(topic, str):
+            raise TypeError(f"a memory topic is text, not {type(topic).__name__}")
+        if isinstance(key, str):
+            key = key.encode()
+        elif key is not None:
+            if not isinstance(key, bytes | bytearray | memoryview):
+                raise TypeError(f"a record key is bytes or None, not {type(key).__name__}")
+            key = bytes(key)
+        text_headers = {_text(k): _text(v) for k, v in (headers or {}).items()}
         log = self._logs.get(topic)
         if log is None:
             log = self._logs[topic] = []
             for group in self._groups.values():
                 if group.matches(topic):
                     group.cursors[topic] = 0
-        record = Record(topic, len(log), bytes(payload), key, dict(headers or {}))
+        record = Record(topic, len(log), bytes(payload), key, text_headers)
         log.append(record)
         for group in self._groups.values():
             if topic in group.cursors:
@@ -197,6 +210,14 @@ class MemoryBroker:
                 finally:
                     if waiter in self._idle_waiters:
                         self._idle_waiters.remove(waiter)
+
+
+def _text(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    return str(value)
 
 
 def _log_order(record: Record) -> tuple[str, int]:

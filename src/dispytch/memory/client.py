@@ -8,6 +8,7 @@ from dispytch.dead_letter import DEAD_LETTER_SUFFIX, fallback_topic
 from dispytch.emitter.producer import Outgoing, Producer
 from dispytch.listener.consumer import Consumer, Failure, Message
 from dispytch.memory.broker import MemoryBroker, Record
+from dispytch.poison import dead_letter_headers
 from dispytch.routing import TopicPattern
 from dispytch.topic_rules import MEMORY
 
@@ -85,11 +86,13 @@ class MemoryConsumer(Consumer):
         self._settle(message, redeliver=True)
 
     async def dead_letter(self, message: Message, failure: Failure) -> bool:
+        """Publish the original bytes, key and headers plus the failure headers to
+        ``{topic}.dlq``."""
         self.broker.publish(
             message.topic + DEAD_LETTER_SUFFIX,
             message.payload,
             message.key,
-            failure.headers(message),
+            dead_letter_headers(message, failure),
         )
         return True
 
