@@ -58,6 +58,7 @@ class NATSCoreBackend(Backend):
             ``max_buffer_bytes`` (payload bytes, 64 MiB by default) it bounds what is held
             (beyond it, nats-py's subscription queue).
         pending_msgs_limit: messages nats-py queues for a subscription before it drops.
+        pending_bytes_limit: payload bytes nats-py queues for a subscription before it drops.
         connect_timeout: seconds the first connection may take (default 4.5).
         **connect_options: passed to ``nats.connect`` under nats-py's names.
     """
@@ -74,6 +75,7 @@ class NATSCoreBackend(Backend):
         publish_timeout: float = 10.0,
         buffer_size: int = 100_000,
         pending_msgs_limit: int = 65_536,
+        pending_bytes_limit: int = 64 * 1024 * 1024,
         **connect_options: Any,
     ) -> None:
         self.security = nats_security(url, connect_options)
@@ -89,6 +91,7 @@ class NATSCoreBackend(Backend):
         self.publish_timeout = publish_timeout
         self.buffer_size = buffer_size
         self.pending_msgs_limit = pending_msgs_limit
+        self.pending_bytes_limit = pending_bytes_limit
         self.connect_timeout = self.security.connect_timeout
         self.connect_options = connect_options
         self.connection: NATSClient | None = None
@@ -158,6 +161,7 @@ class NATSCoreBackend(Backend):
             buffer_size=self.buffer_size,
             max_buffer_bytes=max_buffer_bytes,
             pending_msgs_limit=self.pending_msgs_limit,
+            pending_bytes_limit=self.pending_bytes_limit,
             overflow=self._overflow,
         )
         self._consumers.append(consumer)
