@@ -183,11 +183,17 @@ def _text(raw: bytes) -> str:
 def _build_message(
     self: Any, sid: int, subject: bytes, reply: bytes, data: bytes, headers: Any
 ) -> Any:
+    # The per-message path of every delivery: the common case costs two decodes, as before.
+    try:
+        subject_text = subject.decode()
+        reply_text = reply.decode()
+    except UnicodeDecodeError:
+        subject_text, reply_text = _text(subject), _text(reply)
     if headers and _STATUS in headers and reply.startswith(_JS_ACK):
         headers = UnparsedHeaders(_header_block(headers))
     return self.msg_class(
-        subject=_text(subject),
-        reply=_text(reply),
+        subject=subject_text,
+        reply=reply_text,
         data=data,
         headers=headers,
         _client=self,

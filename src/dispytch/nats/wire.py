@@ -70,7 +70,7 @@ def decode_key(headers: Mapping[str, str]) -> bytes | None:
     """The key the headers carry; raises ``ValueError`` when the base64 form is not base64."""
     text = headers.get(KEY_HEADER)
     if text is not None:
-        return text.encode("utf-8", "surrogateescape")
+        return text.encode("utf-8", "surrogateescape")  # nats-py's values have no surrogates
     packed = headers.get(KEY_B64_HEADER)
     if packed is None:
         return None
@@ -88,11 +88,18 @@ def to_message(msg: Msg) -> Message:
         attempt, offset = meta.num_delivered, meta.sequence.stream
     except Exception:  # not a JetStream delivery (no ack subject): count it as the first
         attempt, offset = 1, None
+    subject = msg.subject
+    headers = msg.headers
+    if subject.isascii() and headers is None:  # the common case
+        return Message(subject, msg.data, None, _NO_HEADERS, attempt, None, offset, msg)
     return _message(msg, attempt, offset, jetstream=True)
 
 
 def core_message(msg: Msg) -> Message:
     """The listener's view of one core NATS message (no delivery count, no offset)."""
+    subject = msg.subject
+    if subject.isascii() and msg.headers is None:  # the common case
+        return Message(subject, msg.data, None, _NO_HEADERS, 1, None, None, msg)
     return _message(msg, 1, None, jetstream=False)
 
 
