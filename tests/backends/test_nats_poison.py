@@ -35,6 +35,7 @@ from dispytch.nats.core import NATSCoreBackend, NATSCoreConsumer
 from dispytch.routing import TopicPattern
 from tests.backends.nats_streams import delete_streams
 from tests.backends.proxy import FaultyProxy
+from tests.backends.slow_reader import BIG, read_slowly
 from tests.helpers import eventually, require_broker, wait_until
 
 SERVER = "nats://127.0.0.1:4222"
@@ -367,8 +368,6 @@ async def test_dead_letters_keep_the_original_headers(setup: Setup) -> None:
 
 # -- item 9: read-ahead bounded in bytes --------------------------------------------------------
 
-BIG = 900 * 1024
-
 _PUBLISHER = """
 import asyncio, sys, nats
 async def main():
@@ -385,17 +384,7 @@ asyncio.run(main())
 """
 
 
-def _rss() -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
-
-
-async def test_core_read_ahead_is_bounded_in_bytes_under_large_messages(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+async def test_core_read_ahead_is_bounded_in_bytes_under_large_messages() -> None:
     require_broker("nats_core", 4222)
     subject, bound = f"big.{uuid.uuid4().hex[:10]}", 8 * 1024 * 1024
     nc = await nats.connect(SERVER)
@@ -403,34 +392,20 @@ async def test_core_read_ahead_is_bounded_in_bytes_under_large_messages(
         nc, queue="big", max_buffer_bytes=bound, pending_bytes_limit=8 * 1024 * 1024
     )
     await consumer.start([TopicPattern.parse(subject, ".")])
-    before = rss_peak = _rss()
-    peak = got = 0
     publisher = await asyncio.create_subprocess_exec(
         sys.executable, "-c", _PUBLISHER, subject, str(BIG)
     )
-    stream = consumer.listen()
-
-    async def next_or_none() -> Message | None:
-        try:
-            async with asyncio.timeout(2):
-                return await anext(stream)
-        except TimeoutError:
-            return None
-
-    async with asyncio.timeout(60):
-        while (message := await next_or_none()) is not None or publisher.returncode is None:
-            if message is None:
-                continue
-            peak = max(peak, consumer.buffered_bytes + len(message.payload))
-            rss_peak = max(rss_peak, _rss())
-            got += 1
-            await asyncio.sleep(0.02)  # a slow handler
+    peaks = await read_slowly(
+        consumer,
+        lambda message: consumer.buffered_bytes + len(message.payload),
+        lambda got: publisher.returncode is not None,
+        idle=1.0,
+    )
     assert await publisher.wait() == 0
-    assert peak <= bound + BIG
-    assert 0 < got < 200  # the rest was dropped by nats-py's bounded queue
+    assert peaks.held <= bound + BIG
+    assert 0 < peaks.got < 200  # the rest was dropped by nats-py's bounded queue
     # 200 x 900 KB = 180 MB if everything were held; generous margin for the client's buffers.
-    assert rss_peak - before < 100 * 1024 * 1024, (rss_peak - before) // 2**20
-    await stream.aclose()  # type: ignore[attr-defined]
+    assert peaks.rss_growth < 100 * 1024 * 1024, peaks.rss_growth // 2**20
     await consumer.close()
     await nc.close()
 
@@ -470,17 +445,10 @@ async def test_jetstream_read_ahead_is_bounded_in_bytes() -> None:
             await js.publish(subject, b"x" * BIG)
         sub = await js.pull_subscribe(subject, durable="bytes", stream=stream_name)
         consumer = NATSConsumer(sub, prefetch=64, max_buffer_bytes=bound)
-        peak = got = 0
-        stream = consumer.listen()
-        async with asyncio.timeout(30):
-            while got < 20:
-                message = await anext(stream)
-                peak = max(peak, consumer.held_bytes)
-                await asyncio.sleep(0.01)
-                await consumer.ack(message)
-                got += 1
-        assert peak <= bound + BIG
-        await stream.aclose()  # type: ignore[attr-defined]
+        peaks = await read_slowly(
+            consumer, lambda message: consumer.held_bytes, lambda got: got == 20, ack=True
+        )
+        assert peaks.held <= bound + BIG
         await consumer.close()
     finally:
         await nc.close()

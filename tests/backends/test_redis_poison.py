@@ -22,6 +22,7 @@ from dispytch import App, Event
 from dispytch.errors import EmitError
 from dispytch.listener.consumer import Failure, Message
 from dispytch.routing import TopicPattern
+from tests.backends.slow_reader import BIG, read_slowly
 from tests.helpers import eventually, require_broker, wait_until
 
 redis_asyncio = pytest.importorskip("redis.asyncio")
@@ -300,17 +301,6 @@ async def test_pubsub_delivers_a_message_once_when_several_subscriptions_match(
 
 # -- item 9: read-ahead bounded in bytes ---------------------------------------------------------
 
-BIG = 900 * 1024
-
-
-def _rss() -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
-
-
 # Another process publishes, as in production: a publisher sharing the consumer's event loop
 # also starves its reader.
 # It publishes at about 90 MB/s, far more than the slow handler takes and well within what the
@@ -334,26 +324,20 @@ async def test_pubsub_read_ahead_is_bounded_in_bytes_under_large_messages(
     client = redis_asyncio.Redis.from_url(PUBSUB_URL)
     consumer = RedisConsumer(client.pubsub(), max_buffer_bytes=bound)
     await consumer.start([TopicPattern.parse(topic)])
-    peak = got = 0
-    before = rss_peak = _rss()
     publisher = await asyncio.create_subprocess_exec(
         sys.executable, "-c", _PUBLISHER, topic, str(BIG)
     )
-    stream = consumer.listen()
-    async with asyncio.timeout(60):
-        while got + consumer.dropped < 200:
-            message = await anext(stream)
-            peak = max(peak, consumer.buffered_bytes + len(message.payload))
-            rss_peak = max(rss_peak, _rss())
-            got += 1
-            await asyncio.sleep(0.02)  # a slow handler
+    peaks = await read_slowly(
+        consumer,
+        lambda message: consumer.buffered_bytes + len(message.payload),
+        lambda got: got + consumer.dropped >= 200,
+    )
     assert await publisher.wait() == 0
-    assert peak <= bound + BIG
+    assert peaks.held <= bound + BIG
     assert consumer.dropped > 0 and consumer.reconnects == 0
     # 200 x 900 KB = 180 MB if everything were held; generous margin for the client's buffers.
-    assert rss_peak - before < 100 * 1024 * 1024, (rss_peak - before) // 2**20
+    assert peaks.rss_growth < 100 * 1024 * 1024, peaks.rss_growth // 2**20
     assert any("read-ahead buffer full" in r.getMessage() for r in caplog.records)
-    await stream.aclose()  # type: ignore[attr-defined]
     await consumer.close()
     await client.aclose()
 
@@ -370,17 +354,9 @@ async def test_streams_read_ahead_is_bounded_in_bytes(redis: Any, uid: str) -> N
     client = redis_asyncio.Redis.from_url(PUBSUB_URL)
     consumer = RedisStreamsConsumer(client, group=f"g_{uid}", prefetch=64, max_buffer_bytes=bound)
     await consumer.start([TopicPattern.parse(topic)])
-    peak = 0
-    got = 0
-    stream = consumer.listen()
-    async with asyncio.timeout(30):
-        while got < 40:
-            message = await anext(stream)
-            peak = max(peak, consumer.held_bytes)
-            await asyncio.sleep(0.01)
-            await consumer.ack(message)
-            got += 1
-    assert peak <= bound + BIG
-    await stream.aclose()  # type: ignore[attr-defined]
+    peaks = await read_slowly(
+        consumer, lambda message: consumer.held_bytes, lambda got: got == 40, ack=True
+    )
+    assert peaks.held <= bound + BIG
     await consumer.close()
     await client.aclose()

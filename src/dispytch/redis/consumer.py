@@ -42,6 +42,8 @@ _CAN_READ = "can_read" if hasattr(AbstractConnection, "can_read") else "can_read
 # channels matched by a pattern come off the wire, so the memo is bounded.
 _CHANNEL_MEMO = 4096
 _MISSING = object()
+# Messages whose channel is not UTF-8 held at most while they wait to be dead-lettered.
+_UNDECODABLE_HELD = 1000
 
 
 class RedisConsumer(Consumer):
@@ -329,7 +331,11 @@ class RedisConsumer(Consumer):
     def _add(self, message: Message, channel: Any) -> None:
         """Buffer a message built by :func:`channel_message` (the slow path)."""
         if isinstance(message.extra, Undecodable):
-            self._undecodable.append(message)
+            # Bounded too: a flood of them waits on dead-letter writes one at a time.
+            if len(self._undecodable) >= _UNDECODABLE_HELD:
+                self._drop()
+            else:
+                self._undecodable.append(message)
             return
         if type(channel) is bytes:
             if len(self._topics) >= _CHANNEL_MEMO:
