@@ -458,22 +458,28 @@ async def test_jetstream_read_ahead_is_bounded_in_bytes() -> None:
 # -- item 11: core NATS never goes deaf after a timed-out confirmation ---------------------------
 
 
+def _core_app(port: int, got: list[str], publish_timeout: float) -> tuple[App, type[EventBase]]:
+    """A core NATS app that records the events it handles, and the event class it emits."""
+    subject = f"deaf.{uuid.uuid4().hex[:10]}"
+    app = App(f"nats+core://127.0.0.1:{port}", group="deaf", publish_timeout=publish_timeout)
+
+    @app.handler(topic=subject, event="e")
+    async def handle(event: Event[dict]) -> None:
+        got.append(event.body["n"])
+
+    class E(EventBase):
+        __topic__ = subject
+        __event_type__ = "e"
+        n: str
+
+    return app, E
+
+
 async def test_core_nats_hears_again_after_an_emit_timed_out_on_a_stalled_connection() -> None:
     require_broker("nats_core", 4222)
-    subject = f"deaf.{uuid.uuid4().hex[:10]}"
     got: list[str] = []
     async with FaultyProxy(4222) as proxy:
-        app = App(f"nats+core://127.0.0.1:{proxy.port}", group="deaf", publish_timeout=0.5)
-
-        @app.handler(topic=subject, event="e")
-        async def handle(event: Event[dict]) -> None:
-            got.append(event.body["n"])
-
-        class E(EventBase):
-            __topic__ = subject
-            __event_type__ = "e"
-            n: str
-
+        app, E = _core_app(proxy.port, got, publish_timeout=0.5)
         await app.start()
         await app.emit(E(n="1"))
         await wait_until(lambda: got == ["1"], what="the first event")
@@ -491,19 +497,8 @@ async def test_a_deaf_connection_confirms_no_emit_and_is_revived() -> None:
     # However the reader dies: an emit is never reported confirmed while nothing is heard,
     # and the consumer's watchdog makes the connection reconnect.
     require_broker("nats_core", 4222)
-    subject = f"deaf2.{uuid.uuid4().hex[:10]}"
     got: list[str] = []
-    app = App("nats+core://127.0.0.1:4222", group="deaf2", publish_timeout=2)
-
-    @app.handler(topic=subject, event="e")
-    async def handle(event: Event[dict]) -> None:
-        got.append(event.body["n"])
-
-    class E(EventBase):
-        __topic__ = subject
-        __event_type__ = "e"
-        n: str
-
+    app, E = _core_app(4222, got, publish_timeout=2)
     await app.start()
     connection = app.backend.connection  # type: ignore[attr-defined]
     connection._reading_task.cancel()  # the reader is gone; the connection looks connected
