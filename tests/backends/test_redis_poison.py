@@ -119,6 +119,34 @@ async def test_pubsub_channel_not_utf8_is_dead_lettered_and_the_next_event_handl
     await redis.delete(fallback_stream(group))
 
 
+async def test_a_seed_client_that_decodes_responses_skips_what_it_cannot_decode(
+    redis: Any, uid: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its own parser fails on the channel before the consumer sees it: the consumer counts
+    # the message as skipped, says how to keep such messages, and keeps reading.
+    name = f"dr_{uid}"
+    client = redis_asyncio.Redis.from_url(PUBSUB_URL, decode_responses=True, client_name=name)
+    consumer = RedisConsumer(client.pubsub(), reconnect_max_delay=0.1)
+    await consumer.start([TopicPattern.parse(f"dr_{uid}:{{k}}")])
+    await redis.publish(f"dr_{uid}:".encode() + BAD, b"bad")
+    stream = consumer.listen()
+    first = asyncio.ensure_future(anext(stream))
+    await wait_until(lambda: consumer.skipped == 1 and consumer.reconnects == 1, what="a skip")
+    await eventually(lambda: _subscribed(redis, name), "the subscription renewed")
+    await redis.publish(f"dr_{uid}:ok", b"good")
+    message = await asyncio.wait_for(first, 10)
+    assert (message.topic, message.payload) == (f"dr_{uid}:ok", b"good")
+    assert any("decode_responses=False" in r.getMessage() for r in caplog.records)
+    await stream.aclose()  # type: ignore[attr-defined]
+    await consumer.close()
+    await client.aclose()
+
+
+async def _subscribed(redis: Any, client_name: str) -> bool:
+    clients = await redis.client_list(_type="pubsub")
+    return any(c.get("name") == client_name and c.get("psub") == "1" for c in clients)
+
+
 async def _count(redis: Any, group: str, n: int) -> bool:
     return len(await _fallback(redis, group)) == n
 

@@ -297,11 +297,21 @@ class RedisConsumer(Consumer):
                     response = await connection.read_response(
                         timeout=math.inf, disconnect_on_error=False, push_request=True
                     )
-            except CONNECTION_ERRORS as exc:
+            except (*CONNECTION_ERRORS, UnicodeDecodeError) as exc:
                 if self._closing:
                     return
                 if count:
                     readable.set()
+                if isinstance(exc, UnicodeDecodeError):
+                    # A client built with decode_responses=True fails on a channel or payload
+                    # that is not UTF-8, before we see it; its parser is reset by reconnecting.
+                    self.skipped += 1
+                    logger.error(
+                        "skipped a Redis Pub/Sub message this client cannot decode (%s); build "
+                        "the client with decode_responses=False so such messages are "
+                        "dead-lettered instead",
+                        exc,
+                    )
                 await pause(self._stopped, reconnection.failed(exc))
                 continue
             if count:
