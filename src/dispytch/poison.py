@@ -1,14 +1,19 @@
-"""Messages an adapter cannot hand to the listener: metadata that is not text, no room left.
+"""Messages a backend adapter cannot hand to the listener at all.
 
-**Metadata that is not text.**
-A topic (a channel, a stream key, a subject), a key or a header comes off the wire as bytes
-written by whoever may publish to the broker. An adapter decodes them defensively: bytes that are
-not what Dispytch can read never raise; the adapter builds the :class:`Message` anyway, with
-``extra`` set to an :class:`Undecodable` that says which parts could not be read and carries
-them base64-encoded. Such a message is never routed (its topic or key is not what a handler was
-written for): the adapter dead-letters it at once with :func:`dead_letter_undecodable` (reason
-``decode``, the raw parts in the ``x-dispytch-undecodable*`` headers) and acknowledges it, or,
-where not even that is possible, skips it with an ERROR line and counts it.
+When the broker metadata of a delivery cannot be decoded (a Kafka header name or an AMQP
+routing key that is not UTF-8, say), no handler can be chosen for it. The adapter then settles
+it itself, by one rule: it becomes a **dead letter** (its raw bytes, the metadata that could be
+read, the rest base64-encoded with a header saying so) through the consumer's own dead-letter
+destination, retried a few times with backoff and then sent to the consumer's fallback
+destination; where the consumer has no destination it is **skipped**, with an ERROR log line
+and a count in ``consumer.skipped``. If neither destination takes it, :class:`DeadLetterError`
+is raised: the listener stops and nothing is acknowledged.
+
+Adapters that decode into a :class:`Message` first (Redis, NATS) mark such a message with an
+:class:`Undecodable` in ``extra``: which parts could not be read, and those parts
+base64-encoded for the dead letter's ``x-dispytch-undecodable*`` headers
+(:func:`dead_letter_headers`); :meth:`Undecodable.failure` is the failure to settle it with
+(reason ``decode``).
 
 **No room left.** A broker that pushes without backpressure (Redis Pub/Sub, core NATS) fills
 the adapter's read-ahead buffer faster than handlers empty it; past its bounds the adapter
@@ -18,14 +23,16 @@ most every 10 seconds).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol
 
-from dispytch.listener.consumer import Consumer, Failure, Message
+from dispytch.errors import DeadLetterError
+from dispytch.listener.consumer import Failure, Message
 from dispytch.untrusted import loggable
 
 __all__ = [
@@ -34,9 +41,84 @@ __all__ = [
     "Undecodable",
     "b64",
     "dead_letter_headers",
-    "dead_letter_undecodable",
+    "settle_poison",
     "shown",
 ]
+
+#: Delays between attempts at the dead-letter destination before the fallback is tried.
+RETRY_DELAYS = (0.2, 1.0)
+
+
+class _PoisonSink(Protocol):
+    skipped: int
+
+    async def dead_letter(self, message: Message, failure: Failure) -> bool: ...
+
+    async def dead_letter_fallback(self, message: Message, failure: Failure) -> bool: ...
+
+
+async def settle_poison(
+    consumer: _PoisonSink, message: Message, failure: Failure, logger: logging.Logger
+) -> None:
+    """Dead-letter (or, without a destination, skip) a message no handler can be chosen for.
+
+    Returns once it is stored (or skipped): the caller then acknowledges it. Raises
+    :class:`DeadLetterError` when neither the destination nor the fallback stored it.
+    """
+    where = f"{loggable(message.topic)}" + (
+        "" if message.offset is None else f" [{message.partition}@{message.offset}]"
+    )
+    error: Exception | None = None
+    for delay in (*RETRY_DELAYS, None):
+        try:
+            stored = await consumer.dead_letter(message, failure)
+        except Exception as exc:
+            error = exc
+            logger.warning(
+                "could not dead-letter an undecodable message from %s (%s: %s)%s",
+                where,
+                type(exc).__name__,
+                loggable(exc),
+                "" if delay is None else f"; retrying in {delay}s",
+            )
+            if delay is not None:
+                await asyncio.sleep(delay)
+            continue
+        if not stored:
+            consumer.skipped += 1
+            logger.error(
+                "SKIPPED a message from %s that cannot be handled (%s); there is no "
+                "dead-letter destination (%d skipped so far)",
+                where,
+                failure.error_message,
+                consumer.skipped,
+            )
+            return
+        logger.error("dead-lettered a message from %s: %s", where, failure.error_message)
+        return
+    try:
+        stored = await consumer.dead_letter_fallback(message, failure)
+    except Exception as exc:
+        raise DeadLetterError(
+            f"a message from {where} that cannot be handled ({failure.error_message}) could be "
+            f"stored neither in its dead-letter destination ({type(error).__name__}: "
+            f"{loggable(error)}) nor in the fallback one ({type(exc).__name__}: "
+            f"{loggable(exc)}); nothing was acknowledged. Fix the dead-letter destination and "
+            "restart"
+        ) from exc
+    if not stored:
+        raise DeadLetterError(
+            f"a message from {where} that cannot be handled ({failure.error_message}) could not "
+            f"be dead-lettered ({type(error).__name__}: {loggable(error)}) and this consumer has "
+            "no fallback destination; nothing was acknowledged. Fix the dead-letter "
+            "destination and restart"
+        ) from error
+    logger.error(
+        "dead-lettered a message from %s to the fallback destination: %s",
+        where,
+        failure.error_message,
+    )
+
 
 #: Which parts of a dead letter's original could not be decoded, comma-separated
 #: (``topic``, ``key``, ``headers``, ``payload``).
@@ -102,38 +184,6 @@ def dead_letter_headers(message: Message, failure: Failure) -> dict[str, str]:
         out[UNDECODABLE_HEADER] = ",".join(extra.parts)
         out.update(extra.headers)
     return out
-
-
-async def dead_letter_undecodable(
-    consumer: Consumer, message: Message, logger: logging.Logger, *, own_destination: bool
-) -> bool:
-    """Store an :class:`Undecodable` message: in its own dead-letter destination (when
-    ``own_destination``: its topic could be read), else or if that fails in the consumer's
-    fallback one. Returns whether it was stored; logs one ERROR line either way."""
-    undecodable = cast(Undecodable, message.extra)  # the adapters' own contract
-    failure = undecodable.failure()
-    stores = (consumer.dead_letter, consumer.dead_letter_fallback)
-    errors: list[str] = []
-    for store in stores if own_destination else stores[1:]:
-        try:
-            if await store(message, failure):
-                logger.error(
-                    "dead-lettered a message from %s whose %s could not be decoded: %s",
-                    loggable(message.topic),
-                    "/".join(undecodable.parts),
-                    loggable(undecodable.detail),
-                )
-                return True
-        except Exception as exc:
-            errors.append(f"{type(exc).__name__}: {exc}")
-    logger.error(
-        "could not dead-letter a message from %s whose %s could not be decoded (%s): %s",
-        loggable(message.topic),
-        "/".join(undecodable.parts),
-        loggable(undecodable.detail),
-        loggable("; ".join(errors) or "no dead-letter destination"),
-    )
-    return False
 
 
 class Overflow:

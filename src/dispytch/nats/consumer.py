@@ -16,14 +16,14 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from dispytch.errors import ConfigurationError, DeadLetterError, SubscriptionLostError
+from dispytch.errors import ConfigurationError, SubscriptionLostError
 from dispytch.listener.consumer import Consumer, Failure, Message
 from dispytch.nats import _compat
 from dispytch.nats.dead_letters import DeadLetterStore
 from dispytch.nats.streams import stream_for
 from dispytch.nats.subjects import consumer_name, covers, overlaps
 from dispytch.nats.wire import to_message
-from dispytch.poison import Undecodable, dead_letter_undecodable
+from dispytch.poison import Undecodable, settle_poison
 from dispytch.routing import TopicPattern
 from dispytch.untrusted import loggable
 
@@ -138,6 +138,8 @@ class NATSConsumer(Consumer):
         #: Payload bytes fetched and not yet settled.
         self.held_bytes = 0
         self._message_size = 0.0  # recent largest payload (0: none fetched yet)
+        #: Messages Dispytch could not read and skipped (only without a dead-letter store).
+        self.skipped = 0
         self._lost: BaseException | None = None
         self._shadows: list[tuple[str, ...]] = []
         self._feeds: dict[int, _Feed] = {}
@@ -377,19 +379,14 @@ class NATSConsumer(Consumer):
         return True
 
     async def _dead_letter_undecodable(self, message: Message) -> None:
+        """Dead-letter (without a store: skip) a message Dispytch cannot read, then ack it. If
+        no destination takes it, :class:`~dispytch.errors.DeadLetterError` stops the consumer
+        and the message stays unacknowledged."""
         undecodable = cast(Undecodable, message.extra)  # what listen() checked
         msg: Msg = undecodable.extra
-        own = "topic" not in undecodable.parts
-        if await dead_letter_undecodable(self, message, logger, own_destination=own):
-            self._settled(msg)
-            await msg.ack()
-            return
-        raise DeadLetterError(
-            f"a message on {loggable(message.topic)} that Dispytch cannot read "
-            f"({loggable(undecodable.detail)}) could be stored in no dead-letter destination; "
-            "it stays unacknowledged: fix the dead-letter stream (see the errors above) and "
-            "restart"
-        )
+        await settle_poison(self, message, undecodable.failure(), logger)
+        self._settled(msg)
+        await msg.ack()
 
     # -- closing ------------------------------------------------------------------------------
 

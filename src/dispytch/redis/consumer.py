@@ -8,15 +8,15 @@ import math
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.connection import AbstractConnection
 
-from dispytch.errors import ConfigurationError
+from dispytch.errors import ConfigurationError, DeadLetterError
 from dispytch.listener.consumer import Consumer, Failure, Message
-from dispytch.poison import Overflow, Undecodable, dead_letter_undecodable
+from dispytch.poison import Overflow, Undecodable, settle_poison
 from dispytch.redis.connection import CONNECTION_ERRORS, Reconnection, pause, stop_reader
 from dispytch.redis.dead_letters import DEFAULT_DEAD_LETTER_MAXLEN, DeadLetterWriter
 from dispytch.redis.records import NO_HEADERS, channel_message
@@ -431,8 +431,11 @@ class RedisConsumer(Consumer):
         return await self._writer.write(self._dead_letter_client(), message, failure, fallback=True)
 
     async def _dead_letter_undecodable(self, message: Message) -> None:
-        if not await dead_letter_undecodable(self, message, logger, own_destination=False):
-            self.skipped += 1  # Pub/Sub cannot hand it back: it is lost (at-most-once)
+        try:
+            await settle_poison(self, message, cast(Undecodable, message.extra).failure(), logger)
+        except DeadLetterError as exc:  # Pub/Sub cannot hand it back: it is lost
+            self.skipped += 1
+            logger.error("SKIPPED: %s", exc)
 
     # -- closing ------------------------------------------------------------------------------
 

@@ -6,18 +6,19 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
+from typing import cast
 
 import nats.errors
 from nats.aio.client import Client as NATSClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from dispytch.errors import ConfigurationError, SubscriptionLostError
+from dispytch.errors import ConfigurationError, DeadLetterError, SubscriptionLostError
 from dispytch.listener.consumer import Consumer, Failure, Message
 from dispytch.nats import _compat
 from dispytch.nats.dead_letters import DeadLetterStore
 from dispytch.nats.wire import core_message
-from dispytch.poison import Overflow, Undecodable, dead_letter_undecodable
+from dispytch.poison import Overflow, Undecodable, settle_poison
 from dispytch.routing import TopicPattern
 from dispytch.untrusted import loggable
 
@@ -237,9 +238,11 @@ class NATSCoreConsumer(Consumer):
         return True
 
     async def _dead_letter_undecodable(self, message: Message) -> None:
-        own = isinstance(message.extra, Undecodable) and "topic" not in message.extra.parts
-        if not await dead_letter_undecodable(self, message, logger, own_destination=own):
-            self.skipped += 1  # core NATS cannot hand it back: it is lost (at-most-once)
+        try:
+            await settle_poison(self, message, cast(Undecodable, message.extra).failure(), logger)
+        except DeadLetterError as exc:  # core NATS cannot hand it back: it is lost
+            self.skipped += 1
+            logger.error("SKIPPED: %s", exc)
 
     async def close(self) -> None:
         """Unsubscribe; messages buffered but never listened to are lost (logged)."""

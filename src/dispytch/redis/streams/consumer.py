@@ -16,9 +16,9 @@ from typing import Any, cast
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from dispytch.errors import ConfigurationError, DeadLetterError
+from dispytch.errors import ConfigurationError
 from dispytch.listener.consumer import Consumer, Failure, Message
-from dispytch.poison import Undecodable, dead_letter_undecodable, shown
+from dispytch.poison import Undecodable, settle_poison, shown
 from dispytch.redis.connection import CONNECTION_ERRORS, Reconnection, pause, stop_reader
 from dispytch.redis.consumer import DEFAULT_MAX_BUFFER_BYTES
 from dispytch.redis.dead_letters import DeadLetterWriter
@@ -201,6 +201,8 @@ class RedisStreamsConsumer(Consumer):
         self._names: dict[bytes, Stream] = {}
         self._recover: dict[Stream, str] = {}  # stream -> cursor into this consumer's own PEL
         self._held = 0
+        #: Entries Dispytch could not read and skipped (only without a dead-letter stream).
+        self.skipped = 0
         self._entry_size = 0.0  # recent largest payload size read (0: nothing read yet)
         #: Payload bytes of the entries held now (read and not yet settled).
         self.held_bytes = 0
@@ -592,20 +594,14 @@ class RedisStreamsConsumer(Consumer):
         return await self._writer.write(self.redis, message, failure, fallback=True)
 
     async def _dead_letter_undecodable(self, message: Message) -> None:
-        """Dead-letter an entry Dispytch cannot read, then acknowledge it; if it cannot be
-        stored, stop: it stays pending, so nothing is lost."""
+        """Dead-letter an entry Dispytch cannot read, then acknowledge it. If no dead-letter
+        stream takes it, :class:`~dispytch.errors.DeadLetterError` stops the consumer and the
+        entry stays pending: nothing is lost."""
         undecodable = cast(Undecodable, message.extra)  # only such messages are queued here
         stream, entry_id = undecodable.extra
-        own = "topic" not in undecodable.parts
-        if await dead_letter_undecodable(self, message, logger, own_destination=own):
-            if self._release_slot(stream, entry_id, len(message.payload)):
-                self._acks.add(stream, entry_id)
-            return
-        raise DeadLetterError(
-            f"an entry of stream {loggable(message.topic)} that Dispytch cannot read "
-            f"({loggable(undecodable.detail)}) could be stored in no dead-letter stream; it "
-            "stays pending: fix the dead-letter streams (see the errors above) and restart"
-        )
+        await settle_poison(self, message, undecodable.failure(), logger)
+        if self._release_slot(stream, entry_id, len(message.payload)):
+            self._acks.add(stream, entry_id)
 
     # -- closing ------------------------------------------------------------------------------
 
