@@ -44,18 +44,27 @@ async def read_slowly(
     peaks = Peaks()
     before = rss()
     stream = consumer.listen()
-    async with asyncio.timeout(timeout):
-        while not done(peaks.got):
-            try:
-                async with asyncio.timeout(idle):
-                    message = await anext(stream)
-            except TimeoutError:
-                continue
-            peaks.held = max(peaks.held, measure(message))
-            peaks.rss_growth = max(peaks.rss_growth, rss() - before)
-            peaks.got += 1
-            await asyncio.sleep(pause)
-            if ack:
-                await consumer.ack(message)
-    await stream.aclose()
+    # The next message is awaited in a task of its own: cancelling an anext() would end the
+    # consumer's generator.
+    pending: asyncio.Future[Message] | None = None
+    try:
+        async with asyncio.timeout(timeout):
+            while not done(peaks.got):
+                if pending is None:
+                    pending = asyncio.ensure_future(anext(stream))
+                finished, _ = await asyncio.wait({pending}, timeout=idle)
+                if not finished:
+                    continue
+                message, pending = pending.result(), None
+                peaks.held = max(peaks.held, measure(message))
+                peaks.rss_growth = max(peaks.rss_growth, rss() - before)
+                peaks.got += 1
+                await asyncio.sleep(pause)
+                if ack:
+                    await consumer.ack(message)
+    finally:
+        if pending is not None:
+            pending.cancel()
+            await asyncio.gather(pending, return_exceptions=True)
+        await stream.aclose()
     return peaks

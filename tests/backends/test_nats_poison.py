@@ -16,7 +16,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,6 +124,14 @@ def hpub(subject: bytes, header_block: bytes, body: bytes) -> bytes:
     return b"HPUB %s %d %d\r\n%s%s\r\n" % (subject, size, size + len(body), header_block, body)
 
 
+async def _soon(condition: Callable[[], bool]) -> bool:
+    try:
+        await wait_until(condition, timeout=1.0)
+    except AssertionError:
+        return False
+    return True
+
+
 async def _dead(setup: Setup, topic: str, count: int) -> list[Any]:
     backend = setup.backend()
     got: list[Any] = []
@@ -161,8 +169,16 @@ async def test_a_key_header_that_is_not_base64_is_dead_lettered_not_a_crash(
     # A restart handles new events; JetStream does not deliver the bad one again (it was acked).
     app = setup.app(got)
     await app.start()
-    await setup.nc.publish(f"{setup.prefix}.b", envelope(2))
-    await wait_until(lambda: got == ["1", "2"], what="the event after the restart")
+    if setup.mode == "nats":
+        await setup.nc.publish(f"{setup.prefix}.b", envelope(2))
+    else:  # the server may still count the stopped member of the queue group for a moment
+
+        async def handled() -> bool:
+            await setup.nc.publish(f"{setup.prefix}.b", envelope(2))
+            return await _soon(lambda: "2" in got)
+
+        await eventually(handled, "an event after the restart")
+    await wait_until(lambda: got[:2] == ["1", "2"], what="the event after the restart")
     assert len(await setup.backend().dead_letters(topic)) == 1
     await app.stop()
 
@@ -399,7 +415,7 @@ async def test_core_read_ahead_is_bounded_in_bytes_under_large_messages() -> Non
     )
     peaks = await read_slowly(
         consumer,
-        lambda message: consumer.buffered_bytes + len(message.payload),
+        lambda message: consumer.buffered_bytes,
         lambda got: publisher.returncode is not None,
         idle=1.0,
     )
@@ -515,15 +531,7 @@ async def test_a_deaf_connection_confirms_no_emit_and_is_revived() -> None:
             await app.emit(E(n="back"))
         except EmitError:
             return False
-        return "back" in got or await _handled(got, "back")
+        return await _soon(lambda: "back" in got)
 
     await eventually(heard, "an event handled after the reconnect", timeout=20)
     await app.stop()
-
-
-async def _handled(got: list[str], value: str) -> bool:
-    try:
-        await wait_until(lambda: value in got, timeout=1)
-    except AssertionError:
-        return False
-    return True
