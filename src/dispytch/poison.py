@@ -128,8 +128,6 @@ TOPIC_B64_HEADER = "x-dispytch-original-topic-b64"
 #: Prefix of one header per header that was not text: ``<base64 name>:<base64 value>``.
 HEADER_B64_PREFIX = "x-dispytch-undecodable-header-"
 
-_PREFIX = "x-dispytch-"
-
 
 @dataclass(slots=True, frozen=True)
 class Undecodable:
@@ -171,14 +169,10 @@ def header_pair(index: int, name: bytes, value: bytes) -> tuple[str, str]:
 
 
 def dead_letter_headers(message: Message, failure: Failure) -> dict[str, str]:
-    """The headers of ``message``'s dead letter: its original headers, then the failure's.
-
-    Original headers named ``x-dispytch-*`` are not copied here (a publisher could forge the
-    failure details with them); :meth:`Failure.headers` decides what of them is kept. For an
-    :class:`Undecodable` message the raw parts are added.
-    """
-    out = {k: v for k, v in message.headers.items() if not k.startswith(_PREFIX)}
-    out.update(failure.headers(message))
+    """The headers of ``message``'s dead letter: :meth:`Failure.headers` (the original headers
+    and the failure's), plus, for an :class:`Undecodable` message, the parts that could not be
+    read."""
+    out = failure.headers(message)
     extra = message.extra
     if isinstance(extra, Undecodable):
         out[UNDECODABLE_HEADER] = ",".join(extra.parts)

@@ -8,7 +8,6 @@ from dispytch.dead_letter import DEAD_LETTER_SUFFIX, fallback_topic
 from dispytch.emitter.producer import Outgoing, Producer
 from dispytch.listener.consumer import Consumer, Failure, Message
 from dispytch.memory.broker import MemoryBroker, Record
-from dispytch.poison import dead_letter_headers
 from dispytch.routing import TopicPattern
 from dispytch.topic_rules import MEMORY
 
@@ -92,7 +91,7 @@ class MemoryConsumer(Consumer):
             message.topic + DEAD_LETTER_SUFFIX,
             message.payload,
             message.key,
-            dead_letter_headers(message, failure),
+            failure.headers(message),
         )
         return True
 

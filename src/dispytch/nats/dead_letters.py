@@ -33,7 +33,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from dispytch.dead_letter import DeadLetter
-from dispytch.listener.consumer import Failure, Message
+from dispytch.listener.consumer import FORWARDED_HEADER_PREFIX, Failure, Message
 from dispytch.nats._compat import connection_of
 from dispytch.nats.producer import MAX_SUBJECT_BYTES, header_bytes, publish_acked
 from dispytch.nats.streams import ensure_stream
@@ -59,6 +59,12 @@ _TRUNCATED = "x-dispytch-payload-truncated"
 _HEADERS_DROPPED = "x-dispytch-headers-dropped"
 _DISPYTCH = "x-dispytch-"
 _NOT_IN_TOKEN = re.compile(r"[^A-Za-z0-9_-]")
+# The key travels in these headers; a dead letter carries it again from ``Message.key``.
+_KEY_HEADERS = frozenset(
+    name.replace("x-dispytch-", prefix)
+    for name in (KEY_HEADER, KEY_B64_HEADER)
+    for prefix in ("x-dispytch-", FORWARDED_HEADER_PREFIX)
+)
 # The header names nats-py sends (RFC 7230 tokens); it raises on any other.
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
@@ -84,7 +90,7 @@ def dead_letter_nats_headers(message: Message, failure: Failure) -> dict[str, st
     headers: dict[str, str] = {}
     for index, (name, value) in enumerate(dead_letter_headers(message, failure).items()):
         # Nats-* headers steer the publish (dedup id, expected stream...): not copied.
-        if name.startswith("Nats-") or name in (KEY_HEADER, KEY_B64_HEADER):
+        if name.startswith("Nats-") or name in _KEY_HEADERS:
             continue
         if _HEADER_NAME.fullmatch(name):
             headers[name] = value
