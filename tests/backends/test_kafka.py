@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
+import json
+import struct
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -10,18 +14,31 @@ from typing import Annotated, Any
 import pytest
 from pydantic import BaseModel
 
-from dispytch import App, Dependency, Event, EventBase, EventEmitter, EventListener, HandlerGroup
+from dispytch import (
+    App,
+    Dependency,
+    Event,
+    EventBase,
+    EventEmitter,
+    EventListener,
+    HandlerGroup,
+    TopicSegment,
+)
 from dispytch.emitter.producer import Outgoing
+from dispytch.errors import EmitError, InvalidTopicError
 from dispytch.routing import TopicPattern
-from tests.helpers import require_broker, wait_until
+from tests.helpers import eventually, require_broker, wait_until
 
 aiokafka = pytest.importorskip("aiokafka")
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 from aiokafka.partitioner import DefaultPartitioner  # noqa: E402
+from aiokafka.record.default_records import DefaultRecordBase  # noqa: E402
+from aiokafka.record.util import calc_crc32c  # noqa: E402
 
 from dispytch.kafka import KafkaConsumer, KafkaEventConfig, KafkaProducer  # noqa: E402
+from dispytch.kafka.consumer import KafkaFetchError  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -281,17 +298,7 @@ async def test_commit_stops_below_a_record_still_being_handled(topic: str, admin
 
 
 async def test_dead_letter_record_carries_headers_and_key(topic: str) -> None:
-    app = App(URL, group=f"g_{topic}")
-
-    @app.handler(topic=topic, event="boom")
-    async def explode(event: Event[dict[str, Any]]) -> None:
-        raise RuntimeError("kaboom")
-
-    class Boom(EventBase):
-        __topic__ = topic
-        __event_type__ = "boom"
-        __backend_config__ = KafkaEventConfig(partition_key="order-7")
-
+    app, Boom = _failing_app(topic, KafkaEventConfig(partition_key="order-7"))
     await app.start()
     try:
         sent = Boom()
@@ -393,7 +400,8 @@ async def test_revoked_partitions_commit_what_was_settled(topic: str, admin: Any
     try:
         await first.emit_many(Tick(n=n) for n in range(3))
         await wait_until(lambda: len(handled) == 3, what="three ticks")
-        assert await committed() is None
+        # Nothing settled is committed yet (offset 0 carries only the delivery watermark).
+        assert await committed() in (None, 0)
         await second.start()  # joins the group: the first member's partitions are revoked
         deadline = asyncio.get_running_loop().time() + 20
         while await committed() != 3:
@@ -403,3 +411,420 @@ async def test_revoked_partitions_commit_what_was_settled(topic: str, admin: Any
         await second.stop()
         await first.stop()
     assert sorted(handled) == [0, 1, 2]  # nothing handled twice by the new member
+
+
+# -- aiokafka's fetch task failing -----------------------------------------------------------
+
+
+async def test_a_failed_fetch_task_ends_listen_with_an_error(topic: str) -> None:
+    client = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=SERVERS,
+        group_id=f"g_{topic}",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    await client.start()
+    listener = EventListener(KafkaConsumer(client))
+
+    @listener.handler(topic=topic, event="anything")
+    async def handle(event: Event[dict[str, Any]]) -> None:
+        pass
+
+    def broken(assignment: Any) -> Any:
+        raise AssertionError("simulated failure of aiokafka's fetch routine")
+
+    try:
+        await listener.subscribe()
+        client._fetcher._get_actions_per_node = broken  # its next round fails
+        with pytest.raises(KafkaFetchError, match="stopped fetching"):
+            await asyncio.wait_for(listener.listen(), 30)
+    finally:
+        with contextlib.suppress(Exception):
+            await client.stop()
+
+
+# -- poison records: what aiokafka itself cannot parse ---------------------------------------
+
+
+async def _produce(topic: str, values: list[bytes], partition: int | None = None) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=SERVERS)
+    await producer.start()
+    try:
+        for value in values:
+            await producer.send_and_wait(topic, value, partition=partition)
+    finally:
+        await producer.stop()
+
+
+async def _commit(group: str, tp: TopicPartition, offset: int, metadata: str) -> None:
+    """Commit as a previous member of ``group`` would have."""
+    previous = AIOKafkaConsumer(
+        tp.topic, bootstrap_servers=SERVERS, group_id=group, enable_auto_commit=False
+    )
+    await previous.start()
+    try:
+        await previous.commit({tp: (offset, metadata)})
+    finally:
+        await previous.stop()
+
+
+async def _committed(group: str, tp: TopicPartition) -> tuple[int, str]:
+    check = AIOKafkaConsumer(bootstrap_servers=SERVERS, group_id=group)
+    await check.start()
+    try:
+        found = await check._coordinator.fetch_committed_offsets([tp])
+    finally:
+        await check.stop()
+    return found[tp].offset, found[tp].metadata
+
+
+def _failing_app(topic: str, config: KafkaEventConfig | None = None) -> tuple[App, Any]:
+    """An app whose handler of ``topic`` always raises, and an event class for that topic."""
+    app = App(URL, group=f"g_{topic[:40]}")
+
+    @app.handler(topic=topic, event="boom")
+    async def explode(event: Event[dict[str, Any]]) -> None:
+        raise RuntimeError("kaboom")
+
+    class Boom(EventBase):
+        __topic__ = topic
+        __event_type__ = "boom"
+        __backend_config__ = config
+
+    return app, Boom
+
+
+def _envelope(n: int, event: str = "poison_test") -> bytes:
+    return json.dumps({"id": f"id-{n}", "type": event, "body": {"n": n}, "timestamp": 1}).encode()
+
+
+async def _send_batch(
+    topic: str,
+    records: list[tuple[bytes, list[tuple[bytes, bytes]]]],
+    partition: int = 0,
+    compression: str | None = None,
+) -> None:
+    """Write one record batch with aiokafka, then replace placeholder header names with the
+    given raw bytes (same length) and fix the batch CRC: a header name no Kafka client would
+    write, as a hostile publisher can."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=SERVERS, enable_idempotence=False, compression_type=compression
+    )
+    await producer.start()
+    try:
+        batch = producer.create_batch()
+        swaps: list[tuple[bytes, bytes]] = []
+        for value, headers in records:
+            named = []
+            for name, header_value in headers:
+                placeholder = uuid.uuid4().hex[: len(name)].encode() if len(name) <= 32 else name
+                swaps.append((placeholder, name))
+                named.append((placeholder.decode(), header_value))
+            batch.append(timestamp=None, key=None, value=value, headers=named)
+        build = batch._build
+
+        def poisoned() -> bytearray:
+            buffer = build()
+            body = bytearray(codec_decode(compression, bytes(buffer[61:])))
+            for placeholder, name in swaps:
+                at = body.find(placeholder)
+                body[at : at + len(name)] = name
+            buffer[61:] = codec_encode(compression, bytes(body))
+            struct.pack_into(">i", buffer, 8, len(buffer) - 12)
+            crc = calc_crc32c(bytes(buffer[DefaultRecordBase.ATTRIBUTES_OFFSET :]))
+            struct.pack_into(">I", buffer, DefaultRecordBase.CRC_OFFSET, crc)
+            return buffer
+
+        batch._build = poisoned
+        batch.close()
+        await (await producer.send_batch(batch, topic, partition=partition))
+    finally:
+        await producer.stop()
+
+
+def codec_decode(compression: str | None, data: bytes) -> bytes:
+    from aiokafka.codec import gzip_decode
+
+    return data if compression is None else bytes(gzip_decode(data))
+
+
+def codec_encode(compression: str | None, data: bytes) -> bytes:
+    from aiokafka.codec import gzip_encode
+
+    return data if compression is None else bytes(gzip_encode(data))
+
+
+@pytest.mark.parametrize("compression", [None, "gzip"])
+async def test_a_header_name_that_is_not_utf8_is_dead_lettered_and_the_rest_flows(
+    topic: str, admin: Any, compression: str | None
+) -> None:
+    await admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
+    # Partition 1 holds good records fetched together with the poison of partition 0: none may
+    # be lost with aiokafka's exception.
+    await _send_batch(topic, [(_envelope(100 + n), []) for n in range(3)], partition=1)
+    await _send_batch(
+        topic,
+        [
+            (_envelope(1), [(b"trace", b"t1")]),
+            (_envelope(2), [(b"ok", b"v"), (b"\xff\xfebad-name\xff", b"\x00\x01raw")]),
+            (_envelope(3), []),
+        ],
+        compression=compression,
+    )
+    handled: list[int] = []
+
+    def build() -> App:
+        app = App(URL, group=f"g_{topic}")
+
+        @app.handler(topic=topic, event="poison_test")
+        async def record(event: Event[dict[str, Any]]) -> None:
+            handled.append(event.body["n"])
+
+        return app
+
+    app = build()
+    await app.start()
+    try:
+        await wait_until(lambda: len(handled) >= 5, timeout=30, what="the good records")
+        assert sorted(handled) == [1, 3, 100, 101, 102]
+        [letter] = await app.backend.dead_letters(topic)
+        consumer = app.listener.consumer  # type: ignore[union-attr]
+        assert consumer.skipped == 0
+    finally:
+        await app.stop()
+    assert json.loads(letter.payload)["body"]["n"] == 2
+    assert letter.headers["x-dispytch-undecodable"] == "header-name"
+    assert letter.headers["x-dispytch-reason"] == "decode"
+    assert letter.headers["ok"] == "v"
+    b64_name = "x-dispytch-b64:" + base64.b64encode(b"\xff\xfebad-name\xff").decode()
+    assert letter.headers[b64_name] == b"\x00\x01raw".decode("utf-8", "replace")
+    [raw] = await _read_all(f"{topic}.dlq", 1)
+    assert (b64_name, b"\x00\x01raw") in raw.headers  # the value byte for byte
+
+    # Restarted, the group goes on after the poison: new events are handled, nothing again.
+    class PoisonTest(EventBase):
+        __topic__ = topic
+        __event_type__ = "poison_test"
+        n: int
+
+    handled.clear()
+    app = build()
+    await app.start()
+    try:
+        await app.emit(PoisonTest(n=4))
+        await wait_until(lambda: handled == [4], timeout=30, what="the next event")
+    finally:
+        await app.stop()
+
+
+# -- emits to topics Kafka refuses -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad", ["", ".", "..", "x" * 250, "has space", "tenant:1", "naïve", "a/b", "line\nbreak"]
+)
+async def test_an_emit_to_an_invalid_topic_name_raises_before_connecting(bad: str) -> None:
+    client = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1")  # never reached
+    producer = KafkaProducer(client)
+    with pytest.raises(InvalidTopicError) as caught:
+        await producer.send(bad, b"payload")
+    assert "\n" not in str(caught.value)
+    assert not producer._started() or client._sender.sender_task is None
+
+
+async def test_an_unknown_topic_fails_fast_and_holds_up_no_other_emit(
+    topic: str, admin: Any
+) -> None:
+    # The broker auto-creates topics, but not one whose name collides with an existing one
+    # ('.' and '_' clash in Kafka's metric names): that topic never exists.
+    await admin.create_topics([NewTopic(f"{topic}_x", num_partitions=1, replication_factor=1)])
+    unknown = f"{topic}.x"
+    client = AIOKafkaProducer(bootstrap_servers=SERVERS)
+    producer = KafkaProducer(client, metadata_timeout=3.0)
+    # A valid topic sharing the unknown topic's enqueue stripe.
+    stripe = hash(unknown) % 64
+    valid = next(t for n in range(10_000) if hash(t := f"{topic}_v{n}") % 64 == stripe)
+    await admin.create_topics([NewTopic(valid, num_partitions=1, replication_factor=1)])
+    await producer.start()
+    try:
+        await producer.send(valid, b"warm-up")  # metadata known: the next send needs none
+        failing = asyncio.create_task(producer.send(unknown, b"lost"))
+        await asyncio.sleep(0)  # it now waits for the unknown topic's metadata
+        await producer.send(valid, b"goes through")
+        assert not failing.done(), "the valid emit waited for the unknown topic"
+        with pytest.raises(EmitError, match="does not exist") as caught:
+            await failing
+        assert not isinstance(caught.value, InvalidTopicError)
+    finally:
+        await producer.close()
+        await client.stop()
+    assert [r.value for r in await _read_all(valid, 2)] == [b"warm-up", b"goes through"]
+
+
+# -- dead-letter destinations ------------------------------------------------------------------
+
+
+async def test_dead_letters_keep_the_original_headers_byte_for_byte(topic: str) -> None:
+    headers = {"x-trace": "t7", "binary": b"\xff\x00\xfe", "x-dispytch-reason": "forged"}
+    app, Boom = _failing_app(topic, KafkaEventConfig(headers=headers))
+    async with app:
+        await app.emit(Boom())
+        [record] = await _read_all(f"{topic}.dlq", 1)
+    found = dict(record.headers)
+    assert found["x-trace"] == b"t7"
+    assert found["binary"] == b"\xff\x00\xfe"
+    assert found["x-dispytch-reason"] == b"handler"  # ours, never the incoming one
+    assert [k for k, _ in record.headers].count("x-dispytch-reason") == 1
+
+
+async def test_a_topic_too_long_for_its_dlq_suffix_gets_a_valid_dead_letter_topic() -> None:
+    topic = f"kt_{uuid.uuid4().hex}".ljust(249, "x")  # the longest name Kafka allows
+    app, Boom = _failing_app(topic)
+    async with app:
+        await app.emit(Boom())
+        dead: list[Any] = []
+
+        async def stored() -> bool:
+            dead[:] = await app.backend.dead_letters(topic)
+            return bool(dead)
+
+        await eventually(stored, "the dead letter", timeout=30)
+    assert dead[0].topic == topic
+    assert dead[0].reason == "handler"
+
+
+async def test_dead_letters_go_to_the_group_fallback_topic_when_the_dlq_cannot_be_written(
+    topic: str, admin: Any
+) -> None:
+    # '{topic}.dlq' can never be created: '{topic}_dlq' exists and Kafka refuses names that
+    # differ only in '.' versus '_'.
+    await admin.create_topics([NewTopic(f"{topic}_dlq", num_partitions=1, replication_factor=1)])
+    await _send_batch(
+        topic,
+        [(_envelope(1), [(b"\xffbad", b"v")]), (_envelope(2), [])],
+    )
+    group = f"g_{topic}"
+    handled: list[int] = []
+    app = App(URL, group=group, metadata_timeout=1)
+
+    @app.handler(topic=topic, event="poison_test")
+    async def record(event: Event[dict[str, Any]]) -> None:
+        handled.append(event.body["n"])
+
+    async with app:
+        await wait_until(lambda: handled == [2], timeout=30, what="the good record")
+        [letter] = await app.backend.dead_letters(topic)
+    assert letter.topic == topic
+    assert letter.headers["x-dispytch-undecodable"] == "header-name"
+    [raw] = await _read_all(f"dispytch.dlq.{group}", 1)
+    assert dict(raw.headers)["x-dispytch-original-topic"] == topic.encode()
+
+
+async def test_a_pattern_handler_never_receives_dead_letters(topic: str) -> None:
+    # A dead letter of the literal topic, and an event the pattern must receive, both exist
+    # before the app subscribes, so one subscription would match both.
+    await _produce(f"{topic}.dlq", [_envelope(1)])
+    await _produce(f"{topic}.other", [_envelope(2)])
+    seen: list[tuple[str, int]] = []
+    app = App(URL, group=f"g_{topic}")
+
+    @app.handler(topic=f"{topic}.{{kind}}", event="poison_test")
+    async def any_kind(event: Event[dict[str, Any]], kind: Annotated[str, TopicSegment()]) -> None:
+        seen.append((kind, event.body["n"]))
+
+    async with app:
+        await wait_until(lambda: ("other", 2) in seen, timeout=30, what="the pattern's event")
+    assert seen == [("other", 2)]
+
+
+# -- delivery attempts across processes --------------------------------------------------------
+
+
+async def test_records_a_dead_process_may_have_been_handling_are_recovered_one_by_one(
+    topic: str,
+) -> None:
+    """The committed metadata says a previous owner died while recovering offsets 2..5 one at a
+    time, with offset 3 delivered 3 times already: 3 is dead-lettered without running a
+    handler (max_deliveries=3), the others of that range run one at a time, then all flows."""
+    await _produce(topic, [_envelope(n) for n in range(8)], partition=0)
+    group = f"g_{topic}"
+    await _commit(group, TopicPartition(topic, 0), 2, "dispytch/1 w=6 r=6:2:s a=3:3")
+
+    running: list[int] = []
+    handled: list[int] = []
+    overlap: list[tuple[int, list[int]]] = []
+    app = App(URL, group=group, max_deliveries=3)
+
+    @app.handler(topic=topic, event="poison_test")
+    async def record(event: Event[dict[str, Any]]) -> None:
+        n = event.body["n"]
+        if running and n < 6:
+            overlap.append((n, list(running)))
+        running.append(n)
+        await asyncio.sleep(0.02)
+        running.remove(n)
+        handled.append(n)
+
+    async with app:
+        await wait_until(lambda: len(handled) == 5, timeout=30, what="the other records")
+        [letter] = await app.backend.dead_letters(topic)
+        consumer = app.listener.consumer  # type: ignore[union-attr]
+        await consumer.commit()
+    assert sorted(handled) == [2, 4, 5, 6, 7]
+    assert handled[:3] == [2, 4, 5]  # the recovered range, in order
+    assert overlap == []  # one at a time
+    assert json.loads(letter.payload)["body"]["n"] == 3
+    assert (letter.reason, letter.attempts) == ("redelivery", 4)
+    # Stopped cleanly: nothing is in flight for the next owner.
+    assert await _committed(group, TopicPartition(topic, 0)) == (8, "")
+
+
+async def test_a_clean_stop_with_work_handed_back_leaves_no_recovery_to_the_next_owner(
+    topic: str,
+) -> None:
+    group = f"g_{topic}"
+    entered = asyncio.Event()
+    app = App(URL, group=group, shutdown_timeout=0.2)
+
+    @app.handler(topic=topic, event="poison_test")
+    async def slow(event: Event[dict[str, Any]]) -> None:
+        entered.set()
+        await asyncio.sleep(60)
+
+    await _produce(topic, [_envelope(n) for n in range(3)], partition=0)
+    async with app:
+        await asyncio.wait_for(entered.wait(), 30)
+    # Handed back, and no crash for the next owner to recover.
+    assert await _committed(group, TopicPartition(topic, 0)) == (0, "")
+
+
+async def test_after_a_first_crash_the_range_is_handed_out_as_usual_counted_once(
+    topic: str,
+) -> None:
+    await _produce(topic, [_envelope(n) for n in range(8)], partition=0)
+    group = f"g_{topic}"
+    tp = TopicPartition(topic, 0)
+    await _commit(group, tp, 2, "dispytch/1 w=6")  # died with 2..5 maybe in flight
+    client = AIOKafkaConsumer(bootstrap_servers=SERVERS, group_id=group, enable_auto_commit=False)
+    consumer = KafkaConsumer(client)
+    await consumer.start([TopicPattern.parse(topic, ".")])
+    try:
+        stream = consumer.listen()
+        # All of them handed out before any is settled: the range is not held back.
+        messages = [await asyncio.wait_for(anext(stream), 20) for _ in range(6)]
+        assert [(m.offset, m.delivery_attempt) for m in messages] == [
+            (2, 2),
+            (3, 2),
+            (4, 2),
+            (5, 2),
+            (6, 1),
+            (7, 1),
+        ]
+        offset, metadata = await _committed(group, tp)
+        assert offset == 2 and " r=6:2" in metadata  # committed before any was handed out
+        for message in messages:
+            await consumer.ack(message)
+        await stream.aclose()  # type: ignore[attr-defined]
+    finally:
+        await consumer.close()

@@ -2,6 +2,9 @@
 
 # No `from __future__ import annotations`: the README handler's annotations name locals.
 import asyncio
+import base64
+import json
+import struct
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,7 +24,8 @@ from dispytch.rabbitmq import (
     RabbitMQProducer,
 )
 from dispytch.routing import TopicPattern
-from tests.helpers import require_broker, wait_until
+from tests.amqp_frames import content_header, frame, short
+from tests.helpers import eventually, require_broker, wait_until
 
 URL = "amqp://guest:guest@127.0.0.1:5672/"
 
@@ -44,6 +48,14 @@ class Broker:
 
     def name(self, prefix: str) -> str:
         return f"{prefix}_{self.uid}"
+
+    def app_names(self) -> tuple[str, str, str]:
+        """An exchange, a group and a topic for an App; the exchange, the group's queue and
+        its dead-letter queue are deleted after the test."""
+        exchange, group, topic = self.name("x"), self.name("g"), self.name("t")
+        self.exchanges.append(exchange)
+        self.queues += [group, f"dispytch.dlq.{group}"]
+        return exchange, group, topic
 
     async def bound_exchange(self, key: str) -> tuple[Any, Any, Any]:
         """A fresh channel, a direct exchange and a queue bound to it for routing key ``key``
@@ -523,9 +535,7 @@ async def test_unacked_message_redelivered_after_consumer_dies(broker: Broker) -
 
 
 async def test_dead_letter_keeps_body_headers_and_properties(broker: Broker) -> None:
-    exchange_name, group, topic = broker.name("x"), broker.name("g"), broker.name("t")
-    broker.exchanges.append(exchange_name)
-    broker.queues += [group, f"{topic}.dlq"]
+    exchange_name, group, topic = broker.app_names()
     app = App(URL, group=group, exchange=exchange_name)
 
     @app.handler(topic=topic, event="order_placed", retries=1, retry_interval=0.01)
@@ -533,7 +543,9 @@ async def test_dead_letter_keeps_body_headers_and_properties(broker: Broker) -> 
         raise ValueError(f"no stock for {event.body.order_id}")
 
     config = RabbitMQEventConfig(
-        partition_key="cust-7", correlation_id="corr-7", headers={"x-trace": "t7"}
+        partition_key="cust-7",
+        correlation_id="corr-7",
+        headers={"x-trace": "t7", "x-dispytch-reason": "forged"},
     )
     sent = order_event(topic, config)(order_id=7)
     async with app:
@@ -562,10 +574,10 @@ async def test_dead_letter_keeps_body_headers_and_properties(broker: Broker) -> 
     # Reading is non-destructive (also after the app closed its connections), and the AMQP
     # properties of the original travel with the dead letter.
     assert len(await app.backend.dead_letters(topic)) == 1
-    assert await broker.ready_count(f"{topic}.dlq") == 1
+    assert await broker.ready_count(f"dispytch.dlq.{group}") == 1
     assert await broker.ready_count(group) == 0
     channel = await broker.connection.channel()
-    raw = await (await channel.declare_queue(f"{topic}.dlq", passive=True)).get(timeout=5)
+    raw = await (await channel.declare_queue(f"dispytch.dlq.{group}", passive=True)).get(timeout=5)
     await raw.nack(requeue=True)
     assert raw.correlation_id == "corr-7"
     assert raw.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
@@ -672,3 +684,274 @@ async def test_app_recovers_after_connection_reset(broker: Broker) -> None:
     finally:
         await proxy.close()
     assert got == [1, 2]
+
+
+# -- poison deliveries: what pamqp itself cannot decode ----------------------------------------
+
+
+def _raw_publish_frames(
+    channel: int, exchange: str, routing_key: bytes, body: bytes, **properties: Any
+) -> bytes:
+    """basic.publish + content header + body, byte by byte, with whatever bytes a hostile
+    publisher chooses for the routing key, header names, message id and timestamp."""
+    method = struct.pack(">HHH", 60, 40, 0) + short(exchange.encode()) + short(routing_key)
+    header = content_header(len(body), persistent=True, **properties)
+    return frame(1, method + b"\x00", channel) + frame(2, header, channel) + frame(3, body, channel)
+
+
+async def _publish_raw(exchange: str, routing_key: bytes, body: bytes, **parts: Any) -> None:
+    import aiormq
+    from aiormq.abc import ChannelFrame
+
+    connection = await aiormq.connect(URL)
+    try:
+        channel = await connection.channel()
+        await channel.confirm_delivery()
+        frames = _raw_publish_frames(channel.number, exchange, routing_key, body, **parts)
+        confirmed = channel.create_future()
+        channel.confirmations[channel.delivery_tag + 1] = confirmed
+        channel.delivery_tag += 1
+        await channel.write_queue.put(ChannelFrame(frames, should_close=False))
+        await asyncio.wait_for(confirmed, 10)  # the broker stored it
+    finally:
+        await connection.close()
+
+
+def _envelope(n: int) -> bytes:
+    return json.dumps(
+        {"id": f"id-{n}", "type": "order_placed", "body": {"order_id": n}, "timestamp": 1}
+    ).encode()
+
+
+POISONS = {
+    "routing-key": dict(suffix=b".\xff\xfe"),
+    "header-name": dict(headers=[(b"ok", b"v"), (b"\xffname\xfe", b"\x00raw")]),
+    "message-id": dict(message_id=b"id-\xff"),
+    "timestamp": dict(timestamp=0xFFFFFFFFFFFFFFF0),
+}
+
+
+@pytest.mark.parametrize("queue_type", ["quorum", "classic"])
+@pytest.mark.parametrize("poison", sorted(POISONS))
+async def test_a_delivery_pamqp_cannot_decode_is_dead_lettered_without_a_reconnect(
+    broker: Broker, poison: str, queue_type: str
+) -> None:
+    exchange_name, group, topic = broker.app_names()
+    proxy = ResettableProxy()
+    port = await proxy.start()
+    handled: list[int] = []
+
+    def build() -> App:
+        app = App(
+            f"amqp://guest:guest@127.0.0.1:{port}/",
+            group=group,
+            exchange=exchange_name,
+            queue_type=queue_type,
+        )
+
+        @app.handler(topic=f"{topic}.{{kind}}", event="order_placed")
+        async def handle(event: Event[Order]) -> None:
+            handled.append(event.body.order_id)
+
+        return app
+
+    parts = dict(POISONS[poison])
+    routing_key = f"{topic}.created".encode()
+    if "suffix" in parts:
+        routing_key = topic.encode() + parts.pop("suffix")
+    try:
+        app = build()
+        async with app:
+            connections = proxy.accepted
+            await _publish_raw(exchange_name, routing_key, _envelope(1), **parts)
+            await _publish_raw(exchange_name, f"{topic}.created".encode(), _envelope(2))
+            await wait_until(lambda: handled == [2], timeout=20, what="the good event")
+            topic_text = routing_key.decode("utf-8", "backslashreplace")
+            dead: list[Any] = []
+
+            async def stored() -> bool:
+                dead[:] = await app.backend.dead_letters(topic_text)
+                return bool(dead)
+
+            await eventually(stored, "the dead letter", timeout=20)
+            assert proxy.accepted == connections  # no connection was lost on the way
+            assert app.listener is not None and app.listener.consumer.skipped == 0  # type: ignore[attr-defined]
+        [letter] = dead
+        assert json.loads(letter.payload)["body"]["order_id"] == 1
+        assert poison in letter.headers["x-dispytch-undecodable"]
+        assert letter.reason == "decode"
+        if poison == "routing-key":
+            assert base64.b64decode(letter.headers["x-dispytch-original-topic-b64"]) == routing_key
+        if poison == "header-name":
+            assert letter.headers["ok"] == "v"
+            assert "x-dispytch-b64:" + base64.b64encode(b"\xffname\xfe").decode() in letter.headers
+        # Acknowledged: a restarted app does not see it again, and handles what comes next.
+        app = build()
+        async with app:
+            await _publish_raw(exchange_name, f"{topic}.created".encode(), _envelope(3))
+            await wait_until(lambda: handled == [2, 3], timeout=20, what="the next event")
+        assert await broker.ready_count(group) == 0
+    finally:
+        await proxy.close()
+
+
+# -- delivery counts only from the broker ------------------------------------------------------
+
+
+@pytest.mark.parametrize("queue_type", ["quorum", "classic"])
+async def test_a_forged_delivery_count_never_skips_the_handlers(
+    broker: Broker, queue_type: str
+) -> None:
+    exchange_name, group, topic = broker.app_names()
+    handled: list[int] = []
+    app = App(URL, group=group, exchange=exchange_name, queue_type=queue_type, max_deliveries=3)
+
+    @app.handler(topic=topic, event="order_placed")
+    async def handle(event: Event[Order]) -> None:
+        handled.append(event.body.order_id)
+
+    async with app:
+        # A publisher's own x-delivery-count: 1000 (RabbitMQ writes the real one only on a
+        # quorum queue, over it; a classic queue passes it through).
+        config = RabbitMQEventConfig(headers={"x-delivery-count": 1000})
+        await app.emit(order_event(topic, config)(order_id=1))
+        await wait_until(lambda: handled == [1], timeout=20, what="the event handled")
+        assert await app.backend.dead_letters(topic) == []
+
+
+# -- dead-letter queues: bounded in number, valid names, a fallback ----------------------------
+
+
+async def test_one_dead_letter_queue_per_group_however_many_topics_fail(broker: Broker) -> None:
+    exchange_name, group, prefix = broker.name("x"), broker.name("g"), broker.name("t")
+    broker.exchanges.append(exchange_name)
+    broker.queues += [group, f"dispytch.dlq.{group}"]
+    app = App(URL, group=group, exchange=exchange_name)
+
+    @app.handler(topic=f"{prefix}.{{n}}", event="order_placed")
+    async def broken(event: Event[Order]) -> None:
+        raise ValueError(f"no stock for {event.body.order_id}")
+
+    topics = [f"{prefix}.{n}" for n in range(20)]
+    async with app:
+        for n, topic in enumerate(topics):
+            await app.emit(order_event(topic)(order_id=n))
+
+        async def all_stored() -> bool:
+            return await broker.ready_count(f"dispytch.dlq.{group}") == len(topics)
+
+        await eventually(all_stored, "every dead letter", timeout=30)
+        letters = await app.backend.dead_letters(topics[7])
+    assert [json.loads(d.payload)["body"]["order_id"] for d in letters] == [7]
+    assert letters[0].topic == topics[7]
+    channel = await broker.connection.channel()
+    with pytest.raises(aio_pika.exceptions.ChannelNotFoundEntity):
+        await channel.declare_queue(f"{topics[7]}.dlq", passive=True)  # no queue per topic
+
+
+async def test_dead_letters_in_queues_of_earlier_versions_stay_readable(broker: Broker) -> None:
+    topic = broker.name("t")
+    legacy = f"{topic}.dlq"
+    broker.queues.append(legacy)
+    channel = await broker.connection.channel()
+    await channel.declare_queue(legacy, durable=True)
+    await channel.default_exchange.publish(
+        aio_pika.Message(
+            b"old",
+            headers={"x-dispytch-reason": "handler", "x-dispytch-original-topic": topic},
+        ),
+        routing_key=legacy,
+    )
+    backend = RabbitMQBackend(URL)
+    [letter] = await backend.dead_letters(topic)
+    assert (letter.payload, letter.reason, letter.topic) == (b"old", "handler", topic)
+    assert await broker.ready_count(legacy) == 1  # read, not removed
+
+
+async def test_dead_letters_of_the_longest_topic_and_group_names(broker: Broker) -> None:
+    exchange_name = broker.name("x")
+    group = broker.name("g").ljust(255, "g")  # the longest queue name AMQP allows
+    topic = broker.name("t").ljust(255, "t")  # the longest routing key AMQP allows
+    broker.exchanges.append(exchange_name)
+    broker.queues.append(group)
+    app = App(URL, group=group, exchange=exchange_name)
+
+    @app.handler(topic=topic, event="order_placed")
+    async def broken(event: Event[Order]) -> None:
+        raise ValueError("no stock")
+
+    async with app:
+        await app.emit(order_event(topic)(order_id=1))
+        dead: list[Any] = []
+
+        async def stored() -> bool:
+            dead[:] = await app.backend.dead_letters(topic)
+            return bool(dead)
+
+        await eventually(stored, "the dead letter", timeout=20)
+    from dispytch.rabbitmq.dead_letters import dead_letter_queue
+
+    name = dead_letter_queue(group)
+    broker.queues.append(name)
+    assert len(name.encode()) <= 255
+    assert dead[0].topic == topic
+
+
+async def test_dead_letters_go_to_the_group_fallback_queue_when_their_queue_fails(
+    broker: Broker,
+) -> None:
+    exchange_name, group, topic = broker.name("x"), broker.name("g"), broker.name("t")
+    dead_letter_exchange = broker.name("dlx")
+    broker.exchanges += [exchange_name, dead_letter_exchange]
+    broker.queues += [group, f"dispytch.dlq-fallback.{group}"]
+    # Someone declared the dead-letter exchange with another type: every declare of it fails.
+    channel = await broker.connection.channel()
+    await channel.declare_exchange(dead_letter_exchange, aio_pika.ExchangeType.FANOUT)
+    handled: list[int] = []
+    app = App(URL, group=group, exchange=exchange_name, dead_letter_exchange=dead_letter_exchange)
+
+    @app.handler(topic=f"{topic}.{{kind}}", event="order_placed")
+    async def handle(event: Event[Order]) -> None:
+        handled.append(event.body.order_id)
+
+    async with app:
+        await _publish_raw(exchange_name, topic.encode() + b".\xff", _envelope(1))
+        await _publish_raw(exchange_name, f"{topic}.ok".encode(), _envelope(2))
+        await wait_until(lambda: handled == [2], timeout=30, what="the good event")
+        dead = await app.backend.dead_letters(topic + ".\\xff")
+        await app.emit(order_event(f"{topic}.ok")(order_id=3))  # emits were not disturbed
+        await wait_until(lambda: handled == [2, 3], timeout=20, what="the emitted event")
+    assert [json.loads(d.payload)["body"]["order_id"] for d in dead] == [1]
+    assert await broker.ready_count(f"dispytch.dlq-fallback.{group}") == 1
+
+
+async def test_a_reconnected_consumer_is_still_guarded_against_undecodable_deliveries(
+    broker: Broker,
+) -> None:
+    exchange_name, group, topic = broker.app_names()
+    proxy = ResettableProxy()
+    port = await proxy.start()
+    handled: list[int] = []
+    app = App(
+        f"amqp://guest:guest@127.0.0.1:{port}/",
+        group=group,
+        exchange=exchange_name,
+        reconnect_interval=0.2,
+    )
+
+    @app.handler(topic=f"{topic}.{{kind}}", event="order_placed")
+    async def handle(event: Event[Order]) -> None:
+        handled.append(event.body.order_id)
+
+    try:
+        async with app:
+            proxy.reset()  # every connection drops; aio-pika makes new ones
+            await emit_until_confirmed(app, order_event(f"{topic}.a")(order_id=1), timeout=15)
+            await wait_until(lambda: handled == [1], timeout=15, what="flowing again")
+            connections = proxy.accepted
+            await _publish_raw(exchange_name, topic.encode() + b".\xff", _envelope(2))
+            await _publish_raw(exchange_name, f"{topic}.b".encode(), _envelope(3))
+            await wait_until(lambda: handled == [1, 3], timeout=20, what="the next event")
+            assert proxy.accepted == connections
+    finally:
+        await proxy.close()

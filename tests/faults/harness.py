@@ -179,6 +179,15 @@ def duplicate_window(app: App, concurrency: int) -> int:
     return concurrency + batched
 
 
+async def dead_letters_of(app: App, topic: str, group: str) -> list[Any]:
+    """The dead letters of ``topic`` written by the consumers of ``group``, read by ``app``
+    (RabbitMQ keeps one dead-letter queue per group, so its backend asks for the group)."""
+    read = app.backend.dead_letters
+    if "group" in inspect.signature(read).parameters:
+        return list(await read(topic, group=group))  # type: ignore[call-arg]
+    return list(await read(topic))
+
+
 # -- producer ----------------------------------------------------------------------------------
 
 

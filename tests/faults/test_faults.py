@@ -28,6 +28,7 @@ from tests.faults.harness import (
     Records,
     brokers_sh,
     check,
+    dead_letters_of,
     duplicate_window,
     event_class,
     fault_backlog,
@@ -207,7 +208,12 @@ async def test_shutdown_timeout_exceeded_hands_work_back(
 
 
 async def test_poison_event_is_dead_lettered_and_the_rest_flow(
-    broker: Broker, topic: str, consumers: MakeConsumer, records: Records, producer_app: App
+    broker: Broker,
+    topic: str,
+    group: str,
+    consumers: MakeConsumer,
+    records: Records,
+    producer_app: App,
 ) -> None:
     """A handler that always fails: bounded attempts, then a dead letter with failure details;
     every other event is handled."""
@@ -226,7 +232,7 @@ async def test_poison_event_is_dead_lettered_and_the_rest_flow(
     dead: list = []
 
     async def all_dead_lettered() -> bool:
-        dead[:] = await producer_app.backend.dead_letters(topic)
+        dead[:] = await dead_letters_of(producer_app, topic, group)
         return len(dead) >= len(poison)
 
     await wait_for(
@@ -569,14 +575,19 @@ async def test_backlog_with_slow_handler(
     assert growth_mb < 30, f"RSS grew {growth_mb:.1f} MB after warm-up: {samples}"
 
 
-@pytest.mark.parametrize("broker", ["rabbitmq", "nats", "redis_streams"], indirect=True)
+@pytest.mark.parametrize("broker", ["kafka", "rabbitmq", "nats", "redis_streams"], indirect=True)
 async def test_event_that_crashes_the_process_is_dead_lettered(
-    broker: Broker, topic: str, consumers: MakeConsumer, records: Records, producer_app: App
+    broker: Broker,
+    topic: str,
+    group: str,
+    consumers: MakeConsumer,
+    records: Records,
+    producer_app: App,
 ) -> None:
     """A handler that ends the process (``os._exit(1)``) for one event: restarted consumers
-    keep dying on it until the broker's delivery count passes ``max_deliveries``, then it is
+    keep dying on it until the delivery count passes ``max_deliveries``, then it is
     dead-lettered (reason ``redelivery``) without running the handler, and the rest flow.
-    (Kafka keeps no delivery count across processes: see RELIABILITY.md.)"""
+    (Kafka keeps no delivery count itself: Dispytch keeps it in the commit metadata.)"""
     window, max_deliveries = 16, 3
     events = min(N, 500)
     crash = events // 2
@@ -601,7 +612,7 @@ async def test_event_that_crashes_the_process_is_dead_lettered(
             assert len(crashes) <= max_deliveries, f"crashed {len(crashes)} times: {crashes}"
             consumer.start()
             return False
-        dead[:] = await producer_app.backend.dead_letters(topic)
+        dead[:] = await dead_letters_of(producer_app, topic, group)
         return bool(dead)
 
     await wait_for(dead_lettered, 120, "the crashing event to be dead-lettered", interval=0.1)

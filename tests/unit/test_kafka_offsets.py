@@ -140,3 +140,11 @@ def test_patterns_and_literals_fold_into_one_regex() -> None:
     assert not regex.match("user.4.2.events")
     assert regex.match("team.7")
     assert sub.topics == ("orders.v1",)
+
+
+def test_a_rewind_with_nothing_settled_still_gives_a_commit_position() -> None:
+    part = _part(5, 6, 7)
+    assert part.position == 5
+    assert part.rewind() == 5
+    assert part.position == 5  # what a clean stop commits: nothing before 5 is pending
+    assert part.due == 5

@@ -20,8 +20,17 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from dispytch.kafka.backend import KafkaBackend
 from dispytch.kafka.config import KafkaEventConfig
-from dispytch.kafka.consumer import KafkaConsumer
+from dispytch.kafka.consumer import KafkaConsumer, KafkaFetchError
+from dispytch.kafka.dead_letters import KafkaDeadLetters
 from dispytch.kafka.offsets import OffsetTracker
 from dispytch.kafka.producer import KafkaProducer
 
-__all__ = ["KafkaBackend", "KafkaConsumer", "KafkaEventConfig", "KafkaProducer", "OffsetTracker"]
+__all__ = [
+    "KafkaBackend",
+    "KafkaConsumer",
+    "KafkaDeadLetters",
+    "KafkaEventConfig",
+    "KafkaFetchError",
+    "KafkaProducer",
+    "OffsetTracker",
+]

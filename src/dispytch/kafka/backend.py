@@ -6,19 +6,20 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import time
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError, SaslAuthenticationFailed, UnsupportedSaslMechanismError
 
 from dispytch.backend import Backend
-from dispytch.dead_letter import DeadLetter, dead_letter_topic
+from dispytch.dead_letter import DeadLetter
 from dispytch.errors import ConfigurationError, ConnectError
 from dispytch.kafka.consumer import KafkaConsumer
-from dispytch.kafka.producer import KafkaProducer
+from dispytch.kafka.dead_letters import KafkaDeadLetters, read_dead_letters
+from dispytch.kafka.producer import DEFAULT_METADATA_TIMEOUT, KafkaProducer
+from dispytch.kafka.topics import dead_letter_topic, fallback_topic
 from dispytch.security import ConnectionSecurity, connection_security
 from dispytch.topic_rules import KAFKA
 
@@ -128,6 +129,8 @@ class KafkaBackend(Backend):
         consumer_options: keyword arguments for every ``AIOKafkaConsumer`` (they win).
         producer_options: keyword arguments for the ``AIOKafkaProducer`` (they win).
         commit_interval, commit_every, revoke_timeout: see :class:`KafkaConsumer`.
+        metadata_timeout: seconds an emit (or a dead letter) waits for a topic the client has
+            no metadata for before failing with "topic does not exist" (default 5).
         any other keyword: passed to each aiokafka client whose constructor takes it, e.g.
             ``client_id``, ``request_timeout_ms``, ``security_protocol`` go to both,
             ``session_timeout_ms`` to consumers only, ``linger_ms`` to the producer only.
@@ -139,7 +142,9 @@ class KafkaBackend(Backend):
     pattern are found within seconds); the producer uses ``enable_idempotence=True`` and
     ``acks="all"``. Literal handler topics are created (through the broker's auto-creation)
     before the consumer starts. Topic segments are separated by ``.``: Kafka topic names
-    cannot contain ``:``. Dead letters go to ``{topic}.dlq``.
+    cannot contain ``:``. Dead letters go to ``{topic}.dlq`` (a hashed name when that would be
+    longer than Kafka allows), or, when that topic cannot be written, to the group's fallback
+    topic ``dispytch.dlq.{group}``; see :mod:`dispytch.kafka.dead_letters`.
     """
 
     topic_delimiter = "."
@@ -154,6 +159,7 @@ class KafkaBackend(Backend):
         commit_interval: float = 0.1,
         commit_every: int = 500,
         revoke_timeout: float = 10.0,
+        metadata_timeout: float = DEFAULT_METADATA_TIMEOUT,
         **options: Any,
     ) -> None:
         self.security = connection_security(
@@ -197,6 +203,7 @@ class KafkaBackend(Backend):
         self.commit_interval = commit_interval
         self.commit_every = commit_every
         self.revoke_timeout = revoke_timeout
+        self.metadata_timeout = metadata_timeout
         self._producer: KafkaProducer | None = None
         self._consumers: list[KafkaConsumer] = []
 
@@ -228,7 +235,7 @@ class KafkaBackend(Backend):
     def producer(self) -> KafkaProducer:
         if self._producer is None:
             client = AIOKafkaProducer(bootstrap_servers=self.servers, **self.producer_options)
-            self._producer = KafkaProducer(client)
+            self._producer = KafkaProducer(client, metadata_timeout=self.metadata_timeout)
         return self._producer
 
     def consumer(
@@ -245,6 +252,7 @@ class KafkaBackend(Backend):
             revoke_timeout=self.revoke_timeout,
             max_batch=max(prefetch, 1),
             ensure_topics=self._ensure_topics,
+            dead_letters=KafkaDeadLetters(self.producer(), options["group_id"]),
         )
         self._consumers.append(consumer)
         return consumer
@@ -256,12 +264,15 @@ class KafkaBackend(Backend):
         for topic in topics:
             try:
                 # A metadata request for a topic asks the broker to auto-create it.
-                await producer.producer.partitions_for(topic)
-            except KafkaError as exc:
+                await asyncio.wait_for(
+                    producer.producer.partitions_for(topic), self.metadata_timeout
+                )
+            except (KafkaError, TimeoutError) as exc:
                 raise ConfigurationError(
                     f"Kafka topic {topic!r} does not exist and the broker did not create it "
-                    f"({type(exc).__name__}); create it (kafka-topics.sh --create --topic "
-                    f"{topic}) or enable auto.create.topics.enable"
+                    f"within {self.metadata_timeout:g}s ({type(exc).__name__}); create it "
+                    f"(kafka-topics.sh --create --topic {topic}) or enable "
+                    "auto.create.topics.enable"
                 ) from exc
 
     async def close(self) -> None:
@@ -272,12 +283,16 @@ class KafkaBackend(Backend):
             await self._producer.close()
             self._producer = None
 
-    async def dead_letters(self, topic: str, limit: int = 100) -> list[DeadLetter]:
-        """Read up to ``limit`` records of ``{topic}.dlq`` from the beginning, oldest first.
+    async def dead_letters(
+        self, topic: str, limit: int = 100, *, group: str | None = None
+    ) -> list[DeadLetter]:
+        """Read up to ``limit`` dead letters of ``topic``, oldest first, from its dead-letter
+        topic and from the fallback topic of ``group`` (default: the groups of the consumers
+        this backend built).
 
         Uses a consumer without a group, so nothing is committed and nothing is removed.
         """
-        dlq = dead_letter_topic(topic)
+        groups = [group] if group is not None else [c.group for c in self._consumers if c.group]
         options = {
             k: v
             for k, v in self.consumer_options.items()
@@ -292,41 +307,10 @@ class KafkaBackend(Backend):
         )
         await reader.start()
         try:
-            if dlq not in await reader.topics():
-                return []
-            # The topic exists, so this metadata request creates nothing.
             producer = self.producer()
             await producer.start()
-            partitions = await producer.producer.partitions_for(dlq)
-            tps = [TopicPartition(dlq, p) for p in sorted(partitions)]
-            if not tps:  # just created, no partition leader known yet: nothing to read
-                return []
-            reader.assign(tps)
-            await reader.seek_to_beginning(*tps)
-            end = await reader.end_offsets(tps)
-            records: list[Any] = []
-            left = {tp for tp in tps if await reader.position(tp) < end[tp]}
-            deadline = time.monotonic() + 30
-            while left and time.monotonic() < deadline:
-                batches = await reader.getmany(*left, timeout_ms=200)
-                for tp, batch in batches.items():
-                    records.extend(r for r in batch if r.offset < end[tp])
-                for tp in list(left):
-                    if await reader.position(tp) >= end[tp]:
-                        left.discard(tp)
-            records.sort(key=lambda r: (r.timestamp, r.partition, r.offset))
-            out = []
-            for record in records[:limit]:
-                headers = {k: (v or b"").decode("utf-8", "replace") for k, v in record.headers}
-                out.append(
-                    DeadLetter(
-                        topic=headers.get("x-dispytch-original-topic", topic),
-                        payload=record.value,
-                        headers=headers,
-                        key=record.key,
-                    )
-                )
-            return out
+            topics = [dead_letter_topic(topic), *(fallback_topic(g) for g in groups)]
+            return await read_dead_letters(reader, producer, topics, topic, limit)
         finally:
             await asyncio.shield(reader.stop())
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -12,18 +13,55 @@ from typing import TYPE_CHECKING, Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import ConsumerStoppedError, IllegalOperation, KafkaError
 
+from dispytch.errors import DispytchError
+from dispytch.kafka import _compat
+from dispytch.kafka.attempts import PartitionDeliveries
 from dispytch.kafka.offsets import OffsetTracker
+from dispytch.kafka.records import BadBatch, RawRecord, read_batches
 from dispytch.kafka.subscription import subscription_for
-from dispytch.listener.consumer import Consumer, Message
+from dispytch.kafka.wire import lenient_message, to_message
+from dispytch.listener.consumer import Consumer, Failure, Message
+from dispytch.poison import settle_poison
+from dispytch.untrusted import loggable
 
 if TYPE_CHECKING:
+    from dispytch.kafka.dead_letters import KafkaDeadLetters
     from dispytch.routing import TopicPattern
 
-__all__ = ["KafkaConsumer"]
+__all__ = ["KafkaConsumer", "KafkaFetchError"]
 
 logger = logging.getLogger("dispytch.kafka")
 
 EnsureTopics = Callable[[Sequence[str]], Awaitable[None]]
+
+#: Offsets ahead of the last handed-out record that the committed metadata covers (see
+#: :mod:`dispytch.kafka.attempts`): one extra commit per this many records.
+DEFAULT_ATTEMPT_WINDOW = 256
+_NEVER = 1 << 62
+#: The window grows to at most this many times ``attempt_window``.
+_MAX_WINDOWS = 64
+
+
+def _untracked() -> PartitionDeliveries:
+    """A partition whose deliveries are not counted (no group, nowhere to commit)."""
+    return PartitionDeliveries(persisted=_NEVER, wanted=_NEVER, extend_at=_NEVER)
+
+
+class KafkaFetchError(DispytchError):
+    """aiokafka stopped fetching records (its background fetch task failed); nothing more would
+    be received. The cause is chained; restart the service."""
+
+
+class _Recovered:
+    """A record (or an unreadable batch) read leniently after aiokafka failed to parse it."""
+
+    __slots__ = ("item", "offset", "partition", "topic")
+
+    def __init__(self, tp: TopicPartition, item: RawRecord | BadBatch) -> None:
+        self.topic = tp.topic
+        self.partition = tp.partition
+        self.item = item
+        self.offset = item.offset if isinstance(item, RawRecord) else item.next - 1
 
 
 class KafkaConsumer(Consumer):
@@ -39,7 +77,8 @@ class KafkaConsumer(Consumer):
         listener = EventListener(KafkaConsumer(consumer))
 
     If the consumer is not subscribed yet, it is subscribed to the handlers' topics (one regex
-    when any handler topic has ``{segments}``).
+    when any handler topic has ``{segments}``; it never matches a dead-letter topic). A
+    subscription you made is kept as it is (a running consumer is not subscribed again).
 
     Commits: the listener settles records out of order (different keys run concurrently), so
     for each partition this commits the offset after the contiguous settled prefix, never past
@@ -51,11 +90,23 @@ class KafkaConsumer(Consumer):
 
     ``nack`` (a record handed back unhandled) seeks its partition back to the oldest unsettled
     record, so it and the records after it are fetched again by this process (at-least-once:
-    records after it that were being handled may run twice). ``Message.delivery_attempt``
-    counts those in-process redeliveries.
+    records after it that were being handled may run twice).
 
-    Dead letters go through the listener's ``dead_letter_producer`` to ``{topic}.dlq``, with
-    the failure in Kafka headers and the original record key.
+    ``Message.delivery_attempt`` counts deliveries across processes too: the commit metadata
+    records which records were handed out; after a process died, the records it may have been
+    handling come again as attempt 2, and if the process dies again among them they are handed
+    out one at a time with their attempt recorded first, so the listener's ``max_deliveries``
+    ends a crash loop (see :mod:`dispytch.kafka.attempts`; ``attempt_window`` is the least the
+    metadata runs ahead). Needs a ``group_id``.
+
+    A record aiokafka cannot parse (a header name that is not UTF-8, a CRC mismatch, a codec
+    that is not installed) does not stop the consumer: it is read leniently and dead-lettered
+    (a batch that cannot be read at all is skipped, logged at ERROR and counted in
+    :attr:`skipped`); the records around it flow.
+
+    Dead letters go through ``dead_letters`` (a :class:`~dispytch.kafka.KafkaDeadLetters`;
+    the backend of an ``App`` passes one) to ``{topic}.dlq``, or, without it, through the
+    listener's ``dead_letter_producer``.
     """
 
     def __init__(
@@ -67,16 +118,29 @@ class KafkaConsumer(Consumer):
         revoke_timeout: float = 10.0,
         max_batch: int = 500,
         ensure_topics: EnsureTopics | None = None,
+        dead_letters: KafkaDeadLetters | None = None,
+        attempt_window: int = DEFAULT_ATTEMPT_WINDOW,
     ) -> None:
         self.consumer = consumer
         self.commit_interval = commit_interval
         self.commit_every = commit_every
         self.revoke_timeout = revoke_timeout
         self.max_batch = max_batch
+        self.dead_letters = dead_letters
+        self.attempt_window = max(attempt_window, 2)
+        #: Records (or unreadable batches) skipped because they could be neither handled nor
+        #: dead-lettered.
+        self.skipped = 0
         self._ensure_topics = ensure_topics
         self._tracker: OffsetTracker[TopicPartition] = OffsetTracker()
         self._buffer: deque[Any] = deque()
         self._redelivered: dict[tuple[str, int, int], int] = {}
+        self._deliveries: dict[TopicPartition, PartitionDeliveries] = {}
+        # Partitions being recovered: their records, handed out one at a time.
+        self._recovering: dict[TopicPartition, deque[Any]] = {}
+        self._ready: deque[TopicPartition] = deque()  # recovering, may hand out the next one
+        self._wake = asyncio.Event()
+        self._extending: dict[TopicPartition, asyncio.Task[None]] = {}
         self._owns = False
         self._closing = False
         self._closed = False
@@ -88,6 +152,10 @@ class KafkaConsumer(Consumer):
         self._revoke_waiting = False
         self._commit_lock = asyncio.Lock()
         self._commit_task: asyncio.Task[None] | None = None
+
+    @property
+    def group(self) -> str | None:
+        return self.dead_letters.group if self.dead_letters is not None else None
 
     # -- subscribing --------------------------------------------------------------------------
 
@@ -112,7 +180,14 @@ class KafkaConsumer(Consumer):
             # The user subscribed: keep that subscription, adding our rebalance listener so
             # revoked partitions get their settled offsets committed first.
             auto = state is not None and state.partitions_auto_assigned()
-            if auto and not isinstance(getattr(state, "listener", None), _CommitOnRevoke):
+            ours = isinstance(getattr(state, "listener", None), _CommitOnRevoke)
+            if (
+                auto
+                and not ours
+                and not _compat.set_rebalance_listener(
+                    consumer, lambda inner: _CommitOnRevoke(self, inner)
+                )
+            ):
                 listener = _CommitOnRevoke(self, getattr(state, "listener", None))
                 if pattern is not None:
                     consumer.subscribe(pattern=pattern.pattern, listener=listener)
@@ -147,38 +222,321 @@ class KafkaConsumer(Consumer):
     # -- fetching -----------------------------------------------------------------------------
 
     async def listen(self) -> AsyncIterator[Message]:
-        consumer = self.consumer
         buffer = self._buffer
         tracker = self._tracker
         redelivered = self._redelivered
+        deliveries = self._deliveries
+        recovering = self._recovering
         while not self._closing:
+            if self._ready:
+                message = await self._next_recovered()
+                if message is not None:
+                    yield message
+                continue
             if not buffer:
-                try:
-                    batches = await consumer.getmany(timeout_ms=500, max_records=self.max_batch)
-                except ConsumerStoppedError:
+                if not await self._fetch():
                     return
-                for records in batches.values():
-                    buffer.extend(records)
                 continue
             record = buffer.popleft()
-            tracker.track(TopicPartition(record.topic, record.partition), record.offset)
+            tp = TopicPartition(record.topic, record.partition)
+            offset = record.offset
+            state = deliveries.get(tp)
+            if state is None:
+                state = await self._track_deliveries(tp, offset)
+            if (recovering and tp in recovering) or (state.serial and offset < state.recover_below):
+                self._hold(tp, record)
+                continue
+            if offset >= state.extend_at:
+                await self._extend(tp, state, offset)
+            tracker.track(tp, offset)
             attempt = 1
             if redelivered:
-                attempt = redelivered.pop((record.topic, record.partition, record.offset), 1)
-            yield Message(
-                topic=record.topic,
-                payload=record.value,
-                key=record.key,
-                headers=(
-                    {k: (v or b"").decode("utf-8", "replace") for k, v in record.headers}
-                    if record.headers
-                    else {}
-                ),
-                delivery_attempt=attempt,
-                partition=record.partition,
-                offset=record.offset,
-                extra=record,
+                attempt = redelivered.pop((record.topic, record.partition, offset), 1)
+            if offset < state.recover_below:
+                attempt = max(attempt, state.attempt(offset))
+            if type(record) is _Recovered:
+                message = await self._lenient(tp, record, attempt)
+                if message is not None:
+                    yield message
+                continue
+            yield to_message(record, attempt)
+
+    async def _fetch(self) -> bool:
+        """Fill the buffer with what aiokafka fetched; ``False`` once the consumer stopped.
+
+        One record is waited for across partitions, then each partition with fetched records
+        is drained on its own: when aiokafka fails to parse a partition's records, everything
+        it had taken from other partitions in the same call would be lost with the exception,
+        so no call ever takes records from two partitions.
+        """
+        consumer = self.consumer
+        buffer = self._buffer
+        try:
+            first = await self._getmany(500, 1)
+        except ConsumerStoppedError:
+            return False
+        except Exception as exc:
+            found = _compat.failed_partition(consumer)
+            if found is None:
+                raise
+            await self._read_leniently(exc, *found)
+            return True
+        if not first:
+            error = _compat.fetcher_error(consumer)
+            if error is not None:
+                raise KafkaFetchError(
+                    f"aiokafka stopped fetching records ({type(error).__name__}: "
+                    f"{loggable(error)}); restart the service"
+                ) from error
+            return True
+        for records in first.values():
+            buffer.extend(records)
+        for tp in _compat.ready_partitions(consumer):
+            position = _compat.position(consumer, tp)
+            try:
+                more = await consumer.getmany(tp, timeout_ms=0, max_records=self.max_batch)
+            except ConsumerStoppedError:
+                return False
+            except Exception as exc:
+                if position is None:
+                    raise
+                await self._read_leniently(exc, tp, position)
+                continue
+            for records in more.values():
+                buffer.extend(records)
+        return True
+
+    async def _getmany(self, timeout_ms: int, max_records: int) -> dict[Any, Any]:
+        """``getmany``; while a partition is being recovered, cut short when it may hand out its
+        next record."""
+        if not self._recovering:
+            batches: dict[Any, Any] = await self.consumer.getmany(
+                timeout_ms=timeout_ms, max_records=max_records
             )
+            return batches
+        self._wake.clear()
+        fetch = asyncio.ensure_future(
+            self.consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        )
+        wake = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({fetch, wake}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            wake.cancel()
+            if not fetch.done():
+                fetch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await fetch
+        return {} if fetch.cancelled() else fetch.result()
+
+    async def _read_leniently(self, error: Exception, tp: TopicPartition, position: int) -> None:
+        """aiokafka failed to parse the records of ``tp`` from ``position``: read them leniently
+        from the broker's raw bytes instead."""
+        consumer = self.consumer
+        raw = await _compat.fetch_raw(
+            consumer, tp, position, getattr(consumer, "_max_partition_fetch_bytes", 1 << 20)
+        )
+        items = []
+        if raw is not None:
+            for item in read_batches(
+                raw.data, aborted=raw.aborted, read_committed=raw.read_committed
+            ):
+                last = item.offset if isinstance(item, RawRecord) else item.next - 1
+                if last >= position:
+                    items.append(_Recovered(tp, item))
+        if not items:
+            raise KafkaFetchError(
+                f"aiokafka cannot read the records of {loggable(tp.topic)}[{tp.partition}] from "
+                f"offset {position} ({type(error).__name__}: {loggable(error)}) and they could "
+                "not be read leniently either; nothing after them is consumed"
+            ) from error
+        logger.warning(
+            "aiokafka cannot read the records of %s[%d] from offset %d (%s: %s); %d read leniently",
+            loggable(tp.topic),
+            tp.partition,
+            position,
+            type(error).__name__,
+            loggable(error),
+            len(items),
+        )
+        self._buffer.extend(items)
+        consumer.seek(tp, items[-1].offset + 1)
+
+    async def _lenient(
+        self, tp: TopicPartition, record: _Recovered, attempt: int
+    ) -> Message | None:
+        """The message of a leniently read record; ``None`` when it was settled here (a batch
+        that cannot be read, or a record whose metadata cannot be decoded)."""
+        item = record.item
+        if isinstance(item, BadBatch):
+            self.skipped += item.next - item.first
+            logger.error(
+                "SKIPPED records %d..%d of %s[%d]: the batch cannot be read (%s); %d skipped "
+                "so far",
+                item.first,
+                item.next - 1,
+                loggable(tp.topic),
+                tp.partition,
+                loggable(item.reason),
+                self.skipped,
+            )
+            self._settle(tp, record.offset)
+            return None
+        decoded = lenient_message(tp.topic, tp.partition, item, attempt)
+        if decoded.problem is None:
+            return decoded.message
+        failure = Failure(
+            "decode",
+            "UndecodableMetadata",
+            decoded.problem,
+            None,
+            attempt,
+            int(time.time() * 1000),
+        )
+        await settle_poison(self, decoded.message, failure, logger)
+        await self.ack(decoded.message)
+        return None
+
+    # -- delivery attempts across processes ---------------------------------------------------
+
+    async def _track_deliveries(self, tp: TopicPartition, first: int) -> PartitionDeliveries:
+        """What the committed metadata of ``tp`` says about its previous owner (``first``: the
+        offset of the first record fetched)."""
+        state = _untracked()
+        if self._commits_enabled:
+            try:
+                found = await _compat.committed(self.consumer, [tp])
+            except KafkaError as exc:
+                logger.warning(
+                    "could not read the committed offset of %s (%s: %s); delivery attempts of "
+                    "its records are not counted across processes",
+                    tp,
+                    type(exc).__name__,
+                    exc,
+                )
+                found = None
+            if found is not None:
+                offset, metadata = found.get(tp, (-1, ""))
+                # Records written since then (at or above the highwater) were never handed out.
+                state = PartitionDeliveries.from_committed(
+                    offset, metadata, self.consumer.highwater(tp)
+                )
+                if state.recover_below:
+                    logger.warning(
+                        "the previous owner of %s stopped without committing (a crash?): "
+                        "records %d..%d may have been in flight; handed out %s as attempt %d",
+                        tp,
+                        offset,
+                        state.recover_below - 1,
+                        "one at a time (it died in this range before)"
+                        if state.serial
+                        else "as usual",
+                        state.base_attempt,
+                    )
+        if state.wanted != _NEVER:
+            state.window = self.attempt_window
+            state.extend_at = state.persisted - (state.window >> 1)
+        self._deliveries[tp] = state
+        if state.recover_below and not state.serial:
+            await self._commit_metadata(tp, first)  # the range and its count, before any of it
+        return state
+
+    async def _extend(self, tp: TopicPartition, state: PartitionDeliveries, offset: int) -> None:
+        """Raise the committed watermark ahead of ``offset``: in the background while
+        ``offset`` is still below it, waiting for it once ``offset`` reached it."""
+        if offset >= state.persisted and tp in self._extending:
+            # Handed out faster than a commit comes back: look further ahead from now on.
+            state.window = min(state.window * 2, self.attempt_window * _MAX_WINDOWS)
+        while not self._closing:
+            task = self._extending.get(tp)
+            if task is None:
+                task = asyncio.create_task(self._extend_now(tp, state, offset))
+                self._extending[tp] = task
+                task.add_done_callback(lambda done: self._extending.pop(tp, None))
+            if offset < state.persisted:
+                return
+            await asyncio.shield(task)
+
+    async def _extend_now(
+        self, tp: TopicPartition, state: PartitionDeliveries, offset: int
+    ) -> None:
+        now = asyncio.get_running_loop().time()
+        if state.last_raise is not None and now > state.last_raise[0]:
+            # Ahead by what is handed out in a quarter second (between bounds): one commit per
+            # ~0.1 s at any rate, and a crash leaves only that much to recover.
+            rate = (offset - state.last_raise[1]) / (now - state.last_raise[0])
+            state.window = min(
+                max(int(rate * 0.25), state.window >> 1, self.attempt_window),
+                self.attempt_window * _MAX_WINDOWS,
+            )
+        state.last_raise = (now, offset)
+        state.wanted = max(state.wanted, offset + state.window)
+        await self._commit_metadata(tp, offset)
+
+    async def _commit_metadata(self, tp: TopicPartition, offset: int) -> None:
+        """Commit ``tp``'s metadata at its settled position (or at ``offset``, the record about
+        to be handed out, when nothing is tracked yet), retrying until it is stored."""
+        while not self._closing:
+            position = self._tracker.position(tp)
+            try:
+                await self.commit([tp], force={tp: offset if position is None else position})
+            except KafkaError:
+                await asyncio.sleep(0.2)  # logged by commit(): the broker is unavailable
+                continue
+            if not self._commits_enabled:
+                self._deliveries[tp] = _untracked()
+            return
+
+    def _hold(self, tp: TopicPartition, record: Any) -> None:
+        """Queue a record of a partition being recovered."""
+        queue = self._recovering.get(tp)
+        if queue is None:
+            queue = self._recovering[tp] = deque()
+        queue.append(record)
+        state = self._deliveries[tp]
+        if state.current is None and len(queue) == 1:
+            self._ready.append(tp)
+        if len(queue) >= self.max_batch and tp in self.consumer.assignment():
+            self.consumer.pause(tp)  # bounded: fetch more once the queue drained
+
+    async def _next_recovered(self) -> Message | None:
+        """Hand out the next record of a recovering partition (its attempt committed first)."""
+        tp = self._ready.popleft()
+        queue = self._recovering.get(tp)
+        state = self._deliveries.get(tp)
+        if not queue or state is None or state.current is not None:
+            return None
+        record = queue[0]
+        offset = record.offset
+        if offset >= state.recover_below:
+            # The range is recovered: the rest flows as usual, in order.
+            del self._recovering[tp]
+            self._buffer.extendleft(reversed(queue))
+            if tp in self.consumer.assignment():
+                self.consumer.resume(tp)
+            logger.info("%s recovered; handing out its records as usual again", tp)
+            return None
+        queue.popleft()
+        if not queue and tp in self.consumer.assignment():
+            self.consumer.resume(tp)
+        attempt = state.attempt(offset)
+        attempt = max(attempt, self._redelivered.pop((tp.topic, tp.partition, offset), 0))
+        state.current = (offset, attempt)
+        await self._commit_metadata(tp, offset)
+        self._tracker.track(tp, offset)
+        if type(record) is _Recovered:
+            return await self._lenient(tp, record, attempt)
+        return to_message(record, attempt)
+
+    def _recovered(self, tp: TopicPartition, offset: int) -> None:
+        """The recovered record ``offset`` of ``tp`` was settled: the next one may go."""
+        state = self._deliveries.get(tp)
+        if state is None or state.current is None or state.current[0] != offset:
+            return
+        state.current = None
+        if self._recovering.get(tp):
+            self._ready.append(tp)
+            self._wake.set()
 
     def _purge(self, partitions: Iterable[TopicPartition]) -> None:
         """Drop fetched-but-not-handed-out records of ``partitions``."""
@@ -187,18 +545,33 @@ class KafkaConsumer(Consumer):
             keep = [r for r in self._buffer if (r.topic, r.partition) not in drop]
             self._buffer.clear()
             self._buffer.extend(keep)
+        assigned = self.consumer.assignment()
+        for tp in partitions:
+            if self._recovering.pop(tp, None) is not None and tp in assigned:
+                self.consumer.resume(tp)
+            state = self._deliveries.get(tp)
+            if state is not None:
+                state.current = None
+        if self._ready:
+            ready = [tp for tp in self._ready if tp in self._recovering]
+            self._ready.clear()
+            self._ready.extend(ready)
 
     # -- settling -----------------------------------------------------------------------------
 
     async def ack(self, message: Message) -> None:
         if message.offset is None or message.partition is None:
             return
-        tp = TopicPartition(message.topic, message.partition)
-        if self._tracker.settle(tp, message.offset):
+        self._settle(TopicPartition(message.topic, message.partition), message.offset)
+
+    def _settle(self, tp: TopicPartition, offset: int) -> None:
+        if self._tracker.settle(tp, offset):
             self._settled_since_commit += 1
             self._dirty.set()
             if self._settled_since_commit >= self.commit_every:
                 self._commit_now.set()
+        if self._recovering:
+            self._recovered(tp, offset)
         if self._revoke_waiting:
             self._progress.set()
 
@@ -221,6 +594,19 @@ class KafkaConsumer(Consumer):
         self.consumer.seek(tp, restart)
         logger.debug("rewound %s to offset %d after a nack", tp, restart)
 
+    async def dead_letter(self, message: Message, failure: Failure) -> bool:
+        """Write ``message`` to ``{topic}.dlq`` (``False`` without :attr:`dead_letters`)."""
+        if self.dead_letters is None:
+            return False
+        await self.dead_letters.put(message, failure)
+        return True
+
+    async def dead_letter_fallback(self, message: Message, failure: Failure) -> bool:
+        """Write ``message`` to the group's fallback topic ``dispytch.dlq.<group>``."""
+        if self.dead_letters is None:
+            return False
+        return await self.dead_letters.put_fallback(message, failure)
+
     # -- committing ---------------------------------------------------------------------------
 
     async def _commit_loop(self) -> None:
@@ -238,16 +624,43 @@ class KafkaConsumer(Consumer):
                 # Keep committing later; what is not committed is only read again.
                 logger.exception("offset commit failed")
 
-    async def commit(self, partitions: Iterable[TopicPartition] | None = None) -> None:
-        """Commit the settled prefix of ``partitions`` (default: all) now."""
+    async def commit(
+        self,
+        partitions: Iterable[TopicPartition] | None = None,
+        *,
+        force: dict[TopicPartition, int] | None = None,
+        clean: bool = False,
+    ) -> None:
+        """Commit the settled prefix of ``partitions`` (default: all) now.
+
+        ``force`` commits these partitions at these positions even when nothing was settled
+        (to store their metadata). The metadata of each partition says which records were
+        handed out (see :mod:`dispytch.kafka.attempts`); with ``clean`` (or once closing) it
+        says none is in flight.
+        """
         async with self._commit_lock:
             if not self._commits_enabled:
                 return
             due = self._tracker.due(partitions)
+            if force:
+                due = {**force, **due}
             if not due:
                 return
             assigned = self.consumer.assignment()
-            offsets = {tp: offset for tp, offset in due.items() if tp in assigned}
+            deliveries = self._deliveries
+            clean = clean or self._closing
+            offsets: dict[TopicPartition, Any] = {}
+            written: dict[TopicPartition, int] = {}
+            for tp, offset in due.items():
+                if tp not in assigned:
+                    continue
+                state = deliveries.get(tp)
+                if state is None or state.wanted == _NEVER:
+                    offsets[tp] = offset
+                else:
+                    offsets[tp] = (offset, "" if clean else state.metadata())
+                    if not clean:
+                        written[tp] = state.wanted
             if not offsets:
                 return
             try:
@@ -263,8 +676,28 @@ class KafkaConsumer(Consumer):
                     type(exc).__name__,
                     exc,
                 )
+                if force:
+                    raise
                 return
-            self._tracker.committed(offsets)
+            self._tracker.committed(
+                {tp: o if isinstance(o, int) else o[0] for tp, o in offsets.items()}
+            )
+            for tp, watermark in written.items():
+                state = deliveries.get(tp)
+                if state is not None:
+                    state.raised(watermark)
+
+    async def _commit_clean(self, partitions: Iterable[TopicPartition]) -> None:
+        """Commit ``partitions`` with empty metadata: their records were not in flight when a
+        process died (this one stops cleanly, or hands them over)."""
+        force = {}
+        for tp in partitions:
+            state = self._deliveries.get(tp)
+            position = self._tracker.position(tp)
+            if state is not None and state.wanted != _NEVER and position is not None:
+                force[tp] = position
+        with contextlib.suppress(KafkaError):  # logged by commit(); the next owner recovers
+            await self.commit(partitions, force=force, clean=True)
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
         if not revoked:
@@ -288,9 +721,11 @@ class KafkaConsumer(Consumer):
                         await asyncio.wait_for(self._progress.wait(), remaining)
                 finally:
                     self._revoke_waiting = False
-        await self.commit(revoked)
+        await self._commit_clean(revoked)
         self._tracker.forget(revoked)
         self._purge(revoked)
+        for tp in revoked:
+            self._deliveries.pop(tp, None)
 
     async def close(self) -> None:
         """Commit what was settled, then stop the consumer if this object started it."""
@@ -303,10 +738,17 @@ class KafkaConsumer(Consumer):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._commit_task
             self._commit_task = None
+        extending = list(self._extending.values())
+        for task in extending:
+            task.cancel()
+        await asyncio.gather(*extending, return_exceptions=True)
         try:
+            await self._commit_clean(list(self._deliveries))
             await self.commit()
         finally:
             self._buffer.clear()
+            self._recovering.clear()
+            self._ready.clear()
             if self._owns:
                 self._owns = False
                 await self.consumer.stop()

@@ -68,6 +68,8 @@ class PartitionOffsets:
         position stays where it was, just before that record.
         """
         restart = self._order[0] if self._order else None
+        if restart is not None:
+            self._next = restart  # everything before it is settled (or does not exist)
         self._order.clear()
         self._pending.clear()
         self._done.clear()
@@ -77,6 +79,12 @@ class PartitionOffsets:
     @property
     def lowest_unsettled(self) -> int | None:
         return self._order[0] if self._order else None
+
+    @property
+    def position(self) -> int | None:
+        """Where a commit may point now (the oldest unsettled record, or the offset after the
+        settled prefix), ``None`` before any record was tracked."""
+        return self._order[0] if self._order else self._next
 
     @property
     def in_flight(self) -> int:
@@ -126,6 +134,11 @@ class OffsetTracker(Generic[K]):
     def lowest_unsettled(self, partition: K) -> int | None:
         part = self._parts.get(partition)
         return None if part is None else part.lowest_unsettled
+
+    def position(self, partition: K) -> int | None:
+        """See :attr:`PartitionOffsets.position`."""
+        part = self._parts.get(partition)
+        return None if part is None else part.position
 
     def in_flight(self, partitions: Iterable[K] | None = None) -> int:
         keys = self._parts.keys() if partitions is None else partitions

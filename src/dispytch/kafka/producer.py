@@ -13,9 +13,12 @@ from aiokafka.partitioner import DefaultPartitioner
 from pydantic import BaseModel
 
 from dispytch.emitter.producer import Outgoing, Producer, ProducerTimeout
-from dispytch.errors import EmitError
+from dispytch.errors import EmitError, InvalidTopicError
+from dispytch.kafka import _compat
 from dispytch.kafka.config import KafkaEventConfig  # also importable from here, as in 0.10
+from dispytch.kafka.topics import check_topic
 from dispytch.topic_rules import KAFKA
+from dispytch.untrusted import loggable
 
 __all__ = ["KafkaEventConfig", "KafkaProducer", "record_key"]
 
@@ -25,6 +28,10 @@ _STRIPES = 64
 #: From this many records, ``send_many`` frames record batches itself.
 _BATCH_MIN = 16
 _DEFAULT_PARTITIONER = DefaultPartitioner()
+#: Seconds an emit waits for a topic it has no metadata for before it fails (unless given).
+DEFAULT_METADATA_TIMEOUT = 5.0
+#: Topic names remembered as valid (so each is checked once); forgotten past this many.
+_VALID_TOPICS = 4096
 
 
 def record_key(value: Any) -> bytes | None:
@@ -50,15 +57,26 @@ class KafkaProducer(Producer):
     Concurrent sends are pipelined into the client's batches; each returns after its own ack.
     An event's ``KafkaEventConfig`` (or any config with these fields) sets the record key
     (``partition_key``), ``partition``, ``timestamp_ms`` and extra ``headers``.
+
+    A topic name Kafka would refuse (empty, ``.``/``..``, over 249 characters, a character
+    outside ``[a-zA-Z0-9._-]``) raises :class:`~dispytch.errors.InvalidTopicError` before
+    anything is sent. A topic the client has no metadata for is waited for at most
+    ``metadata_timeout`` seconds (the broker creates it then, if it auto-creates topics); after
+    that the emit raises :class:`~dispytch.errors.EmitError` saying the topic does not exist.
+    That wait holds up no emit to another topic.
     """
 
     topic_rules = KAFKA
 
-    def __init__(self, producer: AIOKafkaProducer) -> None:
+    def __init__(
+        self, producer: AIOKafkaProducer, *, metadata_timeout: float = DEFAULT_METADATA_TIMEOUT
+    ) -> None:
         self.producer = producer
+        self.metadata_timeout = metadata_timeout
         self._owns = False
         self._start_lock = asyncio.Lock()
         self._enqueue = [asyncio.Lock() for _ in range(_STRIPES)]
+        self._valid: set[str] = set()
 
     def _started(self) -> bool:
         sender = getattr(self.producer, "_sender", None)
@@ -92,11 +110,66 @@ class KafkaProducer(Producer):
         records of one call share one partition), which costs a fraction of one ``send`` per
         record. Smaller ones are appended to the client's own batches.
         """
-        if not self._started():
-            await self.start()
+        refused = await self._check_topics(messages)
+        if refused:
+            results: list[BaseException | None] = [refused.get(m.topic) for m in messages]
+            sendable = [(i, m) for i, m in enumerate(messages) if results[i] is None]
+            if sendable:
+                sent = await self.send_many([m for _, m in sendable])
+                for (i, _), outcome in zip(sendable, sent, strict=True):
+                    results[i] = outcome
+            return results
         if len(messages) < _BATCH_MIN:
             return await self._send_each(messages)
         return await self._send_batches(messages)
+
+    async def _check_topics(self, messages: Sequence[Outgoing]) -> dict[str, EmitError]:
+        """The topics of ``messages`` that cannot be sent to, with the error for each.
+
+        Checks each new topic name once, and waits (boundedly, outside any lock) for the
+        metadata of a topic the client does not know yet.
+        """
+        valid = self._valid
+        refused: dict[str, EmitError] = {}
+        new: list[str] = []
+        for message in messages:
+            topic = message.topic
+            if topic in valid or topic in refused or topic in new:
+                continue
+            try:
+                check_topic(topic)
+            except InvalidTopicError as exc:
+                refused[topic] = exc
+                continue
+            new.append(topic)
+        if (new or not refused) and not self._started():
+            await self.start()
+        cluster = self.producer.client.cluster
+        for topic in new:
+            if cluster.partitions_for_topic(topic) is None:
+                try:
+                    await asyncio.wait_for(
+                        self.producer.partitions_for(topic), self.metadata_timeout
+                    )
+                except (TimeoutError, KafkaError) as exc:
+                    _compat.forget_topic(self.producer.client, topic)
+                    refused[topic] = _unknown_topic(topic, self.metadata_timeout, exc)
+                    continue
+            if len(valid) >= _VALID_TOPICS:
+                valid.clear()
+            valid.add(topic)
+        return refused
+
+    async def send_record(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: bytes | None,
+        headers: Sequence[tuple[str, bytes]],
+    ) -> None:
+        """Send one record with raw header values (dead letters keep them byte for byte)."""
+        await self.send(topic, value, _RawHeaders(headers), key=key)
 
     async def _send_each(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
         deliveries: list[asyncio.Future[Any] | BaseException] = []
@@ -250,6 +323,8 @@ def _record_fields(
     partition: int | None = None
     timestamp_ms: int | None = None
     headers: list[tuple[str, bytes]] | None = None
+    if isinstance(config, _RawHeaders):
+        return key, None, None, list(config.headers) or None
     if config is not None:
         if key is None:
             key = record_key(getattr(config, "partition_key", None))
@@ -263,6 +338,26 @@ def _record_fields(
     if message.headers:
         headers = (headers or []) + [(k, v.encode()) for k, v in message.headers.items()]
     return key, partition, timestamp_ms, headers
+
+
+class _RawHeaders(BaseModel):
+    """A record's headers as ``(name, bytes)`` pairs, sent as they are."""
+
+    headers: list[tuple[str, bytes]]
+
+    def __init__(self, headers: Sequence[tuple[str, bytes]]) -> None:
+        super().__init__(headers=list(headers))
+
+
+def _unknown_topic(topic: str, timeout: float, exc: BaseException) -> EmitError:
+    error = EmitError(
+        f"Kafka topic {loggable(topic)!r} does not exist (no metadata for it within "
+        f"{timeout:g}s{'' if isinstance(exc, TimeoutError) else f': {type(exc).__name__}'}); "
+        "create it (kafka-topics.sh --create), enable auto.create.topics.enable on the broker, "
+        "or raise metadata_timeout if the cluster is slow"
+    )
+    error.__cause__ = exc
+    return error
 
 
 def _emit_error(topic: str, exc: KafkaError) -> EmitError:

@@ -6,6 +6,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from dispytch.kafka.topics import NOT_DEAD_LETTER
 from dispytch.routing import TopicPattern
 
 __all__ = ["Subscription", "subscription_for"]
@@ -30,12 +31,13 @@ def subscription_for(patterns: Sequence[TopicPattern]) -> Subscription:
     """Kafka subscribes to a topic list *or* to one regex, so with any pattern, all become one.
 
     Named groups are dropped (two patterns may name the same segment); the listener captures
-    segments itself.
+    segments itself. A pattern never matches a dead-letter topic (``orders.{kind}`` does not
+    receive ``orders.dlq``); a literal handler topic is matched as written, even ``x.dlq``.
     """
     literal = tuple(dict.fromkeys(p.raw for p in patterns if p.is_literal))
     dynamic = [p for p in patterns if not p.is_literal]
     if not dynamic:
         return Subscription(literal, None)
-    parts = [_NAMED_GROUP.sub("(?:", p.regex) for p in dynamic]
+    parts = [NOT_DEAD_LETTER + _NAMED_GROUP.sub("(?:", p.regex) for p in dynamic]
     parts += ["^" + re.escape(topic) + "$" for topic in literal]
     return Subscription(literal, "|".join(f"(?:{part})" for part in parts))

@@ -42,7 +42,9 @@ class RabbitMQBackend(Backend):
       process; on RabbitMQ before 4.3 a hand-back on shutdown counts as a delivery too);
       ``queue_type="classic"`` for a classic queue. Its prefetch is the app's ``concurrency``;
     * dead letters: a direct exchange (``dead_letter_exchange``, default ``"dispytch.dlq"``) and
-      a classic queue ``{topic}.dlq`` per topic, declared on first use. Read them back with
+      one classic queue ``dispytch.dlq.{group}`` per group (however many topics fail), plus a
+      fallback queue ``dispytch.dlq-fallback.{group}``, declared on first use (see
+      :mod:`dispytch.rabbitmq.dead_letters`). Read them back, per topic, with
       :meth:`dead_letters` (non-destructive).
 
     Emits return once RabbitMQ confirmed the message (publisher confirms) and routed it to a
@@ -121,6 +123,7 @@ class RabbitMQBackend(Backend):
         self._producer: RabbitMQProducer | None = None
         self._dead_letters: DeadLetterStore | None = None
         self._consumers: list[RabbitMQGroupConsumer] = []
+        self._closed_groups: list[str] = []  # still read by dead_letters() after close()
 
     async def connect(self) -> None:
         """Open the publishing connection and declare the event exchange."""
@@ -134,8 +137,11 @@ class RabbitMQBackend(Backend):
         )
         self.connection = connection
         self._producer = RabbitMQProducer(exchange, timeout=self.publish_timeout)
+        # A channel of their own: a dead-letter destination that fails (the broker closes the
+        # channel on a declare it refuses) never takes emits down with it.
+        dead_letters = await connection.channel(publisher_confirms=True, on_return_raises=True)
         self._dead_letters = DeadLetterStore(
-            channel, self.dead_letter_exchange, timeout=self.publish_timeout
+            dead_letters, self.dead_letter_exchange, timeout=self.publish_timeout
         )
 
     async def _open(self) -> AbstractRobustConnection:
@@ -201,6 +207,7 @@ class RabbitMQBackend(Backend):
 
     async def close(self) -> None:
         consumers, self._consumers = self._consumers, []
+        self._closed_groups += [c.queue_name for c in consumers]
         for consumer in consumers:
             await consumer.close()
         connection, self.connection = self.connection, None
@@ -208,17 +215,24 @@ class RabbitMQBackend(Backend):
         if connection is not None:
             await connection.close()
 
-    async def dead_letters(self, topic: str, limit: int = 100) -> list[DeadLetter]:
-        """Up to ``limit`` dead letters of ``topic`` from queue ``{topic}.dlq``, oldest first.
+    async def dead_letters(
+        self, topic: str, limit: int = 100, *, group: str | None = None
+    ) -> list[DeadLetter]:
+        """Up to ``limit`` dead letters of ``topic``, oldest first, from the dead-letter queues
+        of ``group`` (default: the groups of the consumers this backend built) and from the
+        per-topic queue ``{topic}.dlq`` earlier versions wrote.
 
         Non-destructive: they are fetched unacknowledged and handed back at once. Works before
         :meth:`connect` and after :meth:`close` too, on a short-lived connection.
         """
+        groups = [group] if group is not None else [c.queue_name for c in self._consumers]
+        if group is None:
+            groups += self._closed_groups
         if self.connection is not None:
-            return await read_dead_letters(self.connection, topic, limit)
+            return await read_dead_letters(self.connection, topic, limit, groups)
         connection = await self._open()
         try:
-            return await read_dead_letters(connection, topic, limit)
+            return await read_dead_letters(connection, topic, limit, groups)
         finally:
             await connection.close()
 

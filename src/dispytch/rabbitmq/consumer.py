@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
@@ -14,9 +15,11 @@ from aiormq.abc import AbstractChannel, DeliveredMessage
 
 from dispytch.errors import ConfigurationError, SubscriptionLostError
 from dispytch.listener.consumer import Consumer, Failure, Message
+from dispytch.poison import settle_poison
+from dispytch.rabbitmq import _compat
 from dispytch.rabbitmq.acks import ChannelAcks
 from dispytch.rabbitmq.dead_letters import DEFAULT_DEAD_LETTER_EXCHANGE, DeadLetterStore
-from dispytch.rabbitmq.wire import to_message
+from dispytch.rabbitmq.wire import lenient_message, to_message
 from dispytch.routing import TopicPattern
 
 __all__ = ["RabbitMQConsumer", "RabbitMQGroupConsumer"]
@@ -45,8 +48,15 @@ class RabbitMQConsumer(Consumer):
     made again whenever aio-pika reopens it after a reconnect.
 
     Dead letters go to the durable direct exchange ``dead_letter_exchange`` and the queue
-    ``{topic}.dlq``, published on the first queue's channel with a publisher confirm; pass
-    ``dead_letter_exchange=None`` to leave dead letters to the listener's own producer.
+    ``dispytch.dlq.<first queue's name>`` (fallback: ``dispytch.dlq-fallback.<...>``; see
+    :mod:`dispytch.rabbitmq.dead_letters`), published on the first queue's channel with a
+    publisher confirm; pass ``dead_letter_exchange=None`` to leave dead letters to the
+    listener's own producer.
+
+    A delivery pamqp cannot decode (a routing key, property or header name that is not UTF-8, a
+    timestamp out of range) no longer breaks the connection: it is read leniently and
+    dead-lettered (skipped, logged at ERROR and counted in :attr:`skipped`, without a
+    dead-letter destination), then acknowledged.
 
     Acks are batched: one ``basic.ack(multiple=True)`` settles the contiguous run of finished
     deliveries of a channel, sent once 64 of them are due, after at most 5 ms, when the consumer
@@ -54,8 +64,11 @@ class RabbitMQConsumer(Consumer):
     handled (nor one of another consumer on the same channel). Hand-backs (``basic.nack``) go
     out at once.
 
-    The delivery attempt is exact on quorum queues (``x-delivery-count``); on classic queues it
-    is 2 for any redelivery, as RabbitMQ only says whether a message was delivered before.
+    The delivery attempt is exact on quorum queues (``x-delivery-count``, which RabbitMQ writes
+    there itself); on classic queues it is 2 for any redelivery, as RabbitMQ only says whether a
+    message was delivered before (an ``x-delivery-count`` header there came from a publisher
+    and is ignored). A queue counts as quorum when it was declared with
+    ``arguments={"x-queue-type": "quorum"}``.
     """
 
     def __init__(
@@ -87,9 +100,18 @@ class RabbitMQConsumer(Consumer):
         self._armed = False  # a timed flush is scheduled or running
         self._timer: asyncio.TimerHandle | None = None
         self._flusher: asyncio.Task[None] | None = None
+        #: Consumer tags of quorum queues, the only ones whose delivery count is RabbitMQ's.
+        self._counted: set[str] = set()
+        #: Deliveries skipped because they could be neither handled nor dead-lettered.
+        self.skipped = 0
 
     def _first_channel(self) -> Any:
         return self.queues[0].channel
+
+    @property
+    def dead_letter_group(self) -> str:
+        """Names the dead-letter queue ``dispytch.dlq.<group>``: the first queue's name."""
+        return self.queues[0].name if self.queues else ""
 
     async def _consume(self) -> None:
         if not self.queues:
@@ -108,8 +130,15 @@ class RabbitMQConsumer(Consumer):
     async def _subscribe(self, queue: AbstractQueue) -> None:
         amqp = await queue.channel.get_underlay_channel()
         amqp.on_consumer_cancel_callbacks.add(self._on_cancelled)
+        if not _compat.protect(amqp.connection):
+            logger.warning(
+                "this aiormq version is not one Dispytch can guard: a delivery whose routing "
+                "key or header names are not UTF-8 will break the connection"
+            )
         ok = await amqp.basic_consume(queue.name, self._deliver)
         tag = ok.consumer_tag or ""
+        if _is_quorum(queue):
+            self._counted.add(tag)
         if self._closed:  # closed while subscribing (a reconnect racing close())
             await amqp.basic_cancel(tag)
             return
@@ -206,7 +235,29 @@ class RabbitMQConsumer(Consumer):
                 # has requeued it and will deliver it again on the new channel.
                 continue
             self._in_flight += 1
-            yield to_message(delivered)
+            undecodable = _compat.undecodable(delivered.delivery) or _compat.undecodable(
+                delivered.header
+            )
+            if undecodable:
+                await self._settle_poison(delivered, undecodable)
+                continue
+            yield to_message(delivered, self._counted)
+
+    async def _settle_poison(
+        self, delivered: DeliveredMessage, undecodable: tuple[str, ...]
+    ) -> None:
+        """Dead-letter (or skip) a delivery that could not be decoded, then ack it."""
+        message, problem = lenient_message(delivered, undecodable)
+        failure = Failure(
+            "decode",
+            "UndecodableMetadata",
+            problem,
+            None,
+            message.delivery_attempt,
+            int(time.time() * 1000),
+        )
+        await settle_poison(self, message, failure, logger)
+        await self.ack(message)
 
     async def ack(self, message: Message) -> None:
         self._in_flight -= 1
@@ -300,7 +351,14 @@ class RabbitMQConsumer(Consumer):
     async def dead_letter(self, message: Message, failure: Failure) -> bool:
         if self._dead_letters is None:
             return False
-        await self._dead_letters.put(message, failure)
+        await self._dead_letters.put(message, failure, self.dead_letter_group)
+        return True
+
+    async def dead_letter_fallback(self, message: Message, failure: Failure) -> bool:
+        """Store ``message`` in the group's fallback queue ``dispytch.dlq-fallback.<group>``."""
+        if self._dead_letters is None:
+            return False
+        await self._dead_letters.put_fallback(message, failure, self.dead_letter_group)
         return True
 
     async def close(self) -> None:
@@ -407,6 +465,11 @@ class RabbitMQGroupConsumer(RabbitMQConsumer):
         await super().close()
         if self.connection is not None:
             await self.connection.close()
+
+
+def _is_quorum(queue: AbstractQueue) -> bool:
+    arguments = getattr(queue, "arguments", None) or {}
+    return bool(arguments.get("x-queue-type") == "quorum")
 
 
 async def connect(url: str, safe_url: str, options: Mapping[str, Any]) -> AbstractRobustConnection:

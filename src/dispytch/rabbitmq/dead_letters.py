@@ -1,12 +1,26 @@
 """Dead letters on RabbitMQ.
 
-Dead letters of topic ``T`` are stored in the durable classic queue ``T.dlq``, bound with
-routing key ``T`` to a durable direct exchange (``dispytch.dlq`` by default). A separate
-exchange keeps them away from the event exchange, so a consumer bound to ``orders.*`` never
-receives the dead letters of ``orders.created``. Each dead letter is the original body with
-the original headers and properties, plus ``x-dispytch-*`` headers saying what failed. Queues
-are declared on first use (and remembered), published with ``mandatory`` and a publisher
-confirm; the listener acks the original message only after that confirm.
+Layout (all durable, declared on first use):
+
+* one direct exchange, ``dispytch.dlq`` by default, kept apart from the event exchange so a
+  consumer bound to ``orders.*`` never receives a dead letter;
+* **one classic queue per consumer group**, ``dispytch.dlq.<group>`` (for a consumer of queues
+  you declared: ``dispytch.dlq.<first queue's name>``), bound to that exchange with its own name
+  as the routing key. However many topics fail, a group has one dead-letter queue; the
+  original topic (the routing key) is in the ``x-dispytch-original-topic`` header, and
+  :func:`read_dead_letters` filters on it. A name over AMQP's 255 bytes is cut and given a
+  hash suffix, so it is always valid;
+* a **fallback queue per group**, ``dispytch.dlq-fallback.<group>``, written through the default
+  exchange when the dead-letter queue keeps failing (its exchange deleted or re-declared with
+  another type, the queue over a length limit...).
+
+Each dead letter is the original body with the original headers and properties, plus
+``x-dispytch-*`` headers saying what failed. It is published with ``mandatory`` and a
+publisher confirm; the listener acks the original message only after that confirm.
+
+Before this layout, dead letters went to one ``<topic>.dlq`` queue per topic.
+:func:`read_dead_letters` still reads those, so nothing already stored there is lost from
+view; new dead letters never go there.
 
 RabbitMQ's own dead-lettering (``x-dead-letter-exchange``) is not used because it cannot add
 the failure details.
@@ -15,7 +29,8 @@ the failure details.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import hashlib
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import aio_pika
@@ -26,18 +41,59 @@ from aiormq.abc import DeliveredMessage
 from dispytch.dead_letter import DeadLetter, dead_letter_topic
 from dispytch.errors import ConfigurationError, EmitError
 from dispytch.listener.consumer import Failure, Message
+from dispytch.rabbitmq import _compat
 from dispytch.rabbitmq.wire import (
+    B64_HEADER_PREFIX,
     DELIVERY_COUNT_HEADER,
     KEY_HEADER,
+    ORIGINAL_TOPIC_B64_HEADER,
+    UNDECODABLE_HEADER,
     decode_key,
     encode_key,
+    printable,
     publish_confirmed,
+    safe_headers,
     str_headers,
+    wait_reconnected,
 )
 
-__all__ = ["DEFAULT_DEAD_LETTER_EXCHANGE", "DeadLetterStore", "read_dead_letters"]
+__all__ = [
+    "DEFAULT_DEAD_LETTER_EXCHANGE",
+    "DeadLetterStore",
+    "dead_letter_queue",
+    "fallback_queue",
+    "read_dead_letters",
+]
 
 DEFAULT_DEAD_LETTER_EXCHANGE = "dispytch.dlq"
+QUEUE_PREFIX = "dispytch.dlq."
+FALLBACK_PREFIX = "dispytch.dlq-fallback."
+#: AMQP short strings (queue names, routing keys) hold at most this many bytes.
+MAX_NAME_BYTES = 255
+#: Most messages of one queue :func:`read_dead_letters` looks at.
+SCAN_LIMIT = 10_000
+_OURS = "x-dispytch-"
+
+
+def _bounded(prefix: str, group: str) -> str:
+    name = prefix + group
+    data = name.encode()
+    if len(data) <= MAX_NAME_BYTES:
+        return name
+    digest = hashlib.sha256(group.encode()).hexdigest()[:12]
+    head = data[: MAX_NAME_BYTES - len(digest) - 1].decode("utf-8", "ignore")
+    return f"{head}-{digest}"
+
+
+def dead_letter_queue(group: str) -> str:
+    """The dead-letter queue of consumer group ``group`` (at most 255 bytes)."""
+    return _bounded(QUEUE_PREFIX, group)
+
+
+def fallback_queue(group: str) -> str:
+    """The fallback dead-letter queue of consumer group ``group`` (at most 255 bytes)."""
+    return _bounded(FALLBACK_PREFIX, group)
+
 
 ChannelSource = AbstractChannel | Callable[[], AbstractChannel]
 
@@ -66,108 +122,165 @@ class DeadLetterStore:
         source = self._channel_source
         return source if isinstance(source, AbstractChannel) else source()
 
-    async def _destination(self, topic: str) -> AbstractExchange:
+    def _check_confirms(self, channel: AbstractChannel) -> None:
+        if not getattr(channel, "publisher_confirms", True):
+            raise ConfigurationError(
+                "dead letters need publisher confirms, but the channel was opened with "
+                "publisher_confirms=False; open it with publisher_confirms=True or pass "
+                "dead_letter_exchange=None to the consumer"
+            )
+
+    async def _destination(self, queue: str) -> AbstractExchange:
         exchange = self._exchange
-        if exchange is not None and topic in self._declared:
+        if exchange is not None and queue in self._declared:
             return exchange
         async with self._lock:
             channel = self._channel()
             if self._exchange is None:
-                if not getattr(channel, "publisher_confirms", True):
-                    raise ConfigurationError(
-                        "dead letters need publisher confirms, but the channel was opened with "
-                        "publisher_confirms=False; open it with publisher_confirms=True or pass "
-                        "dead_letter_exchange=None to the consumer"
-                    )
+                self._check_confirms(channel)
                 self._exchange = await channel.declare_exchange(
                     self.exchange_name, aio_pika.ExchangeType.DIRECT, durable=True
                 )
-            if topic not in self._declared:
-                queue = await channel.declare_queue(dead_letter_topic(topic), durable=True)
-                await queue.bind(self._exchange, routing_key=topic)
-                self._declared.add(topic)
+            if queue not in self._declared:
+                declared = await channel.declare_queue(queue, durable=True)
+                await declared.bind(self._exchange, routing_key=queue)
+                self._declared.add(queue)
             return self._exchange
 
-    async def put(self, message: Message, failure: Failure) -> None:
-        """Store ``message``'s original bytes with failure headers; return once confirmed."""
-        exchange = await self._destination(message.topic)
-        delivered = message.extra
-        props = delivered.header.properties if isinstance(delivered, DeliveredMessage) else None
-        headers: dict[str, Any] = {}
-        for name, value in ((props.headers if props else None) or message.headers).items():
-            if name != DELIVERY_COUNT_HEADER:
-                # pamqp decodes non-UTF-8 strings to bytes but can only encode bytearray.
-                headers[name] = bytearray(value) if isinstance(value, bytes) else value
-        if message.key is not None:
-            headers[KEY_HEADER] = encode_key(message.key)
-        headers.update(failure.headers(message))
-        properties: dict[str, Any] = {}
-        if props is not None:
-            if delivered.exchange:
-                headers["x-dispytch-original-exchange"] = delivered.exchange
-            if props.message_id:
-                # Not reused as the dead letter's own message_id: aiormq matches returns to
-                # publishes by message_id, which must be unique among in-flight publishes.
-                headers["x-dispytch-original-message-id"] = props.message_id
-            # expiration and user_id are dropped on purpose: a dead letter must not expire, and
-            # the broker rejects a user_id that is not the publishing connection's user.
-            properties = {
-                "content_type": props.content_type,
-                "content_encoding": props.content_encoding,
-                "correlation_id": props.correlation_id,
-                "reply_to": props.reply_to,
-                "type": props.message_type,
-                "app_id": props.app_id,
-                "priority": props.priority,
-                "timestamp": props.timestamp,
-            }
-        await publish_confirmed(
-            exchange,
-            aio_pika.Message(
-                message.payload,
-                headers=headers,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                **properties,
-            ),
-            message.topic,
-            self.timeout,
-        )
+    async def put(self, message: Message, failure: Failure, group: str) -> None:
+        """Store ``message``'s original bytes with failure headers in ``group``'s dead-letter
+        queue; return once confirmed."""
+        queue = dead_letter_queue(group)
+        try:
+            exchange = await self._destination(queue)
+            await publish_confirmed(exchange, _dead_letter(message, failure), queue, self.timeout)
+        except Exception:
+            # Declare again next time: the exchange or queue may have been deleted since.
+            self._exchange = None
+            self._declared.discard(queue)
+            raise
+
+    async def put_fallback(self, message: Message, failure: Failure, group: str) -> None:
+        """Store ``message`` in ``group``'s fallback queue, through the default exchange."""
+        queue = fallback_queue(group)
+        channel = self._channel()
+        self._check_confirms(channel)
+        await wait_reconnected(channel.default_exchange, queue, self.timeout)
+        if queue not in self._declared:
+            await channel.declare_queue(queue, durable=True)
+            self._declared.add(queue)
+        try:
+            await publish_confirmed(
+                channel.default_exchange, _dead_letter(message, failure), queue, self.timeout
+            )
+        except Exception:
+            self._declared.discard(queue)
+            raise
+
+
+def _dead_letter(message: Message, failure: Failure) -> aio_pika.Message:
+    """The dead letter of ``message``: its body, headers and properties, and what failed."""
+    delivered = message.extra
+    props = delivered.header.properties if isinstance(delivered, DeliveredMessage) else None
+    raw = props.headers if props is not None else message.headers
+    headers: dict[str, Any] = {}
+    for name, value in safe_headers(raw).items():
+        if name != DELIVERY_COUNT_HEADER and (
+            not name.startswith(_OURS) or name.startswith(B64_HEADER_PREFIX)
+        ):
+            # pamqp decodes non-UTF-8 strings to bytes but can only encode bytearray.
+            headers[name] = bytearray(value) if isinstance(value, bytes) else value
+    ours = failure.headers(message)
+    headers.update((k, v) for k, v in ours.items() if k.startswith(_OURS) or k not in headers)
+    if message.key is not None:
+        headers[KEY_HEADER] = encode_key(message.key)
+    for name in (UNDECODABLE_HEADER, ORIGINAL_TOPIC_B64_HEADER):
+        if name in message.headers:
+            headers[name] = message.headers[name]
+    properties: dict[str, Any] = {}
+    if props is not None:
+        undecodable = _compat.undecodable(delivered.header)
+        if delivered.exchange:
+            headers["x-dispytch-original-exchange"] = printable(delivered.exchange)[0]
+        if props.message_id and "message-id" not in undecodable:
+            # Not reused as the dead letter's own message_id: aiormq matches returns to
+            # publishes by message_id, which must be unique among in-flight publishes.
+            headers["x-dispytch-original-message-id"] = props.message_id
+        # expiration and user_id are dropped on purpose: a dead letter must not expire, and
+        # the broker rejects a user_id that is not the publishing connection's user. A
+        # property that could not be decoded is dropped too (x-dispytch-undecodable says so).
+        properties = {
+            name: None if name.replace("_", "-") in undecodable else getattr(props, name)
+            for name in (
+                "content_type",
+                "content_encoding",
+                "correlation_id",
+                "reply_to",
+                "app_id",
+                "priority",
+                "timestamp",
+            )
+        }
+        properties["type"] = None if "message-type" in undecodable else props.message_type
+    return aio_pika.Message(
+        message.payload,
+        headers=headers,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        **properties,
+    )
 
 
 async def read_dead_letters(
-    connection: AbstractConnection, topic: str, limit: int = 100
+    connection: AbstractConnection, topic: str, limit: int = 100, groups: Iterable[str] = ()
 ) -> list[DeadLetter]:
-    """Up to ``limit`` dead letters of ``topic``, oldest first, left in their queue.
+    """Up to ``limit`` dead letters of ``topic``, oldest first, left in their queues.
 
-    Reads with ``basic.get`` on a short-lived channel and hands everything back with one
-    ``basic.nack(multiple, requeue)``; a classic queue puts requeued messages back in their
-    original positions. Messages are invisible to other readers of the ``.dlq`` queue for the
-    few milliseconds this takes, and come back with the ``redelivered`` flag set.
+    Reads the dead-letter and fallback queues of ``groups`` (keeping the dead letters of
+    ``topic``) and the per-topic queue ``<topic>.dlq`` of earlier versions, with ``basic.get``
+    on a short-lived channel, and hands everything back with ``basic.nack(multiple,
+    requeue)``: a classic queue puts requeued messages back in their original positions.
+    Messages are invisible to other readers for the few milliseconds this takes, and come back
+    with the ``redelivered`` flag set. At most 10,000 messages of each queue are looked at.
     """
     transport = connection.transport
     if transport is None:
         raise EmitError("not connected to RabbitMQ; call connect() (or start the app) first")
+    queues = [(dead_letter_topic(topic), False)]
+    for group in dict.fromkeys(groups):
+        queues += [(dead_letter_queue(group), True), (fallback_queue(group), True)]
+    out: list[DeadLetter] = []
+    for queue, shared in queues:
+        if len(queue.encode()) > MAX_NAME_BYTES:
+            continue  # no such queue can exist
+        out += await _read_queue(transport.connection, queue, topic, shared)
+    out.sort(key=lambda letter: int(letter.headers.get("x-dispytch-failed-at", "0") or 0))
+    return out[:limit]
+
+
+async def _read_queue(amqp: Any, queue: str, topic: str, shared: bool) -> list[DeadLetter]:
     # A plain aiormq channel: a robust one would try to reopen itself after the broker closes
     # it, which a passive declare of a missing queue does (404).
-    channel = await transport.connection.channel()
-    queue = dead_letter_topic(topic)
+    channel = await amqp.channel()
     out: list[DeadLetter] = []
     try:
         try:
             declared = await channel.queue_declare(queue, passive=True)
-        except aiormq.exceptions.ChannelNotFoundEntity:
-            return []
+        except (aiormq.exceptions.ChannelNotFoundEntity, ValueError):
+            return []  # no such queue, or a name no queue can have
         last_tag: int | None = None
-        for _ in range(min(limit, declared.message_count or 0)):
+        for _ in range(min(SCAN_LIMIT, declared.message_count or 0)):
             got: DeliveredMessage = await channel.basic_get(queue, no_ack=False)
             if not isinstance(got.delivery, aiormq.spec.Basic.GetOk):
                 break
             last_tag = got.delivery.delivery_tag
             raw = got.header.properties.headers or {}
             headers = str_headers(raw)
+            original = headers.get("x-dispytch-original-topic", topic)
+            if shared and original != topic:
+                continue
             out.append(
                 DeadLetter(
-                    topic=headers.get("x-dispytch-original-topic", topic),
+                    topic=original,
                     payload=got.body,
                     headers=headers,
                     key=decode_key(raw.get(KEY_HEADER)),

@@ -1,9 +1,20 @@
-"""How Dispytch data maps onto AMQP: the key header, incoming deliveries, confirmed publishes."""
+"""How Dispytch data maps onto AMQP: the key header, incoming deliveries, confirmed publishes.
+
+A delivery whose routing key, exchange, properties or header names are not UTF-8 (or whose
+timestamp is out of range) cannot be handled: it is decoded leniently (see
+:mod:`dispytch.rabbitmq._compat`) and :func:`lenient_message` turns it into a message for its
+dead letter: the routing key as printable text with its raw bytes base64-encoded in
+``x-dispytch-original-topic-b64``, a header name that is not UTF-8 as
+``x-dispytch-b64:<base64 of the name>``, and ``x-dispytch-undecodable`` naming what could not
+be decoded.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import base64
+from collections.abc import Container
+from typing import Any, NamedTuple
 
 import aio_pika
 import aiormq
@@ -13,13 +24,19 @@ from aiormq.abc import DeliveredMessage
 from dispytch.emitter.producer import ProducerTimeout
 from dispytch.errors import EmitError
 from dispytch.listener.consumer import Message
+from dispytch.untrusted import loggable
 
 __all__ = [
+    "B64_HEADER_PREFIX",
     "DELIVERY_COUNT_HEADER",
     "KEY_HEADER",
+    "ORIGINAL_TOPIC_B64_HEADER",
+    "UNDECODABLE_HEADER",
+    "Decoded",
     "confirm_error",
     "decode_key",
     "encode_key",
+    "lenient_message",
     "publish_confirmed",
     "publish_error",
     "str_headers",
@@ -31,6 +48,12 @@ __all__ = [
 KEY_HEADER = "x-dispytch-key"
 #: Set by quorum queues: how many times the message was delivered before.
 DELIVERY_COUNT_HEADER = "x-delivery-count"
+#: Names what could not be decoded in a dead letter (``routing-key``, ``header-name``...).
+UNDECODABLE_HEADER = "x-dispytch-undecodable"
+#: The raw bytes of a routing key that is not UTF-8, base64-encoded.
+ORIGINAL_TOPIC_B64_HEADER = "x-dispytch-original-topic-b64"
+#: Prefix of a header whose name was not UTF-8: the rest is that name in base64.
+B64_HEADER_PREFIX = "x-dispytch-b64:"
 
 
 def encode_key(key: bytes) -> str | bytearray:
@@ -64,19 +87,31 @@ def str_headers(raw: Any) -> dict[str, str]:
     return {name: _str(value) for name, value in raw.items()}
 
 
-def to_message(delivered: DeliveredMessage) -> Message:
-    """The listener's view of one delivery; aiormq's message rides along in ``extra``."""
+def to_message(delivered: DeliveredMessage, counted: Container[str] = ()) -> Message:
+    """The listener's view of one delivery; aiormq's message rides along in ``extra``.
+
+    ``counted`` holds the consumer tags of quorum queues: only there does RabbitMQ write
+    ``x-delivery-count`` itself, and only on a redelivery (a first delivery, and any delivery
+    from a classic queue, carries whatever the publisher set). So the header gives the attempt
+    only on a redelivery from a quorum queue; elsewhere a redelivery is attempt 2.
+    """
     delivery = delivered.delivery
     properties = delivered.header.properties
     raw = properties.headers
     headers: dict[str, str] = {}
     key: bytes | None = None
-    attempt = 2 if delivery.redelivered else 1  # type: ignore[union-attr]
+    redelivered = delivery.redelivered  # type: ignore[union-attr]
+    attempt = 2 if redelivered else 1
     if raw:
         for name, value in raw.items():
             if name == KEY_HEADER:
                 key = decode_key(value)
-            elif name == DELIVERY_COUNT_HEADER and isinstance(value, int):
+            elif (
+                name == DELIVERY_COUNT_HEADER
+                and redelivered
+                and isinstance(value, int)
+                and delivery.consumer_tag in counted  # type: ignore[union-attr]
+            ):
                 # Quorum queues count every earlier delivery: the exact attempt number.
                 attempt = value + 1
             headers[name] = _str(value)
@@ -89,6 +124,76 @@ def to_message(delivered: DeliveredMessage) -> Message:
         extra=delivered,
         message_id=properties.message_id,
     )
+
+
+def printable(text: str) -> tuple[str, bytes | None]:
+    """A leniently decoded string as text safe anywhere, and its raw bytes when they were not
+    UTF-8 (``None`` when the text is exact)."""
+    if text.isascii():
+        return text, None
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", "surrogateescape")
+        return raw.decode("utf-8", "backslashreplace"), raw
+    return text, None
+
+
+def _safe(value: Any) -> Any:
+    """A header value with its undecodable strings turned back into their bytes."""
+    if isinstance(value, str):
+        raw = printable(value)[1]
+        return value if raw is None else bytearray(raw)
+    if isinstance(value, dict):
+        return {safe_name(k): _safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_safe(v) for v in value]
+    return value
+
+
+def safe_name(name: str) -> str:
+    """A header name as is, or ``x-dispytch-b64:<base64>`` when it was not UTF-8."""
+    raw = printable(name)[1]
+    return name if raw is None else B64_HEADER_PREFIX + base64.b64encode(raw).decode("ascii")
+
+
+def safe_headers(raw: Any) -> dict[str, Any]:
+    """AMQP headers that any client can encode again (for a dead letter)."""
+    return {safe_name(name): _safe(value) for name, value in (raw or {}).items()}
+
+
+class Decoded(NamedTuple):
+    """A delivery decoded leniently: its message, and why no handler can take it."""
+
+    message: Message
+    problem: str
+
+
+def lenient_message(delivered: DeliveredMessage, undecodable: tuple[str, ...]) -> Decoded:
+    """The message of a delivery parts of which could not be decoded; never raises."""
+    delivery: Any = delivered.delivery
+    topic, raw_topic = printable(delivery.routing_key or "")
+    safe = safe_headers(_headers_of(delivered))
+    headers = {name: _str(value) for name, value in safe.items()}
+    key = decode_key(safe.get(KEY_HEADER))
+    headers[UNDECODABLE_HEADER] = ",".join(undecodable)
+    if raw_topic is not None:
+        headers[ORIGINAL_TOPIC_B64_HEADER] = base64.b64encode(raw_topic).decode("ascii")
+    message = Message(
+        topic=topic,
+        payload=delivered.body,
+        key=key,
+        headers=headers,
+        delivery_attempt=2 if delivery.redelivered else 1,
+        extra=delivered,
+    )
+    problem = f"{loggable(', '.join(undecodable))} of the delivery could not be decoded"
+    return Decoded(message, problem)
+
+
+def _headers_of(delivered: DeliveredMessage) -> Any:
+    properties = getattr(delivered.header, "properties", None)
+    return getattr(properties, "headers", None)
 
 
 async def publish_confirmed(
