@@ -143,14 +143,19 @@ def _timestamp(data: bytes, pos: int, what: str, marks: list[str]) -> tuple[Any,
         return None, pos + 8
 
 
-def _table(data: bytes, pos: int, marks: list[str]) -> tuple[dict[str, Any], int]:
+def _sized(data: bytes, pos: int, what: str) -> tuple[int, int]:
+    """Where the content of a length-prefixed table or array starts and ends."""
     if pos + 4 > len(data):
-        raise _Unreadable("table")
+        raise _Unreadable(what)
     (length,) = struct.unpack_from(">I", data, pos)
-    pos += 4
-    end = pos + length
+    end = pos + 4 + length
     if end > len(data):
-        raise _Unreadable("table")
+        raise _Unreadable(what)
+    return pos + 4, end
+
+
+def _table(data: bytes, pos: int, marks: list[str]) -> tuple[dict[str, Any], int]:
+    pos, end = _sized(data, pos, "table")
     out: dict[str, Any] = {}
     try:
         while pos < end:
@@ -162,13 +167,7 @@ def _table(data: bytes, pos: int, marks: list[str]) -> tuple[dict[str, Any], int
 
 
 def _array(data: bytes, pos: int, marks: list[str]) -> tuple[list[Any], int]:
-    if pos + 4 > len(data):
-        raise _Unreadable("array")
-    (length,) = struct.unpack_from(">I", data, pos)
-    pos += 4
-    end = pos + length
-    if end > len(data):
-        raise _Unreadable("array")
+    pos, end = _sized(data, pos, "array")
     out: list[Any] = []
     try:
         while pos < end:
