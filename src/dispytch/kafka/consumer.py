@@ -291,10 +291,13 @@ class KafkaConsumer(Consumer):
             return True
         for records in first.values():
             buffer.extend(records)
+        room = self.max_batch - 1  # at most max_batch records per round, as one getmany
         for tp in _compat.ready_partitions(consumer):
+            if room <= 0:
+                break
             position = _compat.position(consumer, tp)
             try:
-                more = await consumer.getmany(tp, timeout_ms=0, max_records=self.max_batch)
+                more = await consumer.getmany(tp, timeout_ms=0, max_records=room)
             except ConsumerStoppedError:
                 return False
             except Exception as exc:
@@ -304,6 +307,7 @@ class KafkaConsumer(Consumer):
                 continue
             for records in more.values():
                 buffer.extend(records)
+                room -= len(records)
         return True
 
     async def _getmany(self, timeout_ms: int, max_records: int) -> dict[Any, Any]:
