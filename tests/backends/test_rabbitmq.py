@@ -779,6 +779,7 @@ async def test_a_delivery_pamqp_cannot_decode_is_dead_lettered_without_a_reconne
         [letter] = dead
         assert json.loads(letter.payload)["body"]["order_id"] == 1
         assert poison in letter.headers["x-dispytch-undecodable"]
+        assert not [k for k in letter.headers if k.startswith("x-dispytch-forwarded-")]
         assert letter.reason == "decode"
         if poison == "routing-key":
             assert base64.b64decode(letter.headers["x-dispytch-original-topic-b64"]) == routing_key

@@ -29,6 +29,7 @@ the failure details.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -178,6 +179,12 @@ class DeadLetterStore:
             raise
 
 
+def _adapter_header(name: str) -> bool:
+    return name in (UNDECODABLE_HEADER, ORIGINAL_TOPIC_B64_HEADER) or name.startswith(
+        B64_HEADER_PREFIX
+    )
+
+
 def _dead_letter(message: Message, failure: Failure) -> aio_pika.Message:
     """The dead letter of ``message``: its body, headers and properties, and what failed."""
     delivered = message.extra
@@ -190,7 +197,12 @@ def _dead_letter(message: Message, failure: Failure) -> aio_pika.Message:
         ):
             # pamqp decodes non-UTF-8 strings to bytes but can only encode bytearray.
             headers[name] = bytearray(value) if isinstance(value, bytes) else value
-    ours = failure.headers(message)
+    undecodable = _compat.undecodable(delivered.header) if props is not None else ()
+    own = message.headers
+    if UNDECODABLE_HEADER in own:
+        # Written by the adapter, not by the publisher: not to be forwarded as incoming ones.
+        own = {k: v for k, v in own.items() if not _adapter_header(k)}
+    ours = failure.headers(dataclasses.replace(message, headers=own))
     headers.update((k, v) for k, v in ours.items() if k.startswith(_OURS) or k not in headers)
     if message.key is not None:
         headers[KEY_HEADER] = encode_key(message.key)
@@ -199,7 +211,6 @@ def _dead_letter(message: Message, failure: Failure) -> aio_pika.Message:
             headers[name] = message.headers[name]
     properties: dict[str, Any] = {}
     if props is not None:
-        undecodable = _compat.undecodable(delivered.header)
         if delivered.exchange:
             headers["x-dispytch-original-exchange"] = printable(delivered.exchange)[0]
         if props.message_id and "message-id" not in undecodable:
