@@ -495,6 +495,10 @@ def _failing_app(topic: str, config: KafkaEventConfig | None = None) -> tuple[Ap
     return app, Boom
 
 
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
 def _envelope(n: int, event: str = "poison_test") -> bytes:
     return json.dumps({"id": f"id-{n}", "type": event, "body": {"n": n}, "timestamp": 1}).encode()
 
@@ -594,13 +598,11 @@ async def test_a_header_name_that_is_not_utf8_is_dead_lettered_and_the_rest_flow
     finally:
         await app.stop()
     assert json.loads(letter.payload)["body"]["n"] == 2
-    assert letter.headers["x-dispytch-undecodable"] == "header-name"
+    assert letter.headers["x-dispytch-undecodable"] == "headers"
     assert letter.headers["x-dispytch-reason"] == "decode"
     assert letter.headers["ok"] == "v"
-    b64_name = "x-dispytch-b64:" + base64.b64encode(b"\xff\xfebad-name\xff").decode()
-    assert letter.headers[b64_name] == b"\x00\x01raw".decode("utf-8", "replace")
-    [raw] = await _read_all(f"{topic}.dlq", 1)
-    assert (b64_name, b"\x00\x01raw") in raw.headers  # the value byte for byte
+    pair = _b64(b"\xff\xfebad-name\xff") + ":" + _b64(b"\x00\x01raw")  # name and value
+    assert letter.headers["x-dispytch-undecodable-header-1"] == pair
 
     # Restarted, the group goes on after the poison: new events are handled, nothing again.
     class PoisonTest(EventBase):
@@ -716,7 +718,7 @@ async def test_dead_letters_go_to_the_group_fallback_topic_when_the_dlq_cannot_b
         await wait_until(lambda: handled == [2], timeout=30, what="the good record")
         [letter] = await app.backend.dead_letters(topic)
     assert letter.topic == topic
-    assert letter.headers["x-dispytch-undecodable"] == "header-name"
+    assert letter.headers["x-dispytch-undecodable"] == "headers"
     [raw] = await _read_all(f"dispytch.dlq.{group}", 1)
     assert dict(raw.headers)["x-dispytch-original-topic"] == topic.encode()
 

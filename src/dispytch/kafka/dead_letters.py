@@ -2,10 +2,10 @@
 
 The dead letters of topic ``T`` go to ``T.dlq`` (a hashed name when that is too long; see
 :mod:`dispytch.kafka.topics`), keyed like the original record, with its value byte for byte,
-its headers (values byte for byte; a name that was not UTF-8 as ``x-dispytch-b64:<base64>``)
-and the ``x-dispytch-*`` failure headers. When ``T.dlq`` cannot be written, the consumer group's
-fallback topic ``dispytch.dlq.<group>`` takes them (the original topic in
-``x-dispytch-original-topic``).
+its headers (values byte for byte; a header whose name was not UTF-8 as
+``x-dispytch-undecodable-header-<n>``) and the ``x-dispytch-*`` failure headers. When
+``T.dlq`` cannot be written, the consumer group's fallback topic ``dispytch.dlq.<group>``
+takes them (the original topic in ``x-dispytch-original-topic``).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from dispytch.dead_letter import DeadLetter
 from dispytch.kafka.producer import KafkaProducer
 from dispytch.kafka.topics import dead_letter_topic, fallback_topic
-from dispytch.kafka.wire import B64_HEADER_PREFIX, UNDECODABLE_HEADER
 from dispytch.listener.consumer import Failure, Message
+from dispytch.poison import UNDECODABLE_HEADER, header_pair
 
 __all__ = ["KafkaDeadLetters", "dead_letter_headers", "read_dead_letters"]
 
@@ -38,12 +38,13 @@ def dead_letter_headers(message: Message, failure: Failure) -> list[tuple[str, b
     text: dict[str, str] = {}
     kept: list[tuple[str, bytes]] = []  # what text cannot carry: kept byte for byte
     undecodable = False
-    for name, value in raw:
+    for index, (name, value) in enumerate(raw):
         if isinstance(name, bytes):
             try:
                 name = name.decode()
             except UnicodeDecodeError:
-                kept.append((B64_HEADER_PREFIX + _b64(name), value or b""))
+                pair_name, pair = header_pair(index, name, value or b"")
+                kept.append((pair_name, pair.encode()))
                 undecodable = True
                 continue
         try:
@@ -56,14 +57,8 @@ def dead_letter_headers(message: Message, failure: Failure) -> list[tuple[str, b
     out += [(k, v.encode()) for k, v in text.items() if k not in ours and not k.startswith(_OURS)]
     out += kept
     if undecodable:
-        out.append((UNDECODABLE_HEADER, b"header-name"))
+        out.append((UNDECODABLE_HEADER, b"headers"))
     return out
-
-
-def _b64(data: bytes) -> str:
-    import base64
-
-    return base64.b64encode(data).decode("ascii")
 
 
 class KafkaDeadLetters:

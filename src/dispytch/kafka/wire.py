@@ -4,33 +4,21 @@ Kafka header *names* are strings (UTF-8) in the protocol, header *values* are by
 that is not UTF-8 is handed to handlers with replacement characters (dead letters keep its
 bytes). A name that is not UTF-8 breaks the protocol: the record is delivered to no handler, it
 is dead-lettered, its raw bytes kept, and each such header travels as
-``x-dispytch-b64:<base64 of the name>`` with its original value, the dead letter saying so in
-``x-dispytch-undecodable: header-name``.
+``x-dispytch-undecodable-header-<n>: <base64 name>:<base64 value>``, the dead letter saying so
+in ``x-dispytch-undecodable: headers`` (as on every backend, see :mod:`dispytch.poison`).
 """
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from dispytch.kafka.records import RawRecord
 from dispytch.listener.consumer import Message
+from dispytch.poison import UNDECODABLE_HEADER, header_pair
 from dispytch.untrusted import loggable
 
-__all__ = [
-    "B64_HEADER_PREFIX",
-    "UNDECODABLE_HEADER",
-    "Decoded",
-    "lenient_message",
-    "str_headers",
-    "to_message",
-]
-
-#: Names the parts of a dead letter that could not be decoded (e.g. ``header-name``).
-UNDECODABLE_HEADER = "x-dispytch-undecodable"
-#: Prefix of a header whose name was not UTF-8: the rest is that name in base64.
-B64_HEADER_PREFIX = "x-dispytch-b64:"
+__all__ = ["Decoded", "lenient_message", "str_headers", "to_message"]
 
 
 def str_headers(headers: Sequence[tuple[str, bytes | None]]) -> dict[str, str]:
@@ -63,16 +51,16 @@ def lenient_message(topic: str, partition: int, record: RawRecord, attempt: int)
     """A record whose header names may be any bytes, as a message; never raises."""
     headers: dict[str, str] = {}
     bad: list[bytes] = []
-    for name, value in record.headers:
-        text = (value or b"").decode("utf-8", "replace")
+    for index, (name, value) in enumerate(record.headers):
         try:
-            headers[name.decode("utf-8")] = text
+            headers[name.decode("utf-8")] = (value or b"").decode("utf-8", "replace")
         except UnicodeDecodeError:
             bad.append(name)
-            headers[B64_HEADER_PREFIX + base64.b64encode(name).decode("ascii")] = text
+            pair_name, pair = header_pair(index, name, value or b"")
+            headers[pair_name] = pair
     problem = None
     if bad:
-        headers[UNDECODABLE_HEADER] = "header-name"
+        headers[UNDECODABLE_HEADER] = "headers"
         problem = f"header name {loggable(bad[0])} is not UTF-8" + (
             f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
         )

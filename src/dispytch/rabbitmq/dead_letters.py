@@ -44,10 +44,10 @@ from dispytch.errors import ConfigurationError, EmitError
 from dispytch.listener.consumer import Failure, Message
 from dispytch.rabbitmq import _compat
 from dispytch.rabbitmq.wire import (
-    B64_HEADER_PREFIX,
     DELIVERY_COUNT_HEADER,
+    HEADER_B64_PREFIX,
     KEY_HEADER,
-    ORIGINAL_TOPIC_B64_HEADER,
+    TOPIC_B64_HEADER,
     UNDECODABLE_HEADER,
     decode_key,
     encode_key,
@@ -180,9 +180,7 @@ class DeadLetterStore:
 
 
 def _adapter_header(name: str) -> bool:
-    return name in (UNDECODABLE_HEADER, ORIGINAL_TOPIC_B64_HEADER) or name.startswith(
-        B64_HEADER_PREFIX
-    )
+    return name in (UNDECODABLE_HEADER, TOPIC_B64_HEADER) or name.startswith(HEADER_B64_PREFIX)
 
 
 def _dead_letter(message: Message, failure: Failure) -> aio_pika.Message:
@@ -193,7 +191,7 @@ def _dead_letter(message: Message, failure: Failure) -> aio_pika.Message:
     headers: dict[str, Any] = {}
     for name, value in safe_headers(raw).items():
         if name != DELIVERY_COUNT_HEADER and (
-            not name.startswith(_OURS) or name.startswith(B64_HEADER_PREFIX)
+            not name.startswith(_OURS) or name.startswith(HEADER_B64_PREFIX)
         ):
             # pamqp decodes non-UTF-8 strings to bytes but can only encode bytearray.
             headers[name] = bytearray(value) if isinstance(value, bytes) else value
@@ -206,7 +204,7 @@ def _dead_letter(message: Message, failure: Failure) -> aio_pika.Message:
     headers.update((k, v) for k, v in ours.items() if k.startswith(_OURS) or k not in headers)
     if message.key is not None:
         headers[KEY_HEADER] = encode_key(message.key)
-    for name in (UNDECODABLE_HEADER, ORIGINAL_TOPIC_B64_HEADER):
+    for name in (UNDECODABLE_HEADER, TOPIC_B64_HEADER):
         if name in message.headers:
             headers[name] = message.headers[name]
     properties: dict[str, Any] = {}

@@ -3,16 +3,16 @@
 A delivery whose routing key, exchange, properties or header names are not UTF-8 (or whose
 timestamp is out of range) cannot be handled: it is decoded leniently (see
 :mod:`dispytch.rabbitmq._compat`) and :func:`lenient_message` turns it into a message for its
-dead letter: the routing key as printable text with its raw bytes base64-encoded in
-``x-dispytch-original-topic-b64``, a header name that is not UTF-8 as
-``x-dispytch-b64:<base64 of the name>``, and ``x-dispytch-undecodable`` naming what could not
-be decoded.
+dead letter, in the form every backend uses (:mod:`dispytch.poison`): the routing key as
+printable text with its raw bytes base64-encoded in ``x-dispytch-original-topic-b64``, a header
+whose name is not UTF-8 as ``x-dispytch-undecodable-header-<n>: <base64 name>:<base64 value>``,
+and ``x-dispytch-undecodable`` naming what could not be decoded (``topic``, ``headers``,
+``properties``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 from collections.abc import Container
 from typing import Any, NamedTuple
 
@@ -24,13 +24,21 @@ from aiormq.abc import DeliveredMessage
 from dispytch.emitter.producer import ProducerTimeout
 from dispytch.errors import EmitError
 from dispytch.listener.consumer import Message
+from dispytch.poison import (
+    HEADER_B64_PREFIX,
+    TOPIC_B64_HEADER,
+    UNDECODABLE_HEADER,
+    b64,
+    header_pair,
+    shown,
+)
 from dispytch.untrusted import loggable
 
 __all__ = [
-    "B64_HEADER_PREFIX",
     "DELIVERY_COUNT_HEADER",
+    "HEADER_B64_PREFIX",
     "KEY_HEADER",
-    "ORIGINAL_TOPIC_B64_HEADER",
+    "TOPIC_B64_HEADER",
     "UNDECODABLE_HEADER",
     "Decoded",
     "confirm_error",
@@ -48,12 +56,6 @@ __all__ = [
 KEY_HEADER = "x-dispytch-key"
 #: Set by quorum queues: how many times the message was delivered before.
 DELIVERY_COUNT_HEADER = "x-delivery-count"
-#: Names what could not be decoded in a dead letter (``routing-key``, ``header-name``...).
-UNDECODABLE_HEADER = "x-dispytch-undecodable"
-#: The raw bytes of a routing key that is not UTF-8, base64-encoded.
-ORIGINAL_TOPIC_B64_HEADER = "x-dispytch-original-topic-b64"
-#: Prefix of a header whose name was not UTF-8: the rest is that name in base64.
-B64_HEADER_PREFIX = "x-dispytch-b64:"
 
 
 def encode_key(key: bytes) -> str | bytearray:
@@ -135,8 +137,17 @@ def printable(text: str) -> tuple[str, bytes | None]:
         text.encode()
     except UnicodeEncodeError:
         raw = text.encode("utf-8", "surrogateescape")
-        return raw.decode("utf-8", "backslashreplace"), raw
+        return shown(raw), raw
     return text, None
+
+
+def _raw(value: Any) -> bytes:
+    """A header value's bytes (for a header whose name was not UTF-8)."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape")
+    if isinstance(value, bytes | bytearray):
+        return bytes(value)
+    return str(value).encode("utf-8", "backslashreplace")
 
 
 def _safe(value: Any) -> Any:
@@ -145,21 +156,38 @@ def _safe(value: Any) -> Any:
         raw = printable(value)[1]
         return value if raw is None else bytearray(raw)
     if isinstance(value, dict):
-        return {safe_name(k): _safe(v) for k, v in value.items()}
+        return safe_headers(value)
     if isinstance(value, list):
         return [_safe(v) for v in value]
     return value
 
 
-def safe_name(name: str) -> str:
-    """A header name as is, or ``x-dispytch-b64:<base64>`` when it was not UTF-8."""
-    raw = printable(name)[1]
-    return name if raw is None else B64_HEADER_PREFIX + base64.b64encode(raw).decode("ascii")
-
-
 def safe_headers(raw: Any) -> dict[str, Any]:
-    """AMQP headers that any client can encode again (for a dead letter)."""
-    return {safe_name(name): _safe(value) for name, value in (raw or {}).items()}
+    """AMQP headers that any client can encode again (for a dead letter): a header whose name
+    was not UTF-8 becomes ``x-dispytch-undecodable-header-<n>``."""
+    out: dict[str, Any] = {}
+    for index, (name, value) in enumerate((raw or {}).items()):
+        name_bytes = printable(name)[1]
+        if name_bytes is None:
+            out[name] = _safe(value)
+        else:
+            pair_name, pair = header_pair(index, name_bytes, _raw(value))
+            out[pair_name] = pair
+    return out
+
+
+def undecodable_parts(marks: tuple[str, ...]) -> str:
+    """``x-dispytch-undecodable`` for the fields the lenient decoder marked: ``topic``,
+    ``headers`` and ``properties``, as on the other backends."""
+    parts = {
+        "topic"
+        if mark == "routing-key"
+        else "headers"
+        if mark.startswith("header-")
+        else "properties"
+        for mark in marks
+    }
+    return ",".join(p for p in ("topic", "headers", "properties") if p in parts)
 
 
 class Decoded(NamedTuple):
@@ -176,9 +204,9 @@ def lenient_message(delivered: DeliveredMessage, undecodable: tuple[str, ...]) -
     safe = safe_headers(_headers_of(delivered))
     headers = {name: _str(value) for name, value in safe.items()}
     key = decode_key(safe.get(KEY_HEADER))
-    headers[UNDECODABLE_HEADER] = ",".join(undecodable)
+    headers[UNDECODABLE_HEADER] = undecodable_parts(undecodable)
     if raw_topic is not None:
-        headers[ORIGINAL_TOPIC_B64_HEADER] = base64.b64encode(raw_topic).decode("ascii")
+        headers[TOPIC_B64_HEADER] = b64(raw_topic)
     message = Message(
         topic=topic,
         payload=delivered.body,
