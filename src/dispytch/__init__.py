@@ -1,6 +1,7 @@
 """Dispytch: async event-driven services with pydantic events and FastAPI-style dependencies."""
 
 from dispytch.app import App
+from dispytch.dedup import DedupStore, MemoryDedup
 from dispytch.di.markers import Dependency, TopicSegment
 from dispytch.emitter.emitter import EventEmitter
 from dispytch.errors import (
@@ -17,6 +18,8 @@ from dispytch.errors import (
     MissingExtraError,
     PayloadValidationError,
     RegistrationError,
+    RequestFailed,
+    RequestTimeout,
     ShutdownError,
     SubscriptionLostError,
 )
@@ -33,6 +36,7 @@ __all__ = [
     "ConnectError",
     "DeadLetterError",
     "DecodeError",
+    "DedupStore",
     "Dependency",
     "DependencyCycleError",
     "DispytchError",
@@ -45,10 +49,13 @@ __all__ = [
     "HandlerTimeout",
     "InvalidTopicError",
     "ListenerError",
+    "MemoryDedup",
     "Middleware",
     "MissingExtraError",
     "PayloadValidationError",
     "RegistrationError",
+    "RequestFailed",
+    "RequestTimeout",
     "ShutdownError",
     "SubscriptionLostError",
     "TopicSegment",

@@ -7,13 +7,16 @@ import inspect
 import logging
 import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
+
+from pydantic import BaseModel
 
 from dispytch.backend import Backend, backend_from_url
 from dispytch.dead_letter import fallback_topic
+from dispytch.dedup import DedupStore
 from dispytch.emitter.emitter import EventEmitter
 from dispytch.errors import ConfigurationError, DispytchError, ListenerError, RegistrationError
-from dispytch.events import EventBase
+from dispytch.events import Event, EventBase
 from dispytch.handler import HandlerGroup, check_timeout
 from dispytch.listener.listener import (
     DEFAULT_MAX_BUFFER_BYTES,
@@ -22,8 +25,10 @@ from dispytch.listener.listener import (
     Ordering,
 )
 from dispytch.middleware import check_middleware
+from dispytch.request import Requester
 from dispytch.retry import RetryPolicy
 from dispytch.serialization.deserializer import Deserializer
+from dispytch.serialization.json import JSONDeserializer
 from dispytch.serialization.serializer import Serializer
 
 __all__ = ["App"]
@@ -33,6 +38,7 @@ logger = logging.getLogger("dispytch.app")
 ENV_BROKER_URL = "DISPYTCH_BROKER_URL"
 
 F = TypeVar("F", bound=Callable[..., Any])
+M = TypeVar("M", bound=BaseModel)
 Hook = Callable[[], Awaitable[None] | None]
 
 
@@ -50,6 +56,11 @@ class App:
     (fetched, not yet settled). On shutdown, in-flight work gets ``shutdown_timeout`` seconds,
     then it is cancelled, and handlers that ignore the cancellation for ``shutdown_grace``
     seconds more are abandoned (their messages handed back, never acknowledged).
+
+    ``dedup`` (a :class:`~dispytch.dedup.DedupStore` such as
+    :class:`~dispytch.redis.RedisDedup`) makes every handler skip an event it already succeeded
+    on (a redelivery after a crash, a replay); ``@app.handler(..., dedup=False)`` opts one out.
+    See :mod:`dispytch.dedup` for the window that remains.
 
     A dead letter the consumer's destination cannot store (after ``dead_letter_retry``
     attempts) goes to the backend's fallback destination, or to the topic
@@ -77,9 +88,14 @@ class App:
         middleware: Sequence[object] | None = None,
         dead_letter_retry: RetryPolicy | None = None,
         topic_delimiter: str | None = None,
+        dedup: DedupStore | None = None,
         backend: Backend | None = None,
         **backend_options: Any,
     ) -> None:
+        if dedup is not None and not isinstance(dedup, DedupStore):
+            raise ConfigurationError(
+                f"dedup must be a DedupStore (MemoryDedup(), RedisDedup(url)), got {dedup!r}"
+            )
         if backend is None:
             url = broker_url or os.environ.get(ENV_BROKER_URL)
             if not url:
@@ -100,6 +116,8 @@ class App:
         self.max_buffer_bytes = max_buffer_bytes
         self.handler_timeout = check_timeout(handler_timeout, "handler_timeout")
         self.dead_letter_retry = dead_letter_retry
+        #: Where handlers remember the events they succeeded on (``None``: no dedup).
+        self.dedup = dedup
         #: Middleware around every message, handler call and emit, outermost first.
         self.middleware: list[object] = list(middleware or ())
         for item in self.middleware:
@@ -123,6 +141,7 @@ class App:
         self._listener: EventListener | None = None
         self._listen_task: asyncio.Task[None] | None = None
         self._stop_requested: asyncio.Event | None = None
+        self._requester: Requester | None = None
 
     def __repr__(self) -> str:
         return f"App({self.backend.redact(self.backend.url)!r}, group={self.group!r})"
@@ -195,6 +214,62 @@ class App:
         all were confirmed."""
         await self.emitter.emit_many(events, headers=headers)
 
+    # -- request/reply ------------------------------------------------------------------------
+
+    @overload
+    async def request(
+        self,
+        event: EventBase,
+        *,
+        timeout: float = ...,
+        reply: None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Event[dict[str, Any]]: ...
+
+    @overload
+    async def request(
+        self,
+        event: EventBase,
+        *,
+        timeout: float = ...,
+        reply: type[M],
+        headers: Mapping[str, str] | None = None,
+    ) -> M: ...
+
+    async def request(
+        self,
+        event: EventBase,
+        *,
+        timeout: float = 30.0,
+        reply: type[BaseModel] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Any:
+        """Emit ``event`` as a request and return the reply its handler returned.
+
+        Without ``reply`` the result is an ``Event`` whose ``body`` is the reply's body (a dict)
+        and whose ``type`` is the reply's type; with ``reply=Model`` (a pydantic model or an
+        ``EventBase`` subclass) the body is validated into a ``Model``
+        (:class:`~dispytch.errors.PayloadValidationError` if it does not fit).
+
+        Raises :class:`~dispytch.errors.RequestTimeout` (a ``TimeoutError``) when no reply came
+        within ``timeout`` seconds, :class:`~dispytch.errors.RequestFailed` when the handler
+        failed for good, and :class:`~dispytch.errors.ConfigurationError` on a backend without
+        a reliable reply path (Redis Pub/Sub). See :mod:`dispytch.request`.
+        """
+        check_timeout(timeout, "timeout")
+        if reply is not None and not (isinstance(reply, type) and issubclass(reply, BaseModel)):
+            raise ConfigurationError(
+                f"reply= takes a pydantic model class (or an EventBase subclass), got {reply!r}"
+            )
+        if self._requester is None:
+            emitter = self.emitter
+            self._requester = Requester(
+                lambda: self.backend.reply_inbox(self.group),
+                emitter,
+                self.deserializer or JSONDeserializer(),
+            )
+        return await self._requester.request(event, timeout, reply, headers)
+
     # -- life cycle ---------------------------------------------------------------------------
 
     @property
@@ -235,6 +310,9 @@ class App:
                 observer=self.observer,
                 dependency_overrides=self.dependency_overrides,
                 topic_rules=self.topic_rules,
+                emitter=self._emitter,
+                dedup=self.dedup,
+                dedup_scope=self.group,
             )
             for group in self._groups:
                 listener.add_handler_group(group)
@@ -272,11 +350,19 @@ class App:
                 await self._listen_task
             except Exception as exc:
                 error = exc
+        requester, self._requester = self._requester, None
+        if requester is not None:
+            await requester.close()
         for hook in self._shutdown:
             try:
                 await _call(hook)
             except Exception:
                 logger.exception("shutdown hook %r failed", hook)
+        if self.dedup is not None:
+            try:
+                await self.dedup.close()
+            except Exception:
+                logger.exception("closing the dedup store %r failed", self.dedup)
         await self.backend.close()
         self._listener = None
         self._listen_task = None

@@ -8,6 +8,7 @@ broker client installed.
 from __future__ import annotations
 
 import importlib
+import uuid
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
@@ -16,6 +17,7 @@ from dispytch.emitter.producer import Producer
 from dispytch.errors import ConfigurationError
 from dispytch.listener.consumer import Consumer
 from dispytch.redaction import redact, redact_url, secrets_of
+from dispytch.request import ConsumerInbox, ReplyInbox
 from dispytch.topic_rules import GENERIC, TopicRules
 
 __all__ = ["Backend", "backend_from_url", "redact_url", "register_backend"]
@@ -80,6 +82,17 @@ class Backend(ABC):
 
     async def close(self) -> None:
         """Close everything the backend opened."""
+
+    def reply_inbox(self, group: str) -> ReplyInbox:
+        """A new private inbox for the replies to one app's requests (see
+        :mod:`dispytch.request`); ``group`` is the app's group.
+
+        The default reads the topic ``<reply_prefix><random>`` with a consumer of its own
+        (right for a broker that makes topics on the fly and forgets them, like memory); a
+        backend overrides it with its broker's own kind of private destination.
+        """
+        address = self.producer().reply_prefix + uuid.uuid4().hex
+        return ConsumerInbox(self, address, self.topic_delimiter)
 
     async def dead_letters(self, topic: str, limit: int = 100) -> list[DeadLetter]:
         """Read (without removing) up to ``limit`` dead letters of ``topic``, oldest first."""

@@ -118,3 +118,19 @@ class SubscriptionLostError(DispytchError):
     """The broker ended a subscription (its queue was deleted, say) and it could not be made
     again. Nothing is acknowledged that was not handled; restart the service once the queue
     or stream exists again."""
+
+
+class RequestTimeout(DispytchError, TimeoutError):
+    """``app.request()`` got no reply within its ``timeout``: no service handles the event, its
+    handler returned ``None``, or it is slow. Check that a handler for the event runs and
+    returns its reply, or raise ``timeout=``."""
+
+
+class RequestFailed(DispytchError):
+    """The handler of a request failed for good (it was dead-lettered) and the service sent
+    the failure back instead of a reply. ``error_type`` and ``handler`` say what failed."""
+
+    def __init__(self, message: str, *, error_type: str = "", handler: str | None = None) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.handler = handler

@@ -36,10 +36,19 @@ class HandlerSpec:
     timeout: float | None = None
     #: this handler's own middleware (``handle`` scope), outermost first
     middleware: tuple[object, ...] = ()
+    #: skip events this handler already succeeded on: ``True``, ``False`` or ``None`` (the
+    #: app's choice: on when the app has a dedup store)
+    dedup: bool | None = None
 
     @property
     def name(self) -> str:
         return self.plan.name
+
+    @property
+    def key(self) -> str:
+        """The handler's name across processes and restarts: ``module.qualname``."""
+        module = getattr(self.func, "__module__", None)
+        return f"{module}.{self.plan.name}" if module else self.plan.name
 
     def with_overrides(self, overrides: Mapping[Callable[..., Any], Any]) -> HandlerSpec:
         if not overrides:
@@ -90,11 +99,12 @@ def make_spec(
     retry: RetryPolicy,
     timeout: float | None = None,
     middleware: tuple[object, ...] = (),
+    dedup: bool | None = None,
 ) -> HandlerSpec:
     topic, event = check_route(topic, event, f"handler {getattr(func, '__qualname__', func)!s}")
     segments = frozenset(_SEGMENT.findall(topic))
     return HandlerSpec(
-        func, topic, event, retry, build_plan(func, segments), segments, timeout, middleware
+        func, topic, event, retry, build_plan(func, segments), segments, timeout, middleware, dedup
     )
 
 
@@ -138,6 +148,7 @@ class HandlerGroup:
         jitter: float = 0.0,
         timeout: float | None = None,
         middleware: Sequence[object] | None = None,
+        dedup: bool | None = None,
     ) -> Callable[[F], F]:
         """Register a handler for ``event`` on ``topic``: an ``async def`` function, or a plain
         ``def`` one, which runs in a worker thread (see :mod:`dispytch.di.threads`) with the
@@ -153,6 +164,16 @@ class HandlerGroup:
         :class:`~dispytch.errors.HandlerTimeout`, retried and dead-lettered like any failure.
         ``middleware`` wraps each attempt of this handler (``handle`` scope), inside the
         group's and the app's.
+
+        What the handler returns is used (see :mod:`dispytch.listener.outputs`): an
+        ``EventBase`` (or a list of them) is emitted once the handler succeeded, before the
+        message is acknowledged; for a message sent with ``app.request()`` the return value is
+        the reply.
+
+        ``dedup=True`` skips an event this handler already succeeded on (a redelivery, a
+        replay), using the app's dedup store (``App(dedup=...)``), or an in-process
+        :class:`~dispytch.dedup.MemoryDedup` without one; ``dedup=False`` turns it off for this
+        handler in an app that has a store; the default follows the app.
         """
         # Checked here already, as 0.10 did: ``group.handler()`` alone raises.
         check_route(topic or self.default_topic, event or self.default_event, "@group.handler()")
@@ -161,6 +182,8 @@ class HandlerGroup:
         )
         limit = check_timeout(timeout, "timeout")
         own = check_middleware_list(middleware, "handler(middleware=...)")
+        if dedup is not None and not isinstance(dedup, bool):
+            raise RegistrationError(f"dedup must be True, False or None, got {dedup!r}")
 
         def decorator(func: F) -> F:
             spec = make_spec(
@@ -170,6 +193,7 @@ class HandlerGroup:
                 retry,
                 limit,
                 own,
+                dedup,
             )
             for check in self._checks:
                 check(spec)

@@ -143,14 +143,25 @@ class EventEmitter:
             batch = [self._outbound(event, headers, now) for event in events]
             await self._publish(PublishContext(batch, True))
             return
-        outgoing = []
+        results = await self._send_many(self.outgoing(events, headers, now))
+        errors = [e for e in results if e is not None]
+        if errors:
+            raise errors[0]
+
+    def outgoing(
+        self,
+        events: Iterable[EventBase],
+        headers: Mapping[str, str] | None = None,
+        timestamp_ms: int | None = None,
+    ) -> list[Outgoing]:
+        """``events`` encoded for :meth:`Producer.send_many`, not sent."""
+        now = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
+        out = []
         for event in events:
             topic, payload = self.encode(event, now)
             config = event.backend_config
-            outgoing.append(Outgoing(topic, payload, config, ordering_key(config), headers))
-        errors = [e for e in await self._send_many(outgoing) if e is not None]
-        if errors:
-            raise errors[0]
+            out.append(Outgoing(topic, payload, config, ordering_key(config), headers))
+        return out
 
     async def _send_many(self, outgoing: list[Outgoing]) -> list[BaseException | None]:
         if self._batched:

@@ -49,6 +49,9 @@ class Producer(ABC):
     """
 
     topic_rules: ClassVar[TopicRules] = GENERIC
+    #: Replies (request/reply) are sent only to addresses starting with this: a request's
+    #: reply-to header cannot make a service publish into one of its event topics.
+    reply_prefix: ClassVar[str] = "dispytch.reply."
 
     @abstractmethod
     async def send(
@@ -76,6 +79,12 @@ class Producer(ABC):
             return_exceptions=True,
         )
         return [r if isinstance(r, BaseException) else None for r in results]
+
+    async def send_reply(self, address: str, payload: bytes, headers: Mapping[str, str]) -> None:
+        """Send a reply to the reply inbox at ``address`` (see :mod:`dispytch.request`); return
+        once the broker took it. The default sends it like an event, to the topic ``address``;
+        a backend whose inboxes are not topics (NATS inbox subjects) overrides it."""
+        await self.send(address, payload, headers=headers)
 
     async def close(self) -> None:
         """Release what the producer owns. The default owns nothing."""

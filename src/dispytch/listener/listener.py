@@ -24,12 +24,15 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+from dispytch.dedup import DedupStore, MemoryDedup
+from dispytch.emitter.emitter import EventEmitter
 from dispytch.emitter.producer import Producer
 from dispytch.errors import ListenerError, RegistrationError, ShutdownError
 from dispytch.events import Event
 from dispytch.handler import HandlerGroup, HandlerSpec, check_timeout
 from dispytch.listener.adapter import as_consumer
 from dispytch.listener.consumer import Consumer, Failure, Message
+from dispytch.listener.outputs import Outputs
 from dispytch.listener.pipeline import Pipeline, Route
 from dispytch.listener.scheduler import MIN_GRACE, Ordering, Scheduler
 from dispytch.listener.settle import DEFAULT_DEAD_LETTER_RETRY, Settler
@@ -118,6 +121,13 @@ class EventListener:
         topic_rules: what a captured ``{segment}`` may hold (the backend's rules; by default
             the generic ones split at ``topic_delimiter``); a message whose segment breaks
             them is dead-lettered as a validation failure.
+        emitter: publishes the events handlers return and sends replies to requests (see
+            :mod:`dispytch.listener.outputs`); by default one over ``dead_letter_producer``.
+        dedup: the :class:`~dispytch.dedup.DedupStore` of handlers that skip events they
+            already succeeded on: every handler unless it says ``dedup=False``. Without one,
+            a handler with ``dedup=True`` gets an in-process
+            :class:`~dispytch.dedup.MemoryDedup`. ``dedup_scope`` starts every key (an App
+            passes its group), so services sharing a store do not see each other's keys.
     """
 
     def __init__(
@@ -141,6 +151,9 @@ class EventListener:
         observer: ListenerObserver | None = None,
         dependency_overrides: Mapping[Callable[..., Any], Any] | None = None,
         topic_rules: TopicRules | None = None,
+        emitter: EventEmitter | None = None,
+        dedup: DedupStore | None = None,
+        dedup_scope: str = "",
     ) -> None:
         if concurrency < 1:
             raise RegistrationError(f"concurrency must be >= 1, got {concurrency}")
@@ -180,6 +193,15 @@ class EventListener:
             check_middleware(item, "middleware", ("consume", "handle", "publish"))
         self.observer = observer
         self.dependency_overrides = dependency_overrides
+        if dedup is not None and not isinstance(dedup, DedupStore):
+            raise RegistrationError(
+                f"dedup must be a DedupStore (MemoryDedup(), RedisDedup(url)), got {dedup!r}"
+            )
+        if emitter is None and dead_letter_producer is not None:
+            emitter = EventEmitter(dead_letter_producer)
+        self.emitter = emitter
+        self.dedup = dedup
+        self.dedup_scope = dedup_scope
         self._own = HandlerGroup()
         self._own._checks.append(self._check)
         self._groups: list[HandlerGroup] = [self._own]
@@ -244,8 +266,16 @@ class EventListener:
                 specs.add(pattern, spec.event_type, spec)
                 timeout = spec.timeout if spec.timeout is not None else self.handler_timeout
                 own = scope_methods(spec.middleware, "handle")
-                compiled.add(pattern, spec.event_type, Route(spec, timeout, around + own))
+                route = Route(spec, timeout, around + own, self._dedup_of(spec), self.dedup_scope)
+                compiled.add(pattern, spec.event_type, route)
         self._routes, self._compiled = specs, compiled
+
+    def _dedup_of(self, spec: HandlerSpec) -> DedupStore | None:
+        if spec.dedup is False or (spec.dedup is None and self.dedup is None):
+            return None
+        if self.dedup is None:  # dedup=True without a store: this process's memory
+            self.dedup = MemoryDedup()
+        return self.dedup
 
     def _all_middleware(self) -> list[object]:
         if self.observer is None:
@@ -311,6 +341,7 @@ class EventListener:
             topic_rules=self.topic_rules,
             on_fatal=self._fail,
             consume_middleware=scope_methods(middleware, "consume"),
+            outputs=Outputs(self.emitter, getattr(self._consumer, "stage_outputs", None)),
         )
         scheduler = Scheduler(
             pipeline.process,

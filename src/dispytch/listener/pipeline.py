@@ -12,11 +12,13 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from dispytch.dedup import DedupStore, dedup_key
 from dispytch.di.plan import CallPlan
 from dispytch.errors import DeadLetterError, DecodeError, HandlerTimeout, PayloadValidationError
 from dispytch.events import Envelope
 from dispytch.handler import HandlerSpec
 from dispytch.listener.consumer import Failure, Message
+from dispytch.listener.outputs import Outputs
 from dispytch.listener.settle import Settler, now_ms, settle_failed
 from dispytch.middleware import ConsumeContext, HandlerCall, chain
 from dispytch.retry import RetryPolicy
@@ -36,20 +38,40 @@ Match = tuple["Route", dict[str, str]]
 
 
 class Route:
-    """One handler as the pipeline runs it: its plan, retry policy, timeout and the chain of
-    ``handle`` middleware around it, all resolved once when the listener starts."""
+    """One handler as the pipeline runs it: its plan, retry policy, timeout, dedup store and the
+    chain of ``handle`` middleware around it, all resolved once when the listener starts."""
 
-    __slots__ = ("call", "name", "pattern", "plan", "retry", "spec", "timeout")
+    __slots__ = (
+        "call",
+        "dedup",
+        "dedup_prefix",
+        "key",
+        "name",
+        "pattern",
+        "plan",
+        "retry",
+        "spec",
+        "timeout",
+    )
 
     def __init__(
-        self, spec: HandlerSpec, timeout: float | None, middleware: Sequence[Callable[..., Any]]
+        self,
+        spec: HandlerSpec,
+        timeout: float | None,
+        middleware: Sequence[Callable[..., Any]],
+        dedup: DedupStore | None = None,
+        dedup_scope: str = "",
     ) -> None:
         self.spec = spec
         self.plan: CallPlan = spec.plan
         self.name = spec.name
+        self.key = spec.key
         self.pattern = spec.topic
         self.retry: RetryPolicy = spec.retry
         self.timeout = timeout
+        #: where this handler's successes are remembered (``None``: no dedup)
+        self.dedup = dedup
+        self.dedup_prefix = f"{dedup_scope}:{self.key}:"
         #: the middleware chain for one attempt; ``None`` when there is no middleware
         self.call: Callable[[HandlerCall], Awaitable[Any]] | None = (
             chain(middleware, self._terminal) if middleware else None
@@ -94,8 +116,12 @@ class Pipeline:
         topic_rules: TopicRules,
         on_fatal: Callable[[BaseException], None],
         consume_middleware: Sequence[Callable[..., Any]] = (),
+        outputs: Outputs | None = None,
     ) -> None:
         self.routes = routes
+        #: what handlers return: events to publish, replies to requests
+        self.outputs = outputs or Outputs(None)
+        self._dedup_failing = False
         self.deserializer = deserializer
         self.settler = settler
         self.max_deliveries = max_deliveries
@@ -208,6 +234,8 @@ class Pipeline:
         ctx: ConsumeContext | None,
     ) -> None:
         stored = await self.settler.dead_letter(message, failure, event_id)
+        if stored and message.headers:
+            await self.outputs.reply_failure(message, failure)
         if ctx is not None:
             if stored:
                 ctx.failure = failure
@@ -241,6 +269,11 @@ class Pipeline:
         message: Message,
         ctx: ConsumeContext | None,
     ) -> Failure | None:
+        dedup = route.dedup
+        if dedup is not None:
+            key = dedup_key(route.dedup_prefix, envelope.id)
+            if await self._seen(dedup, key, route, envelope):
+                return None
         plan = route.plan
         try:
             if raw_segments:
@@ -255,15 +288,18 @@ class Pipeline:
         while True:
             try:
                 if call is not None:
-                    await call(
+                    result = await call(
                         HandlerCall(
                             message, route, raw_segments, attempt, envelope, events, segments
                         )
                     )
                 elif route.timeout is None:
-                    await plan.start(events, segments)
+                    result = await plan.start(events, segments)
                 else:
-                    await route.bounded(events, segments)
+                    result = await route.bounded(events, segments)
+                if result is not None:
+                    # Published (or replied) before the ack: part of the attempt.
+                    await self.outputs.deliver(result, route, envelope, message)
             except Exception as exc:
                 if retry.should_retry(exc, attempt):
                     delay = retry.delay(attempt)
@@ -283,7 +319,54 @@ class Pipeline:
                 return Failure(
                     "handler", type(exc).__name__, str(exc), route.name, attempt, now_ms(), exc
                 )
+            if dedup is not None:
+                await self._record(dedup, key, route, envelope)
             return None
+
+    # -- dedup --------------------------------------------------------------------------------
+
+    async def _seen(self, store: DedupStore, key: str, route: Route, envelope: Envelope) -> bool:
+        """Whether ``route``'s handler already succeeded on the event; a failing store counts
+        as "no" (the handler runs: at-least-once is kept, never an event skipped unhandled)."""
+        try:
+            seen = await store.seen(key)
+        except Exception as exc:
+            self._dedup_failed("look up", store, route, envelope, exc)
+            return False
+        self._dedup_failing = False
+        if seen:
+            logger.debug(
+                "skipping %s for event %s: it already succeeded on it (dedup)",
+                route.name,
+                loggable(envelope.id),
+            )
+        return seen
+
+    async def _record(self, store: DedupStore, key: str, route: Route, envelope: Envelope) -> None:
+        try:
+            await store.record(key)
+        except Exception as exc:
+            self._dedup_failed("record", store, route, envelope, exc)
+        else:
+            self._dedup_failing = False
+
+    def _dedup_failed(
+        self, what: str, store: DedupStore, route: Route, envelope: Envelope, exc: Exception
+    ) -> None:
+        # One warning per outage, not one per message.
+        level = logging.DEBUG if self._dedup_failing else logging.WARNING
+        self._dedup_failing = True
+        logger.log(
+            level,
+            "dedup store %r could not %s event %s for %s (%s: %s); the handler runs (again) "
+            "if the event is delivered again",
+            store,
+            what,
+            loggable(envelope.id),
+            route.name,
+            type(exc).__name__,
+            loggable(exc),
+        )
 
     # -- with consume middleware --------------------------------------------------------------
 

@@ -46,12 +46,14 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra ins
 from dispytch.dead_letter import DeadLetter
 from dispytch.redis.backend import RedisBackend, RedisUnavailableError
 from dispytch.redis.consumer import RedisConsumer
+from dispytch.redis.dedup import RedisDedup
 from dispytch.redis.producer import RedisProducer
 
 __all__ = [
     "DeadLetter",
     "RedisBackend",
     "RedisConsumer",
+    "RedisDedup",
     "RedisProducer",
     "RedisUnavailableError",
 ]
