@@ -28,8 +28,10 @@ from dispytch.nats.dead_letters import (
     read_dead_letters,
 )
 from dispytch.nats.producer import NATSProducer
+from dispytch.nats.replies import NATSInbox
 from dispytch.nats.streams import add_subjects
 from dispytch.poison import Overflow
+from dispytch.request import ReplyInbox
 from dispytch.security import ConnectionSecurity, connection_security
 from dispytch.topic_rules import NATS
 
@@ -201,7 +203,14 @@ class NATSBackend(Backend):
             raise
         self.connection = connection
         self.jetstream = js
-        self._producer = NATSProducer(js, timeout=self.publish_timeout)
+        # Imported here: dispytch.nats.core imports this module.
+        from dispytch.nats.core.producer import NATSCoreProducer
+
+        self._producer = NATSProducer(
+            js,
+            timeout=self.publish_timeout,
+            replies=NATSCoreProducer(connection, timeout=self.publish_timeout),
+        )
         self._dead_letters = store
 
     def _connected(self) -> tuple[JetStreamContext, NATSProducer, DeadLetterStore]:
@@ -241,6 +250,15 @@ class NATSBackend(Backend):
         )
         self._consumers.append(consumer)
         return consumer
+
+    def reply_inbox(self, group: str) -> ReplyInbox:
+        """A core subscription on ``_INBOX.<random>`` (see
+        :class:`~dispytch.nats.replies.NATSInbox`)."""
+        self._connected()
+        connection = self.connection
+        if connection is None:  # pragma: no cover - _connected() raised already
+            raise ConfigurationError(f"{self!r} is not connected")
+        return NATSInbox(connection)
 
     async def close(self) -> None:
         consumers, self._consumers = self._consumers, []

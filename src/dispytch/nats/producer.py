@@ -74,16 +74,34 @@ class NATSProducer(Producer):
     :class:`~dispytch.nats.NATSBackend`'s ``subjects``); no PubAck within ``timeout`` seconds
     raises :class:`~dispytch.emitter.producer.ProducerTimeout`. Concurrent sends are pipelined.
 
+    Replies to requests (:meth:`send_reply`) go to the requester's inbox subject as core NATS
+    messages through ``replies``, not to a stream.
+
     Args:
         jetstream: the nats-py JetStream context (``nc.jetstream()``).
         timeout: seconds to wait for the PubAck.
+        replies: a core producer on the same connection, for replies (``None``: cannot reply).
     """
 
     topic_rules = NATS
+    reply_prefix = "_INBOX."
 
-    def __init__(self, jetstream: JetStreamContext, timeout: float = 10.0) -> None:
+    def __init__(
+        self, jetstream: JetStreamContext, timeout: float = 10.0, replies: Producer | None = None
+    ) -> None:
         self.jetstream = jetstream
         self.timeout = timeout
+        self.replies = replies
+
+    async def send_reply(self, address: str, payload: bytes, headers: Mapping[str, str]) -> None:
+        """Publish a reply on the requester's inbox subject (core NATS, confirmed by the
+        server's ``PONG``): inbox subjects are in no stream."""
+        if self.replies is None:
+            raise EmitError(
+                "this NATSProducer was built without replies=NATSCoreProducer(connection); "
+                "it cannot answer requests"
+            )
+        await self.replies.send(address, payload, headers=headers)
 
     async def send(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import uuid
 from typing import Any, Literal
 
 import aio_pika
@@ -20,6 +21,8 @@ from dispytch.rabbitmq.dead_letters import (
     read_dead_letters,
 )
 from dispytch.rabbitmq.producer import RabbitMQProducer
+from dispytch.rabbitmq.replies import RabbitMQInbox
+from dispytch.request import ReplyInbox
 from dispytch.security import connection_security
 from dispytch.topic_rules import RABBITMQ
 
@@ -204,6 +207,16 @@ class RabbitMQBackend(Backend):
         )
         self._consumers.append(consumer)
         return consumer
+
+    def reply_inbox(self, group: str) -> ReplyInbox:
+        """An exclusive auto-delete queue ``dispytch.reply.<random>`` on the app's connection
+        (see :class:`~dispytch.rabbitmq.replies.RabbitMQInbox`)."""
+        producer, _ = self._connected()
+        connection = self.connection
+        if connection is None:  # pragma: no cover - _connected() raised already
+            raise ConfigurationError(f"{self!r} is not connected")
+        address = producer.reply_prefix + uuid.uuid4().hex
+        return RabbitMQInbox(connection, self.exchange_name, address)
 
     async def close(self) -> None:
         consumers, self._consumers = self._consumers, []

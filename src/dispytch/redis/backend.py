@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from dispytch.errors import ConfigurationError
 from dispytch.listener.consumer import Consumer
 from dispytch.redis.client import RedisBackendBase, RedisUnavailableError
 from dispytch.redis.consumer import RedisConsumer
 from dispytch.redis.dead_letters import DEFAULT_DEAD_LETTER_MAXLEN
 from dispytch.redis.producer import RedisProducer
+from dispytch.request import ReplyInbox
 
 __all__ = ["RedisBackend", "RedisUnavailableError"]
 
@@ -83,4 +85,13 @@ class RedisBackend(RedisBackendBase[RedisProducer]):
                 reconnect_max_delay=self.reconnect_max_delay,
                 owns_pubsub=True,
             )
+        )
+
+    def reply_inbox(self, group: str) -> ReplyInbox:
+        """Refused: a reply published while the requester's subscription is reconnecting is
+        lost, and nothing would tell the requester but its timeout."""
+        raise ConfigurationError(
+            "request/reply needs a reply path that keeps replies; Redis Pub/Sub keeps nothing "
+            "(a reply sent while the requester reconnects is lost). Use redis+streams:// for "
+            "request/reply on Redis"
         )

@@ -21,7 +21,9 @@ from dispytch.nats.dead_letters import (
     DeadLetterStore,
     read_dead_letters,
 )
+from dispytch.nats.replies import NATSInbox
 from dispytch.poison import Overflow
+from dispytch.request import ReplyInbox
 from dispytch.topic_rules import NATS
 
 __all__ = ["NATSCoreBackend"]
@@ -166,6 +168,10 @@ class NATSCoreBackend(Backend):
         )
         self._consumers.append(consumer)
         return consumer
+
+    def reply_inbox(self, group: str) -> ReplyInbox:
+        """A subscription on ``_INBOX.<random>`` (see :class:`~dispytch.nats.replies.NATSInbox`)."""
+        return NATSInbox(self._connection())
 
     async def close(self) -> None:
         consumers, self._consumers = self._consumers, []

@@ -46,6 +46,7 @@ class NATSCoreProducer(Producer):
     """
 
     topic_rules = NATS
+    reply_prefix = "_INBOX."
 
     def __init__(self, connection: NATSClient, timeout: float = 10.0) -> None:
         self.connection = _compat.harden(connection)

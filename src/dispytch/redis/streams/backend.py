@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from redis.asyncio import Redis
@@ -10,6 +11,8 @@ from dispytch.listener.consumer import Consumer
 from dispytch.redis.client import RedisBackendBase, RedisUnavailableError, client_url
 from dispytch.redis.streams.consumer import RedisStreamsConsumer
 from dispytch.redis.streams.producer import RedisStreamsProducer
+from dispytch.redis.streams.replies import RedisStreamsInbox
+from dispytch.request import ReplyInbox
 from dispytch.topic_rules import REDIS_STREAMS
 
 __all__ = ["RedisStreamsBackend", "RedisStreamsUnavailableError", "client_url"]
@@ -109,3 +112,13 @@ class RedisStreamsBackend(RedisBackendBase[RedisStreamsProducer]):
                 **self.consumer_options,
             )
         )
+
+    def reply_inbox(self, group: str) -> ReplyInbox:
+        """A stream ``dispytch:reply:<random>`` read by this app alone (see
+        :class:`~dispytch.redis.streams.replies.RedisStreamsInbox`)."""
+        poll = self.consumer_options["poll_interval"]
+        overrides: dict[str, Any] = {}
+        if "socket_timeout" not in self.options:
+            overrides["socket_timeout"] = poll + 10.0
+        address = self.producer().reply_prefix + uuid.uuid4().hex
+        return RedisStreamsInbox(self._build(**overrides), self.client, address, poll)

@@ -15,7 +15,10 @@ from dispytch.redis.fields import encode_fields
 from dispytch.redis.pipeline import PipelinedProducer
 from dispytch.topic_rules import REDIS_STREAMS
 
-__all__ = ["RedisStreamsProducer"]
+__all__ = ["REPLY_TTL_MS", "RedisStreamsProducer"]
+
+#: A reply inbox stream expires this long after its last reply (its requester died, say).
+REPLY_TTL_MS = 60_000
 
 
 class RedisStreamsProducer(PipelinedProducer[dict[Any, Any]]):
@@ -44,6 +47,7 @@ class RedisStreamsProducer(PipelinedProducer[dict[Any, Any]]):
     """
 
     topic_rules = REDIS_STREAMS
+    reply_prefix = "dispytch:reply:"
 
     command = "XADD"
     outcome = "stored"
@@ -73,6 +77,12 @@ class RedisStreamsProducer(PipelinedProducer[dict[Any, Any]]):
     ) -> None:
         """XADD ``payload``, ``key`` and ``headers`` to stream ``topic``; return once stored."""
         await self._submit(topic, encode_fields(payload, key, headers))
+
+    async def send_reply(self, address: str, payload: bytes, headers: Mapping[str, str]) -> None:
+        """XADD the reply to the requester's inbox stream, then give the stream a TTL, so the
+        inbox of a requester that died disappears by itself."""
+        await self._submit(address, encode_fields(payload, None, headers))
+        await self.redis.pexpire(address, REPLY_TTL_MS)
 
     def _item(self, message: Outgoing) -> dict[Any, Any]:
         return encode_fields(message.payload, message.key, message.headers)
