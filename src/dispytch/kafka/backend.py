@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import re
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qsl, unquote
@@ -19,7 +20,9 @@ from dispytch.errors import ConfigurationError, ConnectError
 from dispytch.kafka.consumer import KafkaConsumer
 from dispytch.kafka.dead_letters import KafkaDeadLetters, read_dead_letters
 from dispytch.kafka.producer import DEFAULT_METADATA_TIMEOUT, KafkaProducer
+from dispytch.kafka.replies import KafkaInbox
 from dispytch.kafka.topics import dead_letter_topic, fallback_topic
+from dispytch.request import ReplyInbox
 from dispytch.security import ConnectionSecurity, connection_security
 from dispytch.topic_rules import KAFKA
 
@@ -275,6 +278,38 @@ class KafkaBackend(Backend):
                     "auto.create.topics.enable"
                 ) from exc
 
+    def reply_inbox(self, group: str) -> ReplyInbox:
+        """The group's reply topic ``dispytch.reply.<group>``, read from its end outside any
+        consumer group (see :class:`~dispytch.kafka.replies.KafkaInbox`)."""
+        address = self.producer().reply_prefix + re.sub(r"[^A-Za-z0-9._-]", "_", group)
+        return KafkaInbox(self._reader, self._partitions, address[:249])
+
+    def _reader(self) -> AIOKafkaConsumer:
+        """A consumer outside any group: it commits nothing and removes nothing."""
+        options = {
+            k: v
+            for k, v in self.consumer_options.items()
+            if k not in ("group_id", "enable_auto_commit", "auto_offset_reset")
+        }
+        return AIOKafkaConsumer(
+            bootstrap_servers=self.servers,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            **options,
+        )
+
+    async def _partitions(self, topic: str) -> Sequence[int]:
+        """The partitions of ``topic``, which the broker's auto-creation makes if needed."""
+        await self._ensure_topics([topic])
+        producer = self.producer()
+        for _ in range(50):  # a new topic has no leader for a moment
+            partitions = await producer.producer.partitions_for(topic)
+            if partitions:
+                return sorted(partitions)
+            await asyncio.sleep(0.1)
+        raise ConfigurationError(f"Kafka topic {topic!r} has no partitions; create it")
+
     async def close(self) -> None:
         consumers, self._consumers = self._consumers, []
         for consumer in consumers:
@@ -293,18 +328,7 @@ class KafkaBackend(Backend):
         Uses a consumer without a group, so nothing is committed and nothing is removed.
         """
         groups = [group] if group is not None else [c.group for c in self._consumers if c.group]
-        options = {
-            k: v
-            for k, v in self.consumer_options.items()
-            if k not in ("group_id", "enable_auto_commit", "auto_offset_reset")
-        }
-        reader = AIOKafkaConsumer(
-            bootstrap_servers=self.servers,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            **options,
-        )
+        reader = self._reader()
         await reader.start()
         try:
             producer = self.producer()
