@@ -18,6 +18,8 @@ Configured by environment variables (set by :class:`tests.faults.harness.Consume
 ``FAULT_MAX_DELIVERIES``  the app's ``max_deliveries``
 ``FAULT_FSYNC``           ``0``: do not fsync the handled records (throughput tests only)
 ``FAULT_OPTIONS``         JSON object of backend options (``ack_wait``, ``claim_idle_ms``...)
+``FAULT_DEDUP``           a Redis URL: the app runs with ``dedup=RedisDedup(url)``, and each
+                          success the store recorded is appended to ``recorded-<name>-<pid>.log``
 
 On SIGUSR1 the process logs one ``fault-stats`` line: asyncio tasks alive, handlers in flight
 now and at most so far, and connection attempts (``loop.create_connection`` calls, which every
@@ -40,6 +42,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from dispytch import App, Event
+from dispytch.dedup import DedupStore
 
 
 class PoisonError(Exception):
@@ -99,6 +102,23 @@ class Stats:
         asyncio.BaseEventLoop.create_connection = counting  # type: ignore[method-assign]
 
 
+def recording_dedup(url: str, group: str, path: str, seqs: dict[str, int]) -> DedupStore:
+    """A RedisDedup that appends the sequence number of each success it recorded to ``path``
+    (after Redis confirmed the key), so the test can tell recorded successes apart."""
+    from dispytch.redis import RedisDedup
+
+    recorded = RecordFile(path, durable=True)
+
+    class Recording(RedisDedup):
+        async def record(self, key: str) -> None:
+            await super().record(key)
+            seq = seqs.pop(key.rpartition(":")[2], None)
+            if seq is not None:
+                recorded.add(seq)
+
+    return Recording(url, prefix=f"fault:{group}:", ttl=600)
+
+
 def build() -> App:
     topic = os.environ["FAULT_TOPIC"]
     records = os.environ["FAULT_RECORDS"]
@@ -112,9 +132,22 @@ def build() -> App:
     handled = RecordFile(os.path.join(records, f"handled-{tag}.log"), durable=durable)
     stats = Stats()
     stats.count_connections()
+    seqs: dict[str, int] = {}  # event id -> sequence number, for the recording dedup store
+    dedup_url = os.environ.get("FAULT_DEDUP")
+    dedup = (
+        recording_dedup(
+            dedup_url,
+            os.environ["FAULT_GROUP"],
+            os.path.join(records, f"recorded-{tag}.log"),
+            seqs,
+        )
+        if dedup_url
+        else None
+    )
 
     app = App(
         group=os.environ["FAULT_GROUP"],
+        dedup=dedup,
         concurrency=int(os.environ.get("FAULT_CONCURRENCY") or 16),
         shutdown_timeout=_env_float("FAULT_SHUTDOWN", 10.0),
         max_deliveries=int(os.environ.get("FAULT_MAX_DELIVERIES") or 10),
@@ -133,6 +166,8 @@ def build() -> App:
     )
     async def record(event: Event[Seq]) -> None:
         seq = event.body.seq
+        if dedup is not None:
+            seqs[event.id] = seq
         started.add(seq)
         stats.inflight += 1
         stats.peak = max(stats.peak, stats.inflight)

@@ -122,6 +122,14 @@ class Records:
         """How often a handler was called for each sequence number (attempts included)."""
         return self._total("started", name)
 
+    def by_process(self, prefix: str) -> dict[str, Counter[int]]:
+        """``prefix`` records (``handled``, ``recorded``...) per writing process, by file name
+        (``<name>-<pid>``)."""
+        return {
+            path.name[len(prefix) + 1 : -len(".log")]: counts
+            for path, counts in self._scan(prefix).items()
+        }
+
 
 @dataclass
 class Report:
@@ -255,6 +263,8 @@ class ConsumerProcess:
     crash_delay: float = 0.0
     max_deliveries: int = 10
     fsync: bool = True
+    #: a Redis URL: the app gets ``dedup=RedisDedup(url)`` (see ``consumer_app``)
+    dedup: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     runs: int = 0
@@ -286,6 +296,7 @@ class ConsumerProcess:
             "FAULT_CRASH_DELAY": str(self.crash_delay),
             "FAULT_MAX_DELIVERIES": str(self.max_deliveries),
             "FAULT_FSYNC": "1" if self.fsync else "0",
+            "FAULT_DEDUP": self.dedup or "",
             "FAULT_OPTIONS": json.dumps(self.options),
             "PYTHONUNBUFFERED": "1",
         }

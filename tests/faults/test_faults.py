@@ -14,7 +14,9 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -117,6 +119,79 @@ async def test_sigkill_mid_stream_then_restart(
         note=f"killed after {at_kill} handled",
     )
     report.assert_delivered(bound)
+
+
+def _dedup_redis() -> str:
+    """The URL of the Redis the fault brokers use (``REDIS_PORT``), for the dedup store."""
+    port = int(os.environ.get("REDIS_PORT") or 6379)
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        pytest.skip(f"the dedup store needs Redis on 127.0.0.1:{port}")
+    return f"redis://127.0.0.1:{port}/0"
+
+
+async def test_sigkill_with_dedup_runs_no_recorded_success_again(
+    broker: Broker,
+    topic: str,
+    group: str,
+    consumers: MakeConsumer,
+    records: Records,
+    producer_app: App,
+) -> None:
+    """The SIGKILL scenario with ``App(dedup=RedisDedup(...))``: after the restart, no event
+    whose success the store had recorded is handled again, and nothing is lost. Duplicates
+    left are the successes killed before their record (the documented window)."""
+    redis_url = _dedup_redis()
+    window = 16
+    consumer = consumers(concurrency=window, delay=0.01, dedup=redis_url).start()
+    await consumer.ready()
+    await consumer.stop()
+    producer = Producer(producer_app, topic)
+    start = time.monotonic()
+    await producer.emit(N)
+    assert not producer.raised, list(producer.raised.items())[:5]
+    consumer.start()
+    await wait_for(
+        _busy(records, N // 3, window // 2),
+        DRAIN,
+        "a third handled, more in flight",
+        watch=[consumer],
+    )
+    killed = f"{consumer.name}-{consumer.pid}"
+    await consumer.kill()
+    at_kill = len(records.handled())
+    assert at_kill < N, "the stream ended before the kill; nothing was tested"
+
+    consumer.start()
+    await _wait_all(records, producer, [consumer], "every event after the restart")
+    await consumer.stop()
+
+    report = check(producer.confirmed, records.handled())
+    handled = records.by_process("handled")
+    recorded_before_kill = records.by_process("recorded").get(killed, Counter())
+    handled_after_kill: Counter[int] = Counter()
+    for tag, counts in handled.items():
+        if tag != killed:
+            handled_after_kill.update(counts)
+    again = sorted(seq for seq in recorded_before_kill if handled_after_kill[seq])
+    record_result(
+        "SIGKILL mid-stream, restart, dedup on",
+        broker.name,
+        producer.attempted,
+        report,
+        time.monotonic() - start,
+        bound=window,
+        note=(
+            f"killed after {at_kill} handled, {len(recorded_before_kill)} successes recorded; "
+            f"{len(again)} recorded successes handled again"
+        ),
+    )
+    assert not report.lost, report.summary()
+    assert not report.unexpected, report.summary()
+    assert not again, f"recorded successes handled again after the restart: {again[:20]}"
+    # Only successes not yet recorded at the kill can run again: at most the in-flight window.
+    assert report.duplicates <= window, report.summary()
 
 
 async def test_sigterm_drains_slow_handlers(
