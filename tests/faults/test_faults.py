@@ -187,6 +187,7 @@ async def test_sigkill_with_dedup_runs_no_recorded_success_again(
             f"{len(again)} recorded successes handled again"
         ),
     )
+    assert len(recorded_before_kill) >= at_kill - window, "the store recorded no successes"
     assert not report.lost, report.summary()
     assert not report.unexpected, report.summary()
     assert not again, f"recorded successes handled again after the restart: {again[:20]}"
