@@ -60,9 +60,9 @@ class RedisStreamsInbox(ReplyInbox):
                 for _stream, entries in found or ():
                     for entry_id, fields in entries:
                         last = entry_id
-                        payload, _key, headers = decode_fields(fields)
-                        if payload:
-                            deliver(payload, headers)
+                        decoded = decode_fields(fields)
+                        if decoded is not None and decoded[0]:  # not a wake-up entry
+                            deliver(decoded[0], decoded[2])
                     # Entries before the last one read are of no use any more.
                     await self.client.xtrim(self.address, minid=last)
                 failures = 0
