@@ -134,3 +134,11 @@ class RequestFailed(DispytchError):
         super().__init__(message)
         self.error_type = error_type
         self.handler = handler
+
+
+class TransactionError(DispytchError):
+    """A Kafka transaction (a batch of handler outputs with the input offsets they answer)
+    could not be committed, and the consumer stopped without committing anything more: what
+    it handled since the last committed transaction is aborted and handled again by the next
+    consumer (exactly-once is kept, at the cost of a restart). Check the broker, and that no
+    other process uses the same ``transactional_id`` (it fences this one)."""

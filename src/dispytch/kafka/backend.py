@@ -134,6 +134,12 @@ class KafkaBackend(Backend):
         commit_interval, commit_every, revoke_timeout: see :class:`KafkaConsumer`.
         metadata_timeout: seconds an emit (or a dead letter) waits for a topic the client has
             no metadata for before failing with "topic does not exist" (default 5).
+        transactional_id: turns on exactly-once consume-transform-produce: the events handlers
+            return are published in one Kafka transaction with the offsets of the records
+            that produced them (see :class:`KafkaConsumer`); the app's consumer reads with
+            ``isolation_level="read_committed"``. Unique per process, and the same for a
+            process and its restart (the restart fences the old one's open transaction).
+            Emits, replies and dead letters stay outside transactions.
         any other keyword: passed to each aiokafka client whose constructor takes it, e.g.
             ``client_id``, ``request_timeout_ms``, ``security_protocol`` go to both,
             ``session_timeout_ms`` to consumers only, ``linger_ms`` to the producer only.
@@ -163,6 +169,7 @@ class KafkaBackend(Backend):
         commit_every: int = 500,
         revoke_timeout: float = 10.0,
         metadata_timeout: float = DEFAULT_METADATA_TIMEOUT,
+        transactional_id: str | None = None,
         **options: Any,
     ) -> None:
         self.security = connection_security(
@@ -203,6 +210,15 @@ class KafkaBackend(Backend):
             **{k: v for k, v in shared.items() if k in _PRODUCER_PARAMS},
             **(producer_options or {}),
         }
+        if transactional_id is not None and (
+            not isinstance(transactional_id, str) or not transactional_id
+        ):
+            raise ConfigurationError(
+                f"transactional_id must be a non-empty string, got {transactional_id!r}"
+            )
+        self.transactional_id = transactional_id
+        if transactional_id is not None:
+            self.consumer_options.setdefault("isolation_level", "read_committed")
         self.commit_interval = commit_interval
         self.commit_every = commit_every
         self.revoke_timeout = revoke_timeout
@@ -248,6 +264,14 @@ class KafkaBackend(Backend):
         if options.get("group_id") is None:
             options["group_id"] = group
         client = AIOKafkaConsumer(bootstrap_servers=self.servers, **options)
+        transactions = None
+        if self.transactional_id is not None:
+            transactions = KafkaProducer(
+                AIOKafkaProducer(
+                    bootstrap_servers=self.servers,
+                    **{**self.producer_options, "transactional_id": self.transactional_id},
+                )
+            )
         consumer = KafkaConsumer(
             client,
             commit_interval=self.commit_interval,
@@ -256,6 +280,8 @@ class KafkaBackend(Backend):
             max_batch=max(prefetch, 1),
             ensure_topics=self._ensure_topics,
             dead_letters=KafkaDeadLetters(self.producer(), options["group_id"]),
+            transactions=transactions,
+            group_id=options["group_id"],
         )
         self._consumers.append(consumer)
         return consumer

@@ -11,12 +11,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import ConsumerStoppedError, IllegalOperation, KafkaError
+from aiokafka.errors import ConsumerStoppedError, IllegalOperation, KafkaError, ProducerFenced
 
-from dispytch.errors import DispytchError
+from dispytch.emitter.producer import Outgoing
+from dispytch.errors import DispytchError, TransactionError
 from dispytch.kafka import _compat
 from dispytch.kafka.attempts import PartitionDeliveries
 from dispytch.kafka.offsets import OffsetTracker
+from dispytch.kafka.producer import KafkaProducer
 from dispytch.kafka.records import BadBatch, RawRecord, read_batches
 from dispytch.kafka.subscription import subscription_for
 from dispytch.kafka.wire import lenient_message, to_message
@@ -107,6 +109,20 @@ class KafkaConsumer(Consumer):
     Dead letters go through ``dead_letters`` (a :class:`~dispytch.kafka.KafkaDeadLetters`;
     the backend of an ``App`` passes one) to ``{topic}.dlq``, or, without it, through the
     listener's ``dead_letter_producer``.
+
+    **Transactional mode** (``transactions=``, a :class:`KafkaProducer` over an
+    ``AIOKafkaProducer`` with a ``transactional_id``, and ``group_id``): the events a handler
+    returns are not sent by the listener but staged here (:attr:`stage_outputs`), and every
+    commit (the metadata commits included) is one Kafka transaction holding the staged
+    outputs of the records it commits and their offsets (``send_offsets_to_transaction``): a
+    consumer reading the output topics with ``isolation_level="read_committed"`` sees each
+    input's outputs exactly once, whatever crash happens in between. Outputs of a record are
+    committed only together with an offset past it, so a record settled out of order waits
+    for the records before it. A transaction that fails before its commit request is aborted
+    and retried (``transaction_attempts``); one that still fails, or fails at the commit
+    request, or is fenced, stops the consumer with :class:`~dispytch.errors.TransactionError`
+    (nothing more is committed; the restarted process resumes from the last committed
+    transaction). Dead letters stay outside transactions.
     """
 
     def __init__(
@@ -120,7 +136,12 @@ class KafkaConsumer(Consumer):
         ensure_topics: EnsureTopics | None = None,
         dead_letters: KafkaDeadLetters | None = None,
         attempt_window: int = DEFAULT_ATTEMPT_WINDOW,
+        transactions: KafkaProducer | None = None,
+        group_id: str | None = None,
+        transaction_attempts: int = 3,
     ) -> None:
+        if transactions is not None and not group_id:
+            raise TransactionError("a transactional KafkaConsumer needs the group_id it commits")
         self.consumer = consumer
         self.commit_interval = commit_interval
         self.commit_every = commit_every
@@ -152,6 +173,17 @@ class KafkaConsumer(Consumer):
         self._revoke_waiting = False
         self._commit_lock = asyncio.Lock()
         self._commit_task: asyncio.Task[None] | None = None
+        # Transactional mode: the producer, the outputs staged per record, the records handed
+        # out now (by (topic, partition, offset); a settle or stage of a record handed out
+        # before a rewind is stale), and the error that stopped the consumer.
+        self._txn = transactions
+        self._group_id = group_id or ""
+        self.transaction_attempts = transaction_attempts
+        self._staged: dict[TopicPartition, dict[int, list[Outgoing]]] = {}
+        self._live: dict[tuple[str, int, int], Any] = {}
+        self._fatal: BaseException | None = None
+        if transactions is not None:
+            self.stage_outputs = self._stage
 
     @property
     def group(self) -> str | None:
@@ -216,6 +248,8 @@ class KafkaConsumer(Consumer):
                 await asyncio.wait_for(wait, self.revoke_timeout + 20)
             except TimeoutError:
                 logger.warning("no partition assignment yet; records will be read once assigned")
+        if self._txn is not None:
+            await self._txn.start()  # fences an older producer of the same transactional_id
         if self._commit_task is None:
             self._commit_task = asyncio.create_task(self._commit_loop(), name="dispytch-commit")
 
@@ -227,11 +261,14 @@ class KafkaConsumer(Consumer):
         redelivered = self._redelivered
         deliveries = self._deliveries
         recovering = self._recovering
+        live = self._live if self._txn is not None else None
         while not self._closing:
+            if self._fatal is not None:
+                raise self._fatal
             if self._ready:
                 message = await self._next_recovered()
                 if message is not None:
-                    yield message
+                    yield self._handed(message)
                 continue
             if not buffer:
                 if not await self._fetch():
@@ -257,9 +294,18 @@ class KafkaConsumer(Consumer):
             if type(record) is _Recovered:
                 message = await self._lenient(tp, record, attempt)
                 if message is not None:
-                    yield message
+                    yield self._handed(message)
                 continue
-            yield to_message(record, attempt)
+            message = to_message(record, attempt)
+            if live is not None:
+                live[(message.topic, record.partition, offset)] = message.extra
+            yield message
+
+    def _handed(self, message: Message) -> Message:
+        """Transactional mode: remember ``message`` as the one handed out for its offset."""
+        if self._txn is not None:
+            self._live[(message.topic, message.partition or 0, message.offset or 0)] = message.extra
+        return message
 
     async def _fetch(self) -> bool:
         """Fill the buffer with what aiokafka fetched; ``False`` once the consumer stopped.
@@ -563,8 +609,38 @@ class KafkaConsumer(Consumer):
 
     # -- settling -----------------------------------------------------------------------------
 
+    def _current(self, message: Message) -> bool:
+        """Transactional mode: whether ``message`` is the record handed out now for its offset
+        (and forget it), not one handed out before a rewind."""
+        key = (message.topic, message.partition or 0, message.offset or 0)
+        if self._live.get(key) is not message.extra:
+            return False
+        del self._live[key]
+        return True
+
+    async def _stage(self, message: Message, outgoing: list[Outgoing]) -> None:
+        """Keep the outputs of ``message`` for the transaction that commits its offset."""
+        if message.offset is None or message.partition is None:
+            return
+        key = (message.topic, message.partition, message.offset)
+        if self._live.get(key) is not message.extra:
+            return  # handed out before a rewind: it is read and handled again
+        tp = TopicPartition(message.topic, message.partition)
+        self._staged.setdefault(tp, {}).setdefault(message.offset, []).extend(outgoing)
+
+    def _drop(self, partitions: Iterable[TopicPartition]) -> None:
+        """Transactional mode: forget the staged outputs and the handed-out records of
+        ``partitions`` (they are read and handled again)."""
+        drop = {(tp.topic, tp.partition) for tp in partitions}
+        for tp in partitions:
+            self._staged.pop(tp, None)
+        for key in [k for k in self._live if (k[0], k[1]) in drop]:
+            del self._live[key]
+
     async def ack(self, message: Message) -> None:
         if message.offset is None or message.partition is None:
+            return
+        if self._txn is not None and not self._current(message):
             return
         self._settle(TopicPartition(message.topic, message.partition), message.offset)
 
@@ -582,6 +658,8 @@ class KafkaConsumer(Consumer):
     async def nack(self, message: Message) -> None:
         if message.offset is None or message.partition is None:
             return
+        if self._txn is not None and not self._current(message):
+            return
         tp = TopicPartition(message.topic, message.partition)
         self._tracker.abandon(tp, message.offset)
         if self._revoke_waiting:
@@ -595,6 +673,8 @@ class KafkaConsumer(Consumer):
             message.delivery_attempt + 1
         )
         self._purge([tp])
+        if self._txn is not None:
+            self._drop([tp])
         self.consumer.seek(tp, restart)
         logger.debug("rewound %s to offset %d after a nack", tp, restart)
 
@@ -667,22 +747,26 @@ class KafkaConsumer(Consumer):
                         written[tp] = state.wanted
             if not offsets:
                 return
-            try:
-                await self.consumer.commit(offsets)
-            except IllegalOperation:
-                # A consumer without group_id has nowhere to commit; positions are its own.
-                self._commits_enabled = False
-                logger.info("the consumer has no group_id; offsets are not committed")
-                return
-            except KafkaError as exc:
-                logger.warning(
-                    "offset commit failed (%s: %s); uncommitted records will be read again",
-                    type(exc).__name__,
-                    exc,
-                )
-                if force:
-                    raise
-                return
+            if self._txn is not None:
+                if not await self._commit_transaction(offsets):
+                    return
+            else:
+                try:
+                    await self.consumer.commit(offsets)
+                except IllegalOperation:
+                    # A consumer without group_id has nowhere to commit; its own positions.
+                    self._commits_enabled = False
+                    logger.info("the consumer has no group_id; offsets are not committed")
+                    return
+                except KafkaError as exc:
+                    logger.warning(
+                        "offset commit failed (%s: %s); uncommitted records will be read again",
+                        type(exc).__name__,
+                        exc,
+                    )
+                    if force:
+                        raise
+                    return
             self._tracker.committed(
                 {tp: o if isinstance(o, int) else o[0] for tp, o in offsets.items()}
             )
@@ -690,6 +774,83 @@ class KafkaConsumer(Consumer):
                 state = deliveries.get(tp)
                 if state is not None:
                     state.raised(watermark)
+
+    async def _commit_transaction(self, offsets: dict[TopicPartition, Any]) -> bool:
+        """Commit ``offsets`` (positions, or ``(position, metadata)``) with the staged outputs
+        of the records before them, as one transaction (retried while it fails before its
+        commit request). ``False``: it failed for good and the consumer stops."""
+        positions = {tp: o if isinstance(o, int) else o[0] for tp, o in offsets.items()}
+        outputs: list[Outgoing] = []
+        for tp, position in positions.items():
+            staged = self._staged.get(tp)
+            if staged:
+                for offset in sorted(o for o in staged if o < position):
+                    outputs.extend(staged[offset])
+        attempt = 1
+        while True:
+            try:
+                await self._transaction(offsets, outputs)
+                break
+            except _CommitUnknown as exc:
+                self._stop_transactions(exc.__cause__ or exc, len(outputs))
+                return False
+            except Exception as exc:
+                if isinstance(exc, ProducerFenced) or attempt >= self.transaction_attempts:
+                    self._stop_transactions(exc, len(outputs))
+                    return False
+                logger.warning(
+                    "Kafka transaction of %d output(s) failed and was aborted (attempt %d/%d: "
+                    "%s: %s); retrying",
+                    len(outputs),
+                    attempt,
+                    self.transaction_attempts,
+                    type(exc).__name__,
+                    exc,
+                )
+                await asyncio.sleep(0.1 * attempt)
+                attempt += 1
+        for tp, position in positions.items():
+            staged = self._staged.get(tp)
+            if staged:
+                for offset in [o for o in staged if o < position]:
+                    del staged[offset]
+        return True
+
+    async def _transaction(
+        self, offsets: dict[TopicPartition, Any], outputs: list[Outgoing]
+    ) -> None:
+        txn = self._txn
+        if txn is None:  # pragma: no cover - only called in transactional mode
+            raise TransactionError("not a transactional consumer")
+        client = txn.producer
+        await client.begin_transaction()
+        try:
+            if outputs:
+                errors = await txn.send_many(outputs)
+                first = next((e for e in errors if e is not None), None)
+                if first is not None:
+                    raise first
+            await client.send_offsets_to_transaction(offsets, self._group_id)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await client.abort_transaction()
+            raise
+        try:
+            await client.commit_transaction()
+        except Exception as exc:
+            # Whether the broker committed is unknown: never send these outputs again.
+            raise _CommitUnknown() from exc
+
+    def _stop_transactions(self, exc: BaseException, outputs: int) -> None:
+        self._commits_enabled = False
+        self._fatal = TransactionError(
+            f"the Kafka transaction of {outputs} output(s) and their input offsets failed "
+            f"({type(exc).__name__}: {exc}); the consumer stops without committing more: the "
+            "records since the last committed transaction are handled again after a restart. "
+            "Check the broker and that no other process uses this transactional_id"
+        )
+        self._fatal.__cause__ = exc
+        logger.error("%s", self._fatal)
 
     async def _commit_clean(self, partitions: Iterable[TopicPartition]) -> None:
         """Commit ``partitions`` with empty metadata: their records were not in flight when a
@@ -730,6 +891,8 @@ class KafkaConsumer(Consumer):
         self._purge(revoked)
         for tp in revoked:
             self._deliveries.pop(tp, None)
+        if self._txn is not None:
+            self._drop(revoked)
 
     async def close(self) -> None:
         """Commit what was settled, then stop the consumer if this object started it."""
@@ -756,6 +919,12 @@ class KafkaConsumer(Consumer):
             if self._owns:
                 self._owns = False
                 await self.consumer.stop()
+            if self._txn is not None:
+                await self._txn.close()
+
+
+class _CommitUnknown(Exception):
+    """The commit request of a transaction failed: it may or may not have been committed."""
 
 
 class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]

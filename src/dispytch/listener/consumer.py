@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from dispytch.emitter.producer import Outgoing
     from dispytch.routing import TopicPattern
 
 __all__ = ["FORWARDED_HEADER_PREFIX", "Consumer", "Failure", "Message"]
@@ -104,6 +105,12 @@ class Failure:
 
 class Consumer(ABC):
     """Where messages come from and how they are settled."""
+
+    #: A consumer that publishes what a message's handlers return atomically with the
+    #: message's acknowledgement (Kafka's transactional mode) sets this to a coroutine
+    #: function taking ``(message, outgoing)``, called before the ack; ``None`` (the default):
+    #: the listener's emitter sends them, confirmed, before the ack.
+    stage_outputs: Callable[[Message, list[Outgoing]], Awaitable[None]] | None = None
 
     @abstractmethod
     def listen(self) -> AsyncIterator[Message]:

@@ -341,7 +341,7 @@ class EventListener:
             topic_rules=self.topic_rules,
             on_fatal=self._fail,
             consume_middleware=scope_methods(middleware, "consume"),
-            outputs=Outputs(self.emitter, getattr(self._consumer, "stage_outputs", None)),
+            outputs=Outputs(self.emitter, self._consumer.stage_outputs),
         )
         scheduler = Scheduler(
             pipeline.process,

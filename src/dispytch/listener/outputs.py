@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from dispytch.emitter.producer import Outgoing, Producer
+from dispytch.emitter.producer import Producer
 from dispytch.errors import ListenerError
 from dispytch.events import Envelope, EventBase
 from dispytch.listener.consumer import Failure, Message
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from dispytch.emitter.emitter import EventEmitter
     from dispytch.listener.pipeline import Route
 
-__all__ = ["Outputs", "Stage"]
+__all__ = ["Outputs"]
 
 logger = logging.getLogger("dispytch.listener")
 
@@ -47,16 +47,18 @@ _OUTPUT_IDS = uuid.UUID("6f1d7a52-5d0e-4c3e-9b8e-2f4a0f3c9d11")
 #: Longest reply address accepted from a reply-to header.
 _MAX_ADDRESS = 255
 
-#: A consumer that publishes a message's outputs atomically with its acknowledgement (the
-#: Kafka transactional mode) takes them here instead of the emitter sending them.
-Stage = Callable[[Message, list[Outgoing]], Awaitable[None]]
-
 
 class Outputs:
     """Delivers handler return values through ``emitter`` (``None``: a listener without a
-    producer, which can neither publish nor reply)."""
+    producer, which can neither publish nor reply). ``stage`` (the consumer's
+    :attr:`~dispytch.listener.consumer.Consumer.stage_outputs`) takes the events to publish
+    instead, encoded, when the consumer publishes them with the message's ack."""
 
-    def __init__(self, emitter: EventEmitter | None, stage: Stage | None = None) -> None:
+    def __init__(
+        self,
+        emitter: EventEmitter | None,
+        stage: Callable[[Message, list[Any]], Awaitable[None]] | None = None,
+    ) -> None:
         self.emitter = emitter
         self.stage = stage
         producer = emitter.producer if emitter is not None else None
