@@ -74,21 +74,24 @@ class Outputs:
 
     # -- the handler's return value -----------------------------------------------------------
 
-    async def deliver(self, value: Any, route: Route, envelope: Envelope, message: Message) -> None:
-        """Use ``value`` (not ``None``), which ``route``'s handler returned for ``message``."""
+    async def deliver(self, value: Any, route: Route, envelope: Envelope, message: Message) -> bool:
+        """Use ``value`` (not ``None``), which ``route``'s handler returned for ``message``.
+        Returns whether events were staged with the consumer's transaction (they are not
+        published yet: the handler's success must not be recorded as final)."""
         headers = message.headers
         if headers:
             address = headers.get(REPLY_TO_HEADER)
             if address is not None:
                 await self._reply(value, address, headers.get(CORRELATION_HEADER, ""), route)
-                return
+                return False
         events = _events(value, route)
         if events:
-            await self.publish(events, route, envelope, message)
+            return await self.publish(events, route, envelope, message)
+        return False
 
     async def publish(
         self, events: list[EventBase], route: Route, envelope: Envelope, message: Message
-    ) -> None:
+    ) -> bool:
         emitter = self.emitter
         if emitter is None:
             raise ListenerError(
@@ -101,8 +104,9 @@ class Outputs:
                 events[index] = event.model_copy(update={"id": str(derived)})
         if self.stage is not None:
             await self.stage(message, emitter.outgoing(events))
-        else:
-            await emitter.emit_many(events)
+            return True
+        await emitter.emit_many(events)
+        return False
 
     # -- replies ------------------------------------------------------------------------------
 

@@ -285,6 +285,7 @@ class Pipeline:
         retry = route.retry
         call = route.call
         attempt = 1
+        staged = False
         while True:
             try:
                 if call is not None:
@@ -299,7 +300,7 @@ class Pipeline:
                     result = await route.bounded(events, segments)
                 if result is not None:
                     # Published (or replied) before the ack: part of the attempt.
-                    await self.outputs.deliver(result, route, envelope, message)
+                    staged = await self.outputs.deliver(result, route, envelope, message)
             except Exception as exc:
                 if retry.should_retry(exc, attempt):
                     delay = retry.delay(attempt)
@@ -319,7 +320,9 @@ class Pipeline:
                 return Failure(
                     "handler", type(exc).__name__, str(exc), route.name, attempt, now_ms(), exc
                 )
-            if dedup is not None:
+            # Outputs staged in a Kafka transaction are not published yet: an aborted
+            # transaction must run the handler again, so its success is not recorded.
+            if dedup is not None and not staged:
                 await self._record(dedup, key, route, envelope)
             return None
 
