@@ -21,6 +21,7 @@ from dispytch import (
 from dispytch.dedup import MemoryDedup
 from dispytch.middleware import PublishContext, PublishNext
 from tests.conformance.conftest import BackendUnderTest
+from tests.conformance.test_conformance import _dead_letters
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.timeout(90)
@@ -45,20 +46,6 @@ def events(topic: str) -> tuple[type[EventBase], type[EventBase]]:
         total: int
 
     return OrderPlaced, OrderPriced
-
-
-async def _dead_letters(app: App, topic: str, count: int) -> list[Any]:
-    found: list[Any] = []
-
-    async def poll() -> None:
-        while True:
-            found[:] = await app.backend.dead_letters(topic)
-            if len(found) >= count:
-                return
-            await asyncio.sleep(0.02)
-
-    await asyncio.wait_for(poll(), 20)
-    return found
 
 
 # -- idempotent handling -----------------------------------------------------------------------
@@ -221,12 +208,18 @@ async def _responder(make_app, topic: str) -> App:
     return app
 
 
-async def test_request_returns_the_reply(make_app, topic: str, backend: BackendUnderTest) -> None:
+async def _requester(make_app, topic: str, backend: BackendUnderTest) -> App:
+    """A started responder app and a started requester app; skips on Redis Pub/Sub."""
     if backend.name == "redis":
         pytest.skip("Redis Pub/Sub has no reliable reply path (see the ConfigurationError test)")
     await _responder(make_app, topic)
     requester = make_app()
     await requester.start()
+    return requester
+
+
+async def test_request_returns_the_reply(make_app, topic: str, backend: BackendUnderTest) -> None:
+    requester = await _requester(make_app, topic, backend)
     OrderPlaced, OrderPriced = events(topic)
 
     event_reply = await requester.request(OrderPlaced(order_id=3), timeout=20)
@@ -246,11 +239,7 @@ async def test_request_returns_the_reply(make_app, topic: str, backend: BackendU
 
 
 async def test_request_timeout_and_failure(make_app, topic: str, backend: BackendUnderTest) -> None:
-    if backend.name == "redis":
-        pytest.skip("Redis Pub/Sub has no reliable reply path (see the ConfigurationError test)")
-    await _responder(make_app, topic)
-    requester = make_app()
-    await requester.start()
+    requester = await _requester(make_app, topic, backend)
     OrderPlaced, _ = events(topic)
 
     with pytest.raises(RequestTimeout) as timed_out:

@@ -18,6 +18,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -79,12 +80,22 @@ async def _wait_all(
     )
 
 
-async def test_sigkill_mid_stream_then_restart(
-    broker: Broker, topic: str, consumers: MakeConsumer, records: Records, producer_app: App
-) -> None:
-    """SIGKILL the consumer while handlers run; a restarted one handles everything."""
-    window = 16
-    consumer = consumers(concurrency=window, delay=0.01).start()
+@dataclass
+class Killed:
+    """What the SIGKILL scenario leaves for its checks."""
+
+    producer: Producer
+    start: float
+    at_kill: int
+    killed: str  # the killed process's record-file tag, ``<name>-<pid>``
+
+
+async def _sigkill_mid_stream(
+    consumer: ConsumerProcess, records: Records, producer_app: App, topic: str, window: int
+) -> Killed:
+    """Emit N events, start ``consumer`` on the backlog, SIGKILL it with a third handled and
+    handlers in flight, restart it and wait until every confirmed event was handled."""
+    consumer.start()
     await consumer.ready()  # its subscription (RabbitMQ: its queue) now exists
     await consumer.stop()
     producer = Producer(producer_app, topic)
@@ -92,65 +103,6 @@ async def test_sigkill_mid_stream_then_restart(
     await producer.emit(N)
     assert not producer.raised, list(producer.raised.items())[:5]
     # Working through a backlog with 10 ms handlers keeps the whole window in flight.
-    consumer.start()
-    await wait_for(
-        _busy(records, N // 3, window // 2),
-        DRAIN,
-        "a third handled, more in flight",
-        watch=[consumer],
-    )
-    await consumer.kill()
-    at_kill = len(records.handled())
-    assert at_kill < N, "the stream ended before the kill; nothing was tested"
-
-    consumer.start()
-    await _wait_all(records, producer, [consumer], "every event after the restart")
-    await consumer.stop()
-
-    report = check(producer.confirmed, records.handled())
-    bound = duplicate_window(producer_app, window)
-    record_result(
-        "SIGKILL mid-stream, restart",
-        broker.name,
-        producer.attempted,
-        report,
-        time.monotonic() - start,
-        bound=bound,
-        note=f"killed after {at_kill} handled",
-    )
-    report.assert_delivered(bound)
-
-
-def _dedup_redis() -> str:
-    """The URL of the Redis the fault brokers use (``REDIS_PORT``), for the dedup store."""
-    port = int(os.environ.get("REDIS_PORT") or 6379)
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        pytest.skip(f"the dedup store needs Redis on 127.0.0.1:{port}")
-    return f"redis://127.0.0.1:{port}/0"
-
-
-async def test_sigkill_with_dedup_runs_no_recorded_success_again(
-    broker: Broker,
-    topic: str,
-    group: str,
-    consumers: MakeConsumer,
-    records: Records,
-    producer_app: App,
-) -> None:
-    """The SIGKILL scenario with ``App(dedup=RedisDedup(...))``: after the restart, no event
-    whose success the store had recorded is handled again, and nothing is lost. Duplicates
-    left are the successes killed before their record (the documented window)."""
-    redis_url = _dedup_redis()
-    window = 16
-    consumer = consumers(concurrency=window, delay=0.01, dedup=redis_url).start()
-    await consumer.ready()
-    await consumer.stop()
-    producer = Producer(producer_app, topic)
-    start = time.monotonic()
-    await producer.emit(N)
-    assert not producer.raised, list(producer.raised.items())[:5]
     consumer.start()
     await wait_for(
         _busy(records, N // 3, window // 2),
@@ -166,7 +118,51 @@ async def test_sigkill_with_dedup_runs_no_recorded_success_again(
     consumer.start()
     await _wait_all(records, producer, [consumer], "every event after the restart")
     await consumer.stop()
+    return Killed(producer, start, at_kill, killed)
 
+
+async def test_sigkill_mid_stream_then_restart(
+    broker: Broker, topic: str, consumers: MakeConsumer, records: Records, producer_app: App
+) -> None:
+    """SIGKILL the consumer while handlers run; a restarted one handles everything."""
+    window = 16
+    consumer = consumers(concurrency=window, delay=0.01)
+    run = await _sigkill_mid_stream(consumer, records, producer_app, topic, window)
+    report = check(run.producer.confirmed, records.handled())
+    bound = duplicate_window(producer_app, window)
+    record_result(
+        "SIGKILL mid-stream, restart",
+        broker.name,
+        run.producer.attempted,
+        report,
+        time.monotonic() - run.start,
+        bound=bound,
+        note=f"killed after {run.at_kill} handled",
+    )
+    report.assert_delivered(bound)
+
+
+def _dedup_redis() -> str:
+    """The URL of the Redis the fault brokers use (``REDIS_PORT``), for the dedup store."""
+    port = int(os.environ.get("REDIS_PORT") or 6379)
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        pytest.skip(f"the dedup store needs Redis on 127.0.0.1:{port}")
+    return f"redis://127.0.0.1:{port}/0"
+
+
+async def test_sigkill_with_dedup_runs_no_recorded_success_again(
+    broker: Broker, topic: str, consumers: MakeConsumer, records: Records, producer_app: App
+) -> None:
+    """The SIGKILL scenario with ``App(dedup=RedisDedup(...))``: after the restart, no event
+    whose success the store had recorded is handled again, and nothing is lost. Duplicates
+    left are the successes killed before their record (the documented window)."""
+    redis_url = _dedup_redis()
+    window = 16
+    consumer = consumers(concurrency=window, delay=0.01, dedup=redis_url)
+    run = await _sigkill_mid_stream(consumer, records, producer_app, topic, window)
+    producer, killed, at_kill = run.producer, run.killed, run.at_kill
     report = check(producer.confirmed, records.handled())
     handled = records.by_process("handled")
     recorded_before_kill = records.by_process("recorded").get(killed, Counter())
@@ -180,7 +176,7 @@ async def test_sigkill_with_dedup_runs_no_recorded_success_again(
         broker.name,
         producer.attempted,
         report,
-        time.monotonic() - start,
+        time.monotonic() - run.start,
         bound=window,
         note=(
             f"killed after {at_kill} handled, {len(recorded_before_kill)} successes recorded; "
