@@ -9,6 +9,7 @@
 #   scripts/brokers.sh tools                                  install the other Debian tools the tests use (chromium)
 #   scripts/brokers.sh --profile secure up|down|status|clean  the secured brokers (TLS + auth), see
 #                                                             scripts/brokers-secure.sh; both profiles run at once
+#   scripts/brokers.sh --profile cluster up|down|status|...   3-node clusters: scripts/cluster/cluster.sh
 #
 # Brokers:
 #   kafka     Apache Kafka (KRaft, combined broker+controller) from Maven Central jars
@@ -41,7 +42,9 @@ case "$BROKERS_PROFILE" in
     export BROKERS_RUN_DIR KAFKA_PORT KAFKA_CONTROLLER_PORT RABBITMQ_PORT REDIS_PORT NATS_PORT \
       NATS_TOKEN_PORT RABBITMQ_NODENAME KAFKA_HEAP
     ;;
-  *) echo "brokers.sh: unknown profile '$BROKERS_PROFILE' (expected: default, secure)" >&2; exit 2 ;;
+  # 3-node replicated clusters on ports 29xxx: their own script (see its header)
+  cluster) exec bash "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/cluster/cluster.sh" "$@" ;;
+  *) echo "brokers.sh: unknown profile '$BROKERS_PROFILE' (expected: default, secure, cluster)" >&2; exit 2 ;;
 esac
 
 SELF="$(readlink -f "${BASH_SOURCE[0]}")"
@@ -650,7 +653,7 @@ cmd_clean() {
 }
 
 usage() {
-  sed -n '2,11p' "$SELF" | sed 's/^# \{0,1\}//'
+  sed -n '2,12p' "$SELF" | sed 's/^# \{0,1\}//'
 }
 
 lock() { # serialise concurrent up/down/restart/clean (e.g. several test runners)

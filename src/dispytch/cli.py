@@ -11,7 +11,9 @@ Exit status: 0 after a clean stop, 1 when the app stopped on an error (a dead le
 could not be stored anywhere, handlers that ignored cancellation...), 2 for a configuration
 error, 130 after a second signal.
 
-``--workers N`` runs N processes under a supervisor that restarts a worker that dies;
+``--workers N`` runs N processes under a supervisor that restarts a worker that dies (each
+knows its place from ``DISPYTCH_WORKER_INDEX`` and ``DISPYTCH_WORKERS``, see
+:mod:`dispytch.workers`);
 ``--reload`` restarts the worker when a ``.py`` file under the current directory changes.
 """
 
@@ -34,6 +36,7 @@ from typing import Any
 from dispytch.app import ENV_BROKER_URL, App
 from dispytch.errors import ConfigurationError, DispytchError, ShutdownError
 from dispytch.redaction import redact, secrets_of
+from dispytch.workers import ENV_WORKER_INDEX, ENV_WORKERS
 
 __all__ = ["load_app", "main"]
 
@@ -178,10 +181,11 @@ def _supervise(argv: Sequence[str], workers: int, reload: bool) -> int:
     cmd = [sys.executable, "-m", "dispytch", *argv]
     stopping = False
 
-    def spawn() -> subprocess.Popen[bytes]:
+    def spawn(index: int) -> subprocess.Popen[bytes]:
         # A session of its own: a Ctrl-C in the terminal reaches the supervisor only, which
         # forwards it once (a worker that got it twice would stop at once, without draining).
-        return subprocess.Popen(cmd, start_new_session=True)
+        env = {**os.environ, ENV_WORKERS: str(workers), ENV_WORKER_INDEX: str(index)}
+        return subprocess.Popen(cmd, start_new_session=True, env=env)
 
     def on_signal(signum: int, _frame: object) -> None:
         nonlocal stopping
@@ -190,7 +194,7 @@ def _supervise(argv: Sequence[str], workers: int, reload: bool) -> int:
             if child.poll() is None:
                 child.send_signal(signum)
 
-    children = [spawn() for _ in range(workers)]
+    children = [spawn(i) for i in range(workers)]
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     root = Path.cwd()
@@ -209,7 +213,7 @@ def _supervise(argv: Sequence[str], workers: int, reload: bool) -> int:
                     child.terminate()
                 for child in children:
                     child.wait()
-                children = [spawn() for _ in range(workers)]
+                children = [spawn(i) for i in range(workers)]
                 continue
         for i, child in enumerate(children):
             code = child.poll()
@@ -226,7 +230,7 @@ def _supervise(argv: Sequence[str], workers: int, reload: bool) -> int:
                 )
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
-                children[i] = spawn()
+                children[i] = spawn(i)
 
 
 def _add_docs_commands(sub: Any) -> None:

@@ -20,6 +20,7 @@ from dispytch.errors import ConfigurationError, ConnectError
 from dispytch.kafka.consumer import KafkaConsumer
 from dispytch.kafka.dead_letters import KafkaDeadLetters, read_dead_letters
 from dispytch.kafka.producer import DEFAULT_METADATA_TIMEOUT, KafkaProducer
+from dispytch.kafka.replication import TopicSettings, create_topics
 from dispytch.kafka.replies import KafkaInbox
 from dispytch.kafka.topics import dead_letter_topic, fallback_topic
 from dispytch.request import ReplyInbox
@@ -140,6 +141,12 @@ class KafkaBackend(Backend):
             ``isolation_level="read_committed"``. Unique per process, and the same for a
             process and its restart (the restart fences the old one's open transaction).
             Emits, replies and dead letters stay outside transactions.
+        replication_factor: replicas of the topics the backend creates (default
+            ``min(3, brokers)``).
+        topic_partitions: partitions of the topics the backend creates (default: the
+            broker's ``num.partitions``).
+        topic_config: topic configs of the topics the backend creates (default
+            ``{"min.insync.replicas": "2"}`` for three replicas or more, else none).
         any other keyword: passed to each aiokafka client whose constructor takes it, e.g.
             ``client_id``, ``request_timeout_ms``, ``security_protocol`` go to both,
             ``session_timeout_ms`` to consumers only, ``linger_ms`` to the producer only.
@@ -149,8 +156,10 @@ class KafkaBackend(Backend):
     ``enable_auto_commit=False`` (the listener commits what it settled),
     ``auto_offset_reset="earliest"`` and ``metadata_max_age_ms=3000`` (new topics matching a
     pattern are found within seconds); the producer uses ``enable_idempotence=True`` and
-    ``acks="all"``. Literal handler topics are created (through the broker's auto-creation)
-    before the consumer starts. Topic segments are separated by ``.``: Kafka topic names
+    ``acks="all"``. Literal handler topics are created before the consumer starts,
+    replicated as the cluster allows (see :mod:`dispytch.kafka.replication`). Name a
+    cluster's brokers as ``kafka://host1:9092,host2:9092,host3:9092`` (any one of them is
+    enough to start). Topic segments are separated by ``.``: Kafka topic names
     cannot contain ``:``. Dead letters go to ``{topic}.dlq`` (a hashed name when that would be
     longer than Kafka allows), or, when that topic cannot be written, to the group's fallback
     topic ``dispytch.dlq.{group}``; see :mod:`dispytch.kafka.dead_letters`.
@@ -170,6 +179,9 @@ class KafkaBackend(Backend):
         revoke_timeout: float = 10.0,
         metadata_timeout: float = DEFAULT_METADATA_TIMEOUT,
         transactional_id: str | None = None,
+        replication_factor: int | None = None,
+        topic_partitions: int | None = None,
+        topic_config: dict[str, str | int] | None = None,
         **options: Any,
     ) -> None:
         self.security = connection_security(
@@ -223,6 +235,7 @@ class KafkaBackend(Backend):
         self.commit_every = commit_every
         self.revoke_timeout = revoke_timeout
         self.metadata_timeout = metadata_timeout
+        self.topics = TopicSettings(replication_factor, topic_partitions, topic_config)
         self._producer: KafkaProducer | None = None
         self._consumers: list[KafkaConsumer] = []
 
@@ -287,9 +300,12 @@ class KafkaBackend(Backend):
         return consumer
 
     async def _ensure_topics(self, topics: Sequence[str]) -> None:
-        """Make the broker create missing topics (its auto-creation, its defaults)."""
+        """Create missing topics (see :mod:`dispytch.kafka.replication`), then make sure the
+        producer knows them (where creating was not allowed, this asks the broker to
+        auto-create)."""
         producer = self.producer()
         await producer.start()
+        await create_topics(self.servers, self.producer_options, topics, self.topics)
         for topic in topics:
             try:
                 # A metadata request for a topic asks the broker to auto-create it.

@@ -19,6 +19,7 @@ from nats.js import JetStreamContext
 from dispytch.backend import Backend
 from dispytch.dead_letter import DeadLetter
 from dispytch.errors import ConfigurationError
+from dispytch.hosts import parse_hosts
 from dispytch.listener.consumer import Consumer
 from dispytch.nats._compat import GUARDED, TLSGuardClient, TLSRequiredError, harden, probe_tls
 from dispytch.nats.consumer import NATSGroupConsumer
@@ -31,17 +32,22 @@ from dispytch.nats.producer import NATSProducer
 from dispytch.nats.replies import NATSInbox
 from dispytch.nats.streams import add_subjects
 from dispytch.poison import Overflow
+from dispytch.redaction import redact
 from dispytch.request import ReplyInbox
 from dispytch.security import ConnectionSecurity, connection_security
 from dispytch.topic_rules import NATS
 
-__all__ = ["NATSBackend", "connect_nats", "nats_security"]
+__all__ = ["NATSBackend", "connect_nats", "nats_security", "stream_replicas"]
 
 logger = logging.getLogger("dispytch.nats")
 
 DeliverPolicyName = Literal["all", "new"]
 
 _WEEK = 7 * 24 * 3600.0
+
+DEFAULT_PORT = 4222
+#: Streams the backend creates get ``min(3, servers in the cluster)`` replicas by default.
+MAX_DEFAULT_REPLICAS = 3
 
 
 class NATSBackend(Backend):
@@ -53,7 +59,9 @@ class NATSBackend(Backend):
     What it creates on the server (all idempotent, safe with many processes):
 
     * **The event stream** ``stream`` (default ``"dispytch"``, file storage, messages kept
-      ``max_age`` = 7 days unless ``stream_options`` says otherwise). Its subjects grow as
+      ``max_age`` = 7 days, ``min(3, servers)`` replicas unless ``stream_options`` says
+      otherwise: R3 on a cluster of three or more, R1 on a single server; the servers are
+      those of the URL plus those the cluster advertises). Its subjects grow as
       needed: when a group starts, every handler subject is added to it, unless another stream
       already captures that subject (then the consumer is created on that stream: streams you
       manage yourself keep working). Subjects that overlap are merged into one wildcard
@@ -93,11 +101,15 @@ class NATSBackend(Backend):
 
     Args:
         url: ``nats://[user:password@|token@]host:port``; ``tls://`` / ``nats+tls://`` for TLS;
-            several servers as ``nats://h1:4222,nats://h2:4222``.
+            a cluster as ``nats://h1:4222,h2:4222,h3:4222`` (or
+            ``nats://h1:4222,nats://h2:4222``): nats-py moves to another server when one
+            fails and learns the cluster's other servers from the one it reaches.
         stream: name of the event stream the backend manages.
         subjects: subjects (wildcards allowed) added to ``stream`` on :meth:`connect`.
         stream_options: ``StreamConfig`` fields (nats-py names) used when the stream is
             created, e.g. ``{"max_age": 86400, "max_bytes": 10**9, "num_replicas": 3}``.
+            ``num_replicas`` defaults to ``min(3, servers)`` for both streams; a stream that
+            already exists keeps its own.
         dead_letter_stream: name of the dead-letter stream (and its subject prefix).
         dead_letter_stream_options: ``StreamConfig`` fields for the dead-letter stream.
         ack_wait: seconds JetStream waits for an ack before redelivering.
@@ -176,6 +188,9 @@ class NATSBackend(Backend):
         self.security.before_connect()
         connection = await connect_nats(self.security, self.connect_options)
         try:
+            replicas = stream_replicas(connection)
+            self.stream_options.setdefault("num_replicas", replicas)
+            self.dead_letter_stream_options.setdefault("num_replicas", replicas)
             js = connection.jetstream(timeout=self.publish_timeout)
             try:
                 await js.account_info()
@@ -316,9 +331,16 @@ def nats_security(url: str, options: dict[str, Any]) -> ConnectionSecurity:
 
 
 def _servers(url: str) -> list[str]:
-    """The ``nats://`` server URLs nats-py takes, for one URL or several joined by commas."""
+    """The ``nats://`` server URLs nats-py takes, for one URL or several joined by commas
+    (``nats://h1:4222,nats://h2:4222``), each naming one host or several
+    (``nats://h1:4222,h2:4222``)."""
     parts = re.split(r",(?=[A-Za-z][A-Za-z0-9+.\-]*://)", url)
-    return ["nats://" + part.split("://", 1)[-1] for part in parts]
+    servers = []
+    for part in parts:
+        one = "nats://" + part.split("://", 1)[-1]
+        hosts = parse_hosts(one, DEFAULT_PORT, shown=redact(one))
+        servers += [hosts.url_for(i) for i in range(len(hosts.hosts))]
+    return servers
 
 
 class _AuthRefused(Exception):
@@ -434,3 +456,10 @@ async def _probe_each(servers: list[str], timeout: float) -> None:
         parts = urlsplit(server)
         if not await probe_tls(parts.hostname or "127.0.0.1", parts.port or 4222, timeout):
             raise TLSRequiredError()
+
+
+def stream_replicas(client: NATSClient) -> int:
+    """How many replicas a stream gets unless its options say: ``min(3, servers)``, the servers
+    being those the client knows (its URL's, plus those a clustered server advertised)."""
+    servers = {server.netloc.rpartition("@")[2] for server in client.servers}
+    return max(1, min(MAX_DEFAULT_REPLICAS, len(servers)))

@@ -142,7 +142,9 @@ async def publish_acked(
         await jetstream.publish(subject, payload, timeout=timeout, headers=headers)
     except nats.js.errors.NoStreamResponseError:
         raise EmitError(
-            f"no JetStream stream stores subject {subject!r}, so the event was not stored; "
+            f"no JetStream stream answered for subject {subject!r}, so the event was not "
+            "stored: either its stream is electing a new leader (a cluster node was lost; "
+            "retry in a few seconds) or no stream stores the subject. For the latter, "
             "start a consumer for this topic first (the app adds the topics its handlers "
             "subscribe to to its stream) or list it in the backend's subjects option, e.g. "
             f"App('nats://...', subjects=[{subject!r}]) (a wildcard such as 'orders.>' covers "

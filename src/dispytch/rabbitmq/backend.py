@@ -20,6 +20,7 @@ from dispytch.rabbitmq.dead_letters import (
     DeadLetterStore,
     read_dead_letters,
 )
+from dispytch.rabbitmq.failover import connect_nodes
 from dispytch.rabbitmq.producer import RabbitMQProducer
 from dispytch.rabbitmq.replies import RabbitMQInbox
 from dispytch.request import ReplyInbox
@@ -152,18 +153,10 @@ class RabbitMQBackend(Backend):
         # The connection object exists before it is connected; one whose first connection
         # failed (or timed out) must be closed, or it goes on reconnecting in the background.
         made: list[AbstractRobustConnection] = []
-
-        def tracked(*args: Any, **kwargs: Any) -> AbstractRobustConnection:
-            made.append(aio_pika.RobustConnection(*args, **kwargs))
-            return made[-1]
-
         try:
             connection: AbstractRobustConnection = await self.security.connect(
-                lambda: aio_pika.connect_robust(
-                    self._client_url,
-                    connection_class=tracked,
-                    **self.connect_options,
-                ),
+                # every node of a multi-host URL in turn (see dispytch.rabbitmq.failover)
+                lambda: connect_nodes(self._client_url, self.connect_options, made),
                 hint="check the address, that RabbitMQ runs there, the URL's user, password "
                 "and vhost, and the TLS settings (amqps:// for a TLS listener)",
                 auth_errors=(

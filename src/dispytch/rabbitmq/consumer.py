@@ -19,6 +19,7 @@ from dispytch.poison import settle_poison
 from dispytch.rabbitmq import _compat
 from dispytch.rabbitmq.acks import ChannelAcks
 from dispytch.rabbitmq.dead_letters import DEFAULT_DEAD_LETTER_EXCHANGE, DeadLetterStore
+from dispytch.rabbitmq.failover import connect
 from dispytch.rabbitmq.wire import lenient_message, to_message
 from dispytch.routing import TopicPattern
 
@@ -470,28 +471,3 @@ class RabbitMQGroupConsumer(RabbitMQConsumer):
 def _is_quorum(queue: AbstractQueue) -> bool:
     arguments = getattr(queue, "arguments", None) or {}
     return bool(arguments.get("x-queue-type") == "quorum")
-
-
-async def connect(url: str, safe_url: str, options: Mapping[str, Any]) -> AbstractRobustConnection:
-    """``aio_pika.connect_robust`` with an error that names the URL without its password."""
-    try:
-        connection: AbstractRobustConnection = await aio_pika.connect_robust(url, **options)
-    except (ConnectionError, OSError, aiormq.exceptions.AMQPError) as exc:
-        text = str(exc)
-        password = _password(url)
-        if password:
-            text = text.replace(password, "***")
-        raise ConfigurationError(
-            f"cannot connect to RabbitMQ at {safe_url} ({type(exc).__name__}: {text}); check "
-            "that the broker runs and that the URL's user, password and vhost are right"
-        ) from None
-    return connection
-
-
-def _password(url: str) -> str | None:
-    from urllib.parse import urlsplit
-
-    try:
-        return urlsplit(url).password
-    except ValueError:
-        return None

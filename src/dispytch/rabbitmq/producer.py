@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractExchange
+from aio_pika.abc import AbstractExchange, AbstractRobustChannel
 from pamqp.commands import Basic
 from pydantic import BaseModel
 
@@ -17,6 +19,7 @@ from dispytch.rabbitmq.batch import Publish, publish_batch, supports
 from dispytch.rabbitmq.config import RabbitMQEventConfig
 from dispytch.rabbitmq.wire import (
     KEY_HEADER,
+    PublishRefusedError,
     confirm_error,
     encode_key,
     publish_confirmed,
@@ -28,6 +31,10 @@ from dispytch.topic_rules import RABBITMQ
 __all__ = ["RabbitMQProducer"]
 
 _PERSISTENT = aio_pika.DeliveryMode.PERSISTENT
+#: Seconds between two reopenings of a publishing channel after nacks.
+REOPEN_INTERVAL = 5.0
+
+logger = logging.getLogger("dispytch.rabbitmq")
 
 
 class RabbitMQProducer(Producer):
@@ -64,6 +71,8 @@ class RabbitMQProducer(Producer):
         self.exchanges: dict[str, AbstractExchange] = {ex.name: ex for ex in chosen}
         self.default_exchange = chosen[0]
         self.timeout = timeout
+        self._reopening: asyncio.Task[None] | None = None
+        self._reopened_at = -REOPEN_INTERVAL
 
     def _exchange(self, name: str) -> AbstractExchange:
         exchange = self.exchanges.get(name)
@@ -130,7 +139,11 @@ class RabbitMQProducer(Producer):
         key: bytes | None = None,
     ) -> None:
         exchange, message = self._prepare(payload, config, headers, key)
-        await publish_confirmed(exchange, message, topic, self.timeout)
+        try:
+            await publish_confirmed(exchange, message, topic, self.timeout)
+        except PublishRefusedError:
+            self._refused(exchange)
+            raise
 
     async def send_many(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
         """Publish the whole batch in one write per exchange, then wait for every confirm.
@@ -165,7 +178,38 @@ class RabbitMQProducer(Producer):
             outcomes = await self._publish(exchange, batch)
             for i, outcome in zip(indexes, outcomes, strict=True):
                 results[i] = outcome
+            if any(isinstance(outcome, PublishRefusedError) for outcome in outcomes):
+                self._refused(exchange)
         return results
+
+    def _refused(self, exchange: AbstractExchange) -> None:
+        """RabbitMQ nacked a publish on ``exchange``'s channel: reopen the channel (at most every
+        ``REOPEN_INTERVAL`` seconds).
+
+        A queue over its length limit nacks, and a new channel changes nothing there; but a
+        channel whose quorum-queue state went stale over leader changes nacks every later
+        publish while a new channel's are confirmed (seen with RabbitMQ 3.10 after the second
+        leader of a queue died: tests/faults/test_cluster.py). Publishes wait for the reopened
+        channel as after a reconnect."""
+        channel = getattr(exchange, "channel", None)
+        now = time.monotonic()
+        if (
+            not isinstance(channel, AbstractRobustChannel)
+            or self._reopening is not None
+            or now - self._reopened_at < REOPEN_INTERVAL
+        ):
+            return
+        self._reopened_at = now
+        self._reopening = asyncio.create_task(self._reopen(channel), name="dispytch-reopen")
+
+    async def _reopen(self, channel: AbstractRobustChannel) -> None:
+        try:
+            await channel.reopen()
+            logger.info("RabbitMQ nacked a publish: reopened the publishing channel")
+        except Exception as exc:  # the connection's own recovery takes over
+            logger.warning("could not reopen the RabbitMQ channel after a nack: %s", exc)
+        finally:
+            self._reopening = None
 
     async def _publish(
         self, exchange: AbstractExchange, batch: list[Publish]

@@ -41,6 +41,7 @@ __all__ = [
     "TOPIC_B64_HEADER",
     "UNDECODABLE_HEADER",
     "Decoded",
+    "PublishRefusedError",
     "confirm_error",
     "decode_key",
     "encode_key",
@@ -261,6 +262,10 @@ async def wait_reconnected(
             ) from exc
 
 
+class PublishRefusedError(EmitError):
+    """RabbitMQ answered a publish with ``basic.nack``."""
+
+
 def confirm_error(result: Any, exchange: str, routing_key: str) -> EmitError | None:
     """What a publisher confirm's outcome means: ``None`` when RabbitMQ stored the message."""
     if isinstance(result, DeliveredMessage):  # returned: no queue is bound for the key
@@ -279,7 +284,7 @@ def publish_error(
     if isinstance(exc, aiormq.exceptions.PublishError):
         return _unroutable(exchange, routing_key)
     if isinstance(exc, aiormq.exceptions.DeliveryError):
-        return EmitError(
+        return PublishRefusedError(
             f"RabbitMQ refused the message for routing key {routing_key!r} on exchange "
             f"{exchange!r} (basic.nack: the queue is over its length limit or failed); "
             "retry later or check the queue's state"

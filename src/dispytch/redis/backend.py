@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from dispytch.errors import ConfigurationError
@@ -11,8 +12,26 @@ from dispytch.redis.consumer import RedisConsumer
 from dispytch.redis.dead_letters import DEFAULT_DEAD_LETTER_MAXLEN
 from dispytch.redis.producer import RedisProducer
 from dispytch.request import ReplyInbox
+from dispytch.untrusted import loggable
+from dispytch.workers import worker_slot
 
 __all__ = ["RedisBackend", "RedisUnavailableError"]
+
+logger = logging.getLogger("dispytch.redis")
+
+
+def warn_unshared_workers(group: str) -> None:
+    """Under ``--workers N``, say once (in worker 0) that every worker gets every event."""
+    index, workers = worker_slot()
+    if workers > 1 and index == 0:
+        logger.warning(
+            "Redis Pub/Sub does not share work between processes: each of the %d workers of "
+            "group %r receives and handles every event (%d times in all); to share the events "
+            "of a group between workers, use Redis Streams (redis+streams://)",
+            workers,
+            loggable(group),
+            workers,
+        )
 
 
 class RedisBackend(RedisBackendBase[RedisProducer]):
@@ -20,7 +39,9 @@ class RedisBackend(RedisBackendBase[RedisProducer]):
 
     **At most once**: Pub/Sub keeps nothing. An event published while no subscriber is
     connected, while a subscriber is reconnecting, or held by a process that stops, is lost;
-    every subscribed process receives every event (``group`` does not share work). Dead letters
+    every subscribed process receives every event (``group`` does not share work: under
+    ``dispytch run --workers N`` every worker handles every event, which the first worker
+    logs as a warning). Dead letters
     are durable: they go to the Redis Stream ``{topic}.dlq``. For at-least-once delivery use
     ``redis+streams://``.
 
@@ -66,7 +87,9 @@ class RedisBackend(RedisBackendBase[RedisProducer]):
         """A new Pub/Sub subscriber. ``prefetch`` does not apply to Pub/Sub and ``group`` only
         names the fallback dead-letter stream: every subscriber receives every message, and the
         consumer reads ahead up to ``buffer_size`` messages and ``max_buffer_bytes`` bytes.
+        Under ``dispytch run --workers N`` (N > 1), the first worker logs a warning saying so.
         """
+        warn_unshared_workers(group)
         # Its own client: payloads are bytes whatever decode_responses says, and a health check
         # notices a dead connection on an idle subscription.
         overrides: dict[str, Any] = {"decode_responses": False}

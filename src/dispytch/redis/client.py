@@ -15,6 +15,7 @@ from dispytch.errors import ConfigurationError, ConnectError
 from dispytch.listener.consumer import Consumer
 from dispytch.redis.connection import ContextTLSConnection
 from dispytch.redis.dead_letters import read_dead_letters
+from dispytch.redis.sentinel import sentinel_target
 from dispytch.security import connection_security
 from dispytch.topic_rules import REDIS
 
@@ -46,7 +47,14 @@ class RedisBackendBase(Backend, Generic[ProducerT]):
     #: Raised by :meth:`connect` when Redis does not answer.
     unavailable_error: ClassVar[type[RedisUnavailableError]] = RedisUnavailableError
 
-    def __init__(self, url: str, *, publish_timeout: float | None, **options: Any) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        publish_timeout: float | None,
+        sentinel_options: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
         self.security = connection_security(
             "Redis",
             url,
@@ -71,12 +79,23 @@ class RedisBackendBase(Backend, Generic[ProducerT]):
                     "tls_context": self.security.ssl_context,
                 }
         self.options.setdefault("socket_connect_timeout", self.security.connect_timeout)
+        #: Set when the URL names Sentinels (``?sentinel=<master>``): clients go to the master.
+        self.sentinel = sentinel_target(
+            client_url(self.security.url), self.security.safe_url, sentinel_options
+        )
+        if self.sentinel is not None and self.security.tls:
+            raise ConfigurationError(
+                f"{self.security.safe_url}: TLS to Redis behind Sentinel is not supported yet; "
+                "use a plain redis:// Sentinel URL inside a trusted network, or no Sentinel"
+            )
         self._client: Redis | None = None
         self._producer: ProducerT | None = None
         self._consumers: list[Consumer] = []
 
     def _build(self, **overrides: Any) -> Redis:
         """A new client for the URL; ``overrides`` win over the backend's options."""
+        if self.sentinel is not None:
+            return self.sentinel.client(**{**self.options, **overrides})
         try:
             return Redis.from_url(self._client_url, **{**self.options, **self._tls, **overrides})
         except (ValueError, TypeError) as exc:
@@ -132,6 +151,8 @@ class RedisBackendBase(Backend, Generic[ProducerT]):
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+        if self.sentinel is not None:
+            await self.sentinel.aclose()
 
     async def dead_letters(self, topic: str, limit: int = 100) -> list[DeadLetter]:
         """Read (without removing) up to ``limit`` dead letters of ``topic`` from ``topic.dlq``."""

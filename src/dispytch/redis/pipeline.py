@@ -61,6 +61,15 @@ class PipelinedProducer(Producer, Generic[ItemT]):
         """What :meth:`_queue` sends for ``message`` (as ``send`` builds it)."""
         raise NotImplementedError
 
+    def _confirm(self, pipe: Pipeline) -> bool:
+        """Add a command after a batch that confirms it further (``WAIT``); ``True`` if added."""
+        return False
+
+    def _confirmed(self, reply: Any, count: int) -> EmitError | None:
+        """What the reply to :meth:`_confirm`'s command means for the ``count`` sends of the
+        batch Redis accepted: ``None`` if they are confirmed, else the error they raise."""
+        return None
+
     async def send_many(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
         """Queue every message for the next batches, then wait for each one's reply.
 
@@ -111,6 +120,7 @@ class PipelinedProducer(Producer, Generic[ItemT]):
         pipe = self.redis.pipeline(transaction=False)
         for topic, item, _ in batch:
             self._queue(pipe, topic, item)
+        confirming = self._confirm(pipe)
         try:
             async with asyncio.timeout(self.timeout):
                 results = await pipe.execute(raise_on_error=False)
@@ -130,10 +140,16 @@ class PipelinedProducer(Producer, Generic[ItemT]):
                 _fail(future, EmitError("the producer was cancelled while sending"))
             raise
         else:
+            unconfirmed = None
+            if confirming:
+                accepted = sum(not isinstance(r, BaseException) for r in results[:-1])
+                unconfirmed = self._confirmed(results.pop(), accepted)
             for (topic, _, future), result in zip(batch, results, strict=True):
                 if future.done():
                     continue  # the caller gave up (cancelled)
-                if isinstance(result, BaseException):
+                if unconfirmed is not None and not isinstance(result, BaseException):
+                    future.set_exception(unconfirmed)
+                elif isinstance(result, BaseException):
                     future.set_exception(
                         EmitError(
                             f"Redis refused {self.command} to {topic!r}: {result}"

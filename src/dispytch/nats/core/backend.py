@@ -13,7 +13,7 @@ from dispytch.backend import Backend
 from dispytch.dead_letter import DeadLetter
 from dispytch.errors import ConfigurationError
 from dispytch.listener.consumer import Consumer
-from dispytch.nats.backend import connect_nats, nats_security
+from dispytch.nats.backend import connect_nats, nats_security, stream_replicas
 from dispytch.nats.core.consumer import NATSCoreConsumer
 from dispytch.nats.core.producer import NATSCoreProducer
 from dispytch.nats.dead_letters import (
@@ -111,6 +111,7 @@ class NATSCoreBackend(Backend):
             self.security, self.connect_options, overflow=self._overflow
         )
         try:
+            self.dead_letter_stream_options.setdefault("num_replicas", stream_replicas(connection))
             store: DeadLetterStore | None = DeadLetterStore(
                 connection.jetstream(timeout=self.publish_timeout),
                 self.dead_letter_stream,

@@ -32,6 +32,10 @@ class RedisStreamsBackend(RedisBackendBase[RedisStreamsProducer]):
     redelivery of a dead process's entries (``claim_idle_ms``) and pattern topics
     (``discovery_interval``), and :mod:`dispytch.redis.fields` for the entry layout.
 
+    With Sentinel (``redis+streams://sentinel1:26379,sentinel2:26379/0?sentinel=mymaster``, see
+    :mod:`dispytch.redis.sentinel`) clients follow the master through failovers, and an emit
+    returns only once one replica has the entry too (``wait_replicas``).
+
     Redis never removes acknowledged entries by itself: set ``maxlen`` (every ``XADD`` then
     trims the stream to about that many entries, which may drop entries some group has not read
     yet) or trim the streams yourself. Durability across a Redis restart needs the server's
@@ -48,6 +52,10 @@ class RedisStreamsBackend(RedisBackendBase[RedisStreamsProducer]):
             :class:`~dispytch.emitter.producer.ProducerTimeout`.
         claim_idle_ms, poll_interval, discovery_interval, ack_interval, ack_batch, start_id,
             reconnect_max_delay: see :class:`RedisStreamsConsumer`.
+        wait_replicas: replicas that must have each emitted entry before the emit returns
+            (``WAIT``); default 1 with Sentinel, 0 without. See :class:`RedisStreamsProducer`.
+        wait_timeout: seconds to wait for them before the emit raises.
+        sentinel_options: options of the connections to the Sentinels (password, TLS).
     """
 
     unavailable_error = RedisStreamsUnavailableError
@@ -67,10 +75,16 @@ class RedisStreamsBackend(RedisBackendBase[RedisStreamsProducer]):
         ack_batch: int = 512,
         start_id: str = "0",
         reconnect_max_delay: float = 10.0,
+        wait_replicas: int | None = None,
+        wait_timeout: float = 1.0,
         **options: Any,
     ) -> None:
         super().__init__(url, publish_timeout=publish_timeout, **options)
         self.maxlen = maxlen
+        if wait_replicas is None:
+            wait_replicas = 0 if self.sentinel is None else 1
+        self.wait_replicas = wait_replicas
+        self.wait_timeout = wait_timeout
         self.dead_letter_maxlen = dead_letter_maxlen
         self.consumer_options: dict[str, Any] = {
             "claim_idle_ms": claim_idle_ms,
@@ -88,7 +102,13 @@ class RedisStreamsBackend(RedisBackendBase[RedisStreamsProducer]):
         return super()._build(**overrides, decode_responses=False)
 
     def _new_producer(self) -> RedisStreamsProducer:
-        return RedisStreamsProducer(self.client, maxlen=self.maxlen, timeout=self.publish_timeout)
+        return RedisStreamsProducer(
+            self.client,
+            maxlen=self.maxlen,
+            timeout=self.publish_timeout,
+            wait_replicas=self.wait_replicas,
+            wait_timeout=self.wait_timeout,
+        )
 
     def consumer(
         self, group: str, *, prefetch: int, max_buffer_bytes: int | None = None

@@ -372,6 +372,9 @@ class RedisStreamsConsumer(Consumer):
 
     async def _reconnected(self) -> None:
         await self.redis.ping()
+        # The reader's own connection is the one that failed: back only once it answers too
+        # (else every failure would look like the first of an outage, with the shortest wait).
+        await self._reader_client.ping()
         self._reader_id = None
         await self._rejoin()
         self.reconnects += 1

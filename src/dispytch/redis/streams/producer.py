@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from dispytch.emitter.producer import Outgoing
-from dispytch.errors import ConfigurationError
+from dispytch.errors import ConfigurationError, EmitError
 from dispytch.redis.fields import encode_fields
 from dispytch.redis.pipeline import PipelinedProducer
 from dispytch.topic_rules import REDIS_STREAMS
@@ -44,6 +44,11 @@ class RedisStreamsProducer(PipelinedProducer[dict[Any, Any]]):
         timeout: seconds to wait for Redis' reply to a batch; ``None`` waits as long as the
             client's own ``socket_timeout`` allows.
         max_batch: most ``XADD`` commands written in one round trip.
+        wait_replicas: after each batch, wait (``WAIT``) until this many replicas have it
+            (``0``: do not wait). An emit returns only once they confirmed; if they do not
+            within ``wait_timeout`` seconds it raises :class:`EmitError` (the master stored
+            the entry, but a failover now could lose it).
+        wait_timeout: seconds ``WAIT`` waits for the replicas.
     """
 
     topic_rules = REDIS_STREAMS
@@ -60,11 +65,20 @@ class RedisStreamsProducer(PipelinedProducer[dict[Any, Any]]):
         maxlen: int | None = None,
         timeout: float | None = 10.0,
         max_batch: int = 1024,
+        wait_replicas: int = 0,
+        wait_timeout: float = 1.0,
     ) -> None:
         if maxlen is not None and maxlen < 1:
             raise ConfigurationError(f"maxlen must be >= 1 or None (no trimming), got {maxlen}")
+        if wait_replicas < 0 or wait_timeout <= 0:
+            raise ConfigurationError(
+                f"wait_replicas must be >= 0 and wait_timeout > 0, got {wait_replicas} and "
+                f"{wait_timeout}"
+            )
         super().__init__(redis, timeout=timeout, max_batch=max_batch)
         self.maxlen = maxlen
+        self.wait_replicas = wait_replicas
+        self._wait_ms = max(1, round(wait_timeout * 1000))
 
     async def send(
         self,
@@ -89,3 +103,20 @@ class RedisStreamsProducer(PipelinedProducer[dict[Any, Any]]):
 
     def _queue(self, pipe: Pipeline, topic: str, item: dict[Any, Any]) -> None:
         pipe.xadd(topic, item, maxlen=self.maxlen, approximate=True)
+
+    def _confirm(self, pipe: Pipeline) -> bool:
+        if not self.wait_replicas:
+            return False
+        pipe.execute_command("WAIT", self.wait_replicas, self._wait_ms)
+        return True
+
+    def _confirmed(self, reply: Any, count: int) -> EmitError | None:
+        if isinstance(reply, int) and reply >= self.wait_replicas:
+            return None
+        got = f"{reply}" if isinstance(reply, int) else f"no answer ({reply})"
+        return EmitError(
+            f"Redis stored {count} entries but {got} of the {self.wait_replicas} replica(s) "
+            f"asked for confirmed them within {self._wait_ms} ms: a failover now could lose "
+            "them, so the emit is not confirmed (it may be delivered anyway). Check the "
+            "replicas (INFO replication), or lower wait_replicas"
+        )
