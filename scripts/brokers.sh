@@ -305,6 +305,7 @@ while True:
 start_kafka() {
   local run="$RUN_ROOT/kafka" java fmt_id
   ensure_kafka_libs
+  exec 8>&- # release the resolve lock: the broker started below must not inherit (and hold) it
   java="$(kafka_java)"
   if port_open "$KAFKA_CONTROLLER_PORT"; then
     die "kafka: controller port $HOST:$KAFKA_CONTROLLER_PORT is already in use (set KAFKA_CONTROLLER_PORT)"
