@@ -6,7 +6,7 @@
 #   scripts/brokers.sh status                                 which brokers answer, and whose they are
 #   scripts/brokers.sh restart NAME [NAME ...]                stop + start, keeping data (Kafka log, RabbitMQ mnesia)
 #   scripts/brokers.sh clean                                  down, then wipe the run dir (all broker data)
-#   scripts/brokers.sh tools                                  install the other Debian tools the tests use (chromium)
+#   scripts/brokers.sh tools                                  install the other Debian tools the tests use (chromium, tmux)
 #   scripts/brokers.sh --profile secure up|down|status|clean  the secured brokers (TLS + auth), see
 #                                                             scripts/brokers-secure.sh; both profiles run at once
 #   scripts/brokers.sh --profile cluster up|down|status|...   3-node clusters: scripts/cluster/cluster.sh
@@ -666,6 +666,7 @@ lock() { # serialise concurrent up/down/restart/clean (e.g. several test runners
 cmd_tools() { # Debian packages the test suite needs besides the brokers
   local missing=()
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  command -v tmux >/dev/null 2>&1 || missing+=(tmux) # the terminal test of dispytch dlq
   mkdir -p "$RUN_ROOT"
   install_packages "${missing[@]}"
 }

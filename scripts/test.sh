@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite on any machine with Python 3.11+: installs the dev dependencies when one
-# is missing (pip install -e ".[dev]"), the Debian tools the tests use (chromium) and the local
+# is missing (pip install -e ".[dev]"), the Debian tools the tests use (chromium, tmux) and the local
 # brokers, starts the brokers, then runs pytest against memory and every live broker.
 # Extra arguments go to pytest.
 #

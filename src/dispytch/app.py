@@ -26,7 +26,7 @@ from dispytch.listener.listener import (
 )
 from dispytch.middleware import check_middleware
 from dispytch.request import Requester
-from dispytch.retry import RetryPolicy
+from dispytch.retry import RetryMode, RetryPolicy, check_retry_mode
 from dispytch.serialization.deserializer import Deserializer
 from dispytch.serialization.json import JSONDeserializer
 from dispytch.serialization.serializer import Serializer
@@ -61,6 +61,9 @@ class App:
     :class:`~dispytch.redis.RedisDedup`) makes every handler skip an event it already succeeded
     on (a redelivery after a crash, a replay); ``@app.handler(..., dedup=False)`` opts one out.
     See :mod:`dispytch.dedup` for the window that remains.
+    ``retry_mode="broker"`` makes the retries of every handler (that does not choose
+    otherwise) delayed deliveries by the broker instead of waits in the process (see
+    :meth:`HandlerGroup.handler <dispytch.handler.HandlerGroup.handler>`).
 
     A dead letter the consumer's destination cannot store (after ``dead_letter_retry``
     attempts) goes to the backend's fallback destination, or to the topic
@@ -89,6 +92,7 @@ class App:
         dead_letter_retry: RetryPolicy | None = None,
         topic_delimiter: str | None = None,
         dedup: DedupStore | None = None,
+        retry_mode: RetryMode = "process",
         backend: Backend | None = None,
         **backend_options: Any,
     ) -> None:
@@ -118,6 +122,8 @@ class App:
         self.dead_letter_retry = dead_letter_retry
         #: Where handlers remember the events they succeeded on (``None``: no dedup).
         self.dedup = dedup
+        #: Where retries of handlers that do not choose wait: "process" or "broker".
+        self.retry_mode: RetryMode = check_retry_mode(retry_mode, "retry_mode") or "process"
         #: Middleware around every message, handler call and emit, outermost first.
         self.middleware: list[object] = list(middleware or ())
         for item in self.middleware:
@@ -276,6 +282,11 @@ class App:
     def listener(self) -> EventListener | None:
         return self._listener
 
+    @property
+    def started(self) -> bool:
+        """Whether the app is started (connected, until :meth:`stop`)."""
+        return self._emitter is not None
+
     async def start(self) -> None:
         """Connect, run startup hooks, and start handling events in the background."""
         if self._emitter is not None:
@@ -313,6 +324,7 @@ class App:
                 emitter=self._emitter,
                 dedup=self.dedup,
                 dedup_scope=self.group,
+                retry_mode=self.retry_mode,
             )
             for group in self._groups:
                 listener.add_handler_group(group)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import uuid
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from dispytch.dead_letter import DeadLetter
 from dispytch.emitter.producer import Producer
@@ -19,6 +19,9 @@ from dispytch.listener.consumer import Consumer
 from dispytch.redaction import redact, redact_url, secrets_of
 from dispytch.request import ConsumerInbox, ReplyInbox
 from dispytch.topic_rules import GENERIC, TopicRules
+
+if TYPE_CHECKING:
+    from dispytch.dlq.store import DeadLetterStore
 
 __all__ = ["Backend", "backend_from_url", "redact_url", "register_backend"]
 
@@ -97,6 +100,16 @@ class Backend(ABC):
     async def dead_letters(self, topic: str, limit: int = 100) -> list[DeadLetter]:
         """Read (without removing) up to ``limit`` dead letters of ``topic``, oldest first."""
         raise NotImplementedError(f"{type(self).__name__} cannot read dead letters back yet")
+
+    def dead_letter_store(self, group: str | None = None) -> DeadLetterStore:
+        """The dead letters of this backend as a :class:`~dispytch.dlq.DeadLetterStore` (list,
+        read, replay, purge), for consumer group ``group`` where the layout has one dead-letter
+        destination per group, and reading every group's fallback destination when ``None``.
+        Call :meth:`connect` first."""
+        raise ConfigurationError(
+            f"{type(self).__name__} has no dead-letter store: dispytch dlq works with kafka://, "
+            "amqp://, redis+streams:// (and redis://), nats:// and memory://"
+        )
 
 
 def backend_from_url(url: str, **options: Any) -> Backend:

@@ -1,4 +1,5 @@
-"""Command line: ``dispytch run module:app``, ``dispytch docs gen|serve module:app``.
+"""Command line: ``dispytch run module:app``, ``dispytch docs gen|serve module:app``,
+``dispytch dlq list|show|replay|purge`` (see :mod:`dispytch.dlq.cli`).
 
 ``run`` imports the app, starts it, and on SIGINT or SIGTERM stops fetching, lets in-flight
 work finish (the app's ``shutdown_timeout``), settles it, and exits. Work still running after
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from dispytch.app import ENV_BROKER_URL, App
+from dispytch.dlq.cli import add_dlq_commands, run_dlq
 from dispytch.errors import ConfigurationError, DispytchError, ShutdownError
 from dispytch.redaction import redact, secrets_of
 from dispytch.workers import ENV_WORKER_INDEX, ENV_WORKERS
@@ -290,6 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dispytch", description="Run Dispytch services.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_docs_commands(sub)
+    add_dlq_commands(sub)
     run = sub.add_parser("run", help="run an app: dispytch run module:app")
     run.add_argument("target", help="the app, as module:attribute (e.g. billing.service:app)")
     run.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
@@ -297,6 +300,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--broker-url", help=f"broker URL; sets {ENV_BROKER_URL} for the app")
     run.add_argument("--log-level", default=os.environ.get("DISPYTCH_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
+    if args.command == "dlq":
+        logging.basicConfig(level=os.environ.get("DISPYTCH_LOG_LEVEL", "WARNING").upper())
+        return run_dlq(args)
     if args.command == "docs":
         logging.basicConfig(level=os.environ.get("DISPYTCH_LOG_LEVEL", "WARNING").upper())
         return _docs(args)

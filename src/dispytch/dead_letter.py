@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["DeadLetter", "dead_letter_topic", "fallback_topic"]
 
@@ -31,6 +32,13 @@ class DeadLetter:
     payload: bytes
     headers: Mapping[str, str] = field(default_factory=dict)
     key: bytes | None = None
+    #: Where it is stored (``orders.dlq``, ``dispytch.dlq.billing``...), when read by a
+    #: :class:`~dispytch.dlq.DeadLetterStore`.
+    destination: str = field(default="", compare=False)
+    #: Its place there (a stream entry id, a stream sequence, an offset), as text.
+    position: str = field(default="", compare=False)
+    #: The store's own handle (what it needs to remove it).
+    handle: Any = field(default=None, compare=False, repr=False)
 
     @property
     def reason(self) -> str:
@@ -50,4 +58,28 @@ class DeadLetter:
 
     @property
     def attempts(self) -> int:
-        return int(self.headers.get("x-dispytch-attempts", "0") or 0)
+        return _int(self.headers.get("x-dispytch-attempts"))
+
+    @property
+    def error_type(self) -> str:
+        return self.headers.get("x-dispytch-error-type", "")
+
+    @property
+    def error_message(self) -> str:
+        return self.headers.get("x-dispytch-error-message", "")
+
+    @property
+    def failed_at(self) -> int | None:
+        """When it failed, in ms since the epoch (``None``: not recorded)."""
+        value = _int(self.headers.get("x-dispytch-failed-at"), -1)
+        return None if value < 0 else value
+
+
+def _int(text: str | None, default: int = 0) -> int:
+    """A header's integer; ``default`` when it is missing or not a (sane) integer."""
+    if not text or len(text) > 20:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        return default

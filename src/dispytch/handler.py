@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from dispytch.di.plan import CallPlan, build_plan
 from dispytch.errors import MissingTopicError, RegistrationError
 from dispytch.middleware import check_middleware
-from dispytch.retry import Backoff, RetryPolicy
+from dispytch.retry import Backoff, RetryMode, RetryPolicy, check_retry_mode
 
 __all__ = ["HandlerGroup", "HandlerSpec"]
 
@@ -39,6 +39,8 @@ class HandlerSpec:
     #: skip events this handler already succeeded on: ``True``, ``False`` or ``None`` (the
     #: app's choice: on when the app has a dedup store)
     dedup: bool | None = None
+    #: where its retries wait; ``None``: the listener's (app's) ``retry_mode``
+    retry_mode: RetryMode | None = None
 
     @property
     def name(self) -> str:
@@ -100,11 +102,21 @@ def make_spec(
     timeout: float | None = None,
     middleware: tuple[object, ...] = (),
     dedup: bool | None = None,
+    retry_mode: RetryMode | None = None,
 ) -> HandlerSpec:
     topic, event = check_route(topic, event, f"handler {getattr(func, '__qualname__', func)!s}")
     segments = frozenset(_SEGMENT.findall(topic))
     return HandlerSpec(
-        func, topic, event, retry, build_plan(func, segments), segments, timeout, middleware, dedup
+        func,
+        topic,
+        event,
+        retry,
+        build_plan(func, segments),
+        segments,
+        timeout,
+        middleware,
+        dedup,
+        retry_mode,
     )
 
 
@@ -149,6 +161,7 @@ class HandlerGroup:
         timeout: float | None = None,
         middleware: Sequence[object] | None = None,
         dedup: bool | None = None,
+        retry_mode: RetryMode | None = None,
     ) -> Callable[[F], F]:
         """Register a handler for ``event`` on ``topic``: an ``async def`` function, or a plain
         ``def`` one, which runs in a worker thread (see :mod:`dispytch.di.threads`) with the
@@ -174,6 +187,12 @@ class HandlerGroup:
         replay), using the app's dedup store (``App(dedup=...)``), or an in-process
         :class:`~dispytch.dedup.MemoryDedup` without one; ``dedup=False`` turns it off for this
         handler in an app that has a store; the default follows the app.
+        ``retry_mode="broker"`` makes each retry a delayed delivery by the broker instead of a
+        wait in the process: the event is stored again with the attempt count (Kafka retry
+        topics, RabbitMQ delay queues, JetStream ``nak`` with a delay, a Redis sorted set)
+        and acknowledged, so the concurrency slot and the key lane are free during the
+        back-off; a retried event is then handled after later events of its key. The default
+        (``None``) is the app's ``retry_mode``, itself ``"process"`` by default.
         """
         # Checked here already, as 0.10 did: ``group.handler()`` alone raises.
         check_route(topic or self.default_topic, event or self.default_event, "@group.handler()")
@@ -184,6 +203,7 @@ class HandlerGroup:
         own = check_middleware_list(middleware, "handler(middleware=...)")
         if dedup is not None and not isinstance(dedup, bool):
             raise RegistrationError(f"dedup must be True, False or None, got {dedup!r}")
+        mode = check_retry_mode(retry_mode, "retry_mode")
 
         def decorator(func: F) -> F:
             spec = make_spec(
@@ -194,6 +214,7 @@ class HandlerGroup:
                 limit,
                 own,
                 dedup,
+                mode,
             )
             for check in self._checks:
                 check(spec)

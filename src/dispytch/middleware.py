@@ -7,7 +7,8 @@ context and ``call_next``, does its work around ``await call_next(context)``, an
 * :meth:`Middleware.consume` wraps one message from the moment it was fetched until it was
   settled: decoding, routing, every matching handler with its retries, and the settle itself.
   After ``call_next`` returns, :attr:`ConsumeContext.outcome` says what happened
-  (``"handled"``, ``"no_handler"``, ``"dead_lettered"``, ``"handed_back"``).
+  (``"handled"``, ``"no_handler"``, ``"dead_lettered"``, ``"handed_back"``, or ``"retried"``:
+  handed to the broker for a delayed retry, see ``retry_mode="broker"``).
 * :meth:`Middleware.handle` wraps one attempt of one handler (a retried handler passes through
   it once per attempt). ``call_next`` raises what the handler raised.
 * :meth:`Middleware.publish` wraps each ``emit`` and ``emit_many``, before the bytes are sent;
@@ -55,7 +56,7 @@ __all__ = [
 #: What became of one message: every handler succeeded; no handler matched its type (acked);
 #: it was dead-lettered (then acked); it was handed back to the broker unacknowledged
 #: (shutdown, or the listener stopped).
-Outcome = Literal["handled", "no_handler", "dead_lettered", "handed_back"]
+Outcome = Literal["handled", "no_handler", "dead_lettered", "handed_back", "retried"]
 
 T = TypeVar("T")
 

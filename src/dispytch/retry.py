@@ -10,9 +10,20 @@ from typing import Literal
 
 from dispytch.errors import RegistrationError
 
-__all__ = ["RetryPolicy"]
+__all__ = ["RetryMode", "RetryPolicy", "check_retry_mode"]
 
 Backoff = Literal["fixed", "exponential"]
+#: Where a retry waits: ``"process"`` sleeps in the handler's slot (the default);
+#: ``"broker"`` has the broker deliver the event again after the delay (see
+#: :mod:`dispytch.broker_retries`).
+RetryMode = Literal["process", "broker"]
+
+
+def check_retry_mode(mode: object, what: str) -> RetryMode | None:
+    """``mode`` if it is a retry mode (or ``None``); RegistrationError otherwise."""
+    if mode is None or mode in ("process", "broker"):
+        return mode
+    raise RegistrationError(f"{what} must be 'process' or 'broker', got {mode!r}")
 
 
 @dataclass(frozen=True, slots=True)

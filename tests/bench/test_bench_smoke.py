@@ -42,3 +42,25 @@ def test_harness_runs_on_the_memory_backend_and_prints_a_table() -> None:
         raw, dispytch = cells[2], cells[4]
         assert raw != "-" and dispytch != "-", row  # both variants produced a number
     assert "memory consume: Dispytch/raw" in out
+
+
+def test_dlq_replay_bench_runs_on_the_memory_backend() -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(RUN.parent / "dlq_replay.py"),
+            "--backends",
+            "memory",
+            "--letters",
+            "50",
+            "--repeats",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    row = next(line for line in done.stdout.splitlines() if line.startswith("| memory |"))
+    listed, replayed = (float(c.strip().replace(",", "")) for c in row.strip("|").split("|")[1:])
+    assert listed > 0 and replayed > 0

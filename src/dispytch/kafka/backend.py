@@ -19,6 +19,7 @@ from dispytch.dead_letter import DeadLetter
 from dispytch.errors import ConfigurationError, ConnectError
 from dispytch.kafka.consumer import KafkaConsumer
 from dispytch.kafka.dead_letters import KafkaDeadLetters, read_dead_letters
+from dispytch.kafka.dlq import KafkaDeadLetterStore
 from dispytch.kafka.producer import DEFAULT_METADATA_TIMEOUT, KafkaProducer
 from dispytch.kafka.replication import TopicSettings, create_topics
 from dispytch.kafka.replies import KafkaInbox
@@ -326,8 +327,9 @@ class KafkaBackend(Backend):
         address = self.producer().reply_prefix + re.sub(r"[^A-Za-z0-9._-]", "_", group)
         return KafkaInbox(self._reader, self._partitions, address[:249])
 
-    def _reader(self) -> AIOKafkaConsumer:
-        """A consumer outside any group: it commits nothing and removes nothing."""
+    def _reader(self, group_id: str | None = None) -> AIOKafkaConsumer:
+        """A consumer outside any group (or in ``group_id``, committing only when told): it
+        commits nothing by itself and removes nothing."""
         options = {
             k: v
             for k, v in self.consumer_options.items()
@@ -335,7 +337,7 @@ class KafkaBackend(Backend):
         }
         return AIOKafkaConsumer(
             bootstrap_servers=self.servers,
-            group_id=None,
+            group_id=group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             **options,
@@ -359,6 +361,12 @@ class KafkaBackend(Backend):
         if self._producer is not None:
             await self._producer.close()
             self._producer = None
+
+    def dead_letter_store(self, group: str | None = None) -> KafkaDeadLetterStore:
+        """The dead letters in ``<topic>.dlq`` topics and the fallback topic of ``group`` (of
+        every group when ``None``); removing one marks it in the committed offsets of consumer
+        group ``dispytch.dlq-replay`` (see :mod:`dispytch.kafka.dlq`)."""
+        return KafkaDeadLetterStore(self, group)
 
     async def dead_letters(
         self, topic: str, limit: int = 100, *, group: str | None = None

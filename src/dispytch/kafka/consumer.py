@@ -13,16 +13,18 @@ from typing import TYPE_CHECKING, Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import ConsumerStoppedError, IllegalOperation, KafkaError, ProducerFenced
 
+from dispytch.broker_retries import RETRY_DUE_HEADER, retried_message, retry_headers, tier_ms
 from dispytch.emitter.producer import Outgoing
-from dispytch.errors import DispytchError, TransactionError
+from dispytch.errors import ConfigurationError, DispytchError, TransactionError
 from dispytch.kafka import _compat
 from dispytch.kafka.attempts import PartitionDeliveries
 from dispytch.kafka.offsets import OffsetTracker
 from dispytch.kafka.producer import KafkaProducer
 from dispytch.kafka.records import BadBatch, RawRecord, read_batches
 from dispytch.kafka.subscription import subscription_for
+from dispytch.kafka.topics import retry_topic
 from dispytch.kafka.wire import lenient_message, to_message
-from dispytch.listener.consumer import Consumer, Failure, Message
+from dispytch.listener.consumer import Consumer, Failure, Message, RetryLater
 from dispytch.poison import settle_poison
 from dispytch.untrusted import loggable
 
@@ -123,7 +125,16 @@ class KafkaConsumer(Consumer):
     request, or is fenced, stops the consumer with :class:`~dispytch.errors.TransactionError`
     (nothing more is committed; the restarted process resumes from the last committed
     transaction). Dead letters stay outside transactions.
+    **Broker-delayed retries** (``retry_mode="broker"``, with ``dead_letters``) go to the
+    group's retry topics, one per delay tier (``dispytch.retry.<group>.<ms>ms``, the handlers'
+    delays rounded to two significant digits), which the consumer subscribes to as well. Each
+    record carries its due time (``x-dispytch-retry-due``); a record fetched before it is due
+    is not handed out: its partition is paused and rewound to it until then, so no slot is
+    held while it waits and the records behind it (due later, as the tier's delay is the same)
+    wait with it.
     """
+
+    supports_broker_retries = True
 
     def __init__(
         self,
@@ -184,6 +195,10 @@ class KafkaConsumer(Consumer):
         self._fatal: BaseException | None = None
         if transactions is not None:
             self.stage_outputs = self._stage
+        #: delay tier (ms) -> retry topic; empty without broker retries
+        self._retry_tiers: dict[int, str] = {}
+        self._retry_topics: frozenset[str] = frozenset()
+        self._due_timers: dict[TopicPartition, asyncio.TimerHandle] = {}
 
     @property
     def group(self) -> str | None:
@@ -194,11 +209,89 @@ class KafkaConsumer(Consumer):
     def _is_started(self) -> bool:
         return getattr(self.consumer, "_fetcher", None) is not None
 
+    def use_broker_retries(self, delays: Sequence[float] = ()) -> None:
+        """Subscribe to the group's retry topics too, one per delay tier of ``delays``."""
+        group = self.group
+        if group is None or self.dead_letters is None:
+            raise ConfigurationError(
+                "broker retries on Kafka need the consumer's group and dead-letter writer "
+                "(KafkaConsumer(..., dead_letters=KafkaDeadLetters(producer, group)), as the "
+                "backend builds it)"
+            )
+        tiers = sorted({tier_ms(delay) for delay in delays} or {1000})
+        self._retry_tiers = {tier: retry_topic(group, tier) for tier in tiers}
+        self._retry_topics = frozenset(self._retry_tiers.values())
+
+    async def retry_later(self, message: Message, retries: Sequence[RetryLater]) -> None:
+        """Produce a copy per retry to the retry topic of its delay tier (acks=all), then ack."""
+        writer = self.dead_letters
+        if writer is None or not self._retry_tiers:
+            raise ConfigurationError("use_broker_retries() was not called before start()")
+        record = message.extra
+        value = getattr(record, "value", message.payload)
+        now = time.time()
+        for retry in retries:
+            topic = self._retry_tiers[_tier_for(self._retry_tiers, tier_ms(retry.delay))]
+            headers = retry_headers(message, retry, int((now + retry.delay) * 1000))
+            await writer.producer.send_record(
+                topic,
+                value if value is not None else b"",
+                key=message.key,
+                headers=[(name, text.encode()) for name, text in headers.items()],
+            )
+        await self.ack(message)
+
+    def _not_due(self, tp: TopicPartition, record: Any) -> bool:
+        """For a record of a retry topic that is not due yet: rewind and pause its partition
+        until it is (``True``), so nothing waits in a slot."""
+        due = 0
+        for name, value in record.headers or ():
+            if name == RETRY_DUE_HEADER:
+                text = (value or b"").decode("ascii", "replace")
+                due = int(text) if text.isdigit() and len(text) < 16 else 0
+        wait = due / 1000 - time.time()
+        if wait <= 0:
+            return False
+        # Fetched records of the partition behind it go too: read again once it is due.
+        if any((r.topic, r.partition) == (tp.topic, tp.partition) for r in self._buffer):
+            keep = [r for r in self._buffer if (r.topic, r.partition) != (tp.topic, tp.partition)]
+            self._buffer.clear()
+            self._buffer.extend(keep)
+        consumer = self.consumer
+        consumer.seek(tp, record.offset)
+        consumer.pause(tp)
+        timer = self._due_timers.pop(tp, None)
+        if timer is not None:
+            timer.cancel()
+        # At most a minute at a time: a record with a forged far-off due time is checked again.
+        self._due_timers[tp] = asyncio.get_running_loop().call_later(min(wait, 60.0), self._due, tp)
+        return True
+
+    def _due(self, tp: TopicPartition) -> None:
+        self._due_timers.pop(tp, None)
+        if tp in self.consumer.assignment() and tp not in self._recovering:
+            self.consumer.resume(tp)
+
+    def _tp(self, message: Message) -> TopicPartition:
+        """The partition ``message`` was read from (a retry is routed by its original topic
+        but settled in its retry topic)."""
+        topic = message.topic
+        if message.retry is not None:
+            topic = getattr(message.extra, "topic", topic)
+        return TopicPartition(topic, message.partition or 0)
+
     async def start(self, subscriptions: Sequence[TopicPattern]) -> None:
         """Subscribe (unless the consumer already is), start it if needed, start committing.
 
         Returns once the group assigned partitions, so records produced afterwards are read.
         """
+        if self._retry_topics:
+            from dispytch.routing import TopicPattern
+
+            subscriptions = [
+                *subscriptions,
+                *(TopicPattern(topic, "", ()) for topic in sorted(self._retry_topics)),
+            ]
         consumer = self.consumer
         if getattr(consumer, "_enable_auto_commit", False):
             logger.warning(
@@ -276,6 +369,9 @@ class KafkaConsumer(Consumer):
                 continue
             record = buffer.popleft()
             tp = TopicPartition(record.topic, record.partition)
+            retried = record.topic in self._retry_topics
+            if retried and type(record) is not _Recovered and self._not_due(tp, record):
+                continue
             offset = record.offset
             state = deliveries.get(tp)
             if state is None:
@@ -297,14 +393,17 @@ class KafkaConsumer(Consumer):
                     yield self._handed(message)
                 continue
             message = to_message(record, attempt)
+            if retried:
+                message = retried_message(message)
             if live is not None:
-                live[(message.topic, record.partition, offset)] = message.extra
+                live[(record.topic, record.partition, offset)] = message.extra
             yield message
 
     def _handed(self, message: Message) -> Message:
         """Transactional mode: remember ``message`` as the one handed out for its offset."""
         if self._txn is not None:
-            self._live[(message.topic, message.partition or 0, message.offset or 0)] = message.extra
+            tp = self._tp(message)
+            self._live[(tp.topic, tp.partition, message.offset or 0)] = message.extra
         return message
 
     async def _fetch(self) -> bool:
@@ -576,6 +675,9 @@ class KafkaConsumer(Consumer):
         self._tracker.track(tp, offset)
         if type(record) is _Recovered:
             return await self._lenient(tp, record, attempt)
+        if tp.topic in self._retry_topics:
+            # Recovering after a crash: handed out at once, due or not.
+            return retried_message(to_message(record, attempt))
         return to_message(record, attempt)
 
     def _recovered(self, tp: TopicPartition, offset: int) -> None:
@@ -612,7 +714,8 @@ class KafkaConsumer(Consumer):
     def _current(self, message: Message) -> bool:
         """Transactional mode: whether ``message`` is the record handed out now for its offset
         (and forget it), not one handed out before a rewind."""
-        key = (message.topic, message.partition or 0, message.offset or 0)
+        tp = self._tp(message)
+        key = (tp.topic, tp.partition, message.offset or 0)
         if self._live.get(key) is not message.extra:
             return False
         del self._live[key]
@@ -622,10 +725,10 @@ class KafkaConsumer(Consumer):
         """Keep the outputs of ``message`` for the transaction that commits its offset."""
         if message.offset is None or message.partition is None:
             return
-        key = (message.topic, message.partition, message.offset)
+        tp = self._tp(message)
+        key = (tp.topic, tp.partition, message.offset)
         if self._live.get(key) is not message.extra:
             return  # handed out before a rewind: it is read and handled again
-        tp = TopicPartition(message.topic, message.partition)
         self._staged.setdefault(tp, {}).setdefault(message.offset, []).extend(outgoing)
 
     def _drop(self, partitions: Iterable[TopicPartition]) -> None:
@@ -641,6 +744,9 @@ class KafkaConsumer(Consumer):
         if message.offset is None or message.partition is None:
             return
         if self._txn is not None and not self._current(message):
+            return
+        if message.retry is not None:
+            self._settle(self._tp(message), message.offset)
             return
         self._settle(TopicPartition(message.topic, message.partition), message.offset)
 
@@ -660,7 +766,7 @@ class KafkaConsumer(Consumer):
             return
         if self._txn is not None and not self._current(message):
             return
-        tp = TopicPartition(message.topic, message.partition)
+        tp = self._tp(message)
         self._tracker.abandon(tp, message.offset)
         if self._revoke_waiting:
             self._progress.set()
@@ -669,9 +775,7 @@ class KafkaConsumer(Consumer):
         restart = self._tracker.rewind(tp)
         if restart is None:
             return
-        self._redelivered[(message.topic, message.partition, message.offset)] = (
-            message.delivery_attempt + 1
-        )
+        self._redelivered[(tp.topic, tp.partition, message.offset)] = message.delivery_attempt + 1
         self._purge([tp])
         if self._txn is not None:
             self._drop([tp])
@@ -900,6 +1004,9 @@ class KafkaConsumer(Consumer):
             return
         self._closing = True
         self._closed = True
+        for timer in self._due_timers.values():
+            timer.cancel()
+        self._due_timers.clear()
         if self._commit_task is not None:
             self._commit_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -946,3 +1053,10 @@ class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
             result = self.inner.on_partitions_assigned(assigned)
             if asyncio.iscoroutine(result):
                 await result
+
+
+def _tier_for(tiers: dict[int, str], wanted: int) -> int:
+    """The tier for a delay of ``wanted`` ms: the largest not above it (the due time in the
+    record makes up the rest), else the smallest."""
+    below = [tier for tier in tiers if tier <= wanted]
+    return max(below) if below else min(tiers)

@@ -11,8 +11,9 @@ group it is made from:
   ``dispytch.dlq.G``, with the characters Kafka does not allow replaced by ``_`` and, when
   anything was replaced or cut, the hash suffix added.
 
-Dead-letter topics (ending in ``.dlq``, or starting with ``dispytch.dlq.``) are never matched by
-a handler pattern: a ``{segment}`` pattern subscription leaves them out.
+Dead-letter topics (ending in ``.dlq``, or starting with ``dispytch.dlq.``) and the groups'
+retry topics (``dispytch.retry.<group>.<ms>ms``) are never matched by a handler pattern: a
+``{segment}`` pattern subscription leaves them out.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ __all__ = [
     "dead_letter_topic",
     "fallback_topic",
     "is_dead_letter_topic",
+    "retry_topic",
 ]
 
 MAX_TOPIC_LENGTH = 249
@@ -37,8 +39,10 @@ FALLBACK_PREFIX = "dispytch.dlq."
 _LEGAL = re.compile(r"[a-zA-Z0-9._-]+")
 _ILLEGAL_CHAR = re.compile(r"[^a-zA-Z0-9._-]")
 _HASH_CHARS = 12
-#: A regex prefix that refuses dead-letter topics (used in pattern subscriptions).
-NOT_DEAD_LETTER = r"(?!.*\.dlq$)(?!dispytch\.dlq\.)"
+#: Prefix of the groups' broker-delayed retry topics (``dispytch.retry.<group>.<ms>ms``).
+RETRY_PREFIX = "dispytch.retry."
+#: A regex prefix that refuses dead-letter and retry topics (used in pattern subscriptions).
+NOT_DEAD_LETTER = r"(?!.*\.dlq$)(?!dispytch\.dlq\.)(?!dispytch\.retry\.)"
 
 
 def check_topic(topic: str) -> None:
@@ -84,6 +88,18 @@ def fallback_topic(group: str) -> str:
     if clean == group and len(name) <= MAX_TOPIC_LENGTH and group:
         return name
     return FALLBACK_PREFIX + _hashed(clean, group, MAX_TOPIC_LENGTH - len(FALLBACK_PREFIX))
+
+
+def retry_topic(group: str, delay_ms: int) -> str:
+    """The retry topic of consumer group ``group`` for delays of ``delay_ms``:
+    ``dispytch.retry.<group>.<ms>ms`` (characters Kafka does not allow replaced, and a hash
+    suffix when anything was replaced or cut)."""
+    suffix = f".{delay_ms}ms"
+    clean = _ILLEGAL_CHAR.sub("_", group)
+    limit = MAX_TOPIC_LENGTH - len(RETRY_PREFIX) - len(suffix)
+    if clean == group and len(clean) <= limit and group:
+        return RETRY_PREFIX + clean + suffix
+    return RETRY_PREFIX + _hashed(clean, group, limit) + suffix
 
 
 def is_dead_letter_topic(topic: str) -> bool:

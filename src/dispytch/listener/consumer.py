@@ -12,13 +12,41 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from dispytch.emitter.producer import Outgoing
     from dispytch.routing import TopicPattern
 
-__all__ = ["FORWARDED_HEADER_PREFIX", "Consumer", "Failure", "Message"]
+__all__ = ["FORWARDED_HEADER_PREFIX", "Consumer", "Failure", "Message", "Retried", "RetryLater"]
+
+
+@dataclass(slots=True, frozen=True)
+class Retried:
+    """What a broker-delayed retry says about itself (``Message.retry``).
+
+    Attributes:
+        handler: the handler to run (``None``: every matching handler).
+        attempt: which attempt this delivery is (2 for the first retry); read from a header
+            anyone who can publish could forge, so the listener clamps it to the policy's
+            attempts.
+        counted: the broker's delivery count includes the retries (JetStream's ``nak`` with a
+            delay), so the redelivery guard allows for them.
+    """
+
+    handler: str | None
+    attempt: int
+    counted: bool = False
+
+
+@dataclass(slots=True, frozen=True)
+class RetryLater:
+    """A handler failure to retry through the broker: run ``handler`` again as attempt
+    ``attempt``, ``delay`` seconds from now."""
+
+    handler: str
+    attempt: int
+    delay: float
 
 
 @dataclass(slots=True)
@@ -38,6 +66,8 @@ class Message:
     extra: Any = None
     #: The id the broker gives the message, where it has one (see :attr:`id`).
     message_id: str | None = None
+    #: Set on a broker-delayed retry (see :meth:`Consumer.retry_later`).
+    retry: Retried | None = None
 
     @property
     def id(self) -> str:
@@ -111,6 +141,8 @@ class Consumer(ABC):
     #: function taking ``(message, outgoing)``, called before the ack; ``None`` (the default):
     #: the listener's emitter sends them, confirmed, before the ack.
     stage_outputs: Callable[[Message, list[Outgoing]], Awaitable[None]] | None = None
+    #: Whether :meth:`retry_later` works (``retry_mode="broker"`` handlers need it).
+    supports_broker_retries: ClassVar[bool] = False
 
     @abstractmethod
     def listen(self) -> AsyncIterator[Message]:
@@ -144,6 +176,20 @@ class Consumer(ABC):
         loudly instead of acknowledging the message.
         """
         return False
+
+    def use_broker_retries(self, delays: Sequence[float] = ()) -> None:
+        """Get ready for :meth:`retry_later` (called before :meth:`start` when a handler
+        retries through the broker): subscribe to the retry destination, say. ``delays`` are
+        the delays (seconds, before jitter) the handlers' policies may ask for."""
+
+    async def retry_later(self, message: Message, retries: Sequence[RetryLater]) -> None:
+        """Have ``message`` delivered again after a delay, once per :class:`RetryLater` (or,
+        on a broker that redelivers the message itself, once after the shortest delay), then
+        settle it: the listener acknowledges nothing more for it. The delayed copy says which
+        handler it is for and which attempt it is, and comes back with ``Message.retry`` set.
+        Raise when the broker did not confirm the delayed copy (the listener then hands the
+        message back)."""
+        raise NotImplementedError(f"{type(self).__name__} has no broker-delayed retries")
 
     async def start(self, subscriptions: Sequence[TopicPattern]) -> None:
         """Subscribe to what the registered handlers need, before :meth:`listen`.

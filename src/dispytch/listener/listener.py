@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from dispytch.dedup import DedupStore, MemoryDedup
 from dispytch.emitter.emitter import EventEmitter
 from dispytch.emitter.producer import Producer
-from dispytch.errors import ListenerError, RegistrationError, ShutdownError
+from dispytch.errors import ConfigurationError, ListenerError, RegistrationError, ShutdownError
 from dispytch.events import Event
 from dispytch.handler import HandlerGroup, HandlerSpec, check_timeout
 from dispytch.listener.adapter import as_consumer
@@ -45,7 +45,7 @@ from dispytch.middleware import (
     check_middleware,
     scope_methods,
 )
-from dispytch.retry import RetryPolicy
+from dispytch.retry import RetryMode, RetryPolicy, check_retry_mode
 from dispytch.routing import RouteTable, TopicPattern
 from dispytch.serialization.deserializer import Deserializer
 from dispytch.serialization.json import JSONDeserializer
@@ -54,6 +54,12 @@ from dispytch.topic_rules import GENERIC, TopicRules
 __all__ = ["DEFAULT_MAX_BUFFER_BYTES", "EventListener", "ListenerObserver", "Ordering"]
 
 logger = logging.getLogger("dispytch.listener")
+
+
+def _NO_JITTER() -> float:
+    """A ``rand`` for :meth:`RetryPolicy.delay` that gives the delay without jitter."""
+    return 0.5
+
 
 #: Default bound on the payload bytes a listener holds (fetched, not yet settled): 64 MiB.
 DEFAULT_MAX_BUFFER_BYTES = 64 * 1024 * 1024
@@ -128,6 +134,9 @@ class EventListener:
             a handler with ``dedup=True`` gets an in-process
             :class:`~dispytch.dedup.MemoryDedup`. ``dedup_scope`` starts every key (an App
             passes its group), so services sharing a store do not see each other's keys.
+        retry_mode: where the retries of handlers that do not choose wait: ``"process"``
+            (sleeping in the handler's slot, the default) or ``"broker"`` (a delayed delivery
+            by the broker; the consumer must support it, see :mod:`dispytch.broker_retries`).
     """
 
     def __init__(
@@ -154,6 +163,7 @@ class EventListener:
         emitter: EventEmitter | None = None,
         dedup: DedupStore | None = None,
         dedup_scope: str = "",
+        retry_mode: RetryMode = "process",
     ) -> None:
         if concurrency < 1:
             raise RegistrationError(f"concurrency must be >= 1, got {concurrency}")
@@ -173,6 +183,7 @@ class EventListener:
         ):
             if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
                 raise RegistrationError(f"{name} must be seconds >= 0, got {value!r}")
+        self.retry_mode: RetryMode = check_retry_mode(retry_mode, "retry_mode") or "process"
         self.consumer = consumer
         self.deserializer = deserializer or JSONDeserializer()
         self.topic_delimiter = topic_delimiter
@@ -266,7 +277,15 @@ class EventListener:
                 specs.add(pattern, spec.event_type, spec)
                 timeout = spec.timeout if spec.timeout is not None else self.handler_timeout
                 own = scope_methods(spec.middleware, "handle")
-                route = Route(spec, timeout, around + own, self._dedup_of(spec), self.dedup_scope)
+                broker = (spec.retry_mode or self.retry_mode) == "broker" and spec.retry.retries > 0
+                route = Route(
+                    spec,
+                    timeout,
+                    around + own,
+                    self._dedup_of(spec),
+                    self.dedup_scope,
+                    broker_retry=broker,
+                )
                 compiled.add(pattern, spec.event_type, route)
         self._routes, self._compiled = specs, compiled
 
@@ -294,8 +313,32 @@ class EventListener:
         call it first to be sure events emitted right after are received."""
         if self._subscribed:
             return
-        await self._consumer.start(self.routes().patterns())
+        patterns = self.routes().patterns()
+        if self._broker_retries():
+            assert self._compiled is not None  # built by routes()
+            delays = {
+                r.retry.delay(attempt, rand=_NO_JITTER)
+                for r in self._compiled.values()
+                if r.broker_retry
+                for attempt in range(1, r.retry.attempts)
+            }
+            self._consumer.use_broker_retries(sorted(delays))
+        await self._consumer.start(patterns)
         self._subscribed = True
+
+    def _broker_retries(self) -> int:
+        """The most retries of a handler that retries through the broker (0: none does);
+        raises when the consumer cannot."""
+        assert self._compiled is not None  # built by routes()
+        broker = [r for r in self._compiled.values() if r.broker_retry]
+        if broker and not self._consumer.supports_broker_retries:
+            raise ConfigurationError(
+                f"handler {broker[0].name} retries through the broker (retry_mode='broker'), "
+                f"but {type(self.consumer).__name__} cannot delay a delivery; use "
+                "retry_mode='process' for it, or a backend that can (Kafka, RabbitMQ, Redis "
+                "Streams, NATS JetStream, memory)"
+            )
+        return max((r.retry.retries for r in broker), default=0)
 
     async def listen(self) -> None:
         """Consume until :meth:`stop` is called or the consumer ends, then shut down gracefully.
@@ -342,6 +385,7 @@ class EventListener:
             on_fatal=self._fail,
             consume_middleware=scope_methods(middleware, "consume"),
             outputs=Outputs(self.emitter, self._consumer.stage_outputs),
+            broker_retries=self._broker_retries(),
         )
         scheduler = Scheduler(
             pipeline.process,

@@ -17,7 +17,7 @@ from dispytch.di.plan import CallPlan
 from dispytch.errors import DeadLetterError, DecodeError, HandlerTimeout, PayloadValidationError
 from dispytch.events import Envelope
 from dispytch.handler import HandlerSpec
-from dispytch.listener.consumer import Failure, Message
+from dispytch.listener.consumer import Failure, Message, RetryLater
 from dispytch.listener.outputs import Outputs
 from dispytch.listener.settle import Settler, now_ms, settle_failed
 from dispytch.middleware import ConsumeContext, HandlerCall, chain
@@ -42,6 +42,7 @@ class Route:
     chain of ``handle`` middleware around it, all resolved once when the listener starts."""
 
     __slots__ = (
+        "broker_retry",
         "call",
         "dedup",
         "dedup_prefix",
@@ -61,6 +62,7 @@ class Route:
         middleware: Sequence[Callable[..., Any]],
         dedup: DedupStore | None = None,
         dedup_scope: str = "",
+        broker_retry: bool = False,
     ) -> None:
         self.spec = spec
         self.plan: CallPlan = spec.plan
@@ -72,6 +74,8 @@ class Route:
         #: where this handler's successes are remembered (``None``: no dedup)
         self.dedup = dedup
         self.dedup_prefix = f"{dedup_scope}:{self.key}:"
+        #: retries are delayed deliveries by the broker (``retry_mode="broker"``)
+        self.broker_retry = broker_retry
         #: the middleware chain for one attempt; ``None`` when there is no middleware
         self.call: Callable[[HandlerCall], Awaitable[Any]] | None = (
             chain(middleware, self._terminal) if middleware else None
@@ -117,11 +121,14 @@ class Pipeline:
         on_fatal: Callable[[BaseException], None],
         consume_middleware: Sequence[Callable[..., Any]] = (),
         outputs: Outputs | None = None,
+        broker_retries: int = 0,
     ) -> None:
         self.routes = routes
         #: what handlers return: events to publish, replies to requests
         self.outputs = outputs or Outputs(None)
         self._dedup_failing = False
+        #: most retries of a broker-mode handler (a delivery count may include them)
+        self.broker_retries = broker_retries
         self.deserializer = deserializer
         self.settler = settler
         self.max_deliveries = max_deliveries
@@ -144,7 +151,9 @@ class Pipeline:
         # One coroutine per message from here to the handler's plan: this is the hot path.
         settler = self.settler
         try:
-            if message.delivery_attempt > self.max_deliveries:
+            if message.delivery_attempt > self.max_deliveries and not self._retries_counted(
+                message
+            ):
                 await self._dead_letter(
                     message,
                     Failure(
@@ -183,16 +192,31 @@ class Pipeline:
                 if ctx is not None:
                     ctx._settle("no_handler" if acked else "handed_back")
                 return
+            if message.retry is not None and message.retry.handler is not None:
+                matches = self._retried(matches, message.retry.handler, envelope.id)
+                if not matches:
+                    acked = await settler.ack(message)
+                    if ctx is not None:
+                        ctx._settle("no_handler" if acked else "handed_back")
+                    return
             if ctx is not None:
                 ctx._matches = matches
             if len(matches) == 1:
                 route, segments = matches[0]
-                failure = await self._run_handler(route, segments, envelope, message, ctx)
+                outcome = await self._run_handler(route, segments, envelope, message, ctx)
+                if isinstance(outcome, RetryLater):
+                    await self._retry_later(message, [outcome], None, envelope.id, ctx)
+                    return
+                failure = outcome
             else:
                 results = await asyncio.gather(
                     *(self._run_handler(r, segs, envelope, message, ctx) for r, segs in matches)
                 )
-                failure = next((f for f in results if f is not None), None)
+                failure = next((f for f in results if isinstance(f, Failure)), None)
+                retries = [r for r in results if isinstance(r, RetryLater)]
+                if retries:
+                    await self._retry_later(message, retries, failure, envelope.id, ctx)
+                    return
             if failure is not None:
                 await self._dead_letter(message, failure, envelope.id, ctx)
                 return
@@ -241,6 +265,44 @@ class Pipeline:
                 ctx.failure = failure
             ctx._settle("dead_lettered" if stored else "handed_back", failure.error)
 
+    async def _retry_later(
+        self,
+        message: Message,
+        retries: list[RetryLater],
+        failure: Failure | None,
+        event_id: str,
+        ctx: ConsumeContext | None,
+    ) -> None:
+        """Broker-delayed retries of ``retries`` (and the dead letter of ``failure``, another
+        handler's final failure): the message is settled by the consumer."""
+        done = await self.settler.retry_later(message, retries, failure, event_id)
+        if ctx is not None:
+            if done and failure is not None:
+                ctx.failure = failure
+            ctx._settle("retried" if done else "handed_back")
+
+    def _retries_counted(self, message: Message) -> bool:
+        """A delivery whose count includes broker retries (JetStream) within their number."""
+        retry = message.retry
+        return (
+            retry is not None
+            and retry.counted
+            and message.delivery_attempt <= self.max_deliveries + self.broker_retries
+        )
+
+    def _retried(self, matches: list[Match], handler: str, event_id: str) -> list[Match]:
+        """The match of the handler a broker retry is for (none when it is gone)."""
+        for match in matches:
+            if match[0].name == handler:
+                return [match]
+        logger.warning(
+            "a retry of event %s is for handler %s, which does not handle it any more; "
+            "acknowledging it",
+            loggable(event_id),
+            loggable(handler),
+        )
+        return []
+
     def _lookup(self, topic: str, event_type: str) -> list[Match]:
         """The routes for ``(topic, event_type)``, memoised (bounded: both come off the wire).
 
@@ -268,7 +330,7 @@ class Pipeline:
         envelope: Envelope,
         message: Message,
         ctx: ConsumeContext | None,
-    ) -> Failure | None:
+    ) -> Failure | RetryLater | None:
         dedup = route.dedup
         if dedup is not None:
             key = dedup_key(route.dedup_prefix, envelope.id)
@@ -286,6 +348,9 @@ class Pipeline:
         call = route.call
         attempt = 1
         staged = False
+        if message.retry is not None and route.broker_retry:
+            # From a header anyone could write: never beyond the policy's attempts.
+            attempt = max(1, min(message.retry.attempt, retry.attempts))
         while True:
             try:
                 if call is not None:
@@ -305,15 +370,18 @@ class Pipeline:
                 if retry.should_retry(exc, attempt):
                     delay = retry.delay(attempt)
                     logger.warning(
-                        "handler %s failed on event %s (attempt %d/%d: %s: %s); retrying in %.2fs",
+                        "handler %s failed on event %s (attempt %d/%d: %s: %s); %s in %.2fs",
                         route.name,
                         loggable(envelope.id),
                         attempt,
                         retry.attempts,
                         type(exc).__name__,
                         loggable(exc),
+                        "the broker delivers it again" if route.broker_retry else "retrying",
                         delay,
                     )
+                    if route.broker_retry:
+                        return RetryLater(route.name, attempt + 1, delay)
                     await asyncio.sleep(delay)
                     attempt += 1
                     continue

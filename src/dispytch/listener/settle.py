@@ -14,11 +14,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from dispytch.emitter.producer import Producer
 from dispytch.errors import DeadLetterError
-from dispytch.listener.consumer import Consumer, Failure, Message
+from dispytch.listener.consumer import Consumer, Failure, Message, RetryLater
 from dispytch.retry import RetryPolicy
 from dispytch.untrusted import loggable
 
@@ -109,6 +109,10 @@ class Settler:
             await self.nack(message)
             return False
         where = await self._store(message, failure)
+        self._log(where, message, failure, event_id)
+        return await self.ack(message)
+
+    def _log(self, where: str, message: Message, failure: Failure, event_id: str | None) -> None:
         logger.error(
             "%s message from %s%s%s: %s failure%s after %d attempt(s): %s: %s",
             where,
@@ -121,7 +125,26 @@ class Settler:
             failure.error_type,
             loggable(failure.error_message, _LOGGED_ERROR_CHARS),
         )
-        return await self.ack(message)
+
+    async def retry_later(
+        self,
+        message: Message,
+        retries: Sequence[RetryLater],
+        failure: Failure | None = None,
+        event_id: str | None = None,
+    ) -> bool:
+        """Have the consumer deliver ``message`` again later for each of ``retries`` (after
+        storing the dead letter of ``failure``, another handler's final failure); the consumer
+        settles it. Returns ``False`` when it was handed back instead (the gate is closed).
+        Raises when the broker did not take the delayed copy (the caller hands it back)."""
+        if not self.open:
+            await self.nack(message)
+            return False
+        if failure is not None:
+            where = await self._store(message, failure)
+            self._log(where, message, failure, event_id)
+        await self.consumer.retry_later(message, retries)
+        return True
 
     async def _store(self, message: Message, failure: Failure) -> str:
         errors: list[str] = []

@@ -8,6 +8,7 @@ from dispytch.dead_letter import DeadLetter
 from dispytch.listener.consumer import Consumer
 from dispytch.memory.broker import MemoryBroker
 from dispytch.memory.client import MemoryConsumer, MemoryProducer
+from dispytch.memory.dlq import MemoryDeadLetters
 from dispytch.topic_rules import MEMORY
 
 __all__ = ["MemoryBackend", "shared_broker"]
@@ -48,3 +49,6 @@ class MemoryBackend(Backend):
 
     async def dead_letters(self, topic: str, limit: int = 100) -> list[DeadLetter]:
         return self.broker.dead_letters(topic)[:limit]
+
+    def dead_letter_store(self, group: str | None = None) -> MemoryDeadLetters:
+        return MemoryDeadLetters(self.broker, self._producer, group)

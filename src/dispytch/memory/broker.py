@@ -2,11 +2,15 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import heapq
+import itertools
 import re
+import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from dispytch.broker_retries import RETRY_DESTINATION_PREFIX
 from dispytch.dead_letter import DEAD_LETTER_FALLBACK_PREFIX, DEAD_LETTER_SUFFIX, DeadLetter
 from dispytch.routing import TopicPattern
 
@@ -20,6 +24,8 @@ class Record:
     payload: bytes
     key: bytes | None
     headers: Mapping[str, str]
+    #: removed from its topic (a replayed or purged dead letter); consumers skip it
+    removed: bool = False
 
 
 @dataclass(slots=True)
@@ -36,8 +42,10 @@ class _Group:
     def matches(self, topic: str) -> bool:
         # A pattern never matches a dead-letter destination (``orders:{kind}`` would match
         # ``orders:x.dlq`` and handle its own dead letters again); a literal topic may.
-        is_dead_letter = topic.endswith(DEAD_LETTER_SUFFIX) or topic.startswith(
-            DEAD_LETTER_FALLBACK_PREFIX
+        is_dead_letter = (
+            topic.endswith(DEAD_LETTER_SUFFIX)
+            or topic.startswith(DEAD_LETTER_FALLBACK_PREFIX)
+            or topic.startswith(RETRY_DESTINATION_PREFIX)
         )
         for literal, regex in self.matchers:
             if literal == topic:
@@ -54,6 +62,9 @@ class MemoryBroker:
         self._logs: dict[str, list[Record]] = {}
         self._groups: dict[str, _Group] = {}
         self._idle_waiters: list[asyncio.Future[None]] = []
+        #: records waiting for their time: (due, seq, topic, payload, key, headers)
+        self._delayed: list[tuple[float, int, str, bytes, bytes | None, Mapping[str, str]]] = []
+        self._seq = itertools.count()
 
     # -- producing ----------------------------------------------------------------------------
 
@@ -91,6 +102,32 @@ class MemoryBroker:
                 _wake(group.waiters)
         return record
 
+    def publish_later(
+        self,
+        delay: float,
+        topic: str,
+        payload: bytes,
+        key: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """Append a record to ``topic`` in ``delay`` seconds (a consumer fetching moves it
+        when due; until then it counts as pending)."""
+        due = time.monotonic() + max(delay, 0.0)
+        heapq.heappush(
+            self._delayed, (due, next(self._seq), topic, bytes(payload), key, dict(headers or {}))
+        )
+        for group in self._groups.values():
+            _wake(group.waiters)  # a fetch may have to wait less now
+
+    def _release_due(self) -> float | None:
+        """Publish the delayed records that are due; seconds until the next one (or None)."""
+        delayed = self._delayed
+        now = time.monotonic()
+        while delayed and delayed[0][0] <= now:
+            _, _, topic, payload, key, headers = heapq.heappop(delayed)
+            self.publish(topic, payload, key, headers)
+        return delayed[0][0] - now if delayed else None
+
     def records(self, topic: str) -> list[Record]:
         """Every record ever published to ``topic``."""
         return list(self._logs.get(topic, ()))
@@ -100,17 +137,32 @@ class MemoryBroker:
         destinations (``dispytch.dlq.<group>``) after the others."""
         out: list[DeadLetter] = []
         fallback: list[DeadLetter] = []
-        for name, log in self._logs.items():
-            if name.startswith(DEAD_LETTER_FALLBACK_PREFIX):
-                for r in log:
-                    original = r.headers.get("x-dispytch-original-topic", "")
-                    if topic is None or topic == original:
-                        fallback.append(DeadLetter(original, r.payload, r.headers, r.key))
-            elif name.endswith(DEAD_LETTER_SUFFIX):
-                original = name[: -len(DEAD_LETTER_SUFFIX)]
+        for r in self.dead_letter_records():
+            if r.topic.startswith(DEAD_LETTER_FALLBACK_PREFIX):
+                original = r.headers.get("x-dispytch-original-topic", "")
                 if topic is None or topic == original:
-                    out.extend(DeadLetter(original, r.payload, r.headers, r.key) for r in log)
+                    fallback.append(DeadLetter(original, r.payload, r.headers, r.key))
+            else:
+                original = r.topic[: -len(DEAD_LETTER_SUFFIX)]
+                if topic is None or topic == original:
+                    out.append(DeadLetter(original, r.payload, r.headers, r.key))
         return out + fallback
+
+    def dead_letter_records(self) -> list[Record]:
+        """The records of every dead-letter topic (``<topic>.dlq`` and the groups' fallback
+        ``dispytch.dlq.<group>``) not removed, each topic oldest first."""
+        return [
+            record
+            for name, log in list(self._logs.items())
+            if name.startswith(DEAD_LETTER_FALLBACK_PREFIX) or name.endswith(DEAD_LETTER_SUFFIX)
+            for record in log
+            if not record.removed
+        ]
+
+    def remove(self, record: Record) -> None:
+        """Remove ``record`` from its topic: no consumer receives it from now on (its offset
+        stays taken, as in a log with deleted entries)."""
+        record.removed = True
 
     def replay(self, dead_letter: DeadLetter) -> None:
         """Publish a dead letter's original bytes to its original topic again."""
@@ -136,6 +188,7 @@ class MemoryBroker:
         """The group's next record and its delivery attempt; waits until there is one."""
         group = self._groups[group_name]
         while True:
+            wait = self._release_due() if self._delayed else None
             if group.redeliver:
                 record = group.redeliver.popleft()
                 break
@@ -146,7 +199,7 @@ class MemoryBroker:
             waiter = asyncio.get_running_loop().create_future()
             group.waiters.append(waiter)
             try:
-                await waiter
+                await asyncio.wait((waiter,), timeout=wait)
             finally:
                 if waiter in group.waiters:
                     group.waiters.remove(waiter)
@@ -167,6 +220,8 @@ class MemoryBroker:
                     group.ready.popleft()
                 elif len(group.ready) > 1:
                     group.ready.rotate(-1)  # take turns between topics
+                if log[cursor].removed:
+                    continue
                 return log[cursor]
             group.ready.popleft()
         return None
@@ -192,7 +247,7 @@ class MemoryBroker:
         waiting for redelivery. Dead-letter topics count only for groups that subscribe to them.
         """
         groups = [self._groups[group_name]] if group_name else list(self._groups.values())
-        total = 0
+        total = sum(1 for d in self._delayed if any(g.matches(d[2]) for g in groups))
         for group in groups:
             total += group.unacked + len(group.redeliver)
             for topic, cursor in group.cursors.items():

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 
 from pydantic import BaseModel
 
+from dispytch.broker_retries import retried_message, retry_destination, retry_headers
 from dispytch.dead_letter import DEAD_LETTER_SUFFIX, fallback_topic
 from dispytch.emitter.producer import Outgoing, Producer
-from dispytch.listener.consumer import Consumer, Failure, Message
+from dispytch.listener.consumer import Consumer, Failure, Message, RetryLater
 from dispytch.memory.broker import MemoryBroker, Record
 from dispytch.routing import TopicPattern
 from dispytch.topic_rules import MEMORY
@@ -45,24 +47,34 @@ class MemoryConsumer(Consumer):
 
     ``topics`` subscribes seed style; with none, :meth:`start` subscribes to what the listener's
     handlers need.
+
+    Broker-delayed retries wait in the broker (:meth:`MemoryBroker.publish_later`) and come
+    back through the group's topic ``dispytch.retry.<group>``.
     """
+
+    supports_broker_retries = True
 
     def __init__(self, broker: MemoryBroker, group: str = "default", topics: Sequence[str] = ()):
         self.broker = broker
         self.group = group
         self._unacked: dict[tuple[str, int], Record] = {}
         self._closed = False
+        self._retries = retry_destination(group)
         if topics:
             broker.subscribe(group, [TopicPattern(t, "", ()) for t in topics])
 
     async def start(self, subscriptions: Sequence[TopicPattern]) -> None:
         self.broker.subscribe(self.group, subscriptions)
 
+    def use_broker_retries(self, delays: Sequence[float] = ()) -> None:
+        self.broker.subscribe(self.group, [TopicPattern(self._retries, "", ())])
+
     async def listen(self) -> AsyncIterator[Message]:
+        retries = self._retries
         while not self._closed:
             record, attempt = await self.broker.fetch(self.group)
             self._unacked[(record.topic, record.offset)] = record
-            yield Message(
+            message = Message(
                 topic=record.topic,
                 payload=record.payload,
                 key=record.key,
@@ -72,11 +84,27 @@ class MemoryConsumer(Consumer):
                 offset=record.offset,
                 extra=record,
             )
+            yield message if record.topic != retries else retried_message(message)
 
     def _settle(self, message: Message, redeliver: bool) -> None:
-        record = self._unacked.pop((message.topic, message.offset or 0), None)
-        if record is not None:
+        record = message.extra
+        if not isinstance(record, Record):
+            return
+        if self._unacked.pop((record.topic, record.offset), None) is not None:
             self.broker.settle(self.group, record, redeliver=redeliver)
+
+    async def retry_later(self, message: Message, retries: Sequence[RetryLater]) -> None:
+        """Publish a copy per retry to ``dispytch.retry.<group>`` after its delay; ack."""
+        now = time.time()
+        for retry in retries:
+            self.broker.publish_later(
+                retry.delay,
+                self._retries,
+                message.payload,
+                message.key,
+                retry_headers(message, retry, int((now + retry.delay) * 1000)),
+            )
+        await self.ack(message)
 
     async def ack(self, message: Message) -> None:
         self._settle(message, redeliver=False)

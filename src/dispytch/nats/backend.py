@@ -28,6 +28,7 @@ from dispytch.nats.dead_letters import (
     DeadLetterStore,
     read_dead_letters,
 )
+from dispytch.nats.dlq import NATSDeadLetters
 from dispytch.nats.producer import NATSProducer
 from dispytch.nats.replies import NATSInbox
 from dispytch.nats.streams import add_subjects
@@ -285,6 +286,14 @@ class NATSBackend(Backend):
         if connection is not None and not connection.is_closed:
             # close() flushes what is buffered first: the last acks reach the server.
             await connection.close()
+
+    def dead_letter_store(self, group: str | None = None) -> NATSDeadLetters:
+        """The dead letters in ``dead_letter_stream``, with the fallback subject of ``group``
+        (of every group when ``None``)."""
+        js, producer, _ = self._connected()
+        return NATSDeadLetters(
+            js, producer, self.dead_letter_stream, self.dead_letter_stream, group
+        )
 
     async def dead_letters(self, topic: str, limit: int = 100) -> list[DeadLetter]:
         """Up to ``limit`` dead letters of ``topic``, oldest first, without removing them.

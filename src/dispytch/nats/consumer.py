@@ -17,7 +17,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from dispytch.errors import ConfigurationError, SubscriptionLostError
-from dispytch.listener.consumer import Consumer, Failure, Message
+from dispytch.listener.consumer import Consumer, Failure, Message, Retried, RetryLater
 from dispytch.nats import _compat
 from dispytch.nats.dead_letters import DeadLetterStore
 from dispytch.nats.streams import stream_for
@@ -152,6 +152,7 @@ class NATSConsumer(Consumer):
         self._closed = asyncio.Event()
         self._closing = False
         self._stopped = 0  # fetch loops that ended
+        self._broker_retries = False
 
     # -- fetching -----------------------------------------------------------------------------
 
@@ -320,6 +321,21 @@ class NATSConsumer(Consumer):
         """Start fetching (seed style the subscriptions were made by their user)."""
         self._spawn_fetchers()
 
+    supports_broker_retries = True
+
+    def use_broker_retries(self, delays: Sequence[float] = ()) -> None:
+        """Broker retries are JetStream's own redeliveries: a redelivered message comes with
+        ``Message.retry`` set, its attempt the server's delivery count."""
+        self._broker_retries = True
+
+    async def retry_later(self, message: Message, retries: Sequence[RetryLater]) -> None:
+        """``-NAK`` with the shortest delay: JetStream delivers the message again then (to any
+        consumer of the group). The message itself comes back, so every handler of the group
+        that matches it runs again."""
+        msg: Msg = message.extra
+        self._settled(msg)
+        await msg.nak(delay=min(retry.delay for retry in retries))
+
     async def listen(self) -> AsyncIterator[Message]:
         self._spawn_fetchers()
         ready = self._ready
@@ -331,6 +347,8 @@ class NATSConsumer(Consumer):
                 if type(message.extra) is Undecodable:
                     await self._dead_letter_undecodable(message)
                     continue
+                if self._broker_retries and message.delivery_attempt > 1:
+                    message.retry = Retried(None, message.delivery_attempt, counted=True)
                 yield message
                 continue
             if self._closing or self._stopped == len(self._tasks):

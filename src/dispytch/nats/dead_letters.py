@@ -24,11 +24,12 @@ import asyncio
 import contextlib
 import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import nats.errors
 import nats.js.errors
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
@@ -51,9 +52,11 @@ DEFAULT_DEAD_LETTER_STREAM = "dispytch_dlq"
 
 #: Seconds to wait for dead letters that the stream says are there.
 _READ_TIMEOUT = 5.0
+#: Messages per fetch when reading them back.
+_PAGE = 256
 #: Fallback dead letters examined at most by one :func:`read_dead_letters` call.
 _FALLBACK_SCAN = 10_000
-_FALLBACK = "_fallback"
+FALLBACK_TOKEN = "_fallback"
 _ORIGINAL_TOPIC = "x-dispytch-original-topic"
 _TRUNCATED = "x-dispytch-payload-truncated"
 _HEADERS_DROPPED = "x-dispytch-headers-dropped"
@@ -69,7 +72,7 @@ _KEY_HEADERS = frozenset(
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
-def _group_token(group: str) -> str:
+def group_token(group: str) -> str:
     """``group`` as one subject token: readable, and distinct per group."""
     token = _NOT_IN_TOKEN.sub("_", group)[:64] or "_"
     if token != group:
@@ -77,7 +80,7 @@ def _group_token(group: str) -> str:
     return token
 
 
-def _valid_subject(subject: str) -> bool:
+def valid_subject(subject: str) -> bool:
     try:
         size = len(subject.encode())
     except UnicodeEncodeError:
@@ -130,11 +133,11 @@ class DeadLetterStore:
         """The dead-letter subject of ``topic``; ``None`` when it cannot be one (too long, not
         UTF-8, an empty token): such dead letters go to the fallback subject."""
         subject = f"{self.prefix}.{topic}"
-        return subject if _valid_subject(subject) else None
+        return subject if valid_subject(subject) else None
 
     def fallback_subject(self, group: str) -> str:
         """The fallback dead-letter subject of consumer group ``group``."""
-        return f"{self.prefix}.{_FALLBACK}.{_group_token(group)}"
+        return f"{self.prefix}.{FALLBACK_TOKEN}.{group_token(group)}"
 
     async def ensure(self) -> None:
         """Create the dead-letter stream if it does not exist yet."""
@@ -194,13 +197,13 @@ async def read_dead_letters(
     """
     out: list[DeadLetter] = []
     subject = f"{prefix}.{topic}"
-    if _valid_subject(subject):
+    if valid_subject(subject):
         out = await _read(js, stream, subject, topic, limit, lambda headers: True)
     if len(out) < limit:
         out += await _read(
             js,
             stream,
-            f"{prefix}.{_FALLBACK}.>",
+            f"{prefix}.{FALLBACK_TOKEN}.>",
             topic,
             limit - len(out),
             lambda headers: headers.get(_ORIGINAL_TOPIC) == topic,
@@ -219,6 +222,24 @@ async def _read(
     *,
     scan: int | None = None,
 ) -> list[DeadLetter]:
+    out: list[DeadLetter] = []
+    seen = 0
+    async with contextlib.aclosing(stored_messages(js, stream, subject)) as messages:
+        async for msg in messages:
+            seen += 1
+            headers, key = split_key(msg.headers)
+            if keep(headers):
+                out.append(DeadLetter(topic, msg.data, headers, key))
+            if len(out) >= limit or (scan is not None and seen >= scan):
+                break
+    return out
+
+
+async def stored_messages(
+    js: JetStreamContext, stream: str, subject: str
+) -> AsyncGenerator[Msg, None]:
+    """Every message of ``subject`` in ``stream``, oldest first, through a short-lived consumer
+    that acknowledges nothing (deleted afterwards, or expiring by itself)."""
     try:
         info = await js.add_consumer(
             stream,
@@ -231,40 +252,37 @@ async def _read(
             ),
         )
     except nats.js.errors.NotFoundError:
-        return []  # no dead-letter stream yet: no dead letters
-    wanted = min(scan or limit, info.num_pending or 0)
-    out: list[DeadLetter] = []
-    if wanted <= 0:
-        await _delete_consumer(js, stream, info.name)
-        return out
-    sub = await js.pull_subscribe_bind(consumer=info.name, stream=stream)
+        return  # no dead-letter stream yet: no dead letters
     try:
-        deadline = asyncio.get_running_loop().time() + _READ_TIMEOUT
-        seen = 0
-        while seen < wanted and len(out) < limit:
-            left = deadline - asyncio.get_running_loop().time()
-            if left <= 0:
-                break
-            try:
-                msgs = await sub.fetch(min(wanted - seen, 256), timeout=left)
-            except nats.errors.TimeoutError:
-                break
-            for msg in msgs:
-                seen += 1
-                headers = dict(msg.headers or {})
-                if not keep(headers):
-                    continue
+        if not info.num_pending:
+            return
+        sub = await js.pull_subscribe_bind(consumer=info.name, stream=stream)
+        try:
+            while True:
                 try:
-                    key = decode_key(headers)
-                except ValueError:
-                    key = None
-                headers.pop(KEY_HEADER, None)
-                headers.pop(KEY_B64_HEADER, None)
-                out.append(DeadLetter(topic, msg.data, headers, key))
+                    msgs = await sub.fetch(_PAGE, timeout=_READ_TIMEOUT)
+                except nats.errors.TimeoutError:
+                    return
+                for msg in msgs:
+                    yield msg
+                if not msgs or msgs[-1].metadata.num_pending == 0:
+                    return
+        finally:
+            await sub.unsubscribe()
     finally:
-        await sub.unsubscribe()
         await _delete_consumer(js, stream, info.name)
-    return out[:limit]
+
+
+def split_key(raw: dict[str, str] | None) -> tuple[dict[str, str], bytes | None]:
+    """A dead letter's headers without the key headers, and the key they carried."""
+    headers = dict(raw or {})
+    try:
+        key = decode_key(headers)
+    except ValueError:
+        key = None
+    headers.pop(KEY_HEADER, None)
+    headers.pop(KEY_B64_HEADER, None)
+    return headers, key
 
 
 async def _delete_consumer(js: JetStreamContext, stream: str, name: str) -> None:

@@ -20,6 +20,7 @@ from dispytch.rabbitmq.dead_letters import (
     DeadLetterStore,
     read_dead_letters,
 )
+from dispytch.rabbitmq.dlq import RabbitMQDeadLetters
 from dispytch.rabbitmq.failover import connect_nodes
 from dispytch.rabbitmq.producer import RabbitMQProducer
 from dispytch.rabbitmq.replies import RabbitMQInbox
@@ -220,6 +221,13 @@ class RabbitMQBackend(Backend):
         self._producer = self._dead_letters = None
         if connection is not None:
             await connection.close()
+
+    def dead_letter_store(self, group: str | None = None) -> RabbitMQDeadLetters:
+        """The dead letters of consumer group ``group`` (its dead-letter and fallback queues;
+        AMQP cannot list queues, so a group is needed)."""
+        producer, _ = self._connected()
+        assert self.connection is not None  # _connected() checked it
+        return RabbitMQDeadLetters(self.connection, producer, group)
 
     async def dead_letters(
         self, topic: str, limit: int = 100, *, group: str | None = None

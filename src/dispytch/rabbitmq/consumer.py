@@ -13,8 +13,9 @@ import aiormq
 from aio_pika.abc import AbstractQueue, AbstractRobustChannel, AbstractRobustConnection
 from aiormq.abc import AbstractChannel, DeliveredMessage
 
+from dispytch.broker_retries import retried_message, retry_headers, tier_ms
 from dispytch.errors import ConfigurationError, SubscriptionLostError
-from dispytch.listener.consumer import Consumer, Failure, Message
+from dispytch.listener.consumer import Consumer, Failure, Message, RetryLater
 from dispytch.poison import settle_poison
 from dispytch.rabbitmq import _compat
 from dispytch.rabbitmq.acks import ChannelAcks
@@ -105,6 +106,9 @@ class RabbitMQConsumer(Consumer):
         self._counted: set[str] = set()
         #: Deliveries skipped because they could be neither handled nor dead-lettered.
         self.skipped = 0
+
+    #: the group queue delayed retries expire into (set by the group consumer)
+    _retry_queue: str | None = None
 
     def _first_channel(self) -> Any:
         return self.queues[0].channel
@@ -242,7 +246,10 @@ class RabbitMQConsumer(Consumer):
             if undecodable:
                 await self._settle_poison(delivered, undecodable)
                 continue
-            yield to_message(delivered, self._counted)
+            message = to_message(delivered, self._counted)
+            if self._retry_queue is not None and _expired_into(delivered, self._retry_queue):
+                message = _retried(message)
+            yield message
 
     async def _settle_poison(
         self, delivered: DeliveredMessage, undecodable: tuple[str, ...]
@@ -408,7 +415,15 @@ class RabbitMQGroupConsumer(RabbitMQConsumer):
     for publishing and consuming, so publisher flow control never stalls deliveries), declares
     the group's durable queue, binds it to the topic exchange for every subscription and sets
     the channel's prefetch.
+
+    **Broker-delayed retries** go to a delay queue per delay (``dispytch.retry.<ms>ms.<queue>``,
+    the delay rounded to two significant digits): a durable classic queue with that TTL whose
+    expired messages RabbitMQ dead-letters into the group's queue through the default exchange.
+    Only a message that arrives that way (default exchange, routing key = the group's queue) is
+    read as a retry; a publisher's ``x-dispytch-retry-*`` headers on a topic are not.
     """
+
+    supports_broker_retries = True
 
     def __init__(
         self,
@@ -462,10 +477,54 @@ class RabbitMQGroupConsumer(RabbitMQConsumer):
         self.queues = [queue]
         await super().start(subscriptions)
 
+    def use_broker_retries(self, delays: Sequence[float] = ()) -> None:
+        self._retry_queue = self.queue_name
+
+    async def retry_later(self, message: Message, retries: Sequence[RetryLater]) -> None:
+        """Publish a copy per retry to its delay queue (confirmed), then ack."""
+        store = self._dead_letters
+        if store is None:  # pragma: no cover - the backend always gives one
+            raise ConfigurationError("broker retries need the backend's dead-letter store")
+        now = time.time()
+        for retry in retries:
+            delay = tier_ms(retry.delay)
+            headers = retry_headers(message, retry, int(now * 1000) + delay)
+            await store.put_delayed(self.queue_name, delay, message.payload, message.key, headers)
+        await self.ack(message)
+
     async def close(self) -> None:
         await super().close()
         if self.connection is not None:
             await self.connection.close()
+
+
+#: Headers RabbitMQ adds when it dead-letters (a delayed retry expiring into its queue).
+_DEATH_HEADERS = (
+    "x-death",
+    "x-first-death-exchange",
+    "x-first-death-queue",
+    "x-first-death-reason",
+    "x-last-death-exchange",
+    "x-last-death-queue",
+    "x-last-death-reason",
+)
+
+
+def _expired_into(delivered: DeliveredMessage, queue: str) -> bool:
+    """Whether ``delivered`` came through the default exchange to ``queue`` (how an expired
+    delayed retry arrives; a topic's messages come through the topic exchange)."""
+    delivery = delivered.delivery
+    return (
+        getattr(delivery, "exchange", None) == ""
+        and getattr(delivery, "routing_key", None) == queue
+    )
+
+
+def _retried(message: Message) -> Message:
+    out = retried_message(message)
+    if out is not message and any(name in out.headers for name in _DEATH_HEADERS):
+        out.headers = {k: v for k, v in out.headers.items() if k not in _DEATH_HEADERS}
+    return out
 
 
 def _is_quorum(queue: AbstractQueue) -> bool:

@@ -178,6 +178,44 @@ class DeadLetterStore:
             self._declared.discard(queue)
             raise
 
+    async def put_delayed(
+        self, queue: str, delay_ms: int, payload: bytes, key: bytes | None, headers: dict[str, str]
+    ) -> None:
+        """Store a broker-delayed retry for the group queue ``queue``: in the delay queue of
+        ``delay_ms`` (see :func:`delay_queue`), whose messages expire into ``queue`` through
+        the default exchange. Returns once confirmed."""
+        name = delay_queue(queue, delay_ms)
+        channel = self._channel()
+        self._check_confirms(channel)
+        if name not in self._declared:
+            await channel.declare_queue(
+                name,
+                durable=True,
+                arguments={
+                    "x-message-ttl": delay_ms,
+                    "x-dead-letter-exchange": "",
+                    "x-dead-letter-routing-key": queue,
+                },
+            )
+            self._declared.add(name)
+        out: dict[str, Any] = dict(headers)
+        if key is not None:
+            out[KEY_HEADER] = encode_key(key)
+        message = aio_pika.Message(
+            payload, headers=out, delivery_mode=aio_pika.DeliveryMode.PERSISTENT
+        )
+        try:
+            await publish_confirmed(channel.default_exchange, message, name, self.timeout)
+        except Exception:
+            self._declared.discard(name)
+            raise
+
+
+def delay_queue(queue: str, delay_ms: int) -> str:
+    """The delay queue of group queue ``queue`` for ``delay_ms``: ``dispytch.retry.<ms>ms.<queue>``
+    (at most 255 bytes)."""
+    return _bounded(f"dispytch.retry.{delay_ms}ms.", queue)
+
 
 def _adapter_header(name: str) -> bool:
     return name in (UNDECODABLE_HEADER, TOPIC_B64_HEADER) or name.startswith(HEADER_B64_PREFIX)

@@ -61,6 +61,8 @@ class RedisBackend(RedisBackendBase[RedisProducer]):
         reconnect_max_delay: cap of a consumer's wait between reconnection attempts.
     """
 
+    replayable = False  # a replayed event nobody is subscribed to would be lost
+
     def __init__(
         self,
         url: str = "redis://127.0.0.1:6379/0",

@@ -15,6 +15,7 @@ from dispytch.errors import ConfigurationError, ConnectError
 from dispytch.listener.consumer import Consumer
 from dispytch.redis.connection import ContextTLSConnection
 from dispytch.redis.dead_letters import read_dead_letters
+from dispytch.redis.dlq import RedisDeadLetters
 from dispytch.redis.sentinel import sentinel_target
 from dispytch.security import connection_security
 from dispytch.topic_rules import REDIS
@@ -157,3 +158,11 @@ class RedisBackendBase(Backend, Generic[ProducerT]):
     async def dead_letters(self, topic: str, limit: int = 100) -> list[DeadLetter]:
         """Read (without removing) up to ``limit`` dead letters of ``topic`` from ``topic.dlq``."""
         return await read_dead_letters(self.client, topic, limit)
+
+    #: Whether replays are safe (a stream keeps them; Pub/Sub does not).
+    replayable: ClassVar[bool] = True
+
+    def dead_letter_store(self, group: str | None = None) -> RedisDeadLetters:
+        """The dead letters of every ``{topic}.dlq`` stream and of the fallback stream of
+        ``group`` (of every group when ``None``)."""
+        return RedisDeadLetters(self.client, self.producer(), group, replayable=self.replayable)

@@ -35,6 +35,7 @@ __all__ = [
     "DeadLetterWriter",
     "add_dead_letter",
     "fallback_stream",
+    "parse_dead_letter",
     "read_dead_letters",
 ]
 
@@ -42,7 +43,7 @@ __all__ = [
 DEFAULT_DEAD_LETTER_MAXLEN = 100_000
 
 _BARE_HEADER_PREFIX = b"x-dispytch-"
-_FALLBACK_PREFIX = "dispytch.fallback."
+FALLBACK_PREFIX = "dispytch.fallback."
 _ORIGINAL_TOPIC = "x-dispytch-original-topic"
 #: Fallback entries scanned at most by one :func:`read_dead_letters` call.
 _FALLBACK_SCAN = 10_000
@@ -50,7 +51,7 @@ _FALLBACK_SCAN = 10_000
 
 def fallback_stream(group: str) -> str:
     """The fallback dead-letter stream of consumer group ``group``."""
-    return f"{_FALLBACK_PREFIX}{group}{DEAD_LETTER_SUFFIX}"
+    return f"{FALLBACK_PREFIX}{group}{DEAD_LETTER_SUFFIX}"
 
 
 async def add_dead_letter(
@@ -130,15 +131,15 @@ async def read_dead_letters(client: Redis, topic: str, limit: int = 100) -> list
         entries = await client.xrange(dead_letter_topic(topic), "-", "+", count=limit)
     except ResponseError:  # the key is not a stream: its dead letters went to the fallback
         entries = []
-    out = [_dead_letter(topic, fields) for _entry_id, fields in entries or ()]
+    out = [parse_dead_letter(topic, fields) for _entry_id, fields in entries or ()]
     if len(out) >= limit:
         return out
-    async for raw in client.scan_iter(match=f"{_FALLBACK_PREFIX}*", _type="stream"):
+    async for raw in client.scan_iter(match=f"{FALLBACK_PREFIX}*", _type="stream"):
         if not _bytes(raw).endswith(DEAD_LETTER_SUFFIX.encode()):
             continue
         entries = await client.xrange(raw, "-", "+", count=_FALLBACK_SCAN)
         for _entry_id, fields in entries or ():
-            letter = _dead_letter(topic, fields)
+            letter = parse_dead_letter(topic, fields)
             if letter.headers.get(_ORIGINAL_TOPIC) == topic:
                 out.append(letter)
                 if len(out) >= limit:
@@ -146,7 +147,8 @@ async def read_dead_letters(client: Redis, topic: str, limit: int = 100) -> list
     return out
 
 
-def _dead_letter(topic: str, fields: Mapping[Any, Any] | None) -> DeadLetter:
+def parse_dead_letter(topic: str, fields: Mapping[Any, Any] | None) -> DeadLetter:
+    """The dead letter in a stream entry's ``fields`` (``topic``: its original topic)."""
     payload = b""
     key: bytes | None = None
     headers: dict[str, str] = {}

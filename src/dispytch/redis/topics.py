@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from dispytch.broker_retries import RETRY_DESTINATION_PREFIX
 from dispytch.dead_letter import DEAD_LETTER_SUFFIX
 from dispytch.routing import TopicPattern
 
@@ -37,7 +38,7 @@ class PatternMatcher:
     The anchored regex of the pattern filters what the glob found (``user:*:events`` must not
     pick ``user:1:2:events``). Dead-letter streams (``….dlq``) are never picked unless the
     pattern itself ends in ``.dlq``: otherwise ``user:{id}`` would consume ``user:1.dlq`` and run
-    the failed messages again.
+    the failed messages again. Nor are the groups' retry streams (``dispytch.retry.…``).
     """
 
     def __init__(self, pattern: TopicPattern) -> None:
@@ -48,5 +49,7 @@ class PatternMatcher:
 
     def __call__(self, stream: str) -> bool:
         if not self._dead_letters and stream.endswith(DEAD_LETTER_SUFFIX):
+            return False
+        if stream.startswith(RETRY_DESTINATION_PREFIX):
             return False
         return self._regex.match(stream) is not None

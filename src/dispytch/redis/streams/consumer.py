@@ -16,13 +16,15 @@ from typing import Any, cast
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from dispytch.broker_retries import retried_message, retry_headers
 from dispytch.errors import ConfigurationError
-from dispytch.listener.consumer import Consumer, Failure, Message
+from dispytch.listener.consumer import Consumer, Failure, Message, RetryLater
 from dispytch.poison import Undecodable, settle_poison, shown
 from dispytch.redis.connection import CONNECTION_ERRORS, Reconnection, pause, stop_reader
 from dispytch.redis.consumer import DEFAULT_MAX_BUFFER_BYTES
 from dispytch.redis.dead_letters import DeadLetterWriter
 from dispytch.redis.records import entry_message, stream_name
+from dispytch.redis.retries import RetryScheduler
 from dispytch.redis.streams.acks import AckBatcher
 from dispytch.redis.topics import PatternMatcher
 from dispytch.routing import TopicPattern
@@ -91,6 +93,11 @@ class RedisStreamsConsumer(Consumer):
     (never lost: the group is created at ``start_id`` ``"0"``, the stream's beginning). ``SCAN``
     walks the whole keyspace, so on a database with millions of keys raise the interval.
 
+    **Broker-delayed retries** (``retry_mode="broker"``): a delayed copy is parked in a sorted
+    set and moved to the group's stream ``dispytch.retry.{group}`` when due (see
+    :mod:`dispytch.redis.retries`); every consumer of the group moves due copies, checking at
+    least every ``poll_interval`` seconds, so a retry comes back up to that late.
+
     Messages carry the ``key`` field as their ordering key; ``partition`` and ``offset`` are
     ``None`` and ``extra`` is the entry id (``"1700000000000-0"``).
 
@@ -121,6 +128,8 @@ class RedisStreamsConsumer(Consumer):
         reconnect_max_delay: cap of the wait between reconnection attempts, in seconds.
         owns_client: close ``redis`` and its connection pool on :meth:`close`.
     """
+
+    supports_broker_retries = True
 
     def __init__(
         self,
@@ -217,6 +226,9 @@ class RedisStreamsConsumer(Consumer):
         self._closing = False
         self._next_sweep = 0.0
         self._next_discovery = 0.0
+        self._retries: RetryScheduler | None = None
+        self._retry_stream: str | None = None
+        self._next_move = math.inf
         #: Times the consumer reconnected after losing its connection (for tests and metrics).
         self.reconnects = 0
 
@@ -233,6 +245,13 @@ class RedisStreamsConsumer(Consumer):
 
     # -- subscribing --------------------------------------------------------------------------
 
+    def use_broker_retries(self, delays: Sequence[float] = ()) -> None:
+        """Read the group's retry stream too, and move due delayed copies into it."""
+        if self._retries is None:
+            self._retries = RetryScheduler(self.redis, self.group)
+            self._retry_stream = self._retries.stream
+            self._next_move = 0.0
+
     async def start(self, subscriptions: Sequence[TopicPattern] = ()) -> None:
         """Create the group on each stream (and on those matching a pattern), then start reading.
 
@@ -248,6 +267,8 @@ class RedisStreamsConsumer(Consumer):
         else:
             self._literal = list(dict.fromkeys(p.raw for p in subscriptions if p.is_literal))
             self._matchers = [PatternMatcher(p) for p in subscriptions if not p.is_literal]
+        if self._retry_stream is not None and self._retry_stream not in self._literal:
+            self._literal.append(self._retry_stream)
         await self._create_groups(self._literal)
         for stream in self._literal:
             self._add_stream(stream)
@@ -399,11 +420,16 @@ class RedisStreamsConsumer(Consumer):
             self._next_sweep = now + self._sweep_interval
             await self._refresh()
             await self._claim_idle()
+        if now >= self._next_move and self._retries is not None:
+            due = await self._retries.move_due()
+            self._next_move = now + min(self.poll_interval, math.inf if due is None else due)
         if self._recover:
             await self._recover_own()
             return
         room = self.prefetch - self._held
-        wait = max(0.001, min(self._next_sweep, self._next_discovery) - time.monotonic())
+        wait = max(
+            0.001, min(self._next_sweep, self._next_discovery, self._next_move) - time.monotonic()
+        )
         free_bytes = self.max_buffer_bytes - self.held_bytes
         if (
             room <= 0
@@ -446,7 +472,8 @@ class RedisStreamsConsumer(Consumer):
             for raw_id, fields in entries:
                 entry_id = raw_id.decode()
                 inflight[entry_id] = 1
-                self._hold(entry_message(stream, entry_id, fields, 1))
+                message = entry_message(stream, entry_id, fields, 1)
+                self._hold(message if stream != self._retry_stream else retried_message(message))
         self._readable.set()
 
     def _take_claimed(self, stream: Stream, claimed: Any, attempts: dict[bytes, int]) -> None:
@@ -459,7 +486,8 @@ class RedisStreamsConsumer(Consumer):
                 continue
             attempt = attempts.get(raw_id, 1)
             inflight[entry_id] = attempt
-            self._hold(entry_message(stream, entry_id, fields, attempt))
+            message = entry_message(stream, entry_id, fields, attempt)
+            self._hold(message if stream != self._retry_stream else retried_message(message))
         self._readable.set()
 
     def _hold(self, message: Message) -> None:
@@ -556,8 +584,14 @@ class RedisStreamsConsumer(Consumer):
 
     # -- settling -----------------------------------------------------------------------------
 
+    def _stream(self, message: Message) -> Stream:
+        """The stream ``message`` was read from (a retry's topic is its original one)."""
+        if message.retry is not None and self._retry_stream is not None:
+            return self._retry_stream
+        return message.topic
+
     def _settled(self, message: Message) -> bool:
-        return self._release_slot(message.topic, message.extra, len(message.payload))
+        return self._release_slot(self._stream(message), message.extra, len(message.payload))
 
     def _release_slot(self, stream: Stream, entry_id: Any, size: int) -> bool:
         inflight = self._inflight.get(stream)
@@ -572,13 +606,13 @@ class RedisStreamsConsumer(Consumer):
     async def ack(self, message: Message) -> None:
         """Record the ack; it is sent with others in one pipelined XACK within ``ack_interval``."""
         if self._settled(message):
-            self._acks.add(message.topic, message.extra)
+            self._acks.add(self._stream(message), message.extra)
 
     async def nack(self, message: Message) -> None:
         """Hand the entry back: it stays pending, marked idle so the next claim sweep of any
         consumer in the group delivers it again (its delivery count goes up by one)."""
         if self._settled(message):
-            await self._release({message.topic: [message.extra]})
+            await self._release({self._stream(message): [message.extra]})
             self._next_sweep = 0.0
 
     async def _release(self, ids: dict[Stream, list[str]], retry: int | None = None) -> None:
@@ -587,6 +621,18 @@ class RedisStreamsConsumer(Consumer):
         except CONNECTION_ERRORS as exc:
             # Still pending under this consumer's name: claimed after claim_idle_ms instead.
             logger.debug("could not hand back entries at once (%s: %s)", type(exc).__name__, exc)
+
+    async def retry_later(self, message: Message, retries: Sequence[RetryLater]) -> None:
+        """Park a delayed copy per retry (see :mod:`dispytch.redis.retries`), then ack."""
+        scheduler = self._retries
+        if scheduler is None:
+            raise ConfigurationError("use_broker_retries() was not called before start()")
+        now = time.time()
+        for retry in retries:
+            headers = retry_headers(message, retry, int((now + retry.delay) * 1000))
+            await scheduler.park(retry.delay, message.payload, message.key, headers)
+            self._next_move = min(self._next_move, time.monotonic() + retry.delay)
+        await self.ack(message)
 
     async def dead_letter(self, message: Message, failure: Failure) -> bool:
         """XADD the original bytes, key, headers and failure headers to ``{topic}.dlq``."""
@@ -644,10 +690,9 @@ class RedisStreamsConsumer(Consumer):
         entries handed out and never settled go back as they are."""
         unread: dict[tuple[Stream, int], list[str]] = {}
         for message in self._buffer:
-            unread.setdefault((message.topic, message.delivery_attempt - 1), []).append(
-                str(message.extra)
-            )
-            self._inflight[message.topic].pop(str(message.extra), None)
+            stream = self._stream(message)
+            unread.setdefault((stream, message.delivery_attempt - 1), []).append(str(message.extra))
+            self._inflight[stream].pop(str(message.extra), None)
         for (stream, retry), ids in unread.items():
             await self._release({stream: ids}, retry=retry)
         await self._release({s: list(ids) for s, ids in self._inflight.items() if ids})
