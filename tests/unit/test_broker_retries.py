@@ -301,7 +301,7 @@ def test_kafka_retry_topics_are_legal_and_never_matched_by_patterns() -> None:
     sub = subscription_for([TopicPattern.parse("{a}.{b}.{c}", ".")])
     assert sub.pattern is not None
     assert re.match(sub.pattern, "orders.eu.created")
-    assert not re.match(sub.pattern, "dispytch.retry.billing.1200ms".rsplit(".", 1)[0])
+    assert not re.match(sub.pattern, "dispytch.retry.billing")
     tiers = {1000: "a", 4000: "b"}
     assert [_tier_for(tiers, ms) for ms in (10, 1000, 3999, 4000, 90000)] == [
         1000,
