@@ -53,6 +53,22 @@ def test_demo_script_installs_what_it_needs_in_a_fresh_venv(tmp_path: Path) -> N
         "HOME": str(tmp_path),
         "PIP_DISABLE_PIP_VERSION_CHECK": "1",
     }
+    # What reaches the package index here (a proxy, a mirror, a CA bundle) still applies.
+    passed = (
+        "proxy",
+        "PIP_INDEX_URL",
+        "PIP_EXTRA_INDEX_URL",
+        "PIP_FIND_LINKS",
+        "PIP_CERT",
+        "SSL_CERT",
+    )
+    env.update(
+        {
+            k: v
+            for k, v in os.environ.items()
+            if k.lower().endswith("_proxy") or k.startswith(passed)
+        }
+    )
     out = subprocess.run(
         ["bash", "scripts/demo.sh"], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env
     )
