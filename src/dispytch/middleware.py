@@ -41,8 +41,8 @@ from dispytch.errors import RegistrationError
 
 if TYPE_CHECKING:
     from dispytch.events import Envelope, Event, EventBase
-    from dispytch.listener.consumer import Failure, Message
     from dispytch.listener.pipeline import Route
+    from dispytch.seam import Failure, Message
 
 __all__ = [
     "ConsumeContext",

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from dispytch.errors import DeadLetterError
-from dispytch.listener.consumer import Failure, Message
+from dispytch.seam import Failure, Message
 from dispytch.untrusted import loggable
 
 __all__ = [

@@ -19,10 +19,10 @@ from dispytch.app import App
 from dispytch.dead_letter import DeadLetter
 from dispytch.errors import ListenerError
 from dispytch.events import Event, EventBase
-from dispytch.listener.consumer import Failure, Message
 from dispytch.memory.backend import MemoryBackend
 from dispytch.memory.broker import MemoryBroker
 from dispytch.middleware import ConsumeContext, ConsumeNext, HandleNext, HandlerCall, Middleware
+from dispytch.seam import Failure, Message
 
 __all__ = ["Handled", "TestClient"]
 

@@ -79,3 +79,28 @@ def test_import_dispytch_imports_no_broker_client() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
     )
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_the_seam_is_one_module_reexported_at_the_documented_paths() -> None:
+    import dispytch.backend
+    import dispytch.emitter
+    import dispytch.emitter.producer
+    import dispytch.listener
+    import dispytch.listener.consumer
+    from dispytch import seam
+
+    homes = {
+        "Consumer": (dispytch.listener.consumer, dispytch.listener),
+        "Message": (dispytch.listener.consumer, dispytch.listener),
+        "Failure": (dispytch.listener.consumer, dispytch.listener),
+        "Producer": (dispytch.emitter.producer, dispytch.emitter),
+        "ProducerTimeout": (dispytch.emitter.producer, dispytch.emitter),
+        "Outgoing": (dispytch.emitter.producer,),
+        "Backend": (dispytch.backend,),
+    }
+    for name, modules in homes.items():
+        defined = getattr(seam, name)
+        assert defined.__module__ == "dispytch.seam", name
+        for module in modules:
+            assert getattr(module, name) is defined, (module.__name__, name)
+    assert set(homes) <= set(seam.__all__)

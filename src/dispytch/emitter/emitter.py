@@ -12,9 +12,9 @@ from typing import Any
 from pydantic import BaseModel
 
 from dispytch.emitter.calling import accepts, send_caller
-from dispytch.emitter.producer import Outgoing, Producer, ProducerTimeout
 from dispytch.events import EventBase
 from dispytch.middleware import Outbound, PublishContext, chain, scope_methods
+from dispytch.seam import Outgoing, Producer, ProducerTimeout
 from dispytch.serialization.json import JSONSerializer
 from dispytch.serialization.serializer import Serializer
 from dispytch.topic_rules import GENERIC, TopicRules

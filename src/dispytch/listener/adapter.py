@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from dispytch.errors import RegistrationError
-from dispytch.listener.consumer import Consumer, Failure, Message
+from dispytch.seam import Consumer, Failure, Message
 
 if TYPE_CHECKING:
     from dispytch.routing import TopicPattern

@@ -26,12 +26,10 @@ from typing import Any, Protocol
 
 from dispytch.dedup import DedupStore, MemoryDedup
 from dispytch.emitter.emitter import EventEmitter
-from dispytch.emitter.producer import Producer
 from dispytch.errors import ConfigurationError, ListenerError, RegistrationError, ShutdownError
 from dispytch.events import Event
 from dispytch.handler import HandlerGroup, HandlerSpec, check_timeout
 from dispytch.listener.adapter import as_consumer
-from dispytch.listener.consumer import Consumer, Failure, Message
 from dispytch.listener.outputs import Outputs
 from dispytch.listener.pipeline import Pipeline, Route
 from dispytch.listener.scheduler import MIN_GRACE, Ordering, Scheduler
@@ -47,6 +45,7 @@ from dispytch.middleware import (
 )
 from dispytch.retry import RetryMode, RetryPolicy, check_retry_mode
 from dispytch.routing import RouteTable, TopicPattern
+from dispytch.seam import Consumer, Failure, Message, Producer
 from dispytch.serialization.deserializer import Deserializer
 from dispytch.serialization.json import JSONDeserializer
 from dispytch.topic_rules import GENERIC, TopicRules

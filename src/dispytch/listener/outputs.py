@@ -21,10 +21,8 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from dispytch.emitter.producer import Producer
 from dispytch.errors import ListenerError
 from dispytch.events import Envelope, EventBase
-from dispytch.listener.consumer import Failure, Message
 from dispytch.request import (
     CORRELATION_HEADER,
     REPLY_STATUS_HEADER,
@@ -32,6 +30,7 @@ from dispytch.request import (
     REPLY_TYPE,
     reply_envelope,
 )
+from dispytch.seam import Failure, Message, Producer
 from dispytch.untrusted import loggable
 
 if TYPE_CHECKING:

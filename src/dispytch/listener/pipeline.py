@@ -17,12 +17,12 @@ from dispytch.di.plan import CallPlan
 from dispytch.errors import DeadLetterError, DecodeError, HandlerTimeout, PayloadValidationError
 from dispytch.events import Envelope
 from dispytch.handler import HandlerSpec
-from dispytch.listener.consumer import Failure, Message, RetryLater
 from dispytch.listener.outputs import Outputs
 from dispytch.listener.settle import Settler, now_ms, settle_failed
 from dispytch.middleware import ConsumeContext, HandlerCall, chain
 from dispytch.retry import RetryPolicy
 from dispytch.routing import RouteTable
+from dispytch.seam import Failure, Message, RetryLater
 from dispytch.serialization.deserializer import Deserializer
 from dispytch.topic_rules import TopicRules, check_segments
 from dispytch.untrusted import loggable

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from typing import Any, Literal
 
-from dispytch.listener.consumer import Message
+from dispytch.seam import Message
 
 __all__ = ["Ordering", "Scheduler"]
 

@@ -16,10 +16,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from dispytch.emitter.producer import Producer
 from dispytch.errors import DeadLetterError
-from dispytch.listener.consumer import Consumer, Failure, Message, RetryLater
 from dispytch.retry import RetryPolicy
+from dispytch.seam import Consumer, Failure, Message, Producer, RetryLater
 from dispytch.untrusted import loggable
 
 __all__ = ["DEFAULT_DEAD_LETTER_RETRY", "Settler", "now_ms"]
