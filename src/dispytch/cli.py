@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from dispytch.app import ENV_BROKER_URL, App
+from dispytch.backoff import Backoff
 from dispytch.dlq.cli import add_dlq_commands, run_dlq
 from dispytch.errors import ConfigurationError, DispytchError, ShutdownError
 from dispytch.redaction import redact, secrets_of
@@ -201,7 +202,7 @@ def _supervise(argv: Sequence[str], workers: int, reload: bool) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     root = Path.cwd()
     seen = _snapshot(root) if reload else {}
-    backoff = 0.5
+    restarts = Backoff(0.5, 30.0)
     while True:
         time.sleep(0.5)
         if stopping:
@@ -227,11 +228,11 @@ def _supervise(argv: Sequence[str], workers: int, reload: bool) -> int:
                     other.wait()
                 return 2
             if code is not None and not stopping:
+                delay = restarts.failed()
                 logger.error(
-                    "worker %d exited with %d; restarting in %.1fs", child.pid, code, backoff
+                    "worker %d exited with %d; restarting in %.1fs", child.pid, code, delay
                 )
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
+                time.sleep(delay)
                 children[i] = spawn(i)
 
 

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from dispytch.backoff import backoff_delay
 from dispytch.errors import RegistrationError
 
 __all__ = ["RetryMode", "RetryPolicy", "check_retry_mode"]
@@ -90,12 +91,8 @@ class RetryPolicy:
     def delay(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
         """Seconds to wait after failed ``attempt`` (1-based) before the next one."""
         if self.backoff == "exponential":
-            base = min(self.interval * (2 ** (attempt - 1)), self.max_interval)
-        else:
-            base = self.interval
-        if self.jitter:
-            base *= 1.0 - self.jitter + 2.0 * self.jitter * rand()
-        return float(base)
+            return backoff_delay(attempt, self.interval, self.max_interval, self.jitter, rand=rand)
+        return backoff_delay(1, self.interval, self.interval, self.jitter, rand=rand)
 
 
 def _finite(value: object) -> bool:

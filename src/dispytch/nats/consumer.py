@@ -16,6 +16,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from dispytch.backoff import Backoff
 from dispytch.errors import ConfigurationError, SubscriptionLostError
 from dispytch.listener.consumer import Consumer, Failure, Message, Retried, RetryLater
 from dispytch.nats import _compat
@@ -33,7 +34,7 @@ logger = logging.getLogger("dispytch.nats")
 
 PullSubscription = JetStreamContext.PullSubscription
 
-#: Seconds between fetch attempts after an error, doubling up to the cap.
+#: Seconds between fetch attempts after an error, doubling up to the cap (with jitter).
 _ERROR_BACKOFF = 0.5
 _ERROR_BACKOFF_CAP = 15.0
 #: JetStream's own default ack_wait, assumed when a subscription's consumer cannot be asked.
@@ -188,7 +189,7 @@ class NATSConsumer(Consumer):
             self._wakeup.set()
 
     async def _fetch_until_closed(self, feed: _Feed) -> None:
-        backoff = _ERROR_BACKOFF
+        backoff = Backoff(_ERROR_BACKOFF, _ERROR_BACKOFF_CAP)
         sub = feed.sub
         held = self._held
         while not self._closing:
@@ -219,17 +220,17 @@ class NATSConsumer(Consumer):
                     return
                 # E.g. the consumer was deleted, or the server is unavailable: keep asking,
                 # slowly (nats-py reconnects by itself).
+                delay = backoff.failed()
                 logger.warning(
                     "fetch from JetStream consumer %r failed (%s: %s); retrying in %.1fs",
                     _compat.consumer_name(sub),
                     type(exc).__name__,
                     exc,
-                    backoff,
+                    delay,
                 )
-                await self._pause(feed, backoff)
-                backoff = min(backoff * 2, _ERROR_BACKOFF_CAP)
+                await self._pause(feed, delay)
                 continue
-            backoff = _ERROR_BACKOFF
+            backoff.succeeded()
             shadows = feed.shadowed_by
             for msg in msgs:
                 if shadows and any(covers(s, msg.subject) for s in shadows):

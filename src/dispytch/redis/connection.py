@@ -12,13 +12,12 @@ from redis.asyncio.connection import SSLConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from dispytch.retry import RetryPolicy
+from dispytch.backoff import Backoff
 
 __all__ = [
     "CONNECTION_ERRORS",
     "ContextTLSConnection",
     "Reconnection",
-    "backoff_policy",
     "outage_level",
     "pause",
     "stop_reader",
@@ -28,9 +27,8 @@ __all__ = [
 CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
-def backoff_policy(max_delay: float) -> RetryPolicy:
-    """Capped exponential backoff with jitter, from 50 ms up to ``max_delay`` seconds."""
-    return RetryPolicy(interval=0.05, backoff="exponential", max_interval=max_delay, jitter=0.5)
+#: The first wait after a lost connection; the waits double from there up to the cap.
+FIRST_RECONNECT_DELAY = 0.05
 
 
 def outage_level(failures: int) -> int:
@@ -85,16 +83,19 @@ class Reconnection:
         warn_every_attempt: bool = False,
     ) -> None:
         self.logger = logger
-        self.failures = 0
-        self._policy = backoff_policy(max_delay)
+        self._backoff = Backoff(FIRST_RECONNECT_DELAY, max_delay)
         self._warn_always = warn_every_attempt
         self._format = f"{what} connection %s (%s: %s); reconnecting in %.2fs (attempt %d)"
         self._format += consequence.replace("%", "%%")
 
+    @property
+    def failures(self) -> int:
+        """Failed attempts in a row (0 while connected)."""
+        return self._backoff.failures
+
     def failed(self, exc: BaseException) -> float:
         """Count a failure, log it; return the seconds to wait before the next attempt."""
-        self.failures += 1
-        delay = self._policy.delay(self.failures)
+        delay = self._backoff.failed()
         level = logging.WARNING if self._warn_always else outage_level(self.failures)
         self.logger.log(
             level,
@@ -109,8 +110,7 @@ class Reconnection:
 
     def succeeded(self) -> int:
         """The connection is back: return how many attempts failed before, and reset."""
-        failures, self.failures = self.failures, 0
-        return failures
+        return self._backoff.succeeded()
 
 
 class ContextTLSConnection(SSLConnection):

@@ -13,9 +13,10 @@ import logging
 
 from redis.asyncio import Redis
 
+from dispytch.backoff import Backoff
 from dispytch.redis.connection import (
     CONNECTION_ERRORS,
-    backoff_policy,
+    FIRST_RECONNECT_DELAY,
     outage_level,
     stop_reader,
 )
@@ -52,7 +53,7 @@ class AckBatcher:
         self._full = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
         self._closing = False
-        self._backoff = backoff_policy(reconnect_max_delay)
+        self._backoff = Backoff(FIRST_RECONNECT_DELAY, reconnect_max_delay)
         #: Entries Redis confirmed as acknowledged so far (for tests and metrics).
         self.acked = 0
 
@@ -76,7 +77,7 @@ class AckBatcher:
                 self._flusher = asyncio.create_task(self._run(), name="dispytch-redis-streams-ack")
 
     async def _run(self) -> None:
-        failures = 0
+        backoff = self._backoff
         while True:
             await self._wake.wait()
             if not self._closing and not self._full.is_set():
@@ -92,13 +93,12 @@ class AckBatcher:
             try:
                 await self._send(batch)
             except CONNECTION_ERRORS as exc:
-                failures += 1
+                delay = backoff.failed()
                 self._restore(batch)
                 if self._closing:
                     return
-                delay = self._backoff.delay(failures)
                 logger.log(
-                    outage_level(failures),
+                    outage_level(backoff.failures),
                     "could not acknowledge %d entries (%s: %s); retrying in %.2fs",
                     sum(len(ids) for ids in batch.values()),
                     type(exc).__name__,
@@ -107,9 +107,10 @@ class AckBatcher:
                 )
                 await asyncio.sleep(delay)
                 continue
-            if failures:
-                logger.info("acknowledgements reach Redis again after %d failure(s)", failures)
-                failures = 0
+            if backoff.failures:
+                logger.info(
+                    "acknowledgements reach Redis again after %d failure(s)", backoff.succeeded()
+                )
             if self._closing and not self._count:
                 return
 
