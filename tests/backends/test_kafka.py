@@ -202,6 +202,7 @@ async def test_partition_key_routes_by_key(topic: str, admin: Any) -> None:
     assert ("x-raw", b"\x01") in alpha.headers
 
 
+@pytest.mark.private_access
 async def test_send_many_frames_batches_per_partition_like_single_sends(
     topic: str, admin: Any
 ) -> None:
@@ -416,6 +417,7 @@ async def test_revoked_partitions_commit_what_was_settled(topic: str, admin: Any
 # -- aiokafka's fetch task failing -----------------------------------------------------------
 
 
+@pytest.mark.private_access
 async def test_a_failed_fetch_task_ends_listen_with_an_error(topic: str) -> None:
     client = AIOKafkaConsumer(
         topic,
@@ -560,6 +562,7 @@ def codec_encode(compression: str | None, data: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("compression", [None, "gzip"])
+@pytest.mark.private_access
 async def test_a_header_name_that_is_not_utf8_is_dead_lettered_and_the_rest_flows(
     topic: str, admin: Any, compression: str | None
 ) -> None:
@@ -696,6 +699,7 @@ async def test_a_topic_too_long_for_its_dlq_suffix_gets_a_valid_dead_letter_topi
     assert dead[0].reason == "handler"
 
 
+@pytest.mark.private_access
 async def test_dead_letters_go_to_the_group_fallback_topic_when_the_dlq_cannot_be_written(
     topic: str, admin: Any
 ) -> None:
@@ -743,6 +747,7 @@ async def test_a_pattern_handler_never_receives_dead_letters(topic: str) -> None
 # -- delivery attempts across processes --------------------------------------------------------
 
 
+@pytest.mark.private_access
 async def test_records_a_dead_process_may_have_been_handling_are_recovered_one_by_one(
     topic: str,
 ) -> None:
@@ -801,6 +806,7 @@ async def test_a_clean_stop_with_work_handed_back_leaves_no_recovery_to_the_next
     assert await _committed(group, TopicPartition(topic, 0)) == (0, "")
 
 
+@pytest.mark.private_access
 async def test_after_a_first_crash_the_range_is_handed_out_as_usual_counted_once(
     topic: str,
 ) -> None:

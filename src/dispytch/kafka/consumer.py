@@ -206,9 +206,6 @@ class KafkaConsumer(Consumer):
 
     # -- subscribing --------------------------------------------------------------------------
 
-    def _is_started(self) -> bool:
-        return getattr(self.consumer, "_fetcher", None) is not None
-
     def use_broker_retries(self, delays: Sequence[float] = ()) -> None:
         """Subscribe to the group's retry topics too, one per delay tier of ``delays``."""
         group = self.group
@@ -293,31 +290,28 @@ class KafkaConsumer(Consumer):
                 *(TopicPattern(topic, "", ()) for topic in sorted(self._retry_topics)),
             ]
         consumer = self.consumer
-        if getattr(consumer, "_enable_auto_commit", False):
+        if _compat.auto_commit_enabled(consumer):
             logger.warning(
                 "the AIOKafkaConsumer has enable_auto_commit=True: it may commit records that "
                 "are not handled yet; build it with enable_auto_commit=False"
             )
-        state = getattr(consumer, "_subscription", None)
-        pattern = getattr(state, "subscribed_pattern", None)
+        current = _compat.subscription(consumer)
         resubscribed = False
-        if consumer.subscription() or pattern is not None:
+        if current.exists:
             # The user subscribed: keep that subscription, adding our rebalance listener so
             # revoked partitions get their settled offsets committed first.
-            auto = state is not None and state.partitions_auto_assigned()
-            ours = isinstance(getattr(state, "listener", None), _CommitOnRevoke)
             if (
-                auto
-                and not ours
+                current.auto_assigned
+                and not isinstance(current.listener, _CommitOnRevoke)
                 and not _compat.set_rebalance_listener(
                     consumer, lambda inner: _CommitOnRevoke(self, inner)
                 )
             ):
-                listener = _CommitOnRevoke(self, getattr(state, "listener", None))
-                if pattern is not None:
-                    consumer.subscribe(pattern=pattern.pattern, listener=listener)
+                listener = _CommitOnRevoke(self, current.listener)
+                if current.pattern is not None:
+                    consumer.subscribe(pattern=current.pattern.pattern, listener=listener)
                 else:
-                    consumer.subscribe(topics=list(consumer.subscription()), listener=listener)
+                    consumer.subscribe(topics=list(current.topics), listener=listener)
                 resubscribed = True
         else:
             sub = subscription_for(subscriptions)
@@ -332,13 +326,14 @@ class KafkaConsumer(Consumer):
                 else:
                     consumer.subscribe(topics=list(sub.topics), listener=listener)
                 resubscribed = True
-        if not self._is_started():
+        # Cannot tell (another aiokafka): a consumer Dispytch was handed unstarted is the case
+        # it is built for, so it is started.
+        if not _compat.consumer_started(consumer):
             await consumer.start()  # waits for the group's first assignment
             self._owns = True
-        elif resubscribed and state is not None:
-            wait = state.wait_for_assignment()
+        elif resubscribed:
             try:
-                await asyncio.wait_for(wait, self.revoke_timeout + 20)
+                await asyncio.wait_for(current.assigned(), self.revoke_timeout + 20)
             except TimeoutError:
                 logger.warning("no partition assignment yet; records will be read once assigned")
         if self._txn is not None:
@@ -482,9 +477,7 @@ class KafkaConsumer(Consumer):
         """aiokafka failed to parse the records of ``tp`` from ``position``: read them leniently
         from the broker's raw bytes instead."""
         consumer = self.consumer
-        raw = await _compat.fetch_raw(
-            consumer, tp, position, getattr(consumer, "_max_partition_fetch_bytes", 1 << 20)
-        )
+        raw = await _compat.fetch_raw(consumer, tp, position)
         items = []
         if raw is not None:
             for item in read_batches(

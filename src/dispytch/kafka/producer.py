@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
-from aiokafka.partitioner import DefaultPartitioner
 from pydantic import BaseModel
 
 from dispytch.emitter.producer import Outgoing, Producer, ProducerTimeout
@@ -22,12 +21,13 @@ from dispytch.untrusted import loggable
 
 __all__ = ["KafkaEventConfig", "KafkaProducer", "record_key"]
 
+Partitioner = Callable[[bytes, list[int], list[int]], int]
+
 #: Enqueue locks, striped by topic: bounded memory, and a topic waiting for metadata (or for
 #: buffer space) holds up only the topics that share its stripe.
 _STRIPES = 64
 #: From this many records, ``send_many`` frames record batches itself.
 _BATCH_MIN = 16
-_DEFAULT_PARTITIONER = DefaultPartitioner()
 #: Seconds an emit waits for a topic it has no metadata for before it fails (unless given).
 DEFAULT_METADATA_TIMEOUT = 5.0
 #: Topic names remembered as valid (so each is checked once); forgotten past this many.
@@ -74,20 +74,25 @@ class KafkaProducer(Producer):
         self.producer = producer
         self.metadata_timeout = metadata_timeout
         self._owns = False
+        self._running = False
+        # Read once: None (another aiokafka) makes send_many append record by record.
+        self._partitioner = _compat.partitioner(producer)
         self._start_lock = asyncio.Lock()
         self._enqueue = [asyncio.Lock() for _ in range(_STRIPES)]
         self._valid: set[str] = set()
 
     def _started(self) -> bool:
-        sender = getattr(self.producer, "_sender", None)
-        return sender is None or getattr(sender, "sender_task", None) is not None
+        if not self._running:
+            # Cannot tell (another aiokafka): a client handed over is taken as started.
+            self._running = _compat.producer_started(self.producer) is not False
+        return self._running
 
     async def start(self) -> None:
         """Start the client if nobody has; this producer then owns (and stops) it."""
         async with self._start_lock:
             if not self._started():
                 await self.producer.start()
-                self._owns = True
+                self._owns = self._running = True
 
     async def send(
         self,
@@ -119,9 +124,10 @@ class KafkaProducer(Producer):
                 for (i, _), outcome in zip(sendable, sent, strict=True):
                     results[i] = outcome
             return results
-        if len(messages) < _BATCH_MIN:
+        partitioner = self._partitioner
+        if len(messages) < _BATCH_MIN or partitioner is None:
             return await self._send_each(messages)
-        return await self._send_batches(messages)
+        return await self._send_batches(messages, partitioner)
 
     async def _check_topics(self, messages: Sequence[Outgoing]) -> dict[str, EmitError]:
         """The topics of ``messages`` that cannot be sent to, with the error for each.
@@ -191,7 +197,9 @@ class KafkaProducer(Producer):
                 results.append(None)
         return results
 
-    async def _send_batches(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
+    async def _send_batches(
+        self, messages: Sequence[Outgoing], partitioner: Partitioner
+    ) -> list[BaseException | None]:
         results: list[BaseException | None] = [None] * len(messages)
         # (topic, partition) -> indexes of its records, in call order.
         groups: dict[tuple[str, int], list[int]] = {}
@@ -208,7 +216,8 @@ class KafkaProducer(Producer):
                     layout = layouts[topic] = await self._layout(topic)
                 every, available, unkeyed = layout
                 if partition is None:
-                    partition = unkeyed if key is None else self._by_key(key, every, available)
+                    # Where the client's own partitioner puts a keyed record.
+                    partition = unkeyed if key is None else partitioner(key, every, available)
                 elif partition not in every:
                     raise KafkaError(f"topic {topic!r} has no partition {partition}")
             except KafkaError as exc:
@@ -243,11 +252,6 @@ class KafkaProducer(Producer):
         cluster = self.producer.client.cluster
         available = sorted(cluster.available_partitions_for_topic(topic) or every)
         return every, available, random.choice(available)
-
-    def _by_key(self, key: bytes, every: list[int], available: list[int]) -> int:
-        """The partition of a keyed record, as the client's own partitioner picks it."""
-        partitioner = getattr(self.producer, "_partitioner", None) or _DEFAULT_PARTITIONER
-        return int(partitioner(key, every, available))
 
     async def _submit(
         self,
@@ -293,6 +297,11 @@ class KafkaProducer(Producer):
 
     async def _append(self, message: Outgoing) -> asyncio.Future[Any]:
         key, partition, timestamp_ms, headers = _record_fields(message)
+        if partition is not None and partition not in (
+            self.producer.client.cluster.partitions_for_topic(message.topic) or ()
+        ):
+            # aiokafka would fail an assertion; say it as send_many's batches do.
+            raise KafkaError(f"topic {message.topic!r} has no partition {partition}")
         # ``send`` only appends to a batch, so concurrent callers share round trips; the
         # returned future resolves with this record's own acknowledgement. One caller at a
         # time appends: when a batch is full, aiokafka wakes *every* waiting caller, and
@@ -311,7 +320,7 @@ class KafkaProducer(Producer):
     async def close(self) -> None:
         """Flush and stop the client if this producer started it."""
         if self._owns:
-            self._owns = False
+            self._owns = self._running = False
             await self.producer.stop()
 
 

@@ -1,0 +1,114 @@
+"""Every backend on the fallbacks of its ``_compat`` module, against the live brokers.
+
+The fast paths read broker clients' private state; :func:`tests.fallbacks.force_fallbacks` makes
+every such read find nothing, as a client release that changed its internals would. The
+delivery contract must still hold: every emit returns only once the broker confirmed it (or
+raises), and what was emitted is consumed. ``pytest --compat-fallbacks`` runs the conformance
+suite the same way.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from dispytch import App, Event, EventBase
+from dispytch.errors import EmitError
+from tests.fallbacks import force_fallbacks
+from tests.helpers import require_broker, wait_until
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+def fallbacks(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    yield force_fallbacks(monkeypatch)
+
+
+@pytest.fixture
+def uid() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+def _event(topic: str) -> type[EventBase]:
+    class Numbered(EventBase):
+        __topic__ = topic
+        __event_type__ = "numbered"
+        n: int
+
+    return Numbered
+
+
+async def _round_trip(app: App, topic: str, count: int = 40) -> list[int]:
+    """Emit ``count`` events (one by one, then a batch), consume them all."""
+    got: list[int] = []
+
+    @app.handler(topic=topic, event="numbered")
+    async def handle(event: Event[dict[str, Any]]) -> None:
+        got.append(event.body["n"])
+
+    Numbered = _event(topic)
+    await app.start()
+    half = count // 2
+    for n in range(half):
+        await app.emit(Numbered(n=n))
+    await app.emit_many(Numbered(n=n) for n in range(half, count))
+    await wait_until(lambda: len(got) >= count, timeout=30, what=f"{count} events")
+    return got
+
+
+# -- Kafka --------------------------------------------------------------------------------------
+
+
+async def test_kafka_on_every_fallback(fallbacks: list[str], uid: str) -> None:
+    require_broker("kafka", 9092)
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from dispytch.kafka import KafkaEventConfig
+
+    topic = f"kfb_{uid}"
+    admin = AIOKafkaAdminClient(bootstrap_servers="127.0.0.1:9092")
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])
+    finally:
+        await admin.close()
+    app = App("kafka://127.0.0.1:9092", group=f"g_{uid}")
+    try:
+        got = await _round_trip(app, topic)
+        producer = app.backend.producer()
+        assert producer._partitioner is None  # the fallback: the client partitions
+        Numbered = _event(topic)
+        keyed = [
+            Numbered(n=100 + n, __backend_config__=KafkaEventConfig(partition_key=f"k{n % 4}"))
+            for n in range(32)
+        ]
+        await app.emit_many(keyed)  # confirmed: readable at once below
+        await wait_until(lambda: len(got) >= 72, timeout=30, what="the keyed events")
+        with pytest.raises(EmitError):
+            await app.emit(Numbered(n=-1, __backend_config__=KafkaEventConfig(partition=7)))
+    finally:
+        await app.stop()
+    assert sorted(got) == [*range(40), *range(100, 132)]
+    reader = AIOKafkaConsumer(
+        topic, bootstrap_servers="127.0.0.1:9092", auto_offset_reset="earliest"
+    )
+    await reader.start()
+    try:
+        ends = await reader.end_offsets([TopicPartition(topic, p) for p in range(3)])
+        assert sum(ends.values()) == 72
+        records: list[Any] = []
+        while len(records) < 72:
+            for batch in (await reader.getmany(timeout_ms=500)).values():
+                records.extend(batch)
+    finally:
+        await reader.stop()
+    partitioner = DefaultPartitioner()
+    for record in records:
+        if record.key is not None:  # where the client's send would put it
+            assert record.partition == partitioner(record.key, [0, 1, 2], [0, 1, 2])
