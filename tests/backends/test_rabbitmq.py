@@ -374,6 +374,7 @@ async def test_send_many_waits_for_every_confirm_even_when_early_ones_come_first
     assert all(isinstance(r, EmitError) and "no queue is bound" in str(r) for r in results[150:])
 
 
+@pytest.mark.private_access
 async def test_a_cancelled_send_many_leaves_the_channel_numbering_intact(broker: Broker) -> None:
     channel, exchange, _queue = await broker.bound_exchange("ok")
     amqp: Any = await channel.get_underlay_channel()
@@ -737,6 +738,7 @@ POISONS = {
 
 @pytest.mark.parametrize("queue_type", ["quorum", "classic"])
 @pytest.mark.parametrize("poison", sorted(POISONS))
+@pytest.mark.private_access
 async def test_a_delivery_pamqp_cannot_decode_is_dead_lettered_without_a_reconnect(
     broker: Broker, poison: str, queue_type: str
 ) -> None:
@@ -904,6 +906,7 @@ async def test_dead_letters_of_the_longest_topic_and_group_names(broker: Broker)
     assert dead[0].topic == topic
 
 
+@pytest.mark.private_access
 async def test_dead_letters_go_to_the_group_fallback_queue_when_their_queue_fails(
     broker: Broker,
 ) -> None:
@@ -932,6 +935,7 @@ async def test_dead_letters_go_to_the_group_fallback_queue_when_their_queue_fail
     assert await broker.ready_count(f"dispytch.dlq-fallback.{group}") == 1
 
 
+@pytest.mark.private_access
 async def test_a_reconnected_consumer_is_still_guarded_against_undecodable_deliveries(
     broker: Broker,
 ) -> None:

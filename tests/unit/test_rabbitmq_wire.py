@@ -99,6 +99,7 @@ def test_a_delivery_count_counts_only_on_a_quorum_queue_redelivery() -> None:
     assert to_any_message(classic, forged)[0].delivery_attempt == 2
 
 
+@pytest.mark.private_access
 async def test_only_protected_connections_read_leniently() -> None:
     bad = deliver_frame(b"\xff")
     _compat.install()

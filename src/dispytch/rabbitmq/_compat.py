@@ -1,12 +1,23 @@
-"""Every use of aiormq's and pamqp's private state, in one place.
+"""Every use of aiormq's and pamqp's internals, in one place.
 
-Verified on **aiormq 7.2.4** and **pamqp 4.0.1**.
+Verified on **aiormq 7.2.4** and **pamqp 4.0.1** (with aio-pika 10.2.1). Every read of a
+client's internal state goes through :func:`private`; the fallback tests
+(``tests/backends/test_compat_fallbacks.py``, ``pytest --compat-fallbacks``) replace it with
+one that finds nothing, which runs every fallback below against the live broker. CI also runs
+the RabbitMQ tests against the newest aio-pika, aiormq and pamqp (``.ci/run``).
 
-pamqp decodes every AMQP short string (routing key, exchange, message id...) and every header
-name as UTF-8, and every timestamp as a ``datetime``. A publisher can put any bytes there: one
-such delivery makes ``pamqp.frame.unmarshal`` raise inside aiormq's frame reader, the
-connection dies, aio-pika reconnects, the broker delivers the same message again, and so on
-every 5 seconds, forever, with nothing after it handled.
+Two things live here:
+
+* **Surviving undecodable frames** (:func:`protect`, below).
+* **Publishing a batch in few writes** (:class:`PublishLedger`, at the end): the channel's
+  publish bookkeeping as ``Channel.basic_publish`` keeps it. Fallback: ``None``, and the
+  producer publishes message by message through aiormq's own ``basic_publish``.
+
+**Undecodable frames.** pamqp decodes every AMQP short string (routing key, exchange, message
+id...) and every header name as UTF-8, and every timestamp as a ``datetime``. A publisher can
+put any bytes there: one such delivery makes ``pamqp.frame.unmarshal`` raise inside aiormq's
+frame reader, the connection dies, aio-pika reconnects, the broker delivers the same message
+again, and so on every 5 seconds, forever, with nothing after it handled.
 
 :func:`protect` makes the frame reader of one aiormq connection lenient. A frame that pamqp
 cannot unmarshal is then decoded again by :func:`lenient_frame`: strings that are not UTF-8 are
@@ -29,17 +40,39 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import logging
 import struct
 import weakref
 from typing import Any
 
 import pamqp.frame
+from aiormq.abc import ChannelFrame
 from pamqp import commands, decode
 from pamqp.header import ContentHeader
 
-__all__ = ["install", "lenient_frame", "protect", "undecodable"]
+__all__ = [
+    "PublishLedger",
+    "install",
+    "ledger",
+    "lenient_frame",
+    "private",
+    "protect",
+    "undecodable",
+]
 
-VERIFIED_VERSIONS = {"aiormq": ("7.2.4",), "pamqp": ("4.0.1",)}
+VERIFIED_VERSIONS = {"aiormq": ("7.2.4",), "pamqp": ("4.0.1",), "aio-pika": ("10.2.1",)}
+
+
+def private(obj: Any, name: str) -> Any:
+    """``obj``'s internal attribute ``name``, ``None`` when it has none.
+
+    Every read of aiormq's internal state in this module goes through here; the fallback
+    tests replace it with one that finds nothing, which runs every fallback.
+    """
+    return getattr(obj, name, None)
+
+
+logger = logging.getLogger("dispytch.rabbitmq")
 
 _FRAME_END = 0xCE
 _protected: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
@@ -96,7 +129,7 @@ def install() -> None:
 
 def protect(connection: Any) -> bool:
     """Make the frame reader of aiormq ``connection`` lenient (see the module docstring)."""
-    task = getattr(connection, "_reader_task", None)
+    task = private(connection, "_reader_task")
     task = getattr(task, "task", task)  # aiormq wraps its tasks in a TaskWrapper
     if not isinstance(task, asyncio.Task):
         return False
@@ -293,3 +326,104 @@ def lenient_frame(data: bytes) -> tuple[int, int, Any] | None:
         return None
     frame.dispytch_undecodable = tuple(dict.fromkeys(marks))
     return end + 1, channel, frame
+
+
+# -- batched publishing ------------------------------------------------------------------------
+
+#: What ``Channel.basic_publish`` (aiormq 7.2.4) keeps per publish with confirms on, besides
+#: ``lock``: the last delivery tag, a future per tag that ``basic.ack``/``basic.nack`` settle,
+#: and ``message_id`` -> tag for matching a ``basic.return``; frames go through ``write_queue``.
+_LEDGER = (
+    "lock",
+    "delivery_tag",
+    "confirmations",
+    "message_id_delivery_tag",
+    "write_queue",
+    "max_content_size",
+    "number",
+    "create_future",
+)
+_ledger_types: dict[type, bool] = {}
+
+
+class PublishLedger:
+    """One aiormq channel's publish bookkeeping, used the way ``basic_publish`` uses it.
+
+    Hold :attr:`lock` (the channel's) from :meth:`reserve` to :meth:`write`: the broker numbers
+    the publishes it receives, so tags are taken next to the write and given back if the write
+    does not happen.
+    """
+
+    __slots__ = ("channel", "lock", "max_body", "number")
+
+    def __init__(self, channel: Any) -> None:
+        self.channel = channel
+        self.lock: asyncio.Lock = channel.lock
+        self.number: int = channel.number
+        self.max_body: int = channel.max_content_size
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.channel.is_closed)
+
+    def future(self) -> asyncio.Future[Any]:
+        """A future the channel rejects if it closes."""
+        future: asyncio.Future[Any] = self.channel.create_future()
+        return future
+
+    def reserve(self, confirmations: list[tuple[Any, str]]) -> int:
+        """Number ``(confirmation, message_id)`` pairs in order; return the first tag.
+
+        ``confirmation`` stands where aiormq keeps a future per publish: aiormq calls its
+        ``done``, ``cancelled``, ``set_result`` and ``set_exception``.
+        """
+        channel = self.channel
+        first: int = channel.delivery_tag + 1
+        pending, by_id = channel.confirmations, channel.message_id_delivery_tag
+        for tag, (confirmation, message_id) in enumerate(confirmations, first):
+            pending[tag] = confirmation
+            by_id[message_id] = tag
+        channel.delivery_tag += len(confirmations)
+        return first
+
+    def release(self, first: int, message_ids: list[str]) -> None:
+        """Give back the tags :meth:`reserve` took (the frames were not written)."""
+        channel = self.channel
+        channel.delivery_tag -= len(message_ids)
+        self.forget(first, message_ids, confirmations=True)
+
+    def forget(self, first: int, message_ids: list[str], *, confirmations: bool = False) -> None:
+        """Drop the ``message_id`` -> tag entries of these publishes (once confirmed: a
+        ``basic.return`` comes before the confirm), and their confirmations if asked."""
+        channel = self.channel
+        by_id = channel.message_id_delivery_tag
+        for tag, message_id in enumerate(message_ids, first):
+            if confirmations:
+                channel.confirmations.pop(tag, None)
+            if by_id.get(message_id) == tag:  # not taken over by another publish since
+                del by_id[message_id]
+
+    async def write(self, frames: bytes) -> None:
+        """Queue marshalled frames for the connection's writer."""
+        await self.channel.write_queue.put(ChannelFrame(frames, should_close=False))
+
+
+def ledger(channel: Any) -> PublishLedger | None:
+    """The publish bookkeeping of an aiormq channel with publisher confirms; ``None`` when the
+    channel does not have it (another aiormq, or confirms off): publish message by message.
+
+    Checked once per channel class (the attributes are set in ``Channel.__init__``, so one
+    instance tells for its class).
+    """
+    if not getattr(channel, "publisher_confirms", False):
+        return None
+    kind = type(channel)
+    known = _ledger_types.get(kind)
+    if known is None:
+        known = _ledger_types[kind] = all(private(channel, n) is not None for n in _LEDGER)
+        if not known:
+            logger.warning(
+                "this aiormq's channel lacks the publish bookkeeping Dispytch batches with "
+                "(verified with aiormq 7.2.4); publishing message by message"
+            )
+    return PublishLedger(channel) if known else None

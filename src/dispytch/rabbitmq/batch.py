@@ -7,8 +7,9 @@ and writes. Here a batch takes the lock once, numbers its messages like ``basic_
 ``basic.return`` back by), marshals them with :mod:`dispytch.rabbitmq.frames` and writes the
 frames of every 100 messages at once; RabbitMQ then confirms them like any other publishes.
 
-This uses the channel's bookkeeping attributes, so :func:`supports` checks them first; a
-channel without them (another aiormq) publishes message by message instead.
+The channel's bookkeeping is reached through :class:`~dispytch.rabbitmq._compat.PublishLedger`
+only; a channel without it (another aiormq: :func:`~dispytch.rabbitmq._compat.ledger` is
+``None``) publishes message by message instead.
 """
 
 from __future__ import annotations
@@ -19,28 +20,15 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import aiormq
-from aiormq.abc import AbstractChannel, ChannelFrame
 from pamqp.commands import Basic
 
+from dispytch.rabbitmq._compat import PublishLedger
 from dispytch.rabbitmq.frames import publish_frames
 
-__all__ = ["Publish", "publish_batch", "supports"]
+__all__ = ["Publish", "publish_batch"]
 
 #: Messages per write: the first ones reach the broker while the rest are still marshalled.
 _WRITE_EVERY = 100
-
-_ATTRIBUTES = (
-    "lock",
-    "delivery_tag",
-    "confirmations",
-    "message_id_delivery_tag",
-    "write_queue",
-    "max_content_size",
-    "number",
-    "publisher_confirms",
-    "create_future",
-    "is_closed",
-)
 
 
 class Publish(NamedTuple):
@@ -50,13 +38,6 @@ class Publish(NamedTuple):
     body: bytes
     headers: dict[str, Any] | None = None
     properties: Basic.Properties | None = None
-
-
-def supports(channel: AbstractChannel) -> bool:
-    """Whether ``channel`` has the bookkeeping :func:`publish_batch` relies on, with confirms."""
-    return all(hasattr(channel, name) for name in _ATTRIBUTES) and bool(
-        getattr(channel, "publisher_confirms", False)
-    )
 
 
 class _Outcomes:
@@ -119,12 +100,12 @@ class _Slot:
 
 
 async def _write(
-    channel: Any,
+    ledger: PublishLedger,
     outcomes: _Outcomes,
     chunk: list[tuple[int, str]],
     frames: bytes,
     slots: list[_Slot],
-    ids: list[tuple[str, int]],
+    ids: list[tuple[int, list[str]]],
 ) -> None:
     """Number the chunk's messages (the channel lock is held) and queue their frames.
 
@@ -132,30 +113,21 @@ async def _write(
     not happen (cancelled while the connection's write queue is full): the broker numbers the
     publishes it receives, and a tag it never sees would shift every later confirm.
     """
-    first = channel.delivery_tag + 1
-    added: list[_Slot] = []
-    for tag, (index, message_id) in enumerate(chunk, first):
-        slot = _Slot(outcomes, index)
-        channel.confirmations[tag] = slot
-        channel.message_id_delivery_tag[message_id] = tag
-        added.append(slot)
-    channel.delivery_tag += len(chunk)
+    added = [_Slot(outcomes, index) for index, _ in chunk]
+    message_ids = [message_id for _, message_id in chunk]
+    first = ledger.reserve(list(zip(added, message_ids, strict=True)))
     try:
-        await channel.write_queue.put(ChannelFrame(frames, should_close=False))
+        await ledger.write(frames)
     except BaseException:
-        channel.delivery_tag -= len(chunk)
-        for tag, (_, message_id) in enumerate(chunk, first):
-            channel.confirmations.pop(tag, None)
-            if channel.message_id_delivery_tag.get(message_id) == tag:
-                del channel.message_id_delivery_tag[message_id]
+        ledger.release(first, message_ids)
         raise
     outcomes.waiting += len(added)
     slots += added
-    ids += [(message_id, tag) for tag, (_, message_id) in enumerate(chunk, first)]
+    ids.append((first, message_ids))
 
 
 async def publish_batch(
-    channel: Any, exchange: str, messages: Sequence[Publish], timeout: float | None
+    ledger: PublishLedger, exchange: str, messages: Sequence[Publish], timeout: float | None
 ) -> list[Any]:
     """Publish ``messages`` with ``mandatory``; one outcome per message.
 
@@ -163,31 +135,29 @@ async def publish_batch(
     exception that ended its wait (``basic.nack``, a lost channel, ``TimeoutError``) or kept it
     from being sent (a routing key or header AMQP cannot carry).
     """
-    ids: list[tuple[str, int]] = []  # (message id, delivery tag) mapped in the channel
+    ids: list[tuple[int, list[str]]] = []  # (first tag, message ids) mapped in the channel
     try:
-        return await _publish(channel, exchange, messages, timeout, ids)
+        return await _publish(ledger, exchange, messages, timeout, ids)
     finally:
-        mapped = channel.message_id_delivery_tag
-        for message_id, tag in ids:
-            if mapped.get(message_id) == tag:  # not taken over by another publish since
-                del mapped[message_id]
+        for first, message_ids in ids:
+            ledger.forget(first, message_ids)
 
 
 async def _publish(
-    channel: Any,
+    ledger: PublishLedger,
     exchange: str,
     messages: Sequence[Publish],
     timeout: float | None,
-    ids: list[tuple[str, int]],
+    ids: list[tuple[int, list[str]]],
 ) -> list[Any]:
-    outcomes = _Outcomes(channel.create_future(), len(messages))
+    outcomes = _Outcomes(ledger.future(), len(messages))
     slots: list[_Slot] = []
     parts: list[bytes] = []
     chunk: list[tuple[int, str]] = []  # (index, message_id) of the frames in ``parts``
-    number, max_body = channel.number, channel.max_content_size
-    async with channel.lock:
+    number, max_body = ledger.number, ledger.max_body
+    async with ledger.lock:
         for n, message in enumerate(messages, 1):
-            if channel.is_closed:
+            if ledger.closed:
                 raise aiormq.exceptions.ChannelInvalidStateError("the channel is closed")
             properties = message.properties
             message_id = properties.message_id if properties is not None else None
@@ -213,7 +183,7 @@ async def _publish(
             else:
                 chunk.append((n - 1, message_id))
             if parts and (n % _WRITE_EVERY == 0 or n == len(messages)):
-                await _write(channel, outcomes, chunk, b"".join(parts), slots, ids)
+                await _write(ledger, outcomes, chunk, b"".join(parts), slots, ids)
                 parts, chunk = [], []
                 # Let the connection write this part while the next one is marshalled, so the
                 # broker starts storing the batch before all of it is encoded.

@@ -15,7 +15,8 @@ from pydantic import BaseModel
 
 from dispytch.emitter.producer import Outgoing, Producer
 from dispytch.errors import ConfigurationError
-from dispytch.rabbitmq.batch import Publish, publish_batch, supports
+from dispytch.rabbitmq import _compat
+from dispytch.rabbitmq.batch import Publish, publish_batch
 from dispytch.rabbitmq.config import RabbitMQEventConfig
 from dispytch.rabbitmq.wire import (
     KEY_HEADER,
@@ -231,7 +232,8 @@ class RabbitMQProducer(Producer):
             await wait_reconnected(exchange, topic, self.timeout)
             channel = await exchange.channel.get_underlay_channel()  # type: ignore[attr-defined]
             outcomes: list[Any]
-            if not supports(channel):  # message by message, through aiormq's own API
+            ledger = _compat.ledger(channel)
+            if ledger is None:  # message by message, through aiormq's own API
                 outcomes = await asyncio.gather(
                     *(
                         channel.basic_publish(
@@ -248,7 +250,7 @@ class RabbitMQProducer(Producer):
                     return_exceptions=True,
                 )
             else:
-                outcomes = await publish_batch(channel, exchange.name, batch, self.timeout)
+                outcomes = await publish_batch(ledger, exchange.name, batch, self.timeout)
         except Exception as exc:
             error = publish_error(exc, exchange.name, topic, self.timeout)
             return [error] * len(batch)
