@@ -15,7 +15,10 @@ from typing import Any
 
 import pytest
 
-BACKENDS = ("kafka",)
+BACKENDS = ("kafka", "rabbitmq", "nats")
+#: Detection results a ``_compat`` module caches (per client class): emptied, so they are
+#: detected again through the patched ``private``.
+CACHES: dict[str, tuple[str, ...]] = {"rabbitmq": ("_ledger_types",)}
 
 
 def _nothing(obj: Any, name: str) -> Any:
@@ -31,7 +34,7 @@ def force_fallbacks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         except ImportError:  # the extra is not installed
             continue
         monkeypatch.setattr(module, "private", _nothing)
-        for name, value in getattr(module, "FALLBACK_SETTINGS", {}).items():
-            monkeypatch.setattr(module, name, value)
+        for cache in CACHES.get(backend, ()):
+            monkeypatch.setattr(module, cache, {})
         patched.append(backend)
     return patched

@@ -112,3 +112,91 @@ async def test_kafka_on_every_fallback(fallbacks: list[str], uid: str) -> None:
     for record in records:
         if record.key is not None:  # where the client's send would put it
             assert record.partition == partitioner(record.key, [0, 1, 2], [0, 1, 2])
+
+
+# -- RabbitMQ -----------------------------------------------------------------------------------
+
+
+async def test_rabbitmq_on_every_fallback(fallbacks: list[str], uid: str) -> None:
+    require_broker("rabbitmq", 5672)
+    from dispytch.emitter.producer import Outgoing
+    from dispytch.rabbitmq import _compat
+
+    topic = f"rfb.{uid}"
+    app = App(
+        "amqp://guest:guest@127.0.0.1:5672/",
+        group=f"g_{uid}",
+        exchange=f"fb_{uid}",
+        queue_arguments={"x-expires": 60_000},
+    )
+    try:
+        got = await _round_trip(app, topic)
+        producer = app.backend.producer()
+        channel = await producer.default_exchange.channel.get_underlay_channel()  # type: ignore[attr-defined]
+        assert _compat.ledger(channel) is None  # the fallback: aiormq's own basic_publish
+        side = await producer.default_exchange.channel.declare_queue(  # type: ignore[attr-defined]
+            f"side_{uid}", auto_delete=True
+        )
+        await side.bind(producer.default_exchange, routing_key=f"side.{uid}")
+        # Each emit is confirmed (and routed) or raises: an unroutable one among routable ones.
+        outcomes = await producer.send_many(
+            [Outgoing(f"side.{uid}" if n != 3 else f"nobody.{uid}", b"x") for n in range(6)]
+        )
+        assert [type(o).__name__ if o else None for o in outcomes] == [
+            None,
+            None,
+            None,
+            "EmitError",
+            None,
+            None,
+        ]
+        with pytest.raises(EmitError, match="no queue is bound"):
+            await app.emit(_event(f"nobody.{uid}")(n=0))
+    finally:
+        await app.stop()
+    assert sorted(got) == list(range(40))
+
+
+# -- NATS ---------------------------------------------------------------------------------------
+
+
+async def test_jetstream_on_every_fallback(fallbacks: list[str], uid: str) -> None:
+    require_broker("nats", 4222)
+    from tests.backends.nats_streams import delete_streams
+
+    url = "nats://127.0.0.1:4222"
+    app = App(url, group=f"g_{uid}", stream=f"fb_{uid}", dead_letter_stream=f"fb_{uid}_dlq")
+    try:
+        got = await _round_trip(app, f"nfb.{uid}", count=200)
+        with pytest.raises(EmitError):  # no stream captures it: no PubAck
+            await app.emit(_event(f"nobody.{uid}")(n=0))
+    finally:
+        await app.stop()
+        await delete_streams(url, f"fb_{uid}", f"fb_{uid}_dlq")
+    assert sorted(got) == list(range(200))
+
+
+async def test_core_nats_confirms_without_flush_pending(fallbacks: list[str], uid: str) -> None:
+    require_broker("nats_core", 4222)
+    from dispytch.nats import _compat
+    from tests.backends.nats_streams import delete_streams
+
+    url = "nats+core://127.0.0.1:4222"
+    app = App(url, group=f"g_{uid}", dead_letter_stream=f"fb_{uid}_dlq")
+    try:
+        got = await _round_trip(app, f"cfb.{uid}", count=200)
+        connection = app.backend.connection  # type: ignore[attr-defined]
+        assert _compat.private(connection, "_flush_pending") is None  # the fallback
+        await app.stop()
+        with pytest.raises(EmitError):  # a closed connection confirms nothing
+            await _compat_send(connection, f"cfb.{uid}")
+    finally:
+        await app.stop()
+        await delete_streams("nats://127.0.0.1:4222", f"fb_{uid}_dlq")
+    assert sorted(got) == list(range(200))
+
+
+async def _compat_send(connection: Any, subject: str) -> None:
+    from dispytch.nats.core.producer import NATSCoreProducer
+
+    await NATSCoreProducer(connection, timeout=2).send(subject, b"late")

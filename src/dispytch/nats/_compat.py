@@ -2,7 +2,22 @@
 
 Verified with nats-py 2.16.0 (the TLS guard also with 2.6 to 2.15). Each part checks that what
 it needs is there and falls back otherwise; ``tests/unit/test_poison_conversions.py`` fails when
-a nats-py release changes what the hardening relies on.
+a nats-py release changes what the hardening relies on, ``tests/backends/test_compat_fallbacks.py``
+(and ``pytest --compat-fallbacks``) run JetStream and core NATS on every fallback against the
+live server, and CI runs the NATS tests against the newest nats-py too (``.ci/run``).
+
+What else reads private state, and the fallback:
+
+* :func:`flush_pending` (``Client._flush_pending``): the publishes nats-py buffered reach the
+  socket before a confirming PING. Fallback: one more ``flush()`` round trip first.
+* :func:`reader_alive` (``Client._reading_task``): a connection that looks connected but no
+  longer reads. Fallback: taken as alive (a deaf connection is then noticed only by nats-py's
+  own pings).
+* :func:`force_reconnect` (public ``force_reconnect``, else ``_process_op_err``). Fallback: the
+  connection is closed, and the consumer reports it lost.
+* :func:`connection_of`, :func:`consumer_name` (a pull subscription's ``_nc``/``_sub._conn``
+  and ``_consumer``): hardening the subscription's connection, log lines. Fallbacks: not
+  hardened here (the backend hardened its own connection already), ``"?"``.
 
 **Refusing to send credentials without TLS.** A NATS server speaks first (``INFO {...}`` in
 plaintext) and nats-py upgrades the connection to TLS only when that INFO says
@@ -62,12 +77,26 @@ __all__ = [
     "flush_pending",
     "force_reconnect",
     "harden",
+    "private",
     "probe_tls",
     "reader_alive",
-    "subscription_id",
 ]
 
 logger = logging.getLogger("dispytch.nats")
+
+#: The nats-py versions the private access below was checked against.
+VERIFIED_VERSIONS = ("2.16.0",)
+
+
+def private(obj: Any, name: str) -> Any:
+    """``obj``'s private attribute ``name``, ``None`` when it has none.
+
+    Every read of nats-py's private state in this module goes through here (the TLS guard's
+    class check at import aside); the fallback tests replace it with one that finds nothing,
+    which runs every fallback below against the live server.
+    """
+    return getattr(obj, name, None)
+
 
 #: Whether the in-connection check works with the installed nats-py.
 GUARDED = callable(getattr(Client, "_connect_command", None))
@@ -84,10 +113,10 @@ class TLSRequiredError(NATSError):
 
 
 def _is_tls(client: Any) -> bool:
-    writer = getattr(getattr(client, "_transport", None), "_io_writer", None)
+    writer = private(private(client, "_transport"), "_io_writer")
     if writer is not None and hasattr(writer, "get_extra_info"):
         return writer.get_extra_info("ssl_object") is not None
-    info = getattr(client, "_server_info", None) or {}
+    info = private(client, "_server_info") or {}
     return bool(info.get("tls_required")) or bool(client.options.get("tls_handshake_first"))
 
 
@@ -152,9 +181,9 @@ def harden(connection: Client) -> Client:
     Idempotent; returns ``connection``."""
     if getattr(connection, _HARDENED, False):
         return connection
-    build = getattr(connection, "_build_message", None)
-    process_headers = getattr(connection, "_process_headers", None)
-    pongs = getattr(connection, "_pongs", None)
+    build = private(connection, "_build_message")
+    process_headers = private(connection, "_process_headers")
+    pongs = private(connection, "_pongs")
     if build is not None and getattr(connection, "msg_class", None) is not None:
         connection._build_message = types.MethodType(_build_message, connection)  # type: ignore[method-assign]
     else:
@@ -165,7 +194,7 @@ def harden(connection: Client) -> Client:
         )
     else:
         _warn_once("Client._process_headers")
-    if isinstance(pongs, list) and hasattr(connection, "_pongs_received"):
+    if isinstance(pongs, list) and private(connection, "_pongs_received") is not None:
         connection._process_pong = types.MethodType(_process_pong, connection)  # type: ignore[method-assign]
     else:
         _warn_once("Client._pongs")
@@ -232,7 +261,7 @@ async def _process_pong(self: Any) -> None:
 
 def reader_alive(connection: Client) -> bool:
     """Whether the connection's read loop runs (``True`` when this cannot be told)."""
-    task = getattr(connection, "_reading_task", None)
+    task = private(connection, "_reading_task")
     if not isinstance(task, asyncio.Task):
         return True
     return not task.done()
@@ -245,12 +274,16 @@ async def force_reconnect(connection: Client) -> None:
         await method()
         return
     _warn_once("Client.force_reconnect")  # nats-py < 2.10: the reconnect path it uses itself
-    await connection._process_op_err(nats.errors.StaleConnectionError())
+    process_error = private(connection, "_process_op_err")
+    if process_error is not None:
+        await process_error(nats.errors.StaleConnectionError())
+    else:  # no way to make it reconnect: close it, the consumer then reports it lost
+        await connection.close()
 
 
 async def flush_pending(connection: Client, timeout: float) -> None:
     """Have nats-py write the publishes it buffered to the socket, and wait for that."""
-    flush = getattr(connection, "_flush_pending", None)
+    flush = private(connection, "_flush_pending")
     if flush is not None:
         await asyncio.wait_for(flush(force_flush=True), timeout)
     else:  # another nats-py: a first round trip makes its flusher run
@@ -260,17 +293,12 @@ async def flush_pending(connection: Client, timeout: float) -> None:
 
 def connection_of(subscription: Any) -> Client | None:
     """The connection a (pull) subscription belongs to."""
-    connection = getattr(subscription, "_nc", None)
+    connection = private(subscription, "_nc")
     if connection is None:
-        connection = getattr(getattr(subscription, "_sub", None), "_conn", None)
+        connection = private(private(subscription, "_sub"), "_conn")
     return connection if isinstance(connection, Client) else None
-
-
-def subscription_id(subscription: Any) -> int:
-    """The sid of a pull subscription (what ``Msg._sid`` of its messages holds)."""
-    return int(subscription._sub._id)
 
 
 def consumer_name(subscription: Any) -> str:
     """The JetStream consumer a pull subscription reads, for log lines."""
-    return str(getattr(subscription, "_consumer", "?"))
+    return str(private(subscription, "_consumer") or "?")

@@ -143,11 +143,12 @@ class NATSConsumer(Consumer):
         self.skipped = 0
         self._lost: BaseException | None = None
         self._shadows: list[tuple[str, ...]] = []
-        self._feeds: dict[int, _Feed] = {}
+        self._feeds: list[_Feed] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._ready: deque[tuple[_Feed, Msg]] = deque()
-        #: id(msg) -> msg of every message fetched and not yet settled: reported in progress.
-        self._held: dict[int, Msg] = {}
+        #: id(msg) -> (msg, its feed) of every message fetched and not yet settled: reported
+        #: in progress, and the feed gets its slot back when it is settled.
+        self._held: dict[int, tuple[Msg, _Feed]] = {}
         self._progress: asyncio.Task[None] | None = None
         self._wakeup = asyncio.Event()
         self._closed = asyncio.Event()
@@ -175,7 +176,7 @@ class NATSConsumer(Consumer):
                     self._message_size = float(connection.max_payload)
             shadows = self._shadows[i] if i < len(self._shadows) else ()
             feed = _Feed(sub, budget, shadows)
-            self._feeds[_compat.subscription_id(sub)] = feed
+            self._feeds.append(feed)
             self._tasks.append(
                 asyncio.create_task(self._fetch_loop(feed), name=f"dispytch-nats-fetch-{i}")
             )
@@ -239,7 +240,7 @@ class NATSConsumer(Consumer):
                     await msg.ack()
                     continue
                 feed.inflight += 1
-                held[id(msg)] = msg
+                held[id(msg)] = (msg, feed)
                 size = len(msg.data)
                 self.held_bytes += size
                 self._message_size = max(size, self._message_size * _SIZE_DECAY, 1.0)
@@ -272,7 +273,7 @@ class NATSConsumer(Consumer):
             if self._closing:
                 return
             try:
-                for msg in list(self._held.values()):
+                for msg, _ in list(self._held.values()):
                     await msg.in_progress()
             except nats.errors.ConnectionClosedError:
                 return  # closed for good: nothing held can be kept any more
@@ -362,15 +363,13 @@ class NATSConsumer(Consumer):
     # -- settling -----------------------------------------------------------------------------
 
     def _settled(self, msg: Msg) -> None:
-        if self._held.pop(id(msg), None) is None:
+        held = self._held.pop(id(msg), None)
+        if held is None:
             return  # settled twice, or not ours
         self.held_bytes -= len(msg.data)
-        feed = self._feeds.get(msg._sid or 0)
-        if feed is None:
-            return
-        feed.inflight -= 1
-        for other in self._feeds.values():  # bytes freed: any feed may fetch again
-            other.room.set()
+        held[1].inflight -= 1
+        for feed in self._feeds:  # bytes freed: any feed may fetch again
+            feed.room.set()
 
     async def ack(self, message: Message) -> None:
         msg: Msg = message.extra
@@ -416,7 +415,7 @@ class NATSConsumer(Consumer):
             return
         self._closing = True
         self._closed.set()
-        for feed in self._feeds.values():
+        for feed in self._feeds:
             feed.room.set()
         self._wakeup.set()
         if self._progress is not None:
