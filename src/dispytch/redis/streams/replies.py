@@ -9,7 +9,13 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from dispytch.redis.connection import CONNECTION_ERRORS, backoff_policy, pause, stop_reader
+from dispytch.backoff import Backoff
+from dispytch.redis.connection import (
+    CONNECTION_ERRORS,
+    FIRST_RECONNECT_DELAY,
+    pause,
+    stop_reader,
+)
 from dispytch.redis.fields import decode_fields
 from dispytch.request import Deliver, ReplyInbox
 
@@ -48,8 +54,7 @@ class RedisStreamsInbox(ReplyInbox):
 
     async def _read(self, deliver: Deliver) -> None:
         last = b"0-0"
-        failures = 0
-        backoff = backoff_policy(10.0)
+        backoff = Backoff(FIRST_RECONNECT_DELAY, 10.0)
         while not self._closing.is_set():
             try:
                 found: Any = await self.reader.xread(
@@ -65,10 +70,9 @@ class RedisStreamsInbox(ReplyInbox):
                             deliver(decoded[0], decoded[2])
                     # Entries before the last one read are of no use any more.
                     await self.client.xtrim(self.address, minid=last)
-                failures = 0
+                backoff.succeeded()
             except CONNECTION_ERRORS as exc:
-                failures += 1
-                delay = backoff.delay(failures)
+                delay = backoff.failed()
                 logger.warning(
                     "reading replies from Redis failed (%s: %s); retrying in %.2fs",
                     type(exc).__name__,
