@@ -183,6 +183,7 @@ async def test_a_key_header_that_is_not_base64_is_dead_lettered_not_a_crash(
     await app.stop()
 
 
+@pytest.mark.private_access
 async def test_subjects_and_header_blocks_nats_py_cannot_decode_are_dead_lettered(
     setup: Setup,
 ) -> None:
@@ -493,6 +494,7 @@ def _core_app(port: int, got: list[str], publish_timeout: float) -> tuple[App, t
     return app, E
 
 
+@pytest.mark.private_access
 async def test_core_nats_hears_again_after_an_emit_timed_out_on_a_stalled_connection() -> None:
     require_broker("nats_core", 4222)
     got: list[str] = []
@@ -511,6 +513,7 @@ async def test_core_nats_hears_again_after_an_emit_timed_out_on_a_stalled_connec
         await app.stop()
 
 
+@pytest.mark.private_access
 async def test_a_deaf_connection_confirms_no_emit_and_is_revived() -> None:
     # However the reader dies: an emit is never reported confirmed while nothing is heard,
     # and the consumer's watchdog makes the connection reconnect.

@@ -133,6 +133,7 @@ def _client() -> NATSClient:
 
 @FUZZ
 @given(st.binary(min_size=1, max_size=40), header_blocks, st.booleans(), st.binary(max_size=20))
+@pytest.mark.private_access
 def test_any_nats_delivery_makes_a_message(
     subject: bytes, block: bytes, jetstream: bool, data: bytes
 ) -> None:
@@ -161,6 +162,7 @@ def test_any_nats_delivery_makes_a_message(
     assert dead[marker]
 
 
+@pytest.mark.private_access
 def test_a_hardened_client_skips_pongs_of_timed_out_flushes() -> None:
     async def run() -> list[bool]:
         client = _client()

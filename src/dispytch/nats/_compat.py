@@ -9,7 +9,8 @@ live server, and CI runs the NATS tests against the newest nats-py too (``.ci/ru
 What else reads private state, and the fallback:
 
 * :func:`flush_pending` (``Client._flush_pending``): the publishes nats-py buffered reach the
-  socket before a confirming PING. Fallback: one more ``flush()`` round trip first.
+  socket before a confirming PING. Fallback: ``flush()`` round trips until the public
+  ``pending_data_size`` is 0.
 * :func:`reader_alive` (``Client._reading_task``): a connection that looks connected but no
   longer reads. Fallback: taken as alive (a deaf connection is then noticed only by nats-py's
   own pings).
@@ -282,13 +283,18 @@ async def force_reconnect(connection: Client) -> None:
 
 
 async def flush_pending(connection: Client, timeout: float) -> None:
-    """Have nats-py write the publishes it buffered to the socket, and wait for that."""
+    """Have nats-py write the publishes it buffered to the socket, and wait for that: a PING
+    written right after this returns (with no await in between) follows them on the wire."""
     flush = private(connection, "_flush_pending")
     if flush is not None:
         await asyncio.wait_for(flush(force_flush=True), timeout)
-    else:  # another nats-py: a first round trip makes its flusher run
-        _warn_once("Client._flush_pending")
-        await connection.flush(timeout=timeout)  # type: ignore[arg-type]
+        return
+    # Another nats-py: round trips (each kicks its flusher task) until its buffer is empty;
+    # the public pending_data_size tells.
+    _warn_once("Client._flush_pending")
+    async with asyncio.timeout(timeout):
+        while connection.pending_data_size:
+            await connection.flush(timeout=timeout)  # type: ignore[arg-type]
 
 
 def connection_of(subscription: Any) -> Client | None:

@@ -210,6 +210,7 @@ class NATSBackend(Backend):
                 self.dead_letter_stream,
                 stream_options=self.dead_letter_stream_options,
                 timeout=self.publish_timeout,
+                connection=connection,
             )
             await store.ensure()
             if self.subjects:
@@ -226,6 +227,7 @@ class NATSBackend(Backend):
             js,
             timeout=self.publish_timeout,
             replies=NATSCoreProducer(connection, timeout=self.publish_timeout),
+            connection=connection,
         )
         self._dead_letters = store
 
@@ -263,6 +265,7 @@ class NATSBackend(Backend):
             fetch_timeout=self.fetch_timeout,
             dead_letters=dead_letters,
             max_buffer_bytes=max_buffer_bytes,
+            connection=self.connection,
         )
         self._consumers.append(consumer)
         return consumer

@@ -12,6 +12,7 @@ from typing import Any, cast
 
 import nats.errors
 import nats.js.errors
+from nats.aio.client import Client as NATSClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -120,6 +121,7 @@ class NATSConsumer(Consumer):
         ack_wait: float | None = None,
         group: str = "dispytch",
         max_buffer_bytes: int | None = None,
+        connection: NATSClient | None = None,
     ) -> None:
         if prefetch < 1:
             raise ConfigurationError(f"prefetch must be >= 1, got {prefetch}")
@@ -130,6 +132,8 @@ class NATSConsumer(Consumer):
         if max_buffer_bytes is not None and max_buffer_bytes < 1:
             raise ConfigurationError(f"max_buffer_bytes must be >= 1, got {max_buffer_bytes}")
         self.subscriptions: list[PullSubscription] = list(subscriptions)
+        #: The subscriptions' connection (the backend passes it; else read from each).
+        self.connection = connection
         self.prefetch = prefetch
         self.fetch_timeout = fetch_timeout
         self.dead_letters = dead_letters
@@ -169,7 +173,7 @@ class NATSConsumer(Consumer):
             )
         budget = max(1, self.prefetch // len(self.subscriptions))
         for i, sub in enumerate(self.subscriptions):
-            connection = _compat.connection_of(sub)
+            connection = self.connection or _compat.connection_of(sub)
             if connection is not None:
                 _compat.harden(connection)
                 if not self._message_size:
@@ -203,6 +207,8 @@ class NATSConsumer(Consumer):
             if self._message_size:
                 # No more than fit in the free bytes at the recent largest size (at least one).
                 room = min(room, max(1, int(free_bytes / self._message_size)))
+            else:  # the server's max_payload is unknown: one message tells a size first
+                room = 1
             try:
                 # Whatever room there is, even one slot: a fetch returns what is available at
                 # once and otherwise waits up to fetch_timeout, so this never spins.
@@ -457,6 +463,7 @@ class NATSGroupConsumer(NATSConsumer):
         fetch_timeout: float,
         dead_letters: DeadLetterStore,
         max_buffer_bytes: int | None = None,
+        connection: NATSClient | None = None,
     ) -> None:
         super().__init__(
             prefetch=prefetch,
@@ -465,6 +472,7 @@ class NATSGroupConsumer(NATSConsumer):
             ack_wait=consumer_options.get("ack_wait"),
             group=group,
             max_buffer_bytes=max_buffer_bytes,
+            connection=connection,
         )
         self.jetstream = jetstream
         self.group = group

@@ -29,6 +29,7 @@ from typing import Any
 
 import nats.errors
 import nats.js.errors
+from nats.aio.client import Client as NATSClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -120,8 +121,11 @@ class DeadLetterStore:
         *,
         stream_options: dict[str, Any] | None = None,
         timeout: float = 10.0,
+        connection: NATSClient | None = None,
     ) -> None:
         self.jetstream = jetstream
+        #: The context's connection (the backend passes it; else read from the context).
+        self.connection = connection if connection is not None else connection_of(jetstream)
         self.stream = stream
         self.prefix = prefix or stream
         self.stream_options = dict(stream_options or {})
@@ -165,14 +169,19 @@ class DeadLetterStore:
             subject = self.fallback_subject(group)
             payload = self._fit(payload, headers, message.key)
         await publish_acked(
-            self.jetstream, subject, payload, nats_headers(headers, message.key), self.timeout
+            self.jetstream,
+            subject,
+            payload,
+            nats_headers(headers, message.key),
+            self.timeout,
+            self.connection,
         )
 
     def _fit(self, payload: bytes, headers: dict[str, str], key: bytes | None) -> bytes:
         """``payload``, cut to what the server takes with the headers (the fallback must be
         able to store every message): the original headers go first, then payload bytes; what
         was cut is said in the headers."""
-        connection = connection_of(self.jetstream)
+        connection = self.connection
         if connection is None:
             return payload
         limit = connection.max_payload

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 import nats.errors
 import nats.js.errors
+from nats.aio.client import Client as NATSClient
 from nats.js import JetStreamContext
 from pydantic import BaseModel
 
@@ -87,11 +88,18 @@ class NATSProducer(Producer):
     reply_prefix = "_INBOX."
 
     def __init__(
-        self, jetstream: JetStreamContext, timeout: float = 10.0, replies: Producer | None = None
+        self,
+        jetstream: JetStreamContext,
+        timeout: float = 10.0,
+        replies: Producer | None = None,
+        *,
+        connection: NATSClient | None = None,
     ) -> None:
         self.jetstream = jetstream
         self.timeout = timeout
         self.replies = replies
+        #: The context's connection (the backend passes it; else read from the context).
+        self.connection = connection if connection is not None else connection_of(jetstream)
 
     async def send_reply(self, address: str, payload: bytes, headers: Mapping[str, str]) -> None:
         """Publish a reply on the requester's inbox subject (core NATS, confirmed by the
@@ -122,7 +130,12 @@ class NATSProducer(Producer):
                 key = config.partition_key.encode()
             headers = merged
         await publish_acked(
-            self.jetstream, topic, payload, nats_headers(headers, key), self.timeout
+            self.jetstream,
+            topic,
+            payload,
+            nats_headers(headers, key),
+            self.timeout,
+            self.connection,
         )
 
 
@@ -132,10 +145,11 @@ async def publish_acked(
     payload: bytes,
     headers: dict[str, str] | None,
     timeout: float,
+    connection: NATSClient | None,
 ) -> None:
     """``js.publish`` with errors that say what happened and what to do; a publish that would
-    make the server close the connection raises before anything is sent."""
-    connection = connection_of(jetstream)
+    make the server close the connection raises before anything is sent (``connection``, the
+    context's, tells the server's ``max_payload``)."""
     if connection is not None:
         check_publishable(subject, payload, headers, connection.max_payload)
     try:

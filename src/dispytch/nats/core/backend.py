@@ -117,6 +117,7 @@ class NATSCoreBackend(Backend):
                 self.dead_letter_stream,
                 stream_options=self.dead_letter_stream_options,
                 timeout=self.publish_timeout,
+                connection=connection,
             )
             try:
                 await store.ensure()  # type: ignore[union-attr]
