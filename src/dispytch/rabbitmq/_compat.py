@@ -9,9 +9,16 @@ the RabbitMQ tests against the newest aio-pika, aiormq and pamqp (``.ci/run``).
 Two things live here:
 
 * **Surviving undecodable frames** (:func:`protect`, below).
-* **Publishing a batch in few writes** (:class:`PublishLedger`, at the end): the channel's
-  publish bookkeeping as ``Channel.basic_publish`` keeps it. Fallback: ``None``, and the
-  producer publishes message by message through aiormq's own ``basic_publish``.
+* **Publishing a batch in few writes** (:class:`PublishLedger`): the channel's publish
+  bookkeeping as ``Channel.basic_publish`` keeps it. Fallback: ``None``, and the producer
+  publishes message by message through aiormq's own ``basic_publish``.
+* **Failover between cluster nodes** (:class:`FailoverConnection`, at the end): each reconnect
+  attempt of aio-pika's ``RobustConnection`` (10.2.1) starts by setting ``self.transport =
+  None`` and then connects to ``self.url``; that assignment is the moment to pick the next
+  node, and ``_on_connected`` says the first connection succeeded. Fallback
+  (:func:`failover_supported` false): a plain ``RobustConnection``, whose reconnects stay on
+  the node they were on (the behaviour of a single-host URL);
+  ``tests/unit/test_cluster_config.py`` fails if a release breaks the verified path.
 
 **Undecodable frames.** pamqp decodes every AMQP short string (routing key, exchange, message
 id...) and every header name as UTF-8, and every timestamp as a ``datetime``. A publisher can
@@ -43,15 +50,20 @@ import datetime
 import logging
 import struct
 import weakref
+from collections.abc import Sequence
 from typing import Any
 
 import pamqp.frame
+from aio_pika import RobustConnection
 from aiormq.abc import ChannelFrame
 from pamqp import commands, decode
 from pamqp.header import ContentHeader
+from yarl import URL
 
 __all__ = [
+    "FailoverConnection",
     "PublishLedger",
+    "failover_supported",
     "install",
     "ledger",
     "lenient_frame",
@@ -427,3 +439,48 @@ def ledger(channel: Any) -> PublishLedger | None:
                 "(verified with aiormq 7.2.4); publishing message by message"
             )
     return PublishLedger(channel) if known else None
+
+
+# -- failover between the nodes of a cluster ---------------------------------------------------
+
+
+def failover_supported() -> bool:
+    """Whether aio-pika's ``RobustConnection`` has the reconnect hooks
+    :class:`FailoverConnection` relies on."""
+    return (
+        callable(private(RobustConnection, "_on_connected"))
+        and isinstance(private(RobustConnection, "transport"), property) is False
+    )
+
+
+class FailoverConnection(RobustConnection):
+    """A robust connection that reconnects to the next node of ``nodes`` on every attempt.
+
+    Built by :func:`dispytch.rabbitmq.failover.connect`; ``nodes`` are single-host URLs, the
+    first one is connected first.
+    """
+
+    def __init__(self, url: URL, *args: Any, nodes: Sequence[str] = (), **kwargs: Any) -> None:
+        self._nodes = [URL(node) for node in nodes] or [URL(url)]
+        self._node = 0
+        self._rotate = False  # no node change before the first connection succeeded
+        super().__init__(url, *args, **kwargs)
+
+    # aio-pika assigns ``transport = None`` at the start of each reconnect attempt (and on
+    # close): the next attempt goes to the next node.
+    @property
+    def transport(self) -> Any:
+        return self.__dict__.get("_failover_transport")
+
+    @transport.setter
+    def transport(self, value: Any) -> None:
+        closing = private(self, "_close_called")
+        if value is None and self._rotate and not closing and len(self._nodes) > 1:
+            self._node = (self._node + 1) % len(self._nodes)
+            self.url = self._nodes[self._node].with_query(self.url.query)
+            logger.info("RabbitMQ: reconnecting through node %s:%s", self.url.host, self.url.port)
+        self.__dict__["_failover_transport"] = value
+
+    async def _on_connected(self) -> None:
+        await super()._on_connected()
+        self._rotate = True

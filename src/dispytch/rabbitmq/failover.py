@@ -14,11 +14,8 @@ Quorum queues are replicated to every node, so a consumer reconnected to another
 with the same queue; messages it held unacknowledged are delivered again (to it or another
 consumer of the group).
 
-Internals relied on (checked with aio-pika 10.2.1): each reconnect attempt of a
-``RobustConnection`` starts by setting ``self.transport = None`` and then connects to
-``self.url``. :class:`FailoverConnection` turns that assignment into the moment to pick the next
-node. If a later aio-pika stops doing that, reconnects stay on the node they were on (the
-behaviour of a single-host URL) and ``tests/backends/test_rabbitmq_failover.py`` fails.
+The internals this relies on are in :class:`~dispytch.rabbitmq._compat.FailoverConnection`
+(with the aio-pika version checked and the fallback).
 """
 
 from __future__ import annotations
@@ -26,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -38,6 +35,7 @@ from yarl import URL
 
 from dispytch.errors import ConfigurationError
 from dispytch.hosts import parse_hosts
+from dispytch.rabbitmq._compat import FailoverConnection, failover_supported
 from dispytch.redaction import redact
 
 __all__ = ["FailoverConnection", "connect", "connect_nodes", "node_urls"]
@@ -56,37 +54,6 @@ def node_urls(url: str, shown: str) -> list[str]:
     return [hosts.url_for(i) for i in range(len(hosts.hosts))]
 
 
-class FailoverConnection(RobustConnection):
-    """A robust connection that reconnects to the next node of ``nodes`` on every attempt.
-
-    Built by :func:`connect`; ``nodes`` are single-host URLs, the first one is connected first.
-    """
-
-    def __init__(self, url: URL, *args: Any, nodes: Sequence[str] = (), **kwargs: Any) -> None:
-        self._nodes = [URL(node) for node in nodes] or [URL(url)]
-        self._node = 0
-        self._rotate = False  # no node change before the first connection succeeded
-        super().__init__(url, *args, **kwargs)
-
-    # aio-pika assigns ``transport = None`` at the start of each reconnect attempt (and on
-    # close): the next attempt goes to the next node.
-    @property
-    def transport(self) -> Any:
-        return self.__dict__.get("_failover_transport")
-
-    @transport.setter
-    def transport(self, value: Any) -> None:
-        if value is None and self._rotate and not self._close_called and len(self._nodes) > 1:
-            self._node = (self._node + 1) % len(self._nodes)
-            self.url = self._nodes[self._node].with_query(self.url.query)
-            logger.info("RabbitMQ: reconnecting through node %s", _shown(self.url))
-        self.__dict__["_failover_transport"] = value
-
-    async def _on_connected(self) -> None:
-        await super()._on_connected()
-        self._rotate = True
-
-
 async def connect_nodes(
     url: str, options: Mapping[str, Any], made: list[AbstractRobustConnection]
 ) -> AbstractRobustConnection:
@@ -103,7 +70,7 @@ async def connect_nodes(
         def tracked(*args: Any, rest: list[str] = rest, **kwargs: Any) -> RobustConnection:
             connection = (
                 FailoverConnection(*args, nodes=rest, **kwargs)
-                if len(rest) > 1
+                if len(rest) > 1 and failover_supported()
                 else RobustConnection(*args, **kwargs)
             )
             made.append(connection)
