@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-BACKENDS = ("kafka", "rabbitmq", "nats")
+BACKENDS = ("kafka", "rabbitmq", "nats", "redis")
 #: Detection results a ``_compat`` module caches (per client class): emptied, so they are
 #: detected again through the patched ``private``.
 CACHES: dict[str, tuple[str, ...]] = {"rabbitmq": ("_ledger_types",)}

@@ -200,3 +200,50 @@ async def _compat_send(connection: Any, subject: str) -> None:
     from dispytch.nats.core.producer import NATSCoreProducer
 
     await NATSCoreProducer(connection, timeout=2).send(subject, b"late")
+
+
+# -- Redis --------------------------------------------------------------------------------------
+
+
+async def test_redis_pubsub_reads_each_reply_through_parse_response(
+    fallbacks: list[str], uid: str
+) -> None:
+    require_broker("redis", 6379)
+    from dispytch.redis import _compat
+
+    app = App("redis://127.0.0.1:6379/0", group=f"g_{uid}")
+    try:
+        got = await _round_trip(app, f"pfb:{uid}", count=300)
+        consumer = app.listener.consumer  # type: ignore[union-attr]
+        assert _compat.reply_reader(consumer.pubsub.connection) is None  # the fallback
+    finally:
+        await app.stop()
+    assert sorted(got) == list(range(300))
+
+
+async def test_redis_streams_on_every_fallback(fallbacks: list[str], uid: str) -> None:
+    require_broker("redis_streams", 6379)
+    from redis.asyncio import Redis
+
+    app = App("redis+streams://127.0.0.1:6379/0", group=f"g_{uid}")
+    try:
+        got = await _round_trip(app, f"sfb:{uid}", count=100)
+    finally:
+        await app.stop()
+        client = Redis.from_url("redis://127.0.0.1:6379/0")
+        keys = [key async for key in client.scan_iter(match=f"*{uid}*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+    assert sorted(got) == list(range(100))
+
+
+def test_a_tls_context_redis_py_cannot_use_is_refused(fallbacks: list[str]) -> None:
+    pytest.importorskip("redis")
+    import ssl
+
+    from dispytch.errors import ConfigurationError
+    from dispytch.redis import RedisBackend
+
+    with pytest.raises(ConfigurationError, match="cannot use an ssl"):
+        RedisBackend("rediss://127.0.0.1:6380/0", ssl_context=ssl.create_default_context())

@@ -114,7 +114,7 @@ def test_rabbitmq_tls_option_switches_to_amqps_with_the_context() -> None:
 
 def test_redis_uses_any_context_through_its_tls_connection() -> None:
     from dispytch.redis import RedisBackend
-    from dispytch.redis.connection import ContextTLSConnection
+    from dispytch.redis._compat import ContextTLSConnection
 
     context = ssl.create_default_context()
     backend = RedisBackend("redis://u:p@h:6379/0", ssl_context=context)

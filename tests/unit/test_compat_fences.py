@@ -37,6 +37,77 @@ def _private_access(package: pathlib.Path) -> dict[str, str]:
     return found
 
 
-@pytest.mark.parametrize("backend", ["kafka"])
+@pytest.mark.parametrize("backend", ["kafka", "rabbitmq", "nats", "redis", "memory"])
 def test_only_compat_touches_private_client_state(backend: str) -> None:
     assert _private_access(SRC / backend) == {}
+
+
+# -- detection without a broker: the verified path on the installed clients, and the fallbacks
+
+
+@pytest.fixture
+def fallbacks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    from tests.fallbacks import force_fallbacks
+
+    return force_fallbacks(monkeypatch)
+
+
+@pytest.mark.private_access
+def test_redis_internals_are_there_on_the_installed_redis_py() -> None:
+    pytest.importorskip("redis")
+    from redis.asyncio.connection import Connection
+
+    from dispytch.redis import _compat
+
+    assert _compat.reply_reader(Connection()) is not None
+    assert _compat.tls_context_supported()
+    assert _compat.sentinel_following_supported()
+
+
+def test_redis_fallbacks(fallbacks: list[str], caplog: pytest.LogCaptureFixture) -> None:
+    pytest.importorskip("redis")
+    from redis.asyncio.connection import Connection
+
+    from dispytch.redis import _compat
+
+    assert _compat.reply_reader(Connection()) is None
+    assert not _compat.tls_context_supported()
+    already_warned = _compat._warned_sentinel
+    assert not _compat.sentinel_following_supported()
+    if not already_warned:
+        assert "goes back to the old master" in caplog.text
+
+
+@pytest.mark.private_access
+def test_rabbitmq_internals_are_there_on_the_installed_aio_pika() -> None:
+    pytest.importorskip("aio_pika")
+    from dispytch.rabbitmq import _compat
+
+    assert _compat.failover_supported()
+
+
+def test_rabbitmq_fallbacks(fallbacks: list[str]) -> None:
+    pytest.importorskip("aio_pika")
+    from dispytch.rabbitmq import _compat
+
+    assert not _compat.failover_supported()
+
+    class Channel:  # confirms on, bookkeeping unknown
+        publisher_confirms = True
+
+    assert _compat.ledger(Channel()) is None
+    assert _compat.protect(object()) is False
+
+
+def test_nats_fallbacks(fallbacks: list[str]) -> None:
+    pytest.importorskip("nats")
+    from nats.aio.client import Client
+
+    from dispytch.nats import _compat
+
+    client = Client()
+    assert _compat.reader_alive(client)  # cannot tell: alive
+    assert _compat.connection_of(object()) is None
+    assert _compat.consumer_name(object()) == "?"
+    hardened = _compat.harden(Client())
+    assert "_build_message" not in vars(hardened)  # left as nats-py made it

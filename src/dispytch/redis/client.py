@@ -13,7 +13,7 @@ from dispytch.dead_letter import DeadLetter
 from dispytch.emitter.producer import Producer
 from dispytch.errors import ConfigurationError, ConnectError
 from dispytch.listener.consumer import Consumer
-from dispytch.redis.connection import ContextTLSConnection
+from dispytch.redis._compat import ContextTLSConnection, tls_context_supported
 from dispytch.redis.dead_letters import read_dead_letters
 from dispytch.redis.dlq import RedisDeadLetters
 from dispytch.redis.sentinel import sentinel_target
@@ -75,6 +75,12 @@ class RedisBackendBase(Backend, Generic[ProducerT]):
             self._client_url = "rediss://" + self._client_url.partition("://")[2]
             native = any(name.startswith("ssl_") for name in options)
             if self.security.tls_options or not native:
+                if not tls_context_supported():
+                    raise ConfigurationError(
+                        f"{self.security.safe_url}: this redis-py cannot use an ssl.SSLContext "
+                        "for its connections (verified with redis-py 5 to 8.2); give redis-py's "
+                        "own ssl_* options (ssl_ca_certs, ssl_certfile, ssl_keyfile) instead"
+                    )
                 self._tls = {
                     "connection_class": ContextTLSConnection,
                     "tls_context": self.security.ssl_context,

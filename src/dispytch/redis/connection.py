@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable
 
-from redis.asyncio.connection import SSLConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -16,7 +13,6 @@ from dispytch.backoff import Backoff
 
 __all__ = [
     "CONNECTION_ERRORS",
-    "ContextTLSConnection",
     "Reconnection",
     "outage_level",
     "pause",
@@ -111,22 +107,3 @@ class Reconnection:
     def succeeded(self) -> int:
         """The connection is back: return how many attempts failed before, and reset."""
         return self._backoff.succeeded()
-
-
-class ContextTLSConnection(SSLConnection):
-    """A redis-py TLS connection that uses the ``ssl.SSLContext`` it is given (the backend's,
-    built from Dispytch's TLS options or passed as ``ssl_context``): redis-py's asyncio
-    connections build their own from ``ssl_*`` file options only.
-
-    Verified with redis-py 5.x to 8.2, whose ``SSLConnection._connection_arguments`` hands the
-    context to ``asyncio.open_connection`` (a test checks the context really is used).
-    """
-
-    def __init__(self, *, tls_context: ssl.SSLContext, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.tls_context = tls_context
-
-    def _connection_arguments(self) -> Mapping[str, Any]:
-        arguments = dict(super()._connection_arguments())
-        arguments["ssl"] = self.tls_context
-        return arguments

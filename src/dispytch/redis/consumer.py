@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.asyncio.connection import AbstractConnection
 
 from dispytch.errors import ConfigurationError, DeadLetterError
 from dispytch.listener.consumer import Consumer, Failure, Message
 from dispytch.poison import Overflow, Undecodable, settle_poison
+from dispytch.redis import _compat
 from dispytch.redis.connection import CONNECTION_ERRORS, Reconnection, pause, stop_reader
 from dispytch.redis.dead_letters import DEFAULT_DEAD_LETTER_MAXLEN, DeadLetterWriter
 from dispytch.redis.records import NO_HEADERS, channel_message
@@ -36,8 +35,6 @@ _DATA_TYPES = frozenset({"message", "pmessage"})
 _CHANNEL_INDEX: dict[Any, int] = {b"message": 1, "message": 1, b"pmessage": 2, "pmessage": 2}
 # Messages read in one go while the socket has data; then the event loop gets a turn.
 _BATCH = 128
-# redis-py 8 renamed the check for buffered reply bytes (the old name now warns).
-_CAN_READ = "can_read" if hasattr(AbstractConnection, "can_read") else "can_read_destructive"
 # Channels remembered (decoded name, which pattern delivers them) before the memo resets:
 # channels matched by a pattern come off the wire, so the memo is bounded.
 _CHANNEL_MEMO = 4096
@@ -248,6 +245,9 @@ class RedisConsumer(Consumer):
         max_bytes = self.max_buffer_bytes
         topics = self._topics
         reconnection = self._reconnection
+        drained: Any = None  # the connection has_reply and read_reply belong to
+        has_reply: Callable[[], Awaitable[bool]] | None = None
+        read_reply: Callable[[], Awaitable[Any]] | None = None
         while not self._closing:
             count = 0
             try:
@@ -292,11 +292,13 @@ class RedisConsumer(Consumer):
                     # Drain the replies already received without a timeout: the read below
                     # cannot block for long, as bytes of the next reply are already here.
                     connection = pubsub.connection
-                    if connection is None or not await getattr(connection, _CAN_READ)():
-                        break
-                    response = await connection.read_response(
-                        timeout=math.inf, disconnect_on_error=False, push_request=True
-                    )
+                    if connection is not drained:  # looked up once per connection
+                        drained = connection
+                        found = None if connection is None else _compat.reply_reader(connection)
+                        has_reply, read_reply = found or (None, None)
+                    if has_reply is None or read_reply is None or not await has_reply():
+                        break  # (without a reply reader: the next one via parse_response)
+                    response = await read_reply()
             except (*CONNECTION_ERRORS, UnicodeDecodeError) as exc:
                 if self._closing:
                     return

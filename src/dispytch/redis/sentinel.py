@@ -19,45 +19,19 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 from redis.asyncio import Redis
-from redis.asyncio.sentinel import (
-    Sentinel,
-    SentinelManagedConnection,
-    SentinelManagedSSLConnection,
-)
+from redis.asyncio.sentinel import Sentinel
 
 from dispytch.errors import ConfigurationError
 from dispytch.hosts import parse_hosts
+from dispytch.redis._compat import (
+    FollowingConnection,
+    FollowingSSLConnection,
+    sentinel_following_supported,
+)
 
 __all__ = ["FollowingConnection", "SentinelTarget", "sentinel_target"]
 
 DEFAULT_SENTINEL_PORT = 26379
-
-
-class _FollowMaster:
-    """Asks the Sentinels for the master on every (re)connect of a connection.
-
-    redis-py (checked with 8.2) asks them only when a connection is taken from the pool; a
-    connection a client holds (``single_connection_client``, Pub/Sub), reconnected after an
-    error, goes back to the address it had: the old master, dead or demoted, forever. Looking
-    the address up where the socket is opened covers both paths.
-    """
-
-    connection_pool: Any
-    host: str
-    port: int
-
-    async def _connect(self) -> None:
-        if self.connection_pool.is_master:
-            self.host, self.port = await self.connection_pool.get_master_address()
-        await super()._connect()  # type: ignore[misc]
-
-
-class FollowingConnection(_FollowMaster, SentinelManagedConnection):
-    """A Sentinel-managed connection that follows the master when it reconnects."""
-
-
-class FollowingSSLConnection(_FollowMaster, SentinelManagedSSLConnection):
-    """:class:`FollowingConnection` over TLS."""
 
 
 class SentinelTarget:
@@ -72,6 +46,7 @@ class SentinelTarget:
     ) -> None:
         self.master = master
         self.connection = connection  # db, username, password, ssl: for the master
+        sentinel_following_supported()  # warns when reconnects cannot follow a failover
         self._sentinel = Sentinel(sentinels, sentinel_kwargs=sentinel_options)
 
     def client(self, **options: Any) -> Redis:
