@@ -26,7 +26,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from pydantic import BaseModel
 
@@ -39,6 +39,9 @@ if TYPE_CHECKING:
     from dispytch.dlq.store import DeadLetterStore
     from dispytch.request import ReplyInbox
     from dispytch.routing import TopicPattern
+    from dispytch.security import ConnectionSecurity
+
+T = TypeVar("T")
 
 __all__ = [
     "FAILURE_HEADER_PREFIX",
@@ -321,41 +324,134 @@ class Producer(ABC):
 
 
 class Backend(ABC):
-    """Builds and owns the clients of one broker."""
+    """Builds and owns the clients of one broker: one producer, and the consumers it made.
+
+    The base owns the life cycle, so a backend only fills in what is its own:
+
+    * :meth:`open_connections`: connect (called once by :meth:`connect`);
+    * :meth:`producer`: the producer for emits and dead letters;
+    * :meth:`make_consumer`: a new consumer for one group (:meth:`consumer` remembers it);
+    * :meth:`close_connections`: release the producer and connections (called by
+      :meth:`close` after every consumer was closed).
+
+    :meth:`connect` runs once (a second call returns at once; concurrent calls wait for the
+    first); :meth:`close` closes the consumers first (they may still settle messages through
+    the producer's connection), then the connections, and may be called any number of times.
+    Secrets of the URL and options are kept in :attr:`secrets` and scrubbed by :meth:`redact`
+    and from ``repr``.
+    """
 
     #: Delimiter of topic segments on this broker, e.g. ``.`` for AMQP routing keys.
     topic_delimiter: ClassVar[str] = ":"
     #: What a topic placeholder value may hold on this broker (checked on emit and consume).
     topic_rules: ClassVar[TopicRules] = GENERIC
+    #: TLS, credentials and timeouts of the connection, for backends that use
+    #: :func:`dispytch.security.connection_security` (its secrets are scrubbed too, and
+    #: :meth:`connect` keeps them out of the client's logs).
+    security: ConnectionSecurity | None = None
 
-    def __init__(self, url: str, **options: Any) -> None:
+    def __init__(
+        self, url: str, *, security: ConnectionSecurity | None = None, **options: Any
+    ) -> None:
         self.url = url
         self.options = options
+        if security is not None:
+            self.security = security
         #: Secret values of the URL and the options, kept out of everything shown.
         self.secrets: frozenset[str] = secrets_of(url, options)
+        if self.security is not None:
+            self.secrets |= self.security.secrets
+        self._consumers: list[Consumer] = []
+        self._connected = False
+        self._connecting = asyncio.Lock()
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({redact(self.url)!r})"
+        return f"{type(self).__name__}({redact(self.url, self.secrets)!r})"
 
     def redact(self, text: str) -> str:
         """``text`` with this backend's secrets (and those of any URL in it) replaced."""
         return redact(text, self.secrets)
 
+    # -- life cycle ---------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """Whether :meth:`connect` succeeded (and :meth:`close` was not called since)."""
+        return self._connected
+
     async def connect(self) -> None:
-        """Open connections; called once by the app before anything else."""
+        """Open the connections (:meth:`open_connections`) once; called by the app before
+        anything else. Later calls return at once; after :meth:`close` it connects again."""
+        if self._connected:
+            return
+        async with self._connecting:
+            if self._connected:
+                return
+            if self.security is not None:
+                self.security.before_connect()
+            await self.open_connections()
+            self._connected = True
+
+    async def open_connections(self) -> None:
+        """Connect to the broker and build what :meth:`producer` returns. The default does
+        nothing (a backend whose clients connect on first use). On an error, release what was
+        opened before raising: :meth:`connect` may be called again."""
+
+    def require(self, built: T | None) -> T:
+        """``built`` (something :meth:`open_connections` made), or the error that says to
+        connect first."""
+        if built is None or not self._connected:
+            raise ConfigurationError(
+                f"{self!r} is not connected; call 'await backend.connect()' (App.start does)"
+            )
+        return built
 
     @abstractmethod
     def producer(self) -> Producer:
         """The producer used for emits and dead letters (built once, owned by the backend)."""
 
-    @abstractmethod
     def consumer(
         self, group: str, *, prefetch: int, max_buffer_bytes: int | None = None
     ) -> Consumer:
-        """A new consumer in consumer group ``group`` that fetches at most ``prefetch`` ahead."""
+        """A new consumer in consumer group ``group`` that fetches at most ``prefetch`` ahead
+        (and about ``max_buffer_bytes`` payload bytes); :meth:`close` closes it."""
+        consumer = self.make_consumer(group, prefetch=prefetch, max_buffer_bytes=max_buffer_bytes)
+        self._consumers.append(consumer)
+        return consumer
+
+    @abstractmethod
+    def make_consumer(
+        self, group: str, *, prefetch: int, max_buffer_bytes: int | None = None
+    ) -> Consumer:
+        """Build the consumer :meth:`consumer` hands out."""
+
+    @property
+    def consumers(self) -> tuple[Consumer, ...]:
+        """The consumers made and not closed yet, oldest first."""
+        return tuple(self._consumers)
 
     async def close(self) -> None:
-        """Close everything the backend opened."""
+        """Close every consumer (each one even if another fails), then the producer and the
+        connections (:meth:`close_connections`). Idempotent; raises the first error after
+        everything was closed."""
+        consumers, self._consumers = self._consumers, []
+        errors: list[BaseException] = []
+        for consumer in consumers:
+            try:
+                await consumer.close()
+            except Exception as exc:
+                errors.append(exc)
+        try:
+            await self.close_connections()
+        finally:
+            self._connected = False
+        if errors:
+            raise errors[0]
+
+    async def close_connections(self) -> None:
+        """Release the producer and the connections; called by :meth:`close` (also when
+        :meth:`connect` never ran, and again after an earlier close: release only what is
+        open). The default does nothing."""
 
     def reply_inbox(self, group: str) -> ReplyInbox:
         """A new private inbox for the replies to one app's requests (see
