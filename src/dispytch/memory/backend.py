@@ -5,10 +5,10 @@ from urllib.parse import urlsplit
 
 from dispytch.backend import Backend
 from dispytch.dead_letter import DeadLetter
-from dispytch.listener.consumer import Consumer
 from dispytch.memory.broker import MemoryBroker
 from dispytch.memory.client import MemoryConsumer, MemoryProducer
 from dispytch.memory.dlq import MemoryDeadLetters
+from dispytch.seam import Consumer
 from dispytch.topic_rules import MEMORY
 
 __all__ = ["MemoryBackend", "shared_broker"]
@@ -42,7 +42,7 @@ class MemoryBackend(Backend):
     def producer(self) -> MemoryProducer:
         return self._producer
 
-    def consumer(
+    def make_consumer(
         self, group: str, *, prefetch: int, max_buffer_bytes: int | None = None
     ) -> Consumer:
         return MemoryConsumer(self.broker, group)
