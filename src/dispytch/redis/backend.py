@@ -83,7 +83,7 @@ class RedisBackend(RedisBackendBase[RedisProducer]):
     def _new_producer(self) -> RedisProducer:
         return RedisProducer(self.client, timeout=self.publish_timeout)
 
-    def consumer(
+    def make_consumer(
         self, group: str, *, prefetch: int, max_buffer_bytes: int | None = None
     ) -> Consumer:
         """A new Pub/Sub subscriber. ``prefetch`` does not apply to Pub/Sub and ``group`` only
@@ -98,18 +98,16 @@ class RedisBackend(RedisBackendBase[RedisProducer]):
         if "health_check_interval" not in self.options:
             overrides["health_check_interval"] = 30
         subscriber = self._build(**overrides)
-        return self._owned(
-            RedisConsumer(
-                subscriber.pubsub(ignore_subscribe_messages=True),
-                redis=self.client,
-                group=group,
-                dead_letter_maxlen=self.dead_letter_maxlen,
-                buffer_size=self.buffer_size,
-                max_buffer_bytes=max_buffer_bytes,
-                poll_interval=self.poll_interval,
-                reconnect_max_delay=self.reconnect_max_delay,
-                owns_pubsub=True,
-            )
+        return RedisConsumer(
+            subscriber.pubsub(ignore_subscribe_messages=True),
+            redis=self.client,
+            group=group,
+            dead_letter_maxlen=self.dead_letter_maxlen,
+            buffer_size=self.buffer_size,
+            max_buffer_bytes=max_buffer_bytes,
+            poll_interval=self.poll_interval,
+            reconnect_max_delay=self.reconnect_max_delay,
+            owns_pubsub=True,
         )
 
     def reply_inbox(self, group: str) -> ReplyInbox:

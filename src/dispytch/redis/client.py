@@ -12,18 +12,16 @@ from dispytch.backend import Backend
 from dispytch.dead_letter import DeadLetter
 from dispytch.emitter.producer import Producer
 from dispytch.errors import ConfigurationError, ConnectError
-from dispytch.listener.consumer import Consumer
 from dispytch.redis._compat import ContextTLSConnection, tls_context_supported
 from dispytch.redis.dead_letters import read_dead_letters
 from dispytch.redis.dlq import RedisDeadLetters
 from dispytch.redis.sentinel import sentinel_target
-from dispytch.security import connection_security
+from dispytch.security import ConnectionSecurity, connection_security
 from dispytch.topic_rules import REDIS
 
 __all__ = ["RedisBackendBase", "RedisUnavailableError", "client_url"]
 
 ProducerT = TypeVar("ProducerT", bound=Producer)
-ConsumerT = TypeVar("ConsumerT", bound=Consumer)
 
 # The mode is in the scheme for Dispytch only; redis-py knows the plain ones.
 _SCHEMES = {"redis+streams": "redis", "rediss+streams": "rediss"}
@@ -45,6 +43,7 @@ class RedisBackendBase(Backend, Generic[ProducerT]):
 
     topic_delimiter = ":"
     topic_rules = REDIS
+    security: ConnectionSecurity
     #: Raised by :meth:`connect` when Redis does not answer.
     unavailable_error: ClassVar[type[RedisUnavailableError]] = RedisUnavailableError
 
@@ -64,8 +63,7 @@ class RedisBackendBase(Backend, Generic[ProducerT]):
             credential_options=("password",),
             client_loggers=("redis.asyncio.connection", "redis.asyncio.client"),
         )
-        super().__init__(url, **options)
-        self.secrets |= self.security.secrets
+        super().__init__(url, security=self.security, **options)
         self.publish_timeout = publish_timeout
         # rediss:// whenever TLS is on; the context is Dispytch's unless only redis-py's own
         # ssl_* options were given.
@@ -97,7 +95,6 @@ class RedisBackendBase(Backend, Generic[ProducerT]):
             )
         self._client: Redis | None = None
         self._producer: ProducerT | None = None
-        self._consumers: list[Consumer] = []
 
     def _build(self, **overrides: Any) -> Redis:
         """A new client for the URL; ``overrides`` win over the backend's options."""
@@ -121,10 +118,9 @@ class RedisBackendBase(Backend, Generic[ProducerT]):
             self._client = self._build()
         return self._client
 
-    async def connect(self) -> None:
+    async def open_connections(self) -> None:
         """Check that Redis answers (within ``connect_timeout``), so a wrong URL, password or
         TLS setting fails at start, not at the first emit."""
-        self.security.before_connect()
         try:
             await self.security.connect(
                 self.client.ping,
@@ -143,15 +139,7 @@ class RedisBackendBase(Backend, Generic[ProducerT]):
     def _new_producer(self) -> ProducerT:
         raise NotImplementedError
 
-    def _owned(self, consumer: ConsumerT) -> ConsumerT:
-        """Remember ``consumer`` so :meth:`close` closes it."""
-        self._consumers.append(consumer)
-        return consumer
-
-    async def close(self) -> None:
-        for consumer in self._consumers:
-            await consumer.close()
-        self._consumers.clear()
+    async def close_connections(self) -> None:
         if self._producer is not None:
             await self._producer.close()
             self._producer = None

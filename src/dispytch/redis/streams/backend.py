@@ -110,7 +110,7 @@ class RedisStreamsBackend(RedisBackendBase[RedisStreamsProducer]):
             wait_timeout=self.wait_timeout,
         )
 
-    def consumer(
+    def make_consumer(
         self, group: str, *, prefetch: int, max_buffer_bytes: int | None = None
     ) -> Consumer:
         """A new consumer of consumer group ``group`` holding at most ``prefetch`` entries and
@@ -122,15 +122,13 @@ class RedisStreamsBackend(RedisBackendBase[RedisStreamsProducer]):
             overrides["socket_timeout"] = self.consumer_options["poll_interval"] + 10.0
         if "health_check_interval" not in self.options:
             overrides["health_check_interval"] = 30
-        return self._owned(
-            RedisStreamsConsumer(
-                self._build(**overrides),
-                group=group,
-                prefetch=prefetch,
-                max_buffer_bytes=max_buffer_bytes,
-                owns_client=True,
-                **self.consumer_options,
-            )
+        return RedisStreamsConsumer(
+            self._build(**overrides),
+            group=group,
+            prefetch=prefetch,
+            max_buffer_bytes=max_buffer_bytes,
+            owns_client=True,
+            **self.consumer_options,
         )
 
     def reply_inbox(self, group: str) -> ReplyInbox:
