@@ -168,6 +168,7 @@ class KafkaBackend(Backend):
 
     topic_delimiter = "."
     topic_rules = KAFKA
+    security: ConnectionSecurity
 
     def __init__(
         self,
@@ -193,8 +194,7 @@ class KafkaBackend(Backend):
             credential_options=("sasl_plain_password", "sasl_oauth_token_provider"),
             client_loggers=("aiokafka", "aiokafka.conn", "aiokafka.client"),
         )
-        super().__init__(url, **options)
-        self.secrets |= self.security.secrets
+        super().__init__(url, security=self.security, **options)
         self.servers, user, password, mechanism = _bootstrap(
             self.security.url, self.security.safe_url
         )
@@ -238,12 +238,10 @@ class KafkaBackend(Backend):
         self.metadata_timeout = metadata_timeout
         self.topics = TopicSettings(replication_factor, topic_partitions, topic_config)
         self._producer: KafkaProducer | None = None
-        self._consumers: list[KafkaConsumer] = []
 
-    async def connect(self) -> None:
+    async def open_connections(self) -> None:
         """Start the producer (the first emit does not pay for the connection): within
         ``connect_timeout``, or :class:`~dispytch.errors.ConnectError`."""
-        self.security.before_connect()
         producer = self.producer()
         # aiokafka logs why each bootstrap server failed and raises "Unable to bootstrap":
         # the logged error is the cause worth one line; the log lines themselves are dropped.
@@ -271,7 +269,7 @@ class KafkaBackend(Backend):
             self._producer = KafkaProducer(client, metadata_timeout=self.metadata_timeout)
         return self._producer
 
-    def consumer(
+    def make_consumer(
         self, group: str, *, prefetch: int, max_buffer_bytes: int | None = None
     ) -> KafkaConsumer:
         options = {**self.consumer_options}
@@ -297,7 +295,6 @@ class KafkaBackend(Backend):
             transactions=transactions,
             group_id=options["group_id"],
         )
-        self._consumers.append(consumer)
         return consumer
 
     async def _ensure_topics(self, topics: Sequence[str]) -> None:
@@ -354,10 +351,7 @@ class KafkaBackend(Backend):
             await asyncio.sleep(0.1)
         raise ConfigurationError(f"Kafka topic {topic!r} has no partitions; create it")
 
-    async def close(self) -> None:
-        consumers, self._consumers = self._consumers, []
-        for consumer in consumers:
-            await consumer.close()
+    async def close_connections(self) -> None:
         if self._producer is not None:
             await self._producer.close()
             self._producer = None
@@ -377,7 +371,11 @@ class KafkaBackend(Backend):
 
         Uses a consumer without a group, so nothing is committed and nothing is removed.
         """
-        groups = [group] if group is not None else [c.group for c in self._consumers if c.group]
+        groups = (
+            [group]
+            if group is not None
+            else [c.group for c in self.consumers if isinstance(c, KafkaConsumer) and c.group]
+        )
         reader = self._reader()
         await reader.start()
         try:
