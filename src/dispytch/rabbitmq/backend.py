@@ -25,7 +25,7 @@ from dispytch.rabbitmq.failover import connect_nodes
 from dispytch.rabbitmq.producer import RabbitMQProducer
 from dispytch.rabbitmq.replies import RabbitMQInbox
 from dispytch.request import ReplyInbox
-from dispytch.security import connection_security
+from dispytch.security import ConnectionSecurity, connection_security
 from dispytch.topic_rules import RABBITMQ
 
 __all__ = ["RabbitMQBackend"]
@@ -80,6 +80,7 @@ class RabbitMQBackend(Backend):
 
     topic_delimiter = "."
     topic_rules = RABBITMQ
+    security: ConnectionSecurity
 
     def __init__(
         self,
@@ -103,8 +104,7 @@ class RabbitMQBackend(Backend):
                 "aio_pika.robust_connection",
             ),
         )
-        super().__init__(url, **connect_options)
-        self.secrets |= self.security.secrets
+        super().__init__(url, security=self.security, **connect_options)
         # The URL the clients get: amqps:// whenever TLS is on, without Dispytch's options.
         self._client_url = self.security.url
         if self.security.tls:
@@ -127,24 +127,25 @@ class RabbitMQBackend(Backend):
         self.connection: AbstractRobustConnection | None = None
         self._producer: RabbitMQProducer | None = None
         self._dead_letters: DeadLetterStore | None = None
-        self._consumers: list[RabbitMQGroupConsumer] = []
-        self._closed_groups: list[str] = []  # still read by dead_letters() after close()
+        # Every group a consumer was made for: dead_letters() reads theirs, also after close().
+        self._groups: list[str] = []
 
-    async def connect(self) -> None:
+    async def open_connections(self) -> None:
         """Open the publishing connection and declare the event exchange."""
-        if self.connection is not None:
-            return
-        self.security.before_connect()
         connection = await self._open()
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        exchange = await channel.declare_exchange(
-            self.exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
-        )
+        try:
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            exchange = await channel.declare_exchange(
+                self.exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
+            )
+            # A channel of their own: a dead-letter destination that fails (the broker closes
+            # the channel on a declare it refuses) never takes emits down with it.
+            dead_letters = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        except BaseException:
+            await connection.close()
+            raise
         self.connection = connection
         self._producer = RabbitMQProducer(exchange, timeout=self.publish_timeout)
-        # A channel of their own: a dead-letter destination that fails (the broker closes the
-        # channel on a declare it refuses) never takes emits down with it.
-        dead_letters = await connection.channel(publisher_confirms=True, on_return_raises=True)
         self._dead_letters = DeadLetterStore(
             dead_letters, self.dead_letter_exchange, timeout=self.publish_timeout
         )
@@ -173,17 +174,10 @@ class RabbitMQBackend(Backend):
             raise
         return connection
 
-    def _connected(self) -> tuple[RabbitMQProducer, DeadLetterStore]:
-        if self._producer is None or self._dead_letters is None:
-            raise ConfigurationError(
-                f"{self!r} is not connected; call 'await backend.connect()' (App.start does)"
-            )
-        return self._producer, self._dead_letters
-
     def producer(self) -> RabbitMQProducer:
-        return self._connected()[0]
+        return self.require(self._producer)
 
-    def consumer(
+    def make_consumer(
         self, group: str, *, prefetch: int, max_buffer_bytes: int | None = None
     ) -> Consumer:
         """The consumer of ``group``: queue ``group`` on its own connection, ``prefetch`` ahead."""
@@ -196,27 +190,20 @@ class RabbitMQBackend(Backend):
             queue=group,
             queue_arguments=self.queue_arguments,
             prefetch=prefetch,
-            dead_letters=self._connected()[1],
+            dead_letters=self.require(self._dead_letters),
             safe_url=self.security.safe_url,
         )
-        self._consumers.append(consumer)
+        self._groups.append(group)
         return consumer
 
     def reply_inbox(self, group: str) -> ReplyInbox:
         """An exclusive auto-delete queue ``dispytch.reply.<random>`` on the app's connection
         (see :class:`~dispytch.rabbitmq.replies.RabbitMQInbox`)."""
-        producer, _ = self._connected()
-        connection = self.connection
-        if connection is None:  # pragma: no cover - _connected() raised already
-            raise ConfigurationError(f"{self!r} is not connected")
-        address = producer.reply_prefix + uuid.uuid4().hex
+        connection = self.require(self.connection)
+        address = self.producer().reply_prefix + uuid.uuid4().hex
         return RabbitMQInbox(connection, self.exchange_name, address)
 
-    async def close(self) -> None:
-        consumers, self._consumers = self._consumers, []
-        self._closed_groups += [c.queue_name for c in consumers]
-        for consumer in consumers:
-            await consumer.close()
+    async def close_connections(self) -> None:
         connection, self.connection = self.connection, None
         self._producer = self._dead_letters = None
         if connection is not None:
@@ -239,9 +226,7 @@ class RabbitMQBackend(Backend):
         Non-destructive: they are fetched unacknowledged and handed back at once. Works before
         :meth:`connect` and after :meth:`close` too, on a short-lived connection.
         """
-        groups = [group] if group is not None else [c.queue_name for c in self._consumers]
-        if group is None:
-            groups += self._closed_groups
+        groups = [group] if group is not None else list(dict.fromkeys(self._groups))
         if self.connection is not None:
             return await read_dead_letters(self.connection, topic, limit, groups)
         connection = await self._open()
