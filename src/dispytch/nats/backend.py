@@ -127,6 +127,7 @@ class NATSBackend(Backend):
 
     topic_delimiter = "."
     topic_rules = NATS
+    security: ConnectionSecurity
 
     def __init__(
         self,
@@ -147,8 +148,7 @@ class NATSBackend(Backend):
         **connect_options: Any,
     ) -> None:
         self.security = nats_security(url, connect_options)
-        super().__init__(url, **connect_options)
-        self.secrets |= self.security.secrets
+        super().__init__(url, security=self.security, **connect_options)
         if deliver_policy not in ("all", "new"):
             raise ConfigurationError(
                 f"deliver_policy must be 'all' or 'new', got {deliver_policy!r}"
@@ -180,13 +180,9 @@ class NATSBackend(Backend):
         self.jetstream: JetStreamContext | None = None
         self._producer: NATSProducer | None = None
         self._dead_letters: DeadLetterStore | None = None
-        self._consumers: list[NATSGroupConsumer] = []
 
-    async def connect(self) -> None:
+    async def open_connections(self) -> None:
         """Connect, check JetStream is on, create the dead-letter stream, add ``subjects``."""
-        if self.connection is not None:
-            return
-        self.security.before_connect()
         connection = await connect_nats(self.security, self.connect_options)
         try:
             replicas = stream_replicas(connection)
@@ -231,25 +227,18 @@ class NATSBackend(Backend):
         )
         self._dead_letters = store
 
-    def _connected(self) -> tuple[JetStreamContext, NATSProducer, DeadLetterStore]:
-        if self.jetstream is None or self._producer is None or self._dead_letters is None:
-            raise ConfigurationError(
-                f"{self!r} is not connected; call 'await backend.connect()' (App.start does)"
-            )
-        return self.jetstream, self._producer, self._dead_letters
-
     def producer(self) -> NATSProducer:
-        return self._connected()[1]
+        return self.require(self._producer)
 
-    def consumer(
+    def make_consumer(
         self, group: str, *, prefetch: int, max_buffer_bytes: int | None = None
     ) -> Consumer:
         """The consumer of ``group``: durable pull consumers, ``prefetch`` messages (and
         ``max_buffer_bytes`` payload bytes, 64 MiB when ``None``) ahead."""
         if not group:
             raise ConfigurationError("a NATS consumer group needs a name (it names the consumers)")
-        js, _, dead_letters = self._connected()
-        consumer = NATSGroupConsumer(
+        js, dead_letters = self.require(self.jetstream), self.require(self._dead_letters)
+        return NATSGroupConsumer(
             js,
             group=group,
             stream=self.stream,
@@ -267,22 +256,13 @@ class NATSBackend(Backend):
             max_buffer_bytes=max_buffer_bytes,
             connection=self.connection,
         )
-        self._consumers.append(consumer)
-        return consumer
 
     def reply_inbox(self, group: str) -> ReplyInbox:
         """A core subscription on ``_INBOX.<random>`` (see
         :class:`~dispytch.nats.replies.NATSInbox`)."""
-        self._connected()
-        connection = self.connection
-        if connection is None:  # pragma: no cover - _connected() raised already
-            raise ConfigurationError(f"{self!r} is not connected")
-        return NATSInbox(connection)
+        return NATSInbox(self.require(self.connection))
 
-    async def close(self) -> None:
-        consumers, self._consumers = self._consumers, []
-        for consumer in consumers:
-            await consumer.close()
+    async def close_connections(self) -> None:
         connection, self.connection = self.connection, None
         self.jetstream = None
         self._producer = self._dead_letters = None

@@ -24,6 +24,7 @@ from dispytch.nats.dead_letters import (
 from dispytch.nats.replies import NATSInbox
 from dispytch.poison import Overflow
 from dispytch.request import ReplyInbox
+from dispytch.security import ConnectionSecurity
 from dispytch.topic_rules import NATS
 
 __all__ = ["NATSCoreBackend"]
@@ -67,6 +68,7 @@ class NATSCoreBackend(Backend):
 
     topic_delimiter = "."
     topic_rules = NATS
+    security: ConnectionSecurity
 
     def __init__(
         self,
@@ -81,8 +83,7 @@ class NATSCoreBackend(Backend):
         **connect_options: Any,
     ) -> None:
         self.security = nats_security(url, connect_options)
-        super().__init__(url, **connect_options)
-        self.secrets |= self.security.secrets
+        super().__init__(url, security=self.security, **connect_options)
         if not dead_letter_stream or any(c in dead_letter_stream for c in ".*> \t"):
             raise ConfigurationError(
                 f"dead_letter_stream={dead_letter_stream!r} is not a valid JetStream stream "
@@ -99,14 +100,10 @@ class NATSCoreBackend(Backend):
         self.connection: NATSClient | None = None
         self._producer: NATSCoreProducer | None = None
         self._dead_letters: DeadLetterStore | None = None
-        self._consumers: list[NATSCoreConsumer] = []
         self._overflow = Overflow(logger, "core NATS (nats-py's subscription queue)")
 
-    async def connect(self) -> None:
+    async def open_connections(self) -> None:
         """Connect; set up the JetStream dead-letter stream when the server has JetStream."""
-        if self.connection is not None:
-            return
-        self.security.before_connect()
         connection = await connect_nats(
             self.security, self.connect_options, overflow=self._overflow
         )
@@ -140,26 +137,17 @@ class NATSCoreBackend(Backend):
         self._producer = NATSCoreProducer(connection, timeout=self.publish_timeout)
         self._dead_letters = store
 
-    def _connection(self) -> NATSClient:
-        if self.connection is None:
-            raise ConfigurationError(
-                f"{self!r} is not connected; call 'await backend.connect()' (App.start does)"
-            )
-        return self.connection
-
     def producer(self) -> NATSCoreProducer:
-        self._connection()
-        assert self._producer is not None
-        return self._producer
+        return self.require(self._producer)
 
-    def consumer(
+    def make_consumer(
         self, group: str, *, prefetch: int, max_buffer_bytes: int | None = None
     ) -> Consumer:
         """A subscriber in queue group ``group`` (``prefetch`` does not apply: core NATS
         pushes; ``buffer_size`` and ``max_buffer_bytes`` bound what is held ahead of the
         handlers)."""
-        consumer = NATSCoreConsumer(
-            self._connection(),
+        return NATSCoreConsumer(
+            self.require(self.connection),
             queue=group,
             dead_letters=self._dead_letters,
             buffer_size=self.buffer_size,
@@ -168,17 +156,12 @@ class NATSCoreBackend(Backend):
             pending_bytes_limit=self.pending_bytes_limit,
             overflow=self._overflow,
         )
-        self._consumers.append(consumer)
-        return consumer
 
     def reply_inbox(self, group: str) -> ReplyInbox:
         """A subscription on ``_INBOX.<random>`` (see :class:`~dispytch.nats.replies.NATSInbox`)."""
-        return NATSInbox(self._connection())
+        return NATSInbox(self.require(self.connection))
 
-    async def close(self) -> None:
-        consumers, self._consumers = self._consumers, []
-        for consumer in consumers:
-            await consumer.close()
+    async def close_connections(self) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:
             await producer.close()
