@@ -15,6 +15,7 @@ from redis.asyncio.client import PubSub
 from dispytch.errors import ConfigurationError, DeadLetterError
 from dispytch.listener.consumer import Consumer, Failure, Message
 from dispytch.poison import Overflow, Undecodable, settle_poison
+from dispytch.readahead import ReadAhead
 from dispytch.redis import _compat
 from dispytch.redis.connection import CONNECTION_ERRORS, Reconnection, pause, stop_reader
 from dispytch.redis.dead_letters import DEFAULT_DEAD_LETTER_MAXLEN, DeadLetterWriter
@@ -140,9 +141,8 @@ class RedisConsumer(Consumer):
             consequence="; messages published meanwhile are not delivered",
             warn_every_attempt=True,
         )
-        self._buffer: deque[Message] = deque()
+        self._buffer: ReadAhead[Message] = ReadAhead(buffer_size, self.max_buffer_bytes)
         self._undecodable: deque[Message] = deque()
-        self._readable = asyncio.Event()
         self._stopped = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
         self._error: BaseException | None = None
@@ -153,8 +153,6 @@ class RedisConsumer(Consumer):
         self._topics: dict[Any, str] = {}
         self._owners: dict[Any, Any] = {}
         self._overflow = Overflow(logger, "Redis Pub/Sub")
-        #: Payload bytes held in the read-ahead buffer now.
-        self.buffered_bytes = 0
         #: Messages whose channel could not be decoded and that could not be dead-lettered.
         self.skipped = 0
         #: Times the consumer reconnected after losing its connection (for tests and metrics).
@@ -209,23 +207,21 @@ class RedisConsumer(Consumer):
             )
         self._ensure_reader()
         buffer = self._buffer
+        take = buffer.take
         undecodable = self._undecodable
-        readable = self._readable
         while True:
             if undecodable:
                 await self._dead_letter_undecodable(undecodable.popleft())
                 continue
-            if buffer:
-                message = buffer.popleft()
-                self.buffered_bytes -= len(message.payload)
+            message = take()
+            if message is not None:
                 yield message
                 continue
             if self._reader is None or self._reader.done() or self._closing:
                 if self._error is not None:
                     raise self._error
                 return
-            readable.clear()
-            await readable.wait()
+            await buffer.readable()
 
     async def _read(self) -> None:
         try:
@@ -234,15 +230,12 @@ class RedisConsumer(Consumer):
             self._error = exc
             logger.error("the Redis Pub/Sub reader stopped: %s: %s", type(exc).__name__, exc)
         finally:
-            self._readable.set()  # wake listen() so it sees the end
+            self._buffer.wake()  # wake listen() so it sees the end
 
     async def _read_loop(self) -> None:
         pubsub = self.pubsub
         buffer = self._buffer
-        append = buffer.append
-        readable = self._readable
-        capacity = self.buffer_size
-        max_bytes = self.max_buffer_bytes
+        put = buffer.put
         topics = self._topics
         reconnection = self._reconnection
         drained: Any = None  # the connection has_reply and read_reply belong to
@@ -272,19 +265,18 @@ class RedisConsumer(Consumer):
                         channel = response[index]
                         if index == 2 and not self._keeps(response[1], channel):
                             pass  # another subscription delivers this message too
-                        elif len(buffer) >= capacity or self.buffered_bytes >= max_bytes:
+                        elif buffer.full:
                             self._drop()
                         else:
                             data = response[index + 1]
                             topic = topics.get(channel)
                             if topic is not None and type(data) is bytes:
-                                append(Message(topic, data, None, NO_HEADERS))
-                                self.buffered_bytes += len(data)
+                                put(Message(topic, data, None, NO_HEADERS), len(data))
                             else:
                                 self._add(channel_message(channel, data), channel)
                             count += 1
                             if count == 1:
-                                readable.set()
+                                buffer.wake()
                     else:
                         self._take(await pubsub.handle_message(response, True))  # type: ignore[no-untyped-call]
                     if count >= _BATCH or self._closing:
@@ -303,7 +295,7 @@ class RedisConsumer(Consumer):
                 if self._closing:
                     return
                 if count:
-                    readable.set()
+                    buffer.wake()
                 if isinstance(exc, UnicodeDecodeError):
                     # A client built with decode_responses=True fails on a channel or payload
                     # that is not UTF-8, before we see it; its parser is reset by reconnecting.
@@ -317,7 +309,7 @@ class RedisConsumer(Consumer):
                 await pause(self._stopped, reconnection.failed(exc))
                 continue
             if count:
-                readable.set()
+                buffer.wake()
             if count >= _BATCH:
                 # Reads from an already filled socket buffer never suspend; let the handlers run.
                 await asyncio.sleep(0)
@@ -353,8 +345,12 @@ class RedisConsumer(Consumer):
             if len(self._topics) >= _CHANNEL_MEMO:
                 self._topics.clear()
             self._topics[channel] = message.topic
-        self._buffer.append(message)
-        self.buffered_bytes += len(message.payload)
+        self._buffer.put(message, len(message.payload))
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Payload bytes held in the read-ahead buffer now."""
+        return self._buffer.held_bytes
 
     @property
     def dropped(self) -> int:
@@ -362,7 +358,7 @@ class RedisConsumer(Consumer):
         return self._overflow.dropped
 
     def _drop(self) -> None:
-        self._overflow.drop(len(self._buffer), self.buffered_bytes, self.max_buffer_bytes)
+        self._overflow.drop(len(self._buffer), self._buffer.held_bytes, self.max_buffer_bytes)
 
     def _take(self, raw: dict[str, Any] | None) -> None:
         """A reply handle_message parsed: a pong, or a message of a kind the fast path skips."""
@@ -373,13 +369,11 @@ class RedisConsumer(Consumer):
             channel = raw["channel"]
             if kind == "pmessage" and not self._keeps(raw["pattern"], channel):
                 return
-            if len(self._buffer) >= self.buffer_size or (
-                self.buffered_bytes >= self.max_buffer_bytes
-            ):
+            if self._buffer.full:
                 self._drop()
                 return
             self._add(channel_message(channel, raw["data"]), channel)
-            self._readable.set()
+            self._buffer.wake()
         elif kind == "pong":
             self._check_pong(raw["data"])
 
@@ -447,11 +441,10 @@ class RedisConsumer(Consumer):
             return
         self._closing = True
         self._stopped.set()
-        self._readable.set()
+        self._buffer.wake()
         # The reader checks the flag at least every poll_interval.
         await stop_reader(self._reader, self._wake_reader, self.poll_interval + 5.0)
-        self._buffer.clear()
-        self.buffered_bytes = 0
+        self._buffer.close()
         if self.owns_pubsub:
             await self.pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
             await self.pubsub.connection_pool.disconnect()

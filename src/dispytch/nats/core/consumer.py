@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from typing import cast
 
@@ -19,6 +18,7 @@ from dispytch.nats import _compat
 from dispytch.nats.dead_letters import DeadLetterStore
 from dispytch.nats.wire import core_message
 from dispytch.poison import Overflow, Undecodable, settle_poison
+from dispytch.readahead import ReadAhead
 from dispytch.routing import TopicPattern
 from dispytch.untrusted import loggable
 
@@ -101,20 +101,20 @@ class NATSCoreConsumer(Consumer):
         self.pending_bytes_limit = pending_bytes_limit
         self.watch_interval = watch_interval
         self.subscriptions: list[Subscription] = []
-        self._buffer: deque[Msg] = deque()
-        self._wakeup = asyncio.Event()
-        self._room = asyncio.Event()
-        self._room.set()
+        self._buffer: ReadAhead[Msg] = ReadAhead(buffer_size, self.max_buffer_bytes)
         self._closed = False
         self._lost: SubscriptionLostError | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._overflow = overflow or Overflow(logger, "core NATS")
-        #: Payload bytes held in the buffer now.
-        self.buffered_bytes = 0
         #: Messages Dispytch could not read and could not dead-letter either (dropped).
         self.skipped = 0
         #: Times the watchdog made a deaf connection reconnect.
         self.revived = 0
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Payload bytes held in the buffer now."""
+        return self._buffer.held_bytes
 
     @property
     def dropped(self) -> int:
@@ -161,16 +161,13 @@ class NATSCoreConsumer(Consumer):
     async def _on_message(self, msg: Msg) -> None:
         # Called by nats-py's per-subscription task, one message at a time: waiting here
         # for room leaves the rest in the subscription's pending queue (bounded by nats-py).
-        while (
-            len(self._buffer) >= self.buffer_size or self.buffered_bytes >= self.max_buffer_bytes
-        ) and not self._closed:
-            self._room.clear()
-            await self._room.wait()
+        buffer = self._buffer
+        if buffer.full:
+            await buffer.for_room()
         if self._closed:
             return
-        self._buffer.append(msg)
-        self.buffered_bytes += len(msg.data)
-        self._wakeup.set()
+        buffer.put(msg, len(msg.data))
+        buffer.wake()
 
     async def _watch(self) -> None:
         """Every ``watch_interval``: revive a deaf connection; notice one closed for good."""
@@ -186,7 +183,7 @@ class NATSCoreConsumer(Consumer):
                     "its subscriptions hear nothing: restart the service"
                 )
                 logger.error("%s", self._lost)
-                self._wakeup.set()
+                self._buffer.wake()
                 return
             if connection.is_connected and not _compat.reader_alive(connection):
                 logger.warning(
@@ -198,13 +195,10 @@ class NATSCoreConsumer(Consumer):
 
     async def listen(self) -> AsyncIterator[Message]:
         await self.start([])
-        buffer, wakeup, room = self._buffer, self._wakeup, self._room
+        buffer = self._buffer
+        take = buffer.take
         while True:
-            while buffer:
-                msg = buffer.popleft()
-                self.buffered_bytes -= len(msg.data)
-                if not room.is_set():
-                    room.set()
+            while (msg := take()) is not None:
                 message = core_message(msg)
                 if type(message.extra) is Undecodable:
                     await self._dead_letter_undecodable(message)
@@ -214,8 +208,7 @@ class NATSCoreConsumer(Consumer):
                 raise self._lost
             if self._closed:
                 return
-            wakeup.clear()
-            await wakeup.wait()
+            await buffer.readable()
 
     async def ack(self, message: Message) -> None:
         """Nothing to do: core NATS has no acknowledgement."""
@@ -258,13 +251,10 @@ class NATSCoreConsumer(Consumer):
                 await sub.unsubscribe()
             except nats.errors.Error as exc:  # connection closed: nothing to unsubscribe
                 logger.debug("could not unsubscribe from %r: %s", sub.subject, exc)
-        if self._buffer:
+        dropped = self._buffer.close()
+        if dropped:
             logger.warning(
                 "dropping %d core NATS message(s) received but not handled before the "
                 "consumer closed (core NATS cannot redeliver them)",
-                len(self._buffer),
+                dropped,
             )
-            self._buffer.clear()
-            self.buffered_bytes = 0
-        self._room.set()
-        self._wakeup.set()
