@@ -1,19 +1,14 @@
-"""Messages a backend adapter cannot hand to the listener at all.
+"""Messages whose broker metadata cannot be decoded, and read-ahead overflow.
 
 When the broker metadata of a delivery cannot be decoded (a Kafka header name or an AMQP
-routing key that is not UTF-8, say), no handler can be chosen for it. The adapter then settles
-it itself, by one rule: it becomes a **dead letter** (its raw bytes, the metadata that could be
-read, the rest base64-encoded with a header saying so) through the consumer's own dead-letter
-destination, retried a few times with backoff and then sent to the consumer's fallback
-destination; where the consumer has no destination it is **skipped**, with an ERROR log line
-and a count in ``consumer.skipped``. If neither destination takes it, :class:`DeadLetterError`
-is raised: the listener stops and nothing is acknowledged.
-
-Adapters that decode into a :class:`Message` first (Redis, NATS) mark such a message with an
-:class:`Undecodable` in ``extra``: which parts could not be read, and those parts
-base64-encoded for the dead letter's ``x-dispytch-undecodable*`` headers
-(:func:`dead_letter_headers`); :meth:`Undecodable.failure` is the failure to settle it with
-(reason ``decode``).
+routing key that is not UTF-8, say), no handler can be chosen for it. The adapter still yields
+it, marked with an :class:`Undecodable` in :attr:`Message.undecodable <dispytch.seam.Message>`:
+which parts could not be read, and those parts base64-encoded for the dead letter's
+``x-dispytch-undecodable*`` headers (:func:`dead_letter_headers`). The listener dead-letters it
+at once with reason ``decode`` (:meth:`Undecodable.failure`), through the one dead-letter chain
+every failure takes (:class:`~dispytch.listener.settle.Settler`: the consumer's destination,
+retried with backoff, then its fallback destination, else :class:`DeadLetterError`), with the
+same log line and the same middleware outcome (``dead_lettered``).
 
 **No room left.** A broker that pushes without backpressure (Redis Pub/Sub, core NATS) fills
 the adapter's read-ahead buffer faster than handlers empty it; past its bounds the adapter
@@ -23,17 +18,13 @@ most every 10 seconds).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
 
-from dispytch.errors import DeadLetterError
 from dispytch.seam import Failure, Message
-from dispytch.untrusted import loggable
 
 __all__ = [
     "UNDECODABLE_HEADER",
@@ -41,84 +32,8 @@ __all__ = [
     "Undecodable",
     "b64",
     "dead_letter_headers",
-    "settle_poison",
     "shown",
 ]
-
-#: Delays between attempts at the dead-letter destination before the fallback is tried.
-RETRY_DELAYS = (0.2, 1.0)
-
-
-class _PoisonSink(Protocol):
-    skipped: int
-
-    async def dead_letter(self, message: Message, failure: Failure) -> bool: ...
-
-    async def dead_letter_fallback(self, message: Message, failure: Failure) -> bool: ...
-
-
-async def settle_poison(
-    consumer: _PoisonSink, message: Message, failure: Failure, logger: logging.Logger
-) -> None:
-    """Dead-letter (or, without a destination, skip) a message no handler can be chosen for.
-
-    Returns once it is stored (or skipped): the caller then acknowledges it. Raises
-    :class:`DeadLetterError` when neither the destination nor the fallback stored it.
-    """
-    where = f"{loggable(message.topic)}" + (
-        "" if message.offset is None else f" [{message.partition}@{message.offset}]"
-    )
-    error: Exception | None = None
-    for delay in (*RETRY_DELAYS, None):
-        try:
-            stored = await consumer.dead_letter(message, failure)
-        except Exception as exc:
-            error = exc
-            logger.warning(
-                "could not dead-letter an undecodable message from %s (%s: %s)%s",
-                where,
-                type(exc).__name__,
-                loggable(exc),
-                "" if delay is None else f"; retrying in {delay}s",
-            )
-            if delay is not None:
-                await asyncio.sleep(delay)
-            continue
-        if not stored:
-            consumer.skipped += 1
-            logger.error(
-                "SKIPPED a message from %s that cannot be handled (%s); there is no "
-                "dead-letter destination (%d skipped so far)",
-                where,
-                failure.error_message,
-                consumer.skipped,
-            )
-            return
-        logger.error("dead-lettered a message from %s: %s", where, failure.error_message)
-        return
-    try:
-        stored = await consumer.dead_letter_fallback(message, failure)
-    except Exception as exc:
-        raise DeadLetterError(
-            f"a message from {where} that cannot be handled ({failure.error_message}) could be "
-            f"stored neither in its dead-letter destination ({type(error).__name__}: "
-            f"{loggable(error)}) nor in the fallback one ({type(exc).__name__}: "
-            f"{loggable(exc)}); nothing was acknowledged. Fix the dead-letter destination and "
-            "restart"
-        ) from exc
-    if not stored:
-        raise DeadLetterError(
-            f"a message from {where} that cannot be handled ({failure.error_message}) could not "
-            f"be dead-lettered ({type(error).__name__}: {loggable(error)}) and this consumer has "
-            "no fallback destination; nothing was acknowledged. Fix the dead-letter "
-            "destination and restart"
-        ) from error
-    logger.error(
-        "dead-lettered a message from %s to the fallback destination: %s",
-        where,
-        failure.error_message,
-    )
-
 
 #: Which parts of a dead letter's original could not be decoded, comma-separated
 #: (``topic``, ``key``, ``headers``, ``payload``).
@@ -131,25 +46,30 @@ HEADER_B64_PREFIX = "x-dispytch-undecodable-header-"
 
 @dataclass(slots=True, frozen=True)
 class Undecodable:
-    """``Message.extra`` of a message whose broker metadata could not be decoded.
+    """:attr:`Message.undecodable <dispytch.seam.Message>`: what of a delivery's broker
+    metadata could not be decoded.
 
     Attributes:
         parts: what could not be decoded: ``"topic"``, ``"key"``, ``"headers"``, ``"payload"``
-            (a Redis stream entry without a ``payload`` field).
+            (a Redis stream entry without a ``payload`` field), ``"properties"``.
         detail: one line saying what was wrong, for the dead letter's error message.
-        headers: the raw parts, base64-encoded, added to the dead letter's headers.
-        extra: the backend's own handle of the message (what ``extra`` would have been).
+        headers: the raw parts, base64-encoded, added to the dead letter's headers (empty
+            where the backend's dead-letter writer reads the raw delivery itself).
     """
 
     parts: tuple[str, ...]
     detail: str
-    headers: Mapping[str, str]
-    extra: Any = None
+    headers: Mapping[str, str] = field(default_factory=dict)
 
-    def failure(self) -> Failure:
+    @property
+    def topic_unreadable(self) -> bool:
+        """The topic could not be decoded: it cannot name a dead-letter destination."""
+        return "topic" in self.parts
+
+    def failure(self, attempts: int = 1) -> Failure:
         """The failure a dead letter of this message records (reason ``decode``)."""
         return Failure(
-            "decode", "UndecodableMetadata", self.detail, None, 1, int(time.time() * 1000)
+            "decode", "UndecodableMetadata", self.detail, None, attempts, int(time.time() * 1000)
         )
 
 
@@ -173,10 +93,10 @@ def dead_letter_headers(message: Message, failure: Failure) -> dict[str, str]:
     and the failure's), plus, for an :class:`Undecodable` message, the parts that could not be
     read."""
     out = failure.headers(message)
-    extra = message.extra
-    if isinstance(extra, Undecodable):
-        out[UNDECODABLE_HEADER] = ",".join(extra.parts)
-        out.update(extra.headers)
+    undecodable = message.undecodable
+    if undecodable is not None:
+        out[UNDECODABLE_HEADER] = ",".join(undecodable.parts)
+        out.update(undecodable.headers)
     return out
 
 

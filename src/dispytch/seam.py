@@ -37,6 +37,7 @@ from dispytch.topic_rules import GENERIC, TopicRules
 
 if TYPE_CHECKING:
     from dispytch.dlq.store import DeadLetterStore
+    from dispytch.poison import Undecodable
     from dispytch.request import ReplyInbox
     from dispytch.routing import TopicPattern
     from dispytch.security import ConnectionSecurity
@@ -108,6 +109,11 @@ class Message:
     message_id: str | None = None
     #: Set on a broker-delayed retry (see :meth:`Consumer.retry_later`).
     retry: Retried | None = None
+    #: Set by the adapter when part of the delivery's broker metadata could not be decoded (a
+    #: topic, key or header name that is not UTF-8...): no handler can be chosen for it, so the
+    #: listener dead-letters it at once (reason ``decode``) through the same chain as any
+    #: failure. ``topic`` then holds the topic as well as it could be shown.
+    undecodable: Undecodable | None = None
 
     @property
     def id(self) -> str:

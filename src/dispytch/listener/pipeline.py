@@ -151,6 +151,12 @@ class Pipeline:
         # One coroutine per message from here to the handler's plan: this is the hot path.
         settler = self.settler
         try:
+            if message.undecodable is not None:
+                # The adapter could not decode its broker metadata: no handler can be chosen.
+                await self._dead_letter(
+                    message, message.undecodable.failure(message.delivery_attempt), None, ctx
+                )
+                return
             if message.delivery_attempt > self.max_deliveries and not self._retries_counted(
                 message
             ):

@@ -1,5 +1,10 @@
 """Settling: ack, hand back, dead-letter, and what happens when the dead-letter destination fails.
 
+This is the one dead-letter chain: handler failures, decode and validation errors, messages
+delivered too often, and messages whose broker metadata the adapter could not decode
+(:attr:`Message.undecodable <dispytch.seam.Message>`) all take it, with one retry policy and
+one log line.
+
 A permanent failure goes to the consumer's dead-letter destination (or, for a consumer without
 one, to ``dead_letter_topic`` through the listener's producer). A destination that raises is
 retried with capped exponential backoff and jitter; after the last attempt the message goes to
@@ -17,6 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from dispytch.errors import DeadLetterError
+from dispytch.poison import dead_letter_headers
 from dispytch.retry import RetryPolicy
 from dispytch.seam import Consumer, Failure, Message, Producer, RetryLater
 from dispytch.untrusted import loggable
@@ -167,10 +173,13 @@ class Settler:
             return True
         if self.producer is None:
             return False
+        if message.undecodable is not None and message.undecodable.topic_unreadable:
+            # Its topic cannot name a destination: the fallback takes it.
+            return await self._fallback(message, failure)
         await self.producer.send(
             self.dead_letter_topic.replace("{topic}", message.topic),
             message.payload,
-            headers=failure.headers(message),
+            headers=dead_letter_headers(message, failure),
             key=message.key,
         )
         return True
@@ -184,7 +193,7 @@ class Settler:
         await self.producer.send(
             self.fallback_topic,
             message.payload,
-            headers=failure.headers(message),
+            headers=dead_letter_headers(message, failure),
             key=message.key,
         )
         return True
