@@ -5,16 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, cast
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
-from dispytch.errors import ConfigurationError, DeadLetterError
+from dispytch.errors import ConfigurationError
 from dispytch.listener.consumer import Consumer, Failure, Message
-from dispytch.poison import Overflow, Undecodable, settle_poison
+from dispytch.poison import Overflow
 from dispytch.readahead import ReadAhead
 from dispytch.redis import _compat
 from dispytch.redis.connection import CONNECTION_ERRORS, Reconnection, pause, stop_reader
@@ -40,8 +39,6 @@ _BATCH = 128
 # channels matched by a pattern come off the wire, so the memo is bounded.
 _CHANNEL_MEMO = 4096
 _MISSING = object()
-# Messages whose channel is not UTF-8 held at most while they wait to be dead-lettered.
-_UNDECODABLE_HELD = 1000
 
 
 class RedisConsumer(Consumer):
@@ -71,9 +68,9 @@ class RedisConsumer(Consumer):
     and the failure headers to the Redis Stream ``{topic}.dlq`` (trimmed to about
     ``dead_letter_maxlen`` entries); :meth:`dead_letter_fallback` to the group's fallback
     stream ``dispytch.fallback.{group}.dlq``. A message whose channel name is not UTF-8 is
-    dead-lettered to the fallback stream at once (its channel in base64 in the
-    ``x-dispytch-original-topic-b64`` header) and never reaches a handler; if even that fails
-    it is dropped with an ERROR line and counted in :attr:`skipped`.
+    handed to the listener marked :attr:`~dispytch.seam.Message.undecodable`; the listener
+    dead-letters it at once (to the fallback stream, its channel in base64 in the
+    ``x-dispytch-original-topic-b64`` header) and it never reaches a handler.
 
     Messages carry no key (Pub/Sub has none) and no partition; a listener with
     ``ordering="partition"`` handles each channel's messages one at a time, in order.
@@ -142,7 +139,6 @@ class RedisConsumer(Consumer):
             warn_every_attempt=True,
         )
         self._buffer: ReadAhead[Message] = ReadAhead(buffer_size, self.max_buffer_bytes)
-        self._undecodable: deque[Message] = deque()
         self._stopped = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
         self._error: BaseException | None = None
@@ -153,7 +149,7 @@ class RedisConsumer(Consumer):
         self._topics: dict[Any, str] = {}
         self._owners: dict[Any, Any] = {}
         self._overflow = Overflow(logger, "Redis Pub/Sub")
-        #: Messages whose channel could not be decoded and that could not be dead-lettered.
+        #: Messages a client built with ``decode_responses=True`` could not decode (skipped).
         self.skipped = 0
         #: Times the consumer reconnected after losing its connection (for tests and metrics).
         self.reconnects = 0
@@ -208,11 +204,7 @@ class RedisConsumer(Consumer):
         self._ensure_reader()
         buffer = self._buffer
         take = buffer.take
-        undecodable = self._undecodable
         while True:
-            if undecodable:
-                await self._dead_letter_undecodable(undecodable.popleft())
-                continue
             message = take()
             if message is not None:
                 yield message
@@ -334,14 +326,7 @@ class RedisConsumer(Consumer):
 
     def _add(self, message: Message, channel: Any) -> None:
         """Buffer a message built by :func:`channel_message` (the slow path)."""
-        if isinstance(message.extra, Undecodable):
-            # Bounded too: a flood of them waits on dead-letter writes one at a time.
-            if len(self._undecodable) >= _UNDECODABLE_HELD:
-                self._drop()
-            else:
-                self._undecodable.append(message)
-            return
-        if type(channel) is bytes:
+        if type(channel) is bytes and message.undecodable is None:
             if len(self._topics) >= _CHANNEL_MEMO:
                 self._topics.clear()
             self._topics[channel] = message.topic
@@ -425,13 +410,6 @@ class RedisConsumer(Consumer):
     async def dead_letter_fallback(self, message: Message, failure: Failure) -> bool:
         """XADD the message to the group's fallback stream ``dispytch.fallback.{group}.dlq``."""
         return await self._writer.write(self._dead_letter_client(), message, failure, fallback=True)
-
-    async def _dead_letter_undecodable(self, message: Message) -> None:
-        try:
-            await settle_poison(self, message, cast(Undecodable, message.extra).failure(), logger)
-        except DeadLetterError as exc:  # Pub/Sub cannot hand it back: it is lost
-            self.skipped += 1
-            logger.error("SKIPPED: %s", exc)
 
     # -- closing ------------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from redis.exceptions import ResponseError
 from dispytch.dead_letter import DEAD_LETTER_SUFFIX, DeadLetter, dead_letter_topic
 from dispytch.errors import EmitError
 from dispytch.listener.consumer import Failure, Message
-from dispytch.poison import Undecodable, dead_letter_headers
+from dispytch.poison import dead_letter_headers
 from dispytch.redis.fields import HEADER_PREFIX, KEY_FIELD, PAYLOAD_FIELD, encode_fields
 from dispytch.untrusted import loggable
 
@@ -95,9 +95,9 @@ class DeadLetterWriter:
         headers = dead_letter_headers(message, failure)
         extra = message.extra
         if self._ids and extra is not None:
-            entry_id = extra.extra[1] if isinstance(extra, Undecodable) else extra
+            entry_id = extra[1] if type(extra) is tuple else extra  # (stream, id) if undecodable
             headers["x-dispytch-original-id"] = str(entry_id)
-        unreadable_topic = isinstance(extra, Undecodable) and "topic" in extra.parts
+        unreadable_topic = message.undecodable is not None and message.undecodable.topic_unreadable
         stream = self.fallback if fallback or unreadable_topic else None
         where = stream or dead_letter_topic(message.topic)
         try:

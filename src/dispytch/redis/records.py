@@ -1,8 +1,8 @@
 """What Redis hands over (a Pub/Sub message, a stream entry), as a :class:`Message`. Pure.
 
 Channels, stream keys, field names and values are bytes written by whoever can publish. These
-functions never raise on them: what Dispytch cannot read makes a message whose ``extra`` is an
-:class:`~dispytch.poison.Undecodable` (the consumers dead-letter those at once).
+functions never raise on them: what Dispytch cannot read makes a message marked
+:attr:`~dispytch.seam.Message.undecodable` (the listener dead-letters those at once).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def channel_message(channel: Any, data: Any) -> Message:
             payload,
             None,
             NO_HEADERS,
-            extra=Undecodable(
+            undecodable=Undecodable(
                 ("topic",), "the channel name is not UTF-8", {TOPIC_B64_HEADER: b64(channel)}
             ),
         )
@@ -55,8 +55,9 @@ def entry_message(
 ) -> Message:
     """A stream entry of ``stream`` (as :func:`stream_name` holds it).
 
-    ``extra`` is the entry id; for an entry Dispytch cannot read it is an
-    :class:`~dispytch.poison.Undecodable` whose ``extra`` is ``(stream, entry_id)``.
+    ``extra`` is the entry id; for an entry Dispytch cannot read (marked
+    :attr:`~dispytch.seam.Message.undecodable`) it is ``(stream, entry_id)``, as its topic may
+    not be the stream's key.
     """
     decoded = decode_fields(fields)
     if decoded is not None and type(stream) is str:
@@ -108,8 +109,9 @@ def _unreadable_entry(
         attempt,
         None,
         None,
-        Undecodable(tuple(parts), "; ".join(problems), raw, (stream, entry_id)),
+        (stream, entry_id),
         entry_id,
+        Undecodable(tuple(parts), "; ".join(problems), raw),
     )
 
 

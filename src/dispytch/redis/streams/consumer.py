@@ -11,7 +11,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, cast
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -19,7 +19,7 @@ from redis.exceptions import ResponseError
 from dispytch.broker_retries import retried_message, retry_headers
 from dispytch.errors import ConfigurationError
 from dispytch.listener.consumer import Consumer, Failure, Message, RetryLater
-from dispytch.poison import Undecodable, settle_poison, shown
+from dispytch.poison import shown
 from dispytch.redis.connection import CONNECTION_ERRORS, Reconnection, pause, stop_reader
 from dispytch.redis.consumer import DEFAULT_MAX_BUFFER_BYTES
 from dispytch.redis.dead_letters import DeadLetterWriter
@@ -77,10 +77,11 @@ class RedisStreamsConsumer(Consumer):
       ``dispytch.fallback.{group}.dlq`` (see :mod:`dispytch.redis.dead_letters`).
     * **Entries Dispytch cannot read** never reach a handler and never stop the consumer: an
       entry without a ``payload`` field, with a header that is not UTF-8, or in a stream whose
-      key is not UTF-8 (found for a pattern) is dead-lettered at once (reason ``decode``, the
-      unreadable parts base64-encoded in ``x-dispytch-undecodable*`` headers; to the fallback
-      stream when the key is unreadable) and acknowledged, so a restart does not see it again.
-      If neither dead-letter stream takes it, the consumer stops with
+      key is not UTF-8 (found for a pattern) is handed to the listener marked
+      :attr:`~dispytch.seam.Message.undecodable`, which dead-letters it at once (reason
+      ``decode``, the unreadable parts base64-encoded in ``x-dispytch-undecodable*`` headers;
+      to the fallback stream when the key is unreadable) and acknowledges it, so a restart
+      does not see it again. If neither dead-letter stream takes it, the listener stops with
       :class:`~dispytch.errors.DeadLetterError` and the entry stays pending.
     * **Read-ahead is bounded** by ``prefetch`` entries and about ``max_buffer_bytes`` payload
       bytes: no read starts while the entries held reach it, and a read asks for no more
@@ -210,13 +211,10 @@ class RedisStreamsConsumer(Consumer):
         self._names: dict[bytes, Stream] = {}
         self._recover: dict[Stream, str] = {}  # stream -> cursor into this consumer's own PEL
         self._held = 0
-        #: Entries Dispytch could not read and skipped (only without a dead-letter stream).
-        self.skipped = 0
         self._entry_size = 0.0  # recent largest payload size read (0: nothing read yet)
         #: Payload bytes of the entries held now (read and not yet settled).
         self.held_bytes = 0
         self._buffer: deque[Message] = deque()
-        self._undecodable: deque[Message] = deque()
         self._readable = asyncio.Event()
         self._room = asyncio.Event()
         self._stopped = asyncio.Event()
@@ -337,14 +335,10 @@ class RedisStreamsConsumer(Consumer):
         if not self._started:
             await self.start()
         buffer = self._buffer
-        undecodable = self._undecodable
         readable = self._readable
         while True:
-            while buffer or undecodable:
-                if undecodable:
-                    await self._dead_letter_undecodable(undecodable.popleft())
-                else:
-                    yield buffer.popleft()
+            while buffer:
+                yield buffer.popleft()
             if self._error is not None:
                 raise self._error
             if self._closing:
@@ -497,10 +491,7 @@ class RedisStreamsConsumer(Consumer):
         # The largest recent entry size, decaying slowly: a read never asks for many large
         # entries on the strength of a run of small ones.
         self._entry_size = max(size, self._entry_size * _SIZE_DECAY, 1.0)
-        if type(message.extra) is Undecodable:
-            self._undecodable.append(message)
-        else:
-            self._buffer.append(message)
+        self._buffer.append(message)
 
     async def _recover_own(self) -> None:
         """Deliver again this consumer's own pending entries (a restart with the same name)."""
@@ -590,8 +581,17 @@ class RedisStreamsConsumer(Consumer):
             return self._retry_stream
         return message.topic
 
+    def _entry(self, message: Message) -> tuple[Stream, Any]:
+        """``(stream, entry id)`` of a message: ``extra`` holds both for an entry Dispytch could
+        not read (its topic may not be the stream's key), the id alone otherwise."""
+        extra = message.extra
+        if type(extra) is tuple:
+            return extra[0], extra[1]
+        return self._stream(message), extra
+
     def _settled(self, message: Message) -> bool:
-        return self._release_slot(self._stream(message), message.extra, len(message.payload))
+        stream, entry_id = self._entry(message)
+        return self._release_slot(stream, entry_id, len(message.payload))
 
     def _release_slot(self, stream: Stream, entry_id: Any, size: int) -> bool:
         inflight = self._inflight.get(stream)
@@ -606,13 +606,14 @@ class RedisStreamsConsumer(Consumer):
     async def ack(self, message: Message) -> None:
         """Record the ack; it is sent with others in one pipelined XACK within ``ack_interval``."""
         if self._settled(message):
-            self._acks.add(self._stream(message), message.extra)
+            self._acks.add(*self._entry(message))
 
     async def nack(self, message: Message) -> None:
         """Hand the entry back: it stays pending, marked idle so the next claim sweep of any
         consumer in the group delivers it again (its delivery count goes up by one)."""
         if self._settled(message):
-            await self._release({self._stream(message): [message.extra]})
+            stream, entry_id = self._entry(message)
+            await self._release({stream: [entry_id]})
             self._next_sweep = 0.0
 
     async def _release(self, ids: dict[Stream, list[str]], retry: int | None = None) -> None:
@@ -642,16 +643,6 @@ class RedisStreamsConsumer(Consumer):
         """XADD the message to the group's fallback stream ``dispytch.fallback.{group}.dlq``."""
         return await self._writer.write(self.redis, message, failure, fallback=True)
 
-    async def _dead_letter_undecodable(self, message: Message) -> None:
-        """Dead-letter an entry Dispytch cannot read, then acknowledge it. If no dead-letter
-        stream takes it, :class:`~dispytch.errors.DeadLetterError` stops the consumer and the
-        entry stays pending: nothing is lost."""
-        undecodable = cast(Undecodable, message.extra)  # only such messages are queued here
-        stream, entry_id = undecodable.extra
-        await settle_poison(self, message, undecodable.failure(), logger)
-        if self._release_slot(stream, entry_id, len(message.payload)):
-            self._acks.add(stream, entry_id)
-
     # -- closing ------------------------------------------------------------------------------
 
     async def close(self) -> None:
@@ -668,7 +659,6 @@ class RedisStreamsConsumer(Consumer):
         await self._hand_back()
         await self._forget_consumer()
         self._buffer.clear()
-        self._undecodable.clear()
         await self._reader_client.aclose()
         if self.owns_client:
             await self.redis.aclose()
@@ -690,9 +680,9 @@ class RedisStreamsConsumer(Consumer):
         entries handed out and never settled go back as they are."""
         unread: dict[tuple[Stream, int], list[str]] = {}
         for message in self._buffer:
-            stream = self._stream(message)
-            unread.setdefault((stream, message.delivery_attempt - 1), []).append(str(message.extra))
-            self._inflight[stream].pop(str(message.extra), None)
+            stream, entry_id = self._entry(message)
+            unread.setdefault((stream, message.delivery_attempt - 1), []).append(str(entry_id))
+            self._inflight[stream].pop(str(entry_id), None)
         for (stream, retry), ids in unread.items():
             await self._release({stream: ids}, retry=retry)
         await self._release({s: list(ids) for s, ids in self._inflight.items() if ids})
