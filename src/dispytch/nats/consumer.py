@@ -8,7 +8,7 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import nats.errors
 import nats.js.errors
@@ -25,7 +25,6 @@ from dispytch.nats.dead_letters import DeadLetterStore
 from dispytch.nats.streams import stream_for
 from dispytch.nats.subjects import consumer_name, covers, overlaps
 from dispytch.nats.wire import to_message
-from dispytch.poison import Undecodable, settle_poison
 from dispytch.routing import TopicPattern
 from dispytch.untrusted import loggable
 
@@ -90,12 +89,14 @@ class NATSConsumer(Consumer):
 
     **Poison-proof**: a message Dispytch cannot read (a subject that is not UTF-8, a header
     block nats-py cannot parse, an ``x-dispytch-key-b64`` header that is not base64) never
-    reaches a handler: it is dead-lettered at once (reason ``decode``, the raw parts base64 in
-    ``x-dispytch-undecodable*`` headers) and acked; if no dead-letter destination takes it,
-    :meth:`listen` raises :class:`~dispytch.errors.DeadLetterError` and the message stays
-    unacked. A connection nats-py closed for good (the server refused something and closed
-    it) makes :meth:`listen` raise :class:`~dispytch.errors.SubscriptionLostError`, so the
-    service stops with an error instead of idling.
+    reaches a handler: it is handed to the listener marked
+    :attr:`~dispytch.seam.Message.undecodable`, which dead-letters it (reason ``decode``, the
+    raw parts base64 in ``x-dispytch-undecodable*`` headers) and acks it; if no dead-letter
+    destination takes it, the listener stops with :class:`~dispytch.errors.DeadLetterError`
+    and the message stays unacked. A connection nats-py closed for good (the server refused
+    something and closed it) makes :meth:`listen` raise
+    :class:`~dispytch.errors.SubscriptionLostError`, so the service stops with an error
+    instead of idling.
 
     Args:
         subscriptions: nats-py pull subscriptions (``js.pull_subscribe(...)``).
@@ -143,8 +144,6 @@ class NATSConsumer(Consumer):
         #: Payload bytes fetched and not yet settled.
         self.held_bytes = 0
         self._message_size = 0.0  # recent largest payload (0: none fetched yet)
-        #: Messages Dispytch could not read and skipped (only without a dead-letter store).
-        self.skipped = 0
         self._lost: BaseException | None = None
         self._shadows: list[tuple[str, ...]] = []
         self._feeds: list[_Feed] = []
@@ -352,9 +351,6 @@ class NATSConsumer(Consumer):
             if ready:
                 _, msg = ready.popleft()
                 message = to_message(msg)
-                if type(message.extra) is Undecodable:
-                    await self._dead_letter_undecodable(message)
-                    continue
                 if self._broker_retries and message.delivery_attempt > 1:
                     message.retry = Retried(None, message.delivery_attempt, counted=True)
                 yield message
@@ -401,16 +397,6 @@ class NATSConsumer(Consumer):
             return False
         await self.dead_letters.put(message, failure, group=self.group, fallback=True)
         return True
-
-    async def _dead_letter_undecodable(self, message: Message) -> None:
-        """Dead-letter (without a store: skip) a message Dispytch cannot read, then ack it. If
-        no destination takes it, :class:`~dispytch.errors.DeadLetterError` stops the consumer
-        and the message stays unacknowledged."""
-        undecodable = cast(Undecodable, message.extra)  # what listen() checked
-        msg: Msg = undecodable.extra
-        await settle_poison(self, message, undecodable.failure(), logger)
-        self._settled(msg)
-        await msg.ack()
 
     # -- closing ------------------------------------------------------------------------------
 

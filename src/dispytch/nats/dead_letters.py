@@ -40,7 +40,7 @@ from dispytch.nats._compat import connection_of
 from dispytch.nats.producer import MAX_SUBJECT_BYTES, header_bytes, publish_acked
 from dispytch.nats.streams import ensure_stream
 from dispytch.nats.wire import KEY_B64_HEADER, KEY_HEADER, decode_key, nats_headers
-from dispytch.poison import Undecodable, dead_letter_headers, header_pair
+from dispytch.poison import dead_letter_headers, header_pair
 
 __all__ = [
     "DEFAULT_DEAD_LETTER_STREAM",
@@ -162,7 +162,7 @@ class DeadLetterStore:
         no valid subject."""
         await self.ensure()
         headers = dead_letter_nats_headers(message, failure)
-        readable = not (isinstance(message.extra, Undecodable) and "topic" in message.extra.parts)
+        readable = message.undecodable is None or not message.undecodable.topic_unreadable
         subject = None if fallback or not readable else self.subject(message.topic)
         payload = message.payload
         if subject is None:

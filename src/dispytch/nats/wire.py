@@ -82,7 +82,7 @@ def decode_key(headers: Mapping[str, str]) -> bytes | None:
 
 def to_message(msg: Msg) -> Message:
     """The listener's view of one JetStream delivery; the nats-py message rides in ``extra``
-    (in the :class:`~dispytch.poison.Undecodable` of a message Dispytch cannot read)."""
+    (one Dispytch cannot read is marked :attr:`~dispytch.seam.Message.undecodable`)."""
     try:
         meta = msg.metadata
         attempt, offset = meta.num_delivered, meta.sequence.stream
@@ -161,5 +161,6 @@ def _unreadable(msg: Msg, attempt: int, offset: int | None) -> Message:
         attempt,
         None,
         offset,
-        Undecodable(tuple(parts), "; ".join(problems), raw, msg),
+        msg,
+        undecodable=Undecodable(tuple(parts), "; ".join(problems), raw),
     )

@@ -5,19 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
-from typing import cast
 
 import nats.errors
 from nats.aio.client import Client as NATSClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from dispytch.errors import ConfigurationError, DeadLetterError, SubscriptionLostError
+from dispytch.errors import ConfigurationError, SubscriptionLostError
 from dispytch.listener.consumer import Consumer, Failure, Message
 from dispytch.nats import _compat
 from dispytch.nats.dead_letters import DeadLetterStore
 from dispytch.nats.wire import core_message
-from dispytch.poison import Overflow, Undecodable, settle_poison
+from dispytch.poison import Overflow
 from dispytch.readahead import ReadAhead
 from dispytch.routing import TopicPattern
 from dispytch.untrusted import loggable
@@ -52,8 +51,9 @@ class NATSCoreConsumer(Consumer):
 
     **Poison-proof.** A message Dispytch cannot read (a subject that is not UTF-8, a header
     block nats-py cannot parse, an ``x-dispytch-key-b64`` header that is not base64) never
-    reaches a handler: it is dead-lettered at once (reason ``decode``); if that fails too it
-    is dropped with an ERROR line and counted in :attr:`skipped`. A watchdog checks the
+    reaches a handler: it is handed to the listener marked
+    :attr:`~dispytch.seam.Message.undecodable`, which dead-letters it (reason ``decode``) as
+    any failed message. A watchdog checks the
     connection every ``watch_interval`` seconds: one whose reader died (so it hears nothing
     while it looks connected) is made to reconnect, and one nats-py closed for good makes
     :meth:`listen` raise :class:`~dispytch.errors.SubscriptionLostError`, so the service
@@ -106,8 +106,6 @@ class NATSCoreConsumer(Consumer):
         self._lost: SubscriptionLostError | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._overflow = overflow or Overflow(logger, "core NATS")
-        #: Messages Dispytch could not read and could not dead-letter either (dropped).
-        self.skipped = 0
         #: Times the watchdog made a deaf connection reconnect.
         self.revived = 0
 
@@ -199,11 +197,7 @@ class NATSCoreConsumer(Consumer):
         take = buffer.take
         while True:
             while (msg := take()) is not None:
-                message = core_message(msg)
-                if type(message.extra) is Undecodable:
-                    await self._dead_letter_undecodable(message)
-                    continue
-                yield message
+                yield core_message(msg)
             if self._lost is not None and not self._closed:
                 raise self._lost
             if self._closed:
@@ -229,13 +223,6 @@ class NATSCoreConsumer(Consumer):
             return False
         await self.dead_letters.put(message, failure, group=self.queue or "dispytch", fallback=True)
         return True
-
-    async def _dead_letter_undecodable(self, message: Message) -> None:
-        try:
-            await settle_poison(self, message, cast(Undecodable, message.extra).failure(), logger)
-        except DeadLetterError as exc:  # core NATS cannot hand it back: it is lost
-            self.skipped += 1
-            logger.error("SKIPPED: %s", exc)
 
     async def close(self) -> None:
         """Unsubscribe; messages buffered but never listened to are lost (logged)."""
