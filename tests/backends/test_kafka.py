@@ -64,6 +64,18 @@ async def admin() -> AsyncIterator[Any]:
     await client.close()
 
 
+async def _dead_letters(app: App, topic: str, count: int, timeout: float = 20) -> list[Any]:
+    """The dead letters of ``topic``, once there are ``count`` of them."""
+    found: list[Any] = []
+
+    async def enough() -> bool:
+        found[:] = await app.backend.dead_letters(topic)
+        return len(found) >= count
+
+    await eventually(enough, f"{count} dead letter(s) of {topic}", timeout=timeout)
+    return found
+
+
 async def _read_all(topic: str, count: int) -> list[Any]:
     """Read ``count`` records of ``topic`` from the beginning, without a group."""
     reader = AIOKafkaConsumer(topic, bootstrap_servers=SERVERS, auto_offset_reset="earliest")
@@ -595,7 +607,8 @@ async def test_a_header_name_that_is_not_utf8_is_dead_lettered_and_the_rest_flow
     try:
         await wait_until(lambda: len(handled) >= 5, timeout=30, what="the good records")
         assert sorted(handled) == [1, 3, 100, 101, 102]
-        [letter] = await app.backend.dead_letters(topic)
+        # Dead-lettered by the listener, beside the good records (not before them).
+        [letter] = await _dead_letters(app, topic, 1)
         consumer = app.listener.consumer  # type: ignore[union-attr]
         assert consumer.skipped == 0
     finally:
@@ -700,6 +713,7 @@ async def test_a_topic_too_long_for_its_dlq_suffix_gets_a_valid_dead_letter_topi
 
 
 @pytest.mark.private_access
+@pytest.mark.timeout(90)
 async def test_dead_letters_go_to_the_group_fallback_topic_when_the_dlq_cannot_be_written(
     topic: str, admin: Any
 ) -> None:
@@ -720,7 +734,8 @@ async def test_dead_letters_go_to_the_group_fallback_topic_when_the_dlq_cannot_b
 
     async with app:
         await wait_until(lambda: handled == [2], timeout=30, what="the good record")
-        [letter] = await app.backend.dead_letters(topic)
+        # After the listener's retries of '{topic}.dlq' (each waits metadata_timeout).
+        [letter] = await _dead_letters(app, topic, 1, timeout=40)
     assert letter.topic == topic
     assert letter.headers["x-dispytch-undecodable"] == "headers"
     [raw] = await _read_all(f"dispytch.dlq.{group}", 1)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -25,7 +24,6 @@ from dispytch.kafka.subscription import subscription_for
 from dispytch.kafka.topics import retry_topic
 from dispytch.kafka.wire import lenient_message, to_message
 from dispytch.listener.consumer import Consumer, Failure, Message, RetryLater
-from dispytch.poison import settle_poison
 from dispytch.untrusted import loggable
 
 if TYPE_CHECKING:
@@ -508,7 +506,7 @@ class KafkaConsumer(Consumer):
         self, tp: TopicPartition, record: _Recovered, attempt: int
     ) -> Message | None:
         """The message of a leniently read record; ``None`` when it was settled here (a batch
-        that cannot be read, or a record whose metadata cannot be decoded)."""
+        that cannot be read)."""
         item = record.item
         if isinstance(item, BadBatch):
             self.skipped += item.next - item.first
@@ -524,20 +522,9 @@ class KafkaConsumer(Consumer):
             )
             self._settle(tp, record.offset)
             return None
-        decoded = lenient_message(tp.topic, tp.partition, item, attempt)
-        if decoded.problem is None:
-            return decoded.message
-        failure = Failure(
-            "decode",
-            "UndecodableMetadata",
-            decoded.problem,
-            None,
-            attempt,
-            int(time.time() * 1000),
-        )
-        await settle_poison(self, decoded.message, failure, logger)
-        await self.ack(decoded.message)
-        return None
+        # A record whose metadata cannot be decoded comes marked Message.undecodable: the
+        # listener dead-letters it.
+        return lenient_message(tp.topic, tp.partition, item, attempt).message
 
     # -- delivery attempts across processes ---------------------------------------------------
 

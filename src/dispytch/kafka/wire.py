@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 from dispytch.kafka.records import RawRecord
 from dispytch.listener.consumer import Message
-from dispytch.poison import UNDECODABLE_HEADER, header_pair
+from dispytch.poison import UNDECODABLE_HEADER, Undecodable, header_pair
 from dispytch.untrusted import loggable
 
 __all__ = ["Decoded", "lenient_message", "str_headers", "to_message"]
@@ -74,4 +74,7 @@ def lenient_message(topic: str, partition: int, record: RawRecord, attempt: int)
         offset=record.offset,
         extra=record,
     )
+    if problem is not None:
+        # The dead-letter writer reads the raw headers from the record itself.
+        message.undecodable = Undecodable(("headers",), problem)
     return Decoded(message, problem)
