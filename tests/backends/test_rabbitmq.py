@@ -781,7 +781,6 @@ async def test_a_delivery_pamqp_cannot_decode_is_dead_lettered_without_a_reconne
 
             await eventually(stored, "the dead letter", timeout=20)
             assert proxy.accepted == connections  # no connection was lost on the way
-            assert app.listener is not None and app.listener.consumer.skipped == 0  # type: ignore[attr-defined]
         [letter] = dead
         assert json.loads(letter.payload)["body"]["order_id"] == 1
         part = {"routing-key": "topic", "header-name": "headers"}.get(poison, "properties")
@@ -928,7 +927,13 @@ async def test_dead_letters_go_to_the_group_fallback_queue_when_their_queue_fail
         await _publish_raw(exchange_name, topic.encode() + b".\xff", _envelope(1))
         await _publish_raw(exchange_name, f"{topic}.ok".encode(), _envelope(2))
         await wait_until(lambda: handled == [2], timeout=30, what="the good event")
-        dead = await app.backend.dead_letters(topic + ".\\xff")
+        dead: list[Any] = []
+
+        async def fallen_back() -> bool:  # after the listener's retries of the dead-letter queue
+            dead[:] = await app.backend.dead_letters(topic + ".\\xff")
+            return bool(dead)
+
+        await eventually(fallen_back, "the dead letter in the fallback queue", timeout=30)
         await app.emit(order_event(f"{topic}.ok")(order_id=3))  # emits were not disturbed
         await wait_until(lambda: handled == [2, 3], timeout=20, what="the emitted event")
     assert [json.loads(d.payload)["body"]["order_id"] for d in dead] == [1]

@@ -16,7 +16,6 @@ from aiormq.abc import AbstractChannel, DeliveredMessage
 from dispytch.broker_retries import retried_message, retry_headers, tier_ms
 from dispytch.errors import ConfigurationError, SubscriptionLostError
 from dispytch.listener.consumer import Consumer, Failure, Message, RetryLater
-from dispytch.poison import settle_poison
 from dispytch.rabbitmq import _compat
 from dispytch.rabbitmq.acks import ChannelAcks
 from dispytch.rabbitmq.dead_letters import DEFAULT_DEAD_LETTER_EXCHANGE, DeadLetterStore
@@ -56,9 +55,9 @@ class RabbitMQConsumer(Consumer):
     listener's own producer.
 
     A delivery pamqp cannot decode (a routing key, property or header name that is not UTF-8, a
-    timestamp out of range) no longer breaks the connection: it is read leniently and
-    dead-lettered (skipped, logged at ERROR and counted in :attr:`skipped`, without a
-    dead-letter destination), then acknowledged.
+    timestamp out of range) no longer breaks the connection: it is read leniently and handed to
+    the listener marked :attr:`~dispytch.seam.Message.undecodable`, which dead-letters it
+    (reason ``decode``) and acknowledges it.
 
     Acks are batched: one ``basic.ack(multiple=True)`` settles the contiguous run of finished
     deliveries of a channel, sent once 64 of them are due, after at most 5 ms, when the consumer
@@ -104,8 +103,6 @@ class RabbitMQConsumer(Consumer):
         self._flusher: asyncio.Task[None] | None = None
         #: Consumer tags of quorum queues, the only ones whose delivery count is RabbitMQ's.
         self._counted: set[str] = set()
-        #: Deliveries skipped because they could be neither handled nor dead-lettered.
-        self.skipped = 0
 
     #: the group queue delayed retries expire into (set by the group consumer)
     _retry_queue: str | None = None
@@ -243,29 +240,13 @@ class RabbitMQConsumer(Consumer):
             undecodable = _compat.undecodable(delivered.delivery) or _compat.undecodable(
                 delivered.header
             )
-            if undecodable:
-                await self._settle_poison(delivered, undecodable)
+            if undecodable:  # the listener dead-letters it (Message.undecodable)
+                yield lenient_message(delivered, undecodable).message
                 continue
             message = to_message(delivered, self._counted)
             if self._retry_queue is not None and _expired_into(delivered, self._retry_queue):
                 message = _retried(message)
             yield message
-
-    async def _settle_poison(
-        self, delivered: DeliveredMessage, undecodable: tuple[str, ...]
-    ) -> None:
-        """Dead-letter (or skip) a delivery that could not be decoded, then ack it."""
-        message, problem = lenient_message(delivered, undecodable)
-        failure = Failure(
-            "decode",
-            "UndecodableMetadata",
-            problem,
-            None,
-            message.delivery_attempt,
-            int(time.time() * 1000),
-        )
-        await settle_poison(self, message, failure, logger)
-        await self.ack(message)
 
     async def ack(self, message: Message) -> None:
         self._in_flight -= 1

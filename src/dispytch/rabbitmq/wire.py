@@ -28,6 +28,7 @@ from dispytch.poison import (
     HEADER_B64_PREFIX,
     TOPIC_B64_HEADER,
     UNDECODABLE_HEADER,
+    Undecodable,
     b64,
     header_pair,
     shown,
@@ -217,6 +218,8 @@ def lenient_message(delivered: DeliveredMessage, undecodable: tuple[str, ...]) -
         extra=delivered,
     )
     problem = f"{loggable(', '.join(undecodable))} of the delivery could not be decoded"
+    # The dead-letter store reads the raw parts from the delivery itself: no headers here.
+    message.undecodable = Undecodable(tuple(headers[UNDECODABLE_HEADER].split(",")), problem)
     return Decoded(message, problem)
 
 
