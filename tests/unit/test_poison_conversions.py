@@ -56,10 +56,11 @@ def test_any_pubsub_channel_makes_a_message(channel: bytes, data: bytes) -> None
     message = channel_message(channel, data)
     assert message.payload == data and isinstance(message.topic, str)
     if _utf8(channel):
-        assert message.topic == channel.decode() and message.extra is None
+        assert message.topic == channel.decode() and message.undecodable is None
     else:
-        assert isinstance(message.extra, Undecodable) and message.extra.parts == ("topic",)
-        raw = message.extra.headers["x-dispytch-original-topic-b64"]
+        undecodable = message.undecodable
+        assert isinstance(undecodable, Undecodable) and undecodable.parts == ("topic",)
+        raw = undecodable.headers["x-dispytch-original-topic-b64"]
         assert base64.b64decode(raw) == channel
     _writable(dead_letter_headers(message, FAILURE))
 
@@ -86,15 +87,16 @@ def test_any_stream_entry_makes_a_message(stream: str | bytes, entry: dict[bytes
     readable = isinstance(stream, str) and b"payload" in entry and headers_ok
     if readable:
         assert message.extra == "1-0" and message.payload == entry[b"payload"]
-        assert message.key == entry.get(b"key")
+        assert message.key == entry.get(b"key") and message.undecodable is None
     else:
-        assert isinstance(message.extra, Undecodable)
-        assert message.extra.extra == (stream, "1-0")
+        undecodable = message.undecodable
+        assert isinstance(undecodable, Undecodable)
+        assert message.extra == (stream, "1-0")
         if b"payload" in entry:
             assert message.payload == entry[b"payload"]
         else:  # every field is kept, base64
-            assert "payload" in message.extra.parts
-            kept = [v for k, v in message.extra.headers.items() if "undecodable-header" in k]
+            assert "payload" in undecodable.parts
+            kept = [v for k, v in undecodable.headers.items() if "undecodable-header" in k]
             assert len(kept) == len(entry)
     _writable(dead_letter_headers(message, FAILURE))
 
@@ -144,21 +146,21 @@ def test_any_nats_delivery_makes_a_message(
     message = (to_message if jetstream else core_message)(msg)
     assert isinstance(message, Message) and message.payload == data
     assert isinstance(message.topic, str)
+    undecodable = message.undecodable
     if not _utf8(subject):
-        assert isinstance(message.extra, Undecodable) and "topic" in message.extra.parts
-        raw = message.extra.headers["x-dispytch-original-topic-b64"]
+        assert isinstance(undecodable, Undecodable) and "topic" in undecodable.parts
+        raw = undecodable.headers["x-dispytch-original-topic-b64"]
         assert base64.b64decode(raw) == subject
-    if isinstance(message.extra, Undecodable):
-        assert message.extra.extra is msg
-    else:
-        assert message.extra is msg and message.topic == subject.decode()
+    assert message.extra is msg
+    if undecodable is None:
+        assert message.topic == subject.decode()
         if jetstream:
             assert "Status" not in message.headers  # a stored message never has a status
     dead = nats_headers(dead_letter_nats_headers(message, FAILURE), message.key)
     assert dead is not None
     _writable(dead)
     assert all(HEADER_NAME.fullmatch(name) for name in dead)
-    marker = UNDECODABLE_HEADER if isinstance(message.extra, Undecodable) else "x-dispytch-reason"
+    marker = UNDECODABLE_HEADER if undecodable is not None else "x-dispytch-reason"
     assert dead[marker]
 
 
