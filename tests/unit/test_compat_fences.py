@@ -16,7 +16,7 @@ ATTRIBUTE = re.compile(r"([\w.\])]+)\.(_[a-z]\w*)")
 #: ``getattr(x, "_name"...)``.
 GETATTR = re.compile(r"getattr\([^)]*\"_[a-z]")
 #: Our own objects reached through an attribute (not a client's).
-OURS = ("self.owner._", "_compat.", "._compat", "super()._build(")
+OURS = ("self.owner._", "self.backend._", "_compat.", "._compat", "super()._build(")
 
 
 def _private(code: str) -> bool:

@@ -273,9 +273,12 @@ class NATSBackend(Backend):
     def dead_letter_store(self, group: str | None = None) -> NATSDeadLetters:
         """The dead letters in ``dead_letter_stream``, with the fallback subject of ``group``
         (of every group when ``None``)."""
-        js, producer, _ = self._connected()
         return NATSDeadLetters(
-            js, producer, self.dead_letter_stream, self.dead_letter_stream, group
+            self.require(self.jetstream),
+            self.producer(),
+            self.dead_letter_stream,
+            self.dead_letter_stream,
+            group,
         )
 
     async def dead_letters(self, topic: str, limit: int = 100) -> list[DeadLetter]:

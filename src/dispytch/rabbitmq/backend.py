@@ -212,9 +212,7 @@ class RabbitMQBackend(Backend):
     def dead_letter_store(self, group: str | None = None) -> RabbitMQDeadLetters:
         """The dead letters of consumer group ``group`` (its dead-letter and fallback queues;
         AMQP cannot list queues, so a group is needed)."""
-        producer, _ = self._connected()
-        assert self.connection is not None  # _connected() checked it
-        return RabbitMQDeadLetters(self.connection, producer, group)
+        return RabbitMQDeadLetters(self.require(self.connection), self.producer(), group)
 
     async def dead_letters(
         self, topic: str, limit: int = 100, *, group: str | None = None

@@ -111,7 +111,7 @@ def _unreadable_entry(
         None,
         (stream, entry_id),
         entry_id,
-        Undecodable(tuple(parts), "; ".join(problems), raw),
+        undecodable=Undecodable(tuple(parts), "; ".join(problems), raw),
     )
 
 
