@@ -4,10 +4,21 @@
 (comma-separated: ``kafka,rabbitmq,redis,redis_streams,nats,nats_core``), which
 ``scripts/test.sh`` sets after starting the brokers; a listed broker that does not answer
 fails the run instead of being skipped.
+
+**Your own backend** (``docs/backends/custom.md``) runs too, as ``custom``, when
+``DISPYTCH_CONFORMANCE_BACKEND`` names its class (``module:Class``, importable) and
+``DISPYTCH_CONFORMANCE_URL`` a URL it takes (its scheme is registered for the class)::
+
+    DISPYTCH_CONFORMANCE_BACKEND=queue_backend:QueueBackend \
+    DISPYTCH_CONFORMANCE_URL=queue:// python -m pytest tests/conformance -k custom
+
+``DISPYTCH_CONFORMANCE_LACKS`` lists what it does not carry, comma-separated: ``keys`` (an
+ordering key with each message), ``headers``.
 """
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -16,6 +27,7 @@ from typing import Any
 import pytest
 
 from dispytch import App
+from dispytch.backend import register_backend
 from tests.helpers import require_broker
 
 
@@ -54,6 +66,30 @@ BACKENDS = {
         "nats_core", "nats+core://127.0.0.1:4222", 4222, durable=False, delimiter="."
     ),
 }
+
+
+def _custom() -> BackendUnderTest | None:
+    """The backend ``DISPYTCH_CONFORMANCE_BACKEND`` names, registered for its URL's scheme."""
+    target = os.environ.get("DISPYTCH_CONFORMANCE_BACKEND")
+    if not target:
+        return None
+    url = os.environ.get("DISPYTCH_CONFORMANCE_URL", "custom://")
+    module, _, name = target.partition(":")
+    cls = getattr(__import__(module, fromlist=[name]), name)
+    register_backend(url.partition("://")[0], target)
+    lacks = {w.strip() for w in os.environ.get("DISPYTCH_CONFORMANCE_LACKS", "").split(",")}
+    return BackendUnderTest(
+        "custom",
+        url,
+        None,
+        carries_keys="keys" not in lacks,
+        delimiter=cls.topic_delimiter,
+        carries_headers="headers" not in lacks,
+    )
+
+
+if (custom := _custom()) is not None:
+    BACKENDS["custom"] = custom
 
 
 @pytest.fixture(params=list(BACKENDS))
