@@ -22,13 +22,15 @@ T = TypeVar("T")
 class ReadAhead(Generic[T]):
     """Up to ``capacity`` items and ``max_bytes`` payload bytes, oldest first.
 
-    The reader :meth:`put`\\ s (after checking :attr:`full`, or waiting :meth:`for_room`) and
-    calls :meth:`wake`; ``listen`` :meth:`take`\\ s until ``None``, then waits :meth:`readable`.
+    The reader :meth:`offer`\\ s (a pushing broker that must not be held up drops what does not
+    fit) or waits :meth:`for_room` then :meth:`put`\\ s, and calls :meth:`wake`; ``listen``
+    :meth:`take`\\ s until ``None``, then waits :meth:`readable`.
     """
 
     __slots__ = (
         "_items",
         "_readable",
+        "_reader_waits",
         "_room",
         "_sizes",
         "capacity",
@@ -46,7 +48,7 @@ class ReadAhead(Generic[T]):
         self.held_bytes = 0
         self._readable = asyncio.Event()
         self._room = asyncio.Event()
-        self._room.set()
+        self._reader_waits = False
         self.closed = False
 
     def __len__(self) -> int:
@@ -63,6 +65,16 @@ class ReadAhead(Generic[T]):
         self._sizes.append(size)
         self.held_bytes += size
 
+    def offer(self, item: T, size: int) -> bool:
+        """Hold ``item`` if there is room; ``False`` (not held) when the buffer is full."""
+        items = self._items
+        if len(items) >= self.capacity or self.held_bytes >= self.max_bytes:
+            return False
+        items.append(item)
+        self._sizes.append(size)
+        self.held_bytes += size
+        return True
+
     def wake(self) -> None:
         """Tell ``listen`` there is something to take (or that the reader ended)."""
         self._readable.set()
@@ -73,7 +85,8 @@ class ReadAhead(Generic[T]):
         if not items:
             return None
         self.held_bytes -= self._sizes.popleft()
-        if not self._room.is_set():
+        if self._reader_waits:
+            self._reader_waits = False
             self._room.set()
         return items.popleft()
 
@@ -86,6 +99,7 @@ class ReadAhead(Generic[T]):
         """Wait until there is room for one more item, or the buffer is closed."""
         while self.full and not self.closed:
             self._room.clear()
+            self._reader_waits = True
             await self._room.wait()
 
     def clear(self) -> int:
@@ -94,6 +108,7 @@ class ReadAhead(Generic[T]):
         self._items.clear()
         self._sizes.clear()
         self.held_bytes = 0
+        self._reader_waits = False
         self._room.set()
         return dropped
 

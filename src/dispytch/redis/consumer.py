@@ -227,7 +227,7 @@ class RedisConsumer(Consumer):
     async def _read_loop(self) -> None:
         pubsub = self.pubsub
         buffer = self._buffer
-        put = buffer.put
+        offer = buffer.offer
         topics = self._topics
         reconnection = self._reconnection
         drained: Any = None  # the connection has_reply and read_reply belong to
@@ -257,18 +257,19 @@ class RedisConsumer(Consumer):
                         channel = response[index]
                         if index == 2 and not self._keeps(response[1], channel):
                             pass  # another subscription delivers this message too
-                        elif buffer.full:
-                            self._drop()
                         else:
                             data = response[index + 1]
                             topic = topics.get(channel)
                             if topic is not None and type(data) is bytes:
-                                put(Message(topic, data, None, NO_HEADERS), len(data))
+                                held = offer(Message(topic, data, None, NO_HEADERS), len(data))
                             else:
-                                self._add(channel_message(channel, data), channel)
-                            count += 1
-                            if count == 1:
-                                buffer.wake()
+                                held = self._add(channel_message(channel, data), channel)
+                            if not held:
+                                self._drop()
+                            else:
+                                count += 1
+                                if count == 1:
+                                    buffer.wake()
                     else:
                         self._take(await pubsub.handle_message(response, True))  # type: ignore[no-untyped-call]
                     if count >= _BATCH or self._closing:
@@ -324,13 +325,14 @@ class RedisConsumer(Consumer):
             self._owners[channel] = owner = pattern
         return bool(owner == pattern)
 
-    def _add(self, message: Message, channel: Any) -> None:
-        """Buffer a message built by :func:`channel_message` (the slow path)."""
+    def _add(self, message: Message, channel: Any) -> bool:
+        """Buffer a message built by :func:`channel_message` (the slow path); ``False`` when
+        the buffer is full."""
         if type(channel) is bytes and message.undecodable is None:
             if len(self._topics) >= _CHANNEL_MEMO:
                 self._topics.clear()
             self._topics[channel] = message.topic
-        self._buffer.put(message, len(message.payload))
+        return self._buffer.offer(message, len(message.payload))
 
     @property
     def buffered_bytes(self) -> int:
@@ -354,11 +356,10 @@ class RedisConsumer(Consumer):
             channel = raw["channel"]
             if kind == "pmessage" and not self._keeps(raw["pattern"], channel):
                 return
-            if self._buffer.full:
+            if self._add(channel_message(channel, raw["data"]), channel):
+                self._buffer.wake()
+            else:
                 self._drop()
-                return
-            self._add(channel_message(channel, raw["data"]), channel)
-            self._buffer.wake()
         elif kind == "pong":
             self._check_pong(raw["data"])
 
