@@ -46,5 +46,9 @@ for client in aiokafka aio-pika aiormq pamqp redis nats-py; do
 done
 
 export DISPYTCH_BROKERS="${DISPYTCH_BROKERS-kafka,rabbitmq,redis,redis_streams,nats,nats_core}"
-exec "$VPY" -m pytest tests/backends tests/conformance tests/unit/test_kafka_compat.py \
-  tests/unit/test_poison_conversions.py tests/unit/test_rabbitmq_wire.py "$@"
+# The backend and conformance suites, and the unit tests that pin what _compat relies on
+# (hand-built AMQP frames against pamqp's, the lenient decoders, TLS and Sentinel connections).
+exec "$VPY" -m pytest tests/backends tests/conformance tests/unit/test_compat_fences.py \
+  tests/unit/test_kafka_compat.py tests/unit/test_poison_conversions.py \
+  tests/unit/test_rabbitmq_wire.py tests/unit/test_rabbitmq_frames.py \
+  tests/unit/test_cluster_config.py tests/security/test_connection_options.py "$@"
