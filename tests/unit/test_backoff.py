@@ -73,3 +73,38 @@ def test_no_loop_keeps_a_backoff_of_its_own() -> None:
         if path.name != "backoff.py" and (lines := _doubling_loops(ast.parse(path.read_text())))
     }
     assert own == {}
+
+
+def _is_fixed_sleep(node: ast.AST) -> bool:
+    if not (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "sleep"
+        and node.args
+    ):
+        return False
+    wait = node.args[0]
+    if isinstance(wait, ast.BinOp):
+        wait = wait.left
+    return isinstance(wait, ast.Constant) and wait.value != 0
+
+
+def _fixed_sleeps_after_failures(tree: ast.AST) -> list[int]:
+    """Lines of ``await asyncio.sleep(<number or number * n>)`` inside an ``except``: a retry
+    loop with waits of its own."""
+    return [
+        node.lineno
+        for handler in ast.walk(tree)
+        if isinstance(handler, ast.ExceptHandler)
+        for node in ast.walk(handler)
+        if _is_fixed_sleep(node)
+    ]
+
+
+def test_no_retry_loop_sleeps_a_fixed_time_after_a_failure() -> None:
+    own = {
+        str(path.relative_to(SRC)): lines
+        for path in SRC.rglob("*.py")
+        if (lines := _fixed_sleeps_after_failures(ast.parse(path.read_text())))
+    }
+    assert own == {}

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import ConsumerStoppedError, IllegalOperation, KafkaError, ProducerFenced
 
+from dispytch.backoff import Backoff, backoff_delay
 from dispytch.broker_retries import RETRY_DUE_HEADER, retried_message, retry_headers, tier_ms
 from dispytch.emitter.producer import Outgoing
 from dispytch.errors import ConfigurationError, DispytchError, TransactionError
@@ -606,12 +607,13 @@ class KafkaConsumer(Consumer):
     async def _commit_metadata(self, tp: TopicPartition, offset: int) -> None:
         """Commit ``tp``'s metadata at its settled position (or at ``offset``, the record about
         to be handed out, when nothing is tracked yet), retrying until it is stored."""
+        backoff = Backoff(0.2, 5.0)
         while not self._closing:
             position = self._tracker.position(tp)
             try:
                 await self.commit([tp], force={tp: offset if position is None else position})
             except KafkaError:
-                await asyncio.sleep(0.2)  # logged by commit(): the broker is unavailable
+                await asyncio.sleep(backoff.failed())  # logged by commit(): broker unavailable
                 continue
             if not self._commits_enabled:
                 self._deliveries[tp] = _untracked()
@@ -892,7 +894,7 @@ class KafkaConsumer(Consumer):
                     type(exc).__name__,
                     exc,
                 )
-                await asyncio.sleep(0.1 * attempt)
+                await asyncio.sleep(backoff_delay(attempt, 0.1, 2.0))
                 attempt += 1
         for tp, position in positions.items():
             staged = self._staged.get(tp)

@@ -11,6 +11,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from dispytch.backoff import Backoff
 from dispytch.request import Deliver, ReplyInbox
 
 __all__ = ["KafkaInbox"]
@@ -61,13 +62,21 @@ class KafkaInbox(ReplyInbox):
         self._task = asyncio.create_task(self._read(reader, deliver), name="dispytch-replies")
 
     async def _read(self, reader: AIOKafkaConsumer, deliver: Deliver) -> None:
+        backoff = Backoff(0.5, 10.0)
         while True:
             try:
                 batches: dict[Any, list[Any]] = await reader.getmany(timeout_ms=1000)
             except KafkaError as exc:
-                logger.warning("reading replies failed (%s: %s)", type(exc).__name__, exc)
-                await asyncio.sleep(1.0)
+                delay = backoff.failed()
+                logger.warning(
+                    "reading replies failed (%s: %s); retrying in %.1fs",
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
                 continue
+            backoff.succeeded()
             for records in batches.values():
                 for record in records:
                     headers = {k: (v or b"").decode("utf-8", "replace") for k, v in record.headers}
