@@ -12,6 +12,9 @@ Two things live here:
 * **Publishing a batch in few writes** (:class:`PublishLedger`): the channel's publish
   bookkeeping as ``Channel.basic_publish`` keeps it. Fallback: ``None``, and the producer
   publishes message by message through aiormq's own ``basic_publish``.
+* **Hand-built publish frames** (:mod:`dispytch.rabbitmq.frames`, not here: pure AMQP 0-9-1
+  marshalling that reads no client state); ``tests/unit/test_rabbitmq_frames.py`` checks them
+  byte for byte against pamqp's, on the installed and on the newest pamqp.
 * **Failover between cluster nodes** (:class:`FailoverConnection`, at the end): each reconnect
   attempt of aio-pika's ``RobustConnection`` (10.2.1) starts by setting ``self.transport =
   None`` and then connects to ``self.url``; that assignment is the moment to pick the next
