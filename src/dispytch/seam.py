@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 __all__ = [
+    "DEAD_LETTER_REASONS",
     "FAILURE_HEADER_PREFIX",
     "FORWARDED_HEADER_PREFIX",
     "Backend",
@@ -132,13 +133,15 @@ FAILURE_HEADER_PREFIX = "x-dispytch-"
 #: cannot forge the failure headers Dispytch writes (``x-dispytch-reason`` arrives as
 #: ``x-dispytch-forwarded-reason``). Headers already under this prefix are kept as they are.
 FORWARDED_HEADER_PREFIX = "x-dispytch-forwarded-"
+#: Every value of a dead letter's ``x-dispytch-reason`` header (:attr:`Failure.reason`).
+DEAD_LETTER_REASONS = ("decode", "validation", "handler", "redelivery", "middleware")
 
 
 @dataclass(slots=True, frozen=True)
 class Failure:
     """Why a message is being dead-lettered."""
 
-    reason: str  # "decode", "validation", "handler", "redelivery" or "middleware"
+    reason: str  # one of DEAD_LETTER_REASONS
     error_type: str
     error_message: str
     handler: str | None

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from dispytch import App, Event, EventBase, RegistrationError, TopicSegment
 from dispytch.asyncapi import asyncapi, dump_yaml
+from dispytch.seam import DEAD_LETTER_REASONS
 from tests.asyncapi.everything import OrderPlaced, build
 
 URLS = {
@@ -191,7 +192,7 @@ def test_dead_letter_channels(backend: str, address: str) -> None:
     assert doc["operations"]["on_charge"]["x-dispytch-dead-letter-channel"] == channel_id
     message = doc["components"]["messages"]["DeadLetter"]
     headers = _deref(doc, message["headers"]["$ref"])
-    assert "x-dispytch-reason" in headers["properties"]
+    assert headers["properties"]["x-dispytch-reason"]["enum"] == list(DEAD_LETTER_REASONS)
     if backend == "rabbitmq":
         assert channel["bindings"]["amqp"]["is"] == "queue"
         assert channel["bindings"]["amqp"]["queue"]["name"] == address

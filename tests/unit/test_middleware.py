@@ -19,6 +19,7 @@ from dispytch.middleware import (
     PublishContext,
     PublishNext,
 )
+from dispytch.seam import DEAD_LETTER_REASONS
 from dispytch.testing import TestClient
 from tests.helpers import wait_until
 from tests.unit.support import envelope, memory_listener, running
@@ -334,6 +335,7 @@ async def test_consume_scope_failing_before_settle_dead_letters(where: str) -> N
     assert consumer.log == [("dead", 0), ("ack", 0)]
     (dead,) = broker.dead_letters("orders")
     assert dead.reason == "middleware"
+    assert dead.reason in DEAD_LETTER_REASONS  # the AsyncAPI document lists it
     assert dead.error.startswith("ValueError" if where == "before" else "MiddlewareError")
 
 

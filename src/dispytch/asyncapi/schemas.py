@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from dispytch.events import EventBase
+from dispytch.seam import DEAD_LETTER_REASONS
 
 __all__ = [
     "DEAD_LETTER_HEADERS",
@@ -152,7 +153,7 @@ DEAD_LETTER_HEADERS: dict[str, Any] = {
     "properties": {
         _HEADER + "reason": {
             "type": "string",
-            "enum": ["decode", "validation", "handler", "redelivery"],
+            "enum": list(DEAD_LETTER_REASONS),
             "description": "Why the message was dead-lettered.",
         },
         _HEADER + "error-type": {"type": "string", "description": "Class of the exception."},
