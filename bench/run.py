@@ -2,6 +2,7 @@
 
     python bench/run.py [--backends memory,kafka,rabbitmq,redis,redis_streams,nats,nats_core]
                         [--scenarios consume,publish,io,memory] [--events 50000] [--repeats 3]
+                        [--middleware none,prometheus,otel]
 
 Every measurement runs in a fresh worker process (``--worker``), so client CPU (µs/event,
 ``time.process_time``) and peak RSS are the consuming process's own. Variants run interleaved
@@ -47,6 +48,11 @@ from harness.common import RESULT_PREFIX, Spec, emit_result  # noqa: E402
 BACKENDS = ("memory", "kafka", "rabbitmq", "redis", "redis_streams", "nats", "nats_core")
 SCENARIOS = ("consume", "publish", "io", "memory")
 VARIANTS = ("raw", "rawbatch", "dispytch", "faststream")
+#: What ``--middleware`` may run the Dispytch variant with (see harness.dispytch_side).
+MIDDLEWARE = ("none", "prometheus", "otel")
+#: Overhead allowed for a middleware on a backend: (middleware, backend) -> at most this much
+#: more client CPU per event than the Dispytch variant without middleware.
+OVERHEAD_TARGETS = {("prometheus", "memory"): 0.15, ("prometheus", "redis"): 0.15}
 #: Dispytch packages that must import for a backend to be benchmarked at all.
 DISPYTCH_MODULE = {
     "memory": "dispytch.memory",
@@ -178,6 +184,13 @@ def machine() -> str:
 
 
 async def run_worker(python: str, spec: Spec, timeout: float) -> dict[str, Any]:
+    env = None
+    source = spec.options.get("source")
+    if source:  # --compare-src: this Dispytch, not the checkout's, first on the path
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([source, os.environ.get("PYTHONPATH", "")]),
+        }
     proc = await asyncio.create_subprocess_exec(
         python,
         os.path.join(HERE, "run.py"),
@@ -186,6 +199,7 @@ async def run_worker(python: str, spec: Spec, timeout: float) -> dict[str, Any]:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         cwd=os.path.dirname(HERE),
+        env=env,
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
@@ -274,9 +288,22 @@ async def bench_backend(run: Run, backend: str) -> None:
                         n = args.io_faststream_events
                     if (scenario, variant) in getattr(module, "CAPPED", ()):
                         n = min(n, args.capped_events)
-                    specs.append(
-                        Spec(scenario, backend, variant, n, url=url, options=dict(options))
+                    # The Dispytch variant once per --middleware choice, next to each other.
+                    chosen = args.middleware if variant == "dispytch" else ["none"]
+                    specs.extend(
+                        Spec(
+                            scenario,
+                            backend,
+                            variant,
+                            n,
+                            url=url,
+                            options={**options, "middleware": m},
+                        )
+                        for m in chosen
                     )
+                    if variant == "dispytch" and args.compare_src:
+                        compare = {**options, "middleware": "none", "source": args.compare_src}
+                        specs.append(Spec(scenario, backend, variant, n, url=url, options=compare))
                 await setup.prepare(scenario, specs)
                 for spec in specs:
                     python = sys.executable
@@ -284,17 +311,25 @@ async def bench_backend(run: Run, backend: str) -> None:
                         assert run.faststream_python is not None
                         python = run.faststream_python
                     result = await run_worker(python, spec, args.worker_timeout)
-                    run.say(
-                        f"  {backend} {scenario} #{repeat + 1} {describe(spec.variant, result)}"
-                    )
+                    name = label_of(spec)
+                    run.say(f"  {backend} {scenario} #{repeat + 1} {describe(name, result)}")
                     if "sequential" in result:
                         for label in ("sequential", "batched"):
                             kind = "publish-seq" if label == "sequential" else "publish-batch"
-                            run.rows.append(Row(backend, kind, spec.variant, repeat, result[label]))
+                            run.rows.append(Row(backend, kind, name, repeat, result[label]))
                     else:
-                        run.rows.append(Row(backend, scenario, spec.variant, repeat, result))
+                        run.rows.append(Row(backend, scenario, name, repeat, result))
     finally:
         await setup.cleanup()
+
+
+def label_of(spec: Spec) -> str:
+    """The variant as the tables show it: ``dispytch+prometheus`` with a middleware,
+    ``dispytch@compare`` for the ``--compare-src`` tree."""
+    if spec.options.get("source"):
+        return f"{spec.variant}@compare"
+    middleware = spec.options.get("middleware", "none")
+    return spec.variant if middleware == "none" else f"{spec.variant}+{middleware}"
 
 
 def medians(rows: Iterable[Row]) -> dict[tuple[str, str, str], tuple[float, float, int]]:
@@ -348,6 +383,63 @@ def table(run: Run) -> list[str]:
     return lines
 
 
+def middleware_table(run: Run) -> list[str]:
+    """Dispytch with each ``--middleware`` against Dispytch without: events/s and client
+    CPU per event, and the CPU overhead."""
+    chosen = [m for m in run.args.middleware if m != "none"]
+    if not chosen:
+        return []
+    med = medians(run.rows)
+    lines = [
+        "| backend | scenario | Dispytch, no middleware | "
+        + " | ".join(f"+ {m} | {m} CPU overhead" for m in chosen)
+        + " |",
+        "|---|---|---|" + "---|---|" * len(chosen),
+    ]
+    for backend in dict.fromkeys(r.backend for r in run.rows):
+        for kind in ("consume", "publish-seq", "publish-batch"):
+            base = med.get((backend, kind, "dispytch"))
+            if base is None:
+                continue
+            cells = []
+            for m in chosen:
+                other = med.get((backend, kind, f"dispytch+{m}"))
+                cells.append(f"{cell(other)} | {overhead(other, base)}")
+            lines.append(f"| {backend} | {kind} | {cell(base)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def compare_table(run: Run) -> list[str]:
+    """Dispytch from this checkout against the ``--compare-src`` tree, both without
+    middleware: events/s and client CPU per event, and their ratios."""
+    if not run.args.compare_src:
+        return []
+    med = medians(run.rows)
+    lines = [
+        "| backend | scenario | Dispytch (this checkout) | Dispytch (--compare-src) "
+        "| events/s ratio | CPU per event ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for backend in dict.fromkeys(r.backend for r in run.rows):
+        for kind in ("consume", "publish-seq", "publish-batch", "io"):
+            this = med.get((backend, kind, "dispytch"))
+            other = med.get((backend, kind, "dispytch@compare"))
+            if this is None or other is None:
+                continue
+            cpu = f"{this[1] / other[1]:.3f}" if other[1] else "-"
+            lines.append(
+                f"| {backend} | {kind} | {cell(this)} | {cell(other)} | {ratio(this, other)} "
+                f"| {cpu} |"
+            )
+    return lines
+
+
+def overhead(value: tuple[float, float, int] | None, base: tuple[float, float, int] | None) -> str:
+    if value is None or base is None or not base[1]:
+        return "-"
+    return f"{(value[1] / base[1] - 1) * 100:+.1f} %"
+
+
 def verdicts(run: Run) -> list[str]:
     med = medians(run.rows)
     out = []
@@ -362,6 +454,17 @@ def verdicts(run: Run) -> list[str]:
             out.append(
                 f"- {backend} {kind}: Dispytch/{versus} {value:.2f} (target ≥ {goal}) {mark}"
             )
+    for (middleware, backend), limit in OVERHEAD_TARGETS.items():
+        base = med.get((backend, "consume", "dispytch"))
+        other = med.get((backend, "consume", f"dispytch+{middleware}"))
+        if base is None or other is None or not base[1]:
+            continue
+        extra = other[1] / base[1] - 1
+        mark = "met" if extra <= limit else "NOT met"
+        out.append(
+            f"- {backend} consume with {middleware}: client CPU {extra * 100:+.1f} % per event "
+            f"(target ≤ {limit * 100:.0f} %) {mark}"
+        )
     for backend in dict.fromkeys(r.backend for r in run.rows):
         seq = med.get((backend, "publish-seq", "dispytch"))
         many = med.get((backend, "publish-batch", "dispytch"))
@@ -416,6 +519,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--backends", default=",".join(BACKENDS))
     p.add_argument("--scenarios", default="consume,publish,io,memory")
     p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument(
+        "--compare-src",
+        default=None,
+        metavar="DIR",
+        help="also run the Dispytch variant with the package in DIR (a src/ directory, e.g. "
+        "of `git worktree add /tmp/main main`), interleaved: a regression check in one run",
+    )
+    p.add_argument(
+        "--middleware",
+        default="none",
+        help="run the Dispytch variant once per middleware listed: none, prometheus "
+        "(dispytch.prometheus), otel (dispytch.otel with the OpenTelemetry SDK, spans "
+        "batched to an exporter that drops them); e.g. none,prometheus,otel",
+    )
     p.add_argument("--events", type=int, default=50_000, help="backlog size / batched publishes")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--concurrency", type=int, default=100, help="prefetch / Dispytch concurrency")
@@ -445,7 +562,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.backends = [b for b in args.backends.split(",") if b]
     args.scenarios = [s for s in args.scenarios.split(",") if s]
     args.variants = [v for v in args.variants.split(",") if v]
-    for name, allowed in (("backends", BACKENDS), ("scenarios", SCENARIOS), ("variants", VARIANTS)):
+    args.middleware = [m for m in args.middleware.split(",") if m] or ["none"]
+    if args.compare_src:
+        args.compare_src = os.path.abspath(args.compare_src)
+    for name, allowed in (
+        ("backends", BACKENDS),
+        ("scenarios", SCENARIOS),
+        ("variants", VARIANTS),
+        ("middleware", MIDDLEWARE),
+    ):
         bad = set(getattr(args, name)) - set(allowed)
         if bad:
             p.error(f"unknown {name}: {', '.join(sorted(bad))} (choose from {', '.join(allowed)})")
@@ -501,6 +626,16 @@ async def orchestrate(args: argparse.Namespace) -> Run:
     run.say(f"medians of {args.repeats} (memory scenario: 1 run); events/s (client CPU µs/event)\n")
     for line in table(run):
         run.say(line)
+    compared = compare_table(run)
+    if compared:
+        run.say(f"\nthis checkout against --compare-src {run.args.compare_src} (medians)\n")
+        for line in compared:
+            run.say(line)
+    extra = middleware_table(run)
+    if extra:
+        run.say("\nmiddleware (medians; CPU overhead against Dispytch without middleware)\n")
+        for line in extra:
+            run.say(line)
     lines = verdicts(run)
     if lines:
         run.say("\ntargets (issue 5):")

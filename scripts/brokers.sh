@@ -6,7 +6,7 @@
 #   scripts/brokers.sh status                                 which brokers answer, and whose they are
 #   scripts/brokers.sh restart NAME [NAME ...]                stop + start, keeping data (Kafka log, RabbitMQ mnesia)
 #   scripts/brokers.sh clean                                  down, then wipe the run dir (all broker data)
-#   scripts/brokers.sh tools                                  install the other Debian tools the tests use (chromium, tmux)
+#   scripts/brokers.sh tools                                  install the other Debian tools the tests use (chromium, tmux, prometheus)
 #   scripts/brokers.sh --profile secure up|down|status|clean  the secured brokers (TLS + auth), see
 #                                                             scripts/brokers-secure.sh; both profiles run at once
 #   scripts/brokers.sh --profile cluster up|down|status|...   3-node clusters: scripts/cluster/cluster.sh
@@ -667,6 +667,9 @@ cmd_tools() { # Debian packages the test suite needs besides the brokers
   local missing=()
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   command -v tmux >/dev/null 2>&1 || missing+=(tmux) # the terminal test of dispytch dlq
+  # Prometheus scrapes `dispytch run --http` in tests/operations (started by the test itself on
+  # a port of its own; apt must not start the distro service: install_packages sees to it).
+  command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
   mkdir -p "$RUN_ROOT"
   install_packages "${missing[@]}"
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite on any machine with Python 3.11+: installs the dev dependencies when one
-# is missing (pip install -e ".[dev]"), the Debian tools the tests use (chromium, tmux) and the local
-# brokers, starts the brokers, then runs pytest against memory and every live broker.
+# is missing (pip install -e ".[dev]"), the Debian tools the tests use (chromium, tmux, prometheus)
+# and the local brokers, starts the brokers, then runs pytest against memory and every live broker.
 # Extra arguments go to pytest.
 #
 # DISPYTCH_BROKERS lists backend names (comma-separated); several backends can share one broker
@@ -12,7 +12,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/python.sh
 ensure_python dev pytest pytest_asyncio pytest_timeout hypothesis aiokafka aio_pika redis nats \
-  msgpack fastapi uvicorn httpx yaml mkdocs material mkdocstrings_handlers.python
+  msgpack fastapi uvicorn httpx yaml mkdocs material mkdocstrings_handlers.python \
+  prometheus_client opentelemetry.sdk
 bash scripts/brokers.sh tools
 BACKENDS="${DISPYTCH_BROKERS-kafka,rabbitmq,redis,redis_streams,nats,nats_core,secure}"
 

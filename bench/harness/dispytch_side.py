@@ -23,6 +23,36 @@ from harness.common import (
 )
 
 
+def middleware(spec: Spec) -> list[Any]:
+    """The middleware ``--middleware`` asked for: none, Prometheus, or OpenTelemetry (the SDK,
+    spans batched to an exporter that drops them, as a service exporting them would)."""
+    name = spec.options.get("middleware", "none")
+    if name == "prometheus":
+        from prometheus_client import CollectorRegistry
+
+        from dispytch.prometheus import PrometheusMiddleware
+
+        return [PrometheusMiddleware(CollectorRegistry())]
+    if name == "otel":
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import (
+            BatchSpanProcessor,
+            SpanExporter,
+            SpanExportResult,
+        )
+
+        from dispytch.otel import OpenTelemetryMiddleware
+
+        class Drop(SpanExporter):
+            def export(self, spans: Any) -> SpanExportResult:
+                return SpanExportResult.SUCCESS
+
+        provider = TracerProvider()
+        provider.add_span_processor(BatchSpanProcessor(Drop()))
+        return [OpenTelemetryMiddleware(tracer_provider=provider)]
+    return []
+
+
 def consuming_app(spec: Spec, meter: Meter, sleep: float = 0.0, **options: Any) -> App:
     """An app whose one handler validates ``Event[Body]`` (and awaits ``sleep`` seconds)."""
     app = App(
@@ -30,6 +60,7 @@ def consuming_app(spec: Spec, meter: Meter, sleep: float = 0.0, **options: Any) 
         group=spec.group,
         concurrency=int(spec.options.get("concurrency", 100)),
         ordering=spec.options.get("ordering", "key"),
+        middleware=middleware(spec),
         **options,
     )
     if sleep:
@@ -69,6 +100,7 @@ async def io_ordered(spec: Spec, **options: Any) -> dict[str, Any]:
         group=spec.group,
         concurrency=int(spec.options.get("concurrency", 1000)),
         ordering="key",
+        middleware=middleware(spec),
         **options,
     )
 
@@ -116,7 +148,7 @@ def publish_events(spec: Spec, n: int, config: Any = None) -> Sequence[EventBase
 
 async def publish(spec: Spec, **options: Any) -> dict[str, Any]:
     """Sequential confirmed emits, then ``emit_many`` in batches of ``batch``."""
-    app = App(spec.url, group=spec.group, **options)
+    app = App(spec.url, group=spec.group, middleware=middleware(spec), **options)
     await app.start()
     try:
         return await timed_publish(spec, app.emit, app.emit_many, lambda n: publish_events(spec, n))

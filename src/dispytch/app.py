@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import os
@@ -18,13 +19,15 @@ from dispytch.emitter.emitter import EventEmitter
 from dispytch.errors import ConfigurationError, DispytchError, ListenerError, RegistrationError
 from dispytch.events import Event, EventBase
 from dispytch.handler import HandlerGroup, check_timeout
+from dispytch.health import Health, Monitor, assess
 from dispytch.listener.listener import (
     DEFAULT_MAX_BUFFER_BYTES,
     EventListener,
     ListenerObserver,
     Ordering,
 )
-from dispytch.middleware import check_middleware
+from dispytch.logs import EventLog, event_log_wanted
+from dispytch.middleware import APP_SCOPES, check_middleware, scope_methods
 from dispytch.request import Requester
 from dispytch.retry import RetryMode, RetryPolicy, check_retry_mode
 from dispytch.serialization.deserializer import Deserializer
@@ -70,6 +73,11 @@ class App:
     ``dispytch.dlq.<group>`` through the app's producer; when that fails too, the app stops
     with :class:`~dispytch.errors.DeadLetterError`.
 
+    :meth:`health` reports whether the app is connected, subscribed and making progress; its
+    first call starts a check of the broker every ``health_interval`` seconds (``None``: never
+    ask the broker), and an app with work waiting that settled nothing for ``stall_timeout``
+    seconds is reported not ready.
+
     Options not named here (``**backend_options``) go to the backend and from there to the
     broker client, under the client's own names.
     """
@@ -93,6 +101,8 @@ class App:
         topic_delimiter: str | None = None,
         dedup: DedupStore | None = None,
         retry_mode: RetryMode = "process",
+        health_interval: float | None = 5.0,
+        stall_timeout: float = 60.0,
         backend: Backend | None = None,
         **backend_options: Any,
     ) -> None:
@@ -124,10 +134,15 @@ class App:
         self.dedup = dedup
         #: Where retries of handlers that do not choose wait: "process" or "broker".
         self.retry_mode: RetryMode = check_retry_mode(retry_mode, "retry_mode") or "process"
+        self.health_interval = check_timeout(health_interval, "health_interval")
+        stall = check_timeout(stall_timeout, "stall_timeout")
+        if stall is None:
+            raise RegistrationError("stall_timeout must be a number of seconds > 0, got None")
+        self.stall_timeout = stall
         #: Middleware around every message, handler call and emit, outermost first.
         self.middleware: list[object] = list(middleware or ())
         for item in self.middleware:
-            check_middleware(item, "App(middleware=...)", ("consume", "handle", "publish"))
+            check_middleware(item, "App(middleware=...)", APP_SCOPES)
         self.topic_delimiter = topic_delimiter or backend.topic_delimiter
         #: What a topic placeholder value may hold: the backend's rules, split at the app's
         #: delimiter; checked on every emit and on every consumed topic segment.
@@ -148,6 +163,7 @@ class App:
         self._listen_task: asyncio.Task[None] | None = None
         self._stop_requested: asyncio.Event | None = None
         self._requester: Requester | None = None
+        self._monitor: Monitor | None = None
 
     def __repr__(self) -> str:
         return f"App({self.backend.redact(self.backend.url)!r}, group={self.group!r})"
@@ -183,7 +199,7 @@ class App:
         starts."""
         if self._emitter is not None:
             raise ListenerError("add middleware before the app starts")
-        check_middleware(middleware, "App middleware", ("consume", "handle", "publish"))
+        check_middleware(middleware, "App middleware", APP_SCOPES)
         self.middleware.append(middleware)
 
     def on_startup(self, func: F) -> F:
@@ -301,6 +317,8 @@ class App:
         for hook in self._startup:
             await _call(hook)
         if self.has_handlers:
+            # The per-event DEBUG lines cost nothing unless that logger is on at start.
+            middleware = [*self.middleware, EventLog()] if event_log_wanted() else self.middleware
             listener = EventListener(
                 self.backend.consumer(
                     self.group, prefetch=self.concurrency, max_buffer_bytes=self.max_buffer_bytes
@@ -317,7 +335,7 @@ class App:
                 max_deliveries=self.max_deliveries,
                 max_buffer_bytes=self.max_buffer_bytes,
                 handler_timeout=self.handler_timeout,
-                middleware=self.middleware,
+                middleware=middleware,
                 observer=self.observer,
                 dependency_overrides=self.dependency_overrides,
                 topic_rules=self.topic_rules,
@@ -328,15 +346,23 @@ class App:
             )
             for group in self._groups:
                 listener.add_handler_group(group)
-            routes = listener.routes()
             await listener.subscribe()
             self._listener = listener
-            self._listen_task = asyncio.create_task(listener.listen(), name="dispytch-listen")
+            self._monitor = Monitor(
+                listener,
+                self.health_interval,
+                stall_timeout=self.stall_timeout,
+                redact=self.backend.redact,
+            )
+        for startup in scope_methods(self.middleware, "startup"):
+            await startup(self)
+        if self._listener is not None:
+            self._listen_task = asyncio.create_task(self._listener.listen(), name="dispytch-listen")
             self._listen_task.add_done_callback(self._listener_done)
             logger.info(
                 "listening as group %r on %s",
                 self.group,
-                ", ".join(p.raw for p in routes.patterns()),
+                ", ".join(p.raw for p in self._listener.routes().patterns()),
             )
 
     def _listener_done(self, task: asyncio.Task[None]) -> None:
@@ -347,6 +373,27 @@ class App:
             logger.error("listener stopped with an error", exc_info=error)
         if self._stop_requested is not None:
             self._stop_requested.set()
+
+    def health(self) -> Health:
+        """A snapshot of the app's health: started, listening, subscribed, connected to the
+        broker, messages in flight, last progress and consumer lag (see
+        :class:`~dispytch.health.Health`; ``health().ready`` is what ``/readyz`` answers).
+
+        Cheap and synchronous. The first call on a running app starts a check of the broker
+        every ``health_interval`` seconds in the background (``connected`` and ``lag`` come
+        from the last one), so an app nobody asks never sends the broker anything more.
+        """
+        monitor = self._monitor
+        if monitor is not None:
+            with contextlib.suppress(RuntimeError):  # no running loop: report what is known
+                monitor.start()
+        task = self._listen_task
+        return assess(
+            started=self._emitter is not None,
+            listener=self._listener,
+            listener_running=task is not None and not task.done(),
+            monitor=monitor,
+        )
 
     def request_stop(self) -> None:
         """Ask a running :meth:`run` to stop (what SIGTERM does)."""
@@ -365,6 +412,8 @@ class App:
         requester, self._requester = self._requester, None
         if requester is not None:
             await requester.close()
+        if self._monitor is not None:
+            await self._monitor.stop()
         for hook in self._shutdown:
             try:
                 await _call(hook)
@@ -375,9 +424,15 @@ class App:
                 await self.dedup.close()
             except Exception:
                 logger.exception("closing the dedup store %r failed", self.dedup)
+        for shutdown in scope_methods(self.middleware, "shutdown"):
+            try:
+                await shutdown(self)
+            except Exception:
+                logger.exception("middleware shutdown %r failed", shutdown)
         await self.backend.close()
         self._listener = None
         self._listen_task = None
+        self._monitor = None
         self._emitter = None
         logger.info("stopped %r", self)
         if error is not None:

@@ -16,6 +16,11 @@ error, 130 after a second signal.
 knows its place from ``DISPYTCH_WORKER_INDEX`` and ``DISPYTCH_WORKERS``, see
 :mod:`dispytch.workers`);
 ``--reload`` restarts the worker when a ``.py`` file under the current directory changes.
+
+``--http HOST:PORT`` serves ``/healthz``, ``/readyz`` and ``/metrics`` (see
+:mod:`dispytch.probes`); with ``--workers N`` worker *i* (from 0) listens on ``PORT + i``.
+``--log-level``, ``--log-format text|json`` and ``--log-config FILE`` set logging up (see
+:func:`dispytch.logs.configure_logging`).
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ from dispytch.app import ENV_BROKER_URL, App
 from dispytch.backoff import Backoff
 from dispytch.dlq.cli import add_dlq_commands, run_dlq
 from dispytch.errors import ConfigurationError, DispytchError, ShutdownError
+from dispytch.logs import LEVELS, configure_logging
+from dispytch.probes import ProbeServer, parse_address
 from dispytch.redaction import redact, secrets_of
 from dispytch.workers import ENV_WORKER_INDEX, ENV_WORKERS
 
@@ -72,8 +79,22 @@ def load_app(target: str) -> App:
     return obj
 
 
-async def serve(app: App) -> None:
-    """Run ``app`` until SIGINT/SIGTERM, then shut it down gracefully."""
+async def serve(app: App, http: tuple[str, int] | None = None) -> None:
+    """Run ``app`` until SIGINT/SIGTERM, then shut it down gracefully; with ``http``
+    (``(host, port)``), serve the probes and metrics there meanwhile."""
+    server = None
+    if http is not None:
+        server = ProbeServer(app, *http)
+        await server.start()
+        logger.info("serving /healthz, /readyz and /metrics on %s", server.url)
+    try:
+        await _serve(app)
+    finally:
+        if server is not None:
+            await server.close()
+
+
+async def _serve(app: App) -> None:
     loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
     signals = 0
@@ -97,11 +118,25 @@ async def serve(app: App) -> None:
             loop.remove_signal_handler(signum)
 
 
-def _run_one(target: str) -> int:
+def _with_metrics(app: App) -> None:
+    """``--http`` serves ``/metrics``: give an app without metrics the Prometheus middleware
+    (when ``dispytch[prometheus]`` is installed)."""
+    try:
+        from dispytch.prometheus import PrometheusMiddleware
+    except ImportError:
+        logger.info('/metrics needs dispytch[prometheus]: pip install "dispytch[prometheus]"')
+        return
+    if not any(isinstance(m, PrometheusMiddleware) for m in app.middleware):
+        app.add_middleware(PrometheusMiddleware())
+
+
+def _run_one(target: str, http: tuple[str, int] | None = None) -> int:
     # Secrets known before the app exists (the URL in the environment), then the backend's.
     secrets = secrets_of(os.environ.get(ENV_BROKER_URL, ""))
     try:
         app = load_app(target)
+        if http is not None:
+            _with_metrics(app)
     except ConfigurationError as exc:
         logger.error("%s", redact(str(exc), secrets))
         return 2
@@ -112,7 +147,7 @@ def _run_one(target: str) -> int:
     asyncio.set_event_loop(loop)
     code, wait = 0, app.shutdown_grace
     try:
-        loop.run_until_complete(serve(app))
+        loop.run_until_complete(serve(app, http))
     except asyncio.CancelledError:
         code = 130
     except ConfigurationError as exc:
@@ -179,12 +214,21 @@ def _snapshot(root: Path) -> dict[Path, float]:
     return out
 
 
-def _supervise(argv: Sequence[str], workers: int, reload: bool) -> int:
-    """Run ``workers`` child processes; restart dead ones; forward SIGINT/SIGTERM."""
-    cmd = [sys.executable, "-m", "dispytch", *argv]
+def _supervise(
+    argv: Sequence[str],
+    workers: int,
+    reload: bool,
+    http: tuple[str, int] | None = None,
+) -> int:
+    """Run ``workers`` child processes; restart dead ones; forward SIGINT/SIGTERM. With
+    ``http``, worker ``i`` serves its probes and metrics on ``port + i``."""
     stopping = False
 
     def spawn(index: int) -> subprocess.Popen[bytes]:
+        cmd = [sys.executable, "-m", "dispytch", *argv]
+        if http is not None:
+            host, port = http
+            cmd += ["--http", f"[{host}]:{port + index if port else 0}"]
         # A session of its own: a Ctrl-C in the terminal reaches the supervisor only, which
         # forwards it once (a worker that got it twice would stop at once, without draining).
         env = {**os.environ, ENV_WORKERS: str(workers), ENV_WORKER_INDEX: str(index)}
@@ -299,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     run.add_argument("--reload", action="store_true", help="restart on code changes (development)")
     run.add_argument("--broker-url", help=f"broker URL; sets {ENV_BROKER_URL} for the app")
-    run.add_argument("--log-level", default=os.environ.get("DISPYTCH_LOG_LEVEL", "INFO"))
+    _add_operations_options(run)
     args = parser.parse_args(argv)
     if args.command == "dlq":
         logging.basicConfig(level=os.environ.get("DISPYTCH_LOG_LEVEL", "WARNING").upper())
@@ -307,15 +351,59 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "docs":
         logging.basicConfig(level=os.environ.get("DISPYTCH_LOG_LEVEL", "WARNING").upper())
         return _docs(args)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
-    )
+    if args.log_config and (args.log_level or args.log_format):
+        parser.error("--log-config sets levels and formats itself; drop --log-level/--log-format")
+    http = None
+    try:
+        configure_logging(args.log_level, args.log_format or "text", args.log_config)
+        if args.http:
+            http = parse_address(args.http)
+    except ConfigurationError as exc:
+        parser.exit(2, f"dispytch: error: {exc}\n")
     if args.broker_url:
         os.environ[ENV_BROKER_URL] = args.broker_url
     if args.workers < 1:
         parser.error("--workers must be >= 1")
     if args.workers > 1 or args.reload:
-        child_argv = ["run", args.target, "--log-level", args.log_level]
-        return _supervise(child_argv, args.workers, args.reload)
-    return _run_one(args.target)
+        child_argv = ["run", args.target]
+        for option in ("log_level", "log_format", "log_config"):
+            value = getattr(args, option)
+            if value:
+                child_argv += ["--" + option.replace("_", "-"), value]
+        if http is not None and http[1] and http[1] + args.workers - 1 > 65535:
+            parser.error(f"--http: ports {http[1]}..{http[1] + args.workers - 1} do not all exist")
+        return _supervise(child_argv, args.workers, args.reload, http)
+    return _run_one(args.target, http)
+
+
+def _add_operations_options(run: argparse.ArgumentParser) -> None:
+    run.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LEVELS,
+        default=os.environ.get("DISPYTCH_LOG_LEVEL", "").upper() or None,
+        metavar="LEVEL",
+        help=(
+            f"lowest level logged: {', '.join(LEVELS)} (default: $DISPYTCH_LOG_LEVEL or INFO); "
+            "DEBUG adds one line per handled event (logger dispytch.events)"
+        ),
+    )
+    run.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=None,
+        help="text lines (default) or one JSON object per line, with event_id, topic, handler, "
+        "duration_ms and outcome on the per-event records",
+    )
+    run.add_argument(
+        "--log-config",
+        metavar="FILE",
+        help="configure logging from FILE instead: a logging dictConfig in .json or .yaml "
+        "(PyYAML), or a fileConfig .ini; excludes --log-level and --log-format",
+    )
+    run.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help="serve /healthz (liveness), /readyz (readiness) and /metrics (Prometheus) there, "
+        "e.g. 0.0.0.0:9000 (port 0: any free one); with --workers N, worker i uses PORT+i",
+    )

@@ -20,7 +20,7 @@ class MissingExtraError(ConfigurationError, ImportError):
 
     def __init__(self, extra: str, module: str) -> None:
         super().__init__(
-            f"the {extra!r} backend needs the package {module!r}, which is not installed; "
+            f"dispytch[{extra}] needs the package {module!r}, which is not installed; "
             f'install it with: pip install "dispytch[{extra}]"'
         )
         self.extra = extra

@@ -33,7 +33,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
 from dispytch.app import App
 from dispytch.asyncapi.asgi import AsyncAPIDocs
 from dispytch.emitter.emitter import EventEmitter
-from dispytch.errors import ConfigurationError, ListenerError
+from dispytch.errors import ConfigurationError
 
 __all__ = ["DispytchApp", "Emitter", "get_app", "get_emitter", "health", "lifespan", "routes"]
 
@@ -87,17 +87,11 @@ DispytchApp = Annotated[App, Depends(get_app)]
 
 
 def health(app: App) -> tuple[bool, dict[str, Any]]:
-    """``(healthy, details)``: the App has started and, if it has handlers, listens."""
-    try:
-        app.emitter  # noqa: B018 - raises until the app has started
-    except ListenerError:
-        return False, {"status": "not started"}
-    if not app.has_handlers:
-        return True, {"status": "ok", "listening": False}
-    task = app._listen_task
-    if app.listener is None or task is None or task.done():
-        return False, {"status": "listener stopped"}
-    return True, {"status": "ok", "listening": True}
+    """``(ready, details)`` from :meth:`App.health() <dispytch.app.App.health>`: ready once the
+    App has started and, if it has handlers, listens, is subscribed, reaches the broker and
+    makes progress. ``details`` is the health snapshot with ``status`` (``"ok"`` or why not)."""
+    snapshot = app.health()
+    return snapshot.ready, {"status": snapshot.reason or "ok", **snapshot.to_dict()}
 
 
 def routes(

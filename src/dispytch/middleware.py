@@ -14,6 +14,12 @@ context and ``call_next``, does its work around ``await call_next(context)``, an
 * :meth:`Middleware.publish` wraps each ``emit`` and ``emit_many``, before the bytes are sent;
   it may add headers to the outgoing messages.
 
+Two synchronous hooks are the cheap path for code that only records (metrics, logs):
+:meth:`Middleware.after_consume` is called once per message as soon as it was settled, and
+:meth:`Middleware.after_publish` once per emit after the broker confirmed or refused it. They
+build no coroutine. :meth:`Middleware.startup` and :meth:`Middleware.shutdown` run when an
+:class:`~dispytch.app.App` starts and stops (before its first message, after its last).
+
 Override only the scopes you need; a scope left as inherited costs nothing. Register
 middleware on the app (``App(middleware=[...])`` or :meth:`App.add_middleware
 <dispytch.app.App.add_middleware>`): all three scopes apply. On a handler group
@@ -28,24 +34,29 @@ no extra coroutine is awaited.
 An exception raised by a ``handle`` scope is a handler failure (retried, then dead-lettered).
 A ``consume`` scope that raises before its message was settled gets the message dead-lettered
 with reason ``middleware``; one that raises after it was settled is logged and changes nothing.
+An exception from ``after_consume`` or ``after_publish`` is logged and changes nothing.
 ``CancelledError`` (shutdown) must be let through.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from dispytch.errors import RegistrationError
+from dispytch.untrusted import loggable
 
 if TYPE_CHECKING:
+    from dispytch.app import App
     from dispytch.events import Envelope, Event, EventBase
     from dispytch.listener.pipeline import Route
     from dispytch.seam import Failure, Message
 
 __all__ = [
     "ConsumeContext",
+    "FailedAttempt",
     "HandlerCall",
     "Middleware",
     "Outbound",
@@ -59,6 +70,8 @@ __all__ = [
 Outcome = Literal["handled", "no_handler", "dead_lettered", "handed_back", "retried"]
 
 T = TypeVar("T")
+
+logger = logging.getLogger("dispytch.middleware")
 
 
 class _OfMessage:
@@ -78,6 +91,23 @@ class _OfMessage:
         return self.message.headers
 
 
+class _OfRoute:
+    """What a context tells about the handler it is about."""
+
+    __slots__ = ()
+    _route: Route
+
+    @property
+    def handler(self) -> str:
+        """The handler's qualified name."""
+        return self._route.name
+
+    @property
+    def pattern(self) -> str:
+        """The handler's topic as registered (``user:{user_id}:events``)."""
+        return self._route.pattern
+
+
 class _WithState:
     """A per-context dict for middleware, made on first use."""
 
@@ -91,12 +121,44 @@ class _WithState:
         return self._state
 
 
+class FailedAttempt(_OfRoute):
+    """One handler attempt that raised, as :attr:`ConsumeContext.failed_attempts` lists it.
+
+    ``retried`` says whether the listener tried again after it (``False``: the handler's last
+    attempt, so the message was dead-lettered, or the listener was stopping); ``at`` is the
+    wall-clock time of the failure in nanoseconds (``time.time_ns()``).
+    """
+
+    __slots__ = ("_route", "at", "attempt", "error", "retried")
+
+    def __init__(
+        self, route: Route, attempt: int, error: BaseException, retried: bool, at: int
+    ) -> None:
+        self._route = route
+        self.attempt = attempt
+        self.error = error
+        self.retried = retried
+        self.at = at
+
+    @property
+    def event_type(self) -> str:
+        """The event type the handler was registered for."""
+        return self._route.event_type
+
+    def __repr__(self) -> str:
+        return (
+            f"FailedAttempt(handler={self.handler!r}, attempt={self.attempt}, "
+            f"error={type(self.error).__name__}, retried={self.retried})"
+        )
+
+
 class ConsumeContext(_OfMessage, _WithState):
     """One message as it goes through the listener; what :meth:`Middleware.consume` sees.
 
     Fields filled in as the message progresses: ``event_id`` and ``event_type`` once the
     payload was decoded (``None`` if it could not be), ``outcome``, ``failure`` and ``error``
-    once it was settled, ``duration`` (seconds from fetch to settle). ``state`` is a dict for
+    once it was settled, ``duration`` (seconds from fetch to settle). ``failed_attempts``
+    lists the handler attempts that raised (``None`` when none did). ``state`` is a dict for
     middleware to keep per-message data in (spans, timers...).
     """
 
@@ -106,6 +168,7 @@ class ConsumeContext(_OfMessage, _WithState):
         "error",
         "event_id",
         "event_type",
+        "failed_attempts",
         "failure",
         "message",
         "outcome",
@@ -124,15 +187,10 @@ class ConsumeContext(_OfMessage, _WithState):
         #: ``time.perf_counter()`` when the listener took the message
         self.started = time.perf_counter()
         self.duration: float | None = None
-        self._matches: Sequence[tuple[Any, Any]] = ()
+        #: handler attempts that raised, in order (``None``: none did)
+        self.failed_attempts: list[FailedAttempt] | None = None
+        self._matches: Sequence[tuple[Route, Any]] = ()
         self._state: dict[str, Any] | None = None
-
-    def _settle(self, outcome: Outcome, error: BaseException | None = None) -> None:
-        """Record how the message was settled (the listener calls it)."""
-        self.duration = time.perf_counter() - self.started
-        self.outcome = outcome
-        if error is not None:
-            self.error = error
 
     @property
     def handlers(self) -> tuple[str, ...]:
@@ -145,6 +203,14 @@ class ConsumeContext(_OfMessage, _WithState):
         handlers the message was routed to: low cardinality, fit for metric labels."""
         return tuple(dict.fromkeys(route.pattern for route, _ in self._matches))
 
+    def _failed(self, route: Route, attempt: int, error: BaseException, retried: bool) -> None:
+        """Record a handler attempt that raised (the pipeline calls it; rare path)."""
+        record = FailedAttempt(route, attempt, error, retried, time.time_ns())
+        if self.failed_attempts is None:
+            self.failed_attempts = [record]
+        else:
+            self.failed_attempts.append(record)
+
     def __repr__(self) -> str:
         return (
             f"ConsumeContext(topic={self.topic!r}, event_type={self.event_type!r}, "
@@ -152,7 +218,7 @@ class ConsumeContext(_OfMessage, _WithState):
         )
 
 
-class HandlerCall(_OfMessage):
+class HandlerCall(_OfMessage, _OfRoute):
     """One attempt of one handler; what :meth:`Middleware.handle` sees.
 
     ``handler`` is the handler's qualified name, ``pattern`` its topic as registered,
@@ -180,14 +246,6 @@ class HandlerCall(_OfMessage):
         self._envelope = envelope
         self._events = events
         self._segments = segment_values
-
-    @property
-    def handler(self) -> str:
-        return self._route.name
-
-    @property
-    def pattern(self) -> str:
-        return self._route.pattern
 
     @property
     def max_attempts(self) -> int:
@@ -295,8 +353,36 @@ class Middleware:
         """Wrap one emit or emit_many; add headers to ``context.messages`` before ``call_next``."""
         await call_next(context)
 
+    def after_consume(self, context: ConsumeContext) -> None:
+        """Called once per message, synchronously, as soon as it was settled (``outcome``,
+        ``duration``, ``failure`` and ``failed_attempts`` are filled in), before the
+        ``consume`` scopes return. No coroutine is built for it: the cheap way to record."""
 
-Scope = Literal["consume", "handle", "publish"]
+    def after_publish(self, context: PublishContext) -> None:
+        """Called once per ``emit`` or ``emit_many``, synchronously, after the broker confirmed
+        or refused it (``errors`` is filled in); after the ``publish`` scopes returned."""
+
+    async def startup(self, app: App) -> None:
+        """The ``app`` has connected and built its listener (``app.listener``, ``None`` for an
+        app without handlers) and is about to handle its first message."""
+
+    async def shutdown(self, app: App) -> None:
+        """The ``app`` stopped handling messages and is about to disconnect."""
+
+
+Scope = Literal[
+    "consume", "handle", "publish", "after_consume", "after_publish", "startup", "shutdown"
+]
+#: The scopes that apply to middleware registered on an app or a listener.
+APP_SCOPES: tuple[Scope, ...] = (
+    "consume",
+    "handle",
+    "publish",
+    "after_consume",
+    "after_publish",
+    "startup",
+    "shutdown",
+)
 
 
 def scope_methods(middleware: Iterable[object], scope: Scope) -> list[Callable[..., Any]]:
@@ -304,10 +390,29 @@ def scope_methods(middleware: Iterable[object], scope: Scope) -> list[Callable[.
     methods = []
     for item in middleware:
         method = getattr(item, scope, None)
-        if method is None or getattr(type(item), scope, None) is getattr(Middleware, scope):
+        if method is None or getattr(type(item), scope, None) is getattr(Middleware, scope, None):
             continue
         methods.append(method)
     return methods
+
+
+def run_hooks(hooks: Sequence[Callable[[T], object]], context: T) -> None:
+    """Call each ``after_*`` hook; one that raises is logged and the others still run."""
+    for hook in hooks:
+        try:
+            hook(context)
+        except Exception as exc:
+            hook_failed(hook, exc)
+
+
+def hook_failed(hook: Callable[..., object], error: Exception) -> None:
+    """Log that an ``after_*`` hook raised (it changes nothing else)."""
+    logger.error(
+        "middleware hook %s raised: %s: %s",
+        getattr(hook, "__qualname__", hook),
+        type(error).__name__,
+        loggable(error),
+    )
 
 
 def check_middleware(middleware: object, where: str, scopes: Sequence[Scope]) -> None:

@@ -251,6 +251,17 @@ class Consumer(ABC):
     async def close(self) -> None:
         """Stop fetching and release the connection; unsettled messages go back to the broker."""
 
+    async def lag(self) -> Mapping[str, int] | None:
+        """How many messages wait in the broker for this consumer, per topic, stream or queue.
+
+        Called every few seconds by the app's health checks (never per message); what it
+        returns becomes the ``lag`` of :meth:`App.health() <dispytch.app.App.health>` and the
+        ``dispytch_consumer_lag`` metric. It must ask the broker: raising (or not returning
+        within the check's timeout) means the broker cannot be reached. ``None`` (the default)
+        means the broker keeps no backlog for this consumer, or this consumer cannot tell.
+        """
+        return None
+
 
 # -- the producer half ---------------------------------------------------------------------------
 

@@ -64,3 +64,42 @@ def test_dlq_replay_bench_runs_on_the_memory_backend() -> None:
     row = next(line for line in done.stdout.splitlines() if line.startswith("| memory |"))
     listed, replayed = (float(c.strip().replace(",", "")) for c in row.strip("|").split("|")[1:])
     assert listed > 0 and replayed > 0
+
+
+def test_middleware_and_compare_options_run_and_print_their_tables() -> None:
+    src = Path(__file__).resolve().parents[2] / "src"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(RUN),
+            "--backends",
+            "memory",
+            "--scenarios",
+            "consume",
+            "--variants",
+            "dispytch",
+            "--middleware",
+            "none,prometheus,otel",
+            "--compare-src",
+            str(src),
+            "--events",
+            "200",
+            "--repeats",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "ERROR" not in out, out
+    for variant in ("dispytch+prometheus", "dispytch+otel", "dispytch@compare"):
+        assert f"memory consume #1 {variant}:" in out, out
+    middleware = next(
+        line for line in out.splitlines() if line.startswith("| memory | consume |") and "%" in line
+    )
+    assert middleware.count("%") == 2, middleware  # an overhead for prometheus and for otel
+    compared = [line for line in out.splitlines() if line.startswith("| memory | consume |")]
+    assert len(compared) == 3, out  # the main table, the comparison, the middleware table
+    assert "memory consume with prometheus: client CPU" in out

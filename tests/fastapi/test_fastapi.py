@@ -56,9 +56,12 @@ def _service() -> tuple[App, FastAPI, list[int]]:
 
 def test_lifespan_starts_and_stops_the_app_and_the_emitter_dependency_emits() -> None:
     events, api, seen = _service()
-    assert health(events) == (False, {"status": "not started"})
+    ready, details = health(events)
+    assert (ready, details["status"], details["started"]) == (False, "not started", False)
     with TestClient(api) as client:
-        assert client.get("/healthz").json() == {"status": "ok", "listening": True}
+        answer = client.get("/healthz").json()
+        assert answer["status"] == "ok"
+        assert (answer["ready"], answer["listening"], answer["subscribed"]) == (True, True, True)
         assert client.post("/ping/7").json() == {"n": 7}
         assert client.get("/group").json() == "web"
         deadline = time.monotonic() + 10
@@ -88,7 +91,8 @@ def test_health_is_503_when_the_listener_stopped() -> None:
         while client.get("/healthz").status_code != 503:
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        assert client.get("/healthz").json() == {"status": "listener stopped"}
+        answer = client.get("/healthz").json()
+        assert (answer["status"], answer["ready"]) == ("the listener stopped", False)
 
 
 def test_inner_lifespan_runs_while_the_app_is_started() -> None:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
+from dispytch.events import EventBase
 from dispytch.handler import HandlerGroup
 from dispytch.listener.consumer import Failure, Message
 from dispytch.listener.listener import EventListener
@@ -126,3 +127,14 @@ async def deliver(
             broker.publish(topic, payload)
         await wait_until(lambda: consumer.settled == want, timeout=10, what=f"{want} settled")
     return consumer
+
+
+Body = dict[str, Any]
+
+
+class Placed(EventBase):
+    """An event for the tests: ``placed`` on topic ``orders``."""
+
+    __topic__ = "orders"
+    __event_type__ = "placed"
+    n: int = 0

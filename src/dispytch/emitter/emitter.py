@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from dispytch.emitter.calling import accepts, send_caller
 from dispytch.events import EventBase
-from dispytch.middleware import Outbound, PublishContext, chain, scope_methods
+from dispytch.middleware import Outbound, PublishContext, chain, run_hooks, scope_methods
 from dispytch.seam import Outgoing, Producer, ProducerTimeout
 from dispytch.serialization.json import JSONSerializer
 from dispytch.serialization.serializer import Serializer
@@ -74,8 +74,9 @@ class EventEmitter:
         self._drops_headers = not accepts(producer.send, "headers")
         self._warned_headers = False
         publish = scope_methods(middleware or (), "publish")
+        self._after = tuple(scope_methods(middleware or (), "after_publish"))
         self._publish: Callable[[PublishContext], Awaitable[None]] | None = (
-            chain(publish, self._publish_terminal) if publish else None
+            chain(publish, self._publish_terminal) if publish or self._after else None
         )
 
     def on_timeout(self, callback: TimeoutCallback) -> TimeoutCallback:
@@ -120,7 +121,7 @@ class EventEmitter:
                 config = event.backend_config
                 await self._send(topic, payload, config, headers, ordering_key(config))
             else:
-                await self._publish(PublishContext([self._outbound(event, headers)], False))
+                await self._published(PublishContext([self._outbound(event, headers)], False))
         except ProducerTimeout:
             if self._on_timeout is None:
                 raise
@@ -141,7 +142,7 @@ class EventEmitter:
         now = int(time.time() * 1000)
         if self._publish is not None:
             batch = [self._outbound(event, headers, now) for event in events]
-            await self._publish(PublishContext(batch, True))
+            await self._published(PublishContext(batch, True))
             return
         results = await self._send_many(self.outgoing(events, headers, now))
         errors = [e for e in results if e is not None]
@@ -174,6 +175,16 @@ class EventEmitter:
         return [r if isinstance(r, BaseException) else None for r in results]
 
     # -- with publish middleware --------------------------------------------------------------
+
+    async def _published(self, context: PublishContext) -> None:
+        """The ``publish`` chain, then the ``after_publish`` hooks (also when it raised)."""
+        assert self._publish is not None
+        if not self._after:
+            return await self._publish(context)
+        try:
+            await self._publish(context)
+        finally:
+            run_hooks(self._after, context)
 
     def _outbound(
         self,

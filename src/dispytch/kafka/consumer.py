@@ -19,6 +19,7 @@ from dispytch.emitter.producer import Outgoing
 from dispytch.errors import ConfigurationError, DispytchError, TransactionError
 from dispytch.kafka import _compat
 from dispytch.kafka.attempts import PartitionDeliveries
+from dispytch.kafka.lag import partition_lag
 from dispytch.kafka.offsets import OffsetTracker
 from dispytch.kafka.producer import KafkaProducer
 from dispytch.kafka.records import BadBatch, RawRecord, read_batches
@@ -1011,6 +1012,10 @@ class KafkaConsumer(Consumer):
                 await self.consumer.stop()
             if self._txn is not None:
                 await self._txn.close()
+
+    async def lag(self) -> dict[str, int]:
+        """Records after this consumer's position per topic (high watermark minus position)."""
+        return await partition_lag(self.consumer)
 
 
 class _CommitUnknown(Exception):

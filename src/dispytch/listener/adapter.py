@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 __all__ = ["as_consumer"]
 
 #: The seam's methods besides ``listen``; each may be missing or synchronous on a seed consumer.
-_METHODS = ("ack", "nack", "dead_letter", "dead_letter_fallback", "start", "close")
+_METHODS = ("ack", "nack", "dead_letter", "dead_letter_fallback", "start", "close", "lag")
 
 
 def as_consumer(consumer: Any) -> Consumer:

@@ -35,6 +35,7 @@ from dispytch.listener.pipeline import Pipeline, Route
 from dispytch.listener.scheduler import MIN_GRACE, Ordering, Scheduler
 from dispytch.listener.settle import DEFAULT_DEAD_LETTER_RETRY, Settler
 from dispytch.middleware import (
+    APP_SCOPES,
     ConsumeContext,
     ConsumeNext,
     HandleNext,
@@ -200,7 +201,7 @@ class EventListener:
         self.handler_timeout = check_timeout(handler_timeout, "handler_timeout")
         self.middleware: list[object] = list(middleware or ())
         for item in self.middleware:
-            check_middleware(item, "middleware", ("consume", "handle", "publish"))
+            check_middleware(item, "middleware", APP_SCOPES)
         self.observer = observer
         self.dependency_overrides = dependency_overrides
         if dedup is not None and not isinstance(dedup, DedupStore):
@@ -243,7 +244,7 @@ class EventListener:
         """Wrap every message and handler call in ``middleware``, inside those added before it."""
         if self._running:
             raise ListenerError("add middleware before listen() starts")
-        check_middleware(middleware, "middleware", ("consume", "handle", "publish"))
+        check_middleware(middleware, "middleware", APP_SCOPES)
         self.middleware.append(middleware)
 
     def _check(self, spec: HandlerSpec) -> TopicPattern:
@@ -261,6 +262,13 @@ class EventListener:
             self._build_routes()
         assert self._routes is not None
         return self._routes
+
+    def handler_routes(self) -> list[Route]:
+        """Every handler as the pipeline runs it (name, pattern, event type...), built once."""
+        if self._compiled is None:
+            self._build_routes()
+        assert self._compiled is not None
+        return list(self._compiled.values())
 
     def _build_routes(self) -> None:
         middleware = self._all_middleware()
@@ -304,6 +312,27 @@ class EventListener:
     def in_flight(self) -> int:
         """Messages fetched and not yet settled."""
         return self._scheduler.held if self._scheduler is not None else 0
+
+    @property
+    def settled(self) -> int:
+        """Messages settled (or handed back) since :meth:`listen` started."""
+        return self._scheduler.released if self._scheduler is not None else 0
+
+    @property
+    def subscribed(self) -> bool:
+        """Whether the consumer made its subscriptions (:meth:`subscribe`)."""
+        return self._subscribed
+
+    @property
+    def listening(self) -> bool:
+        """Whether :meth:`listen` runs."""
+        return self._running
+
+    async def lag(self) -> Mapping[str, int] | None:
+        """Ask the broker how many messages wait for this consumer
+        (:meth:`Consumer.lag() <dispytch.listener.consumer.Consumer.lag>`); raises when the
+        broker does not answer. Never called per message."""
+        return await self._consumer.lag()
 
     # -- running ------------------------------------------------------------------------------
 
@@ -385,6 +414,7 @@ class EventListener:
             consume_middleware=scope_methods(middleware, "consume"),
             outputs=Outputs(self.emitter, self._consumer.stage_outputs),
             broker_retries=self._broker_retries(),
+            after_consume=scope_methods(middleware, "after_consume"),
         )
         scheduler = Scheduler(
             pipeline.process,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from time import perf_counter
 from typing import Any
 
 from dispytch.dedup import DedupStore, dedup_key
@@ -19,7 +20,7 @@ from dispytch.events import Envelope
 from dispytch.handler import HandlerSpec
 from dispytch.listener.outputs import Outputs
 from dispytch.listener.settle import Settler, now_ms, settle_failed
-from dispytch.middleware import ConsumeContext, HandlerCall, chain
+from dispytch.middleware import ConsumeContext, HandlerCall, Outcome, chain, hook_failed
 from dispytch.retry import RetryPolicy
 from dispytch.routing import RouteTable
 from dispytch.seam import Failure, Message, RetryLater
@@ -46,6 +47,7 @@ class Route:
         "call",
         "dedup",
         "dedup_prefix",
+        "event_type",
         "key",
         "name",
         "pattern",
@@ -69,6 +71,7 @@ class Route:
         self.name = spec.name
         self.key = spec.key
         self.pattern = spec.topic
+        self.event_type = spec.event_type
         self.retry: RetryPolicy = spec.retry
         self.timeout = timeout
         #: where this handler's successes are remembered (``None``: no dedup)
@@ -122,6 +125,7 @@ class Pipeline:
         consume_middleware: Sequence[Callable[..., Any]] = (),
         outputs: Outputs | None = None,
         broker_retries: int = 0,
+        after_consume: Sequence[Callable[[ConsumeContext], object]] = (),
     ) -> None:
         self.routes = routes
         #: what handlers return: events to publish, replies to requests
@@ -140,10 +144,16 @@ class Pipeline:
         self._chain: Callable[[ConsumeContext], Awaitable[None]] | None = (
             chain(consume_middleware, self._terminal) if consume_middleware else None
         )
-        #: what the scheduler calls per message
-        self.process: Callable[[Message], Awaitable[None]] = (
-            self.run if self._chain is None else self.run_observed
-        )
+        self._after = tuple(after_consume)
+        #: what the scheduler calls per message: with ``after_consume`` hooks only, no
+        #: coroutine more than without middleware (the hooks run where the message is settled)
+        self.process: Callable[[Message], Awaitable[None]]
+        if self._chain is not None:
+            self.process = self.run_observed
+        elif self._after:
+            self.process = self._observed
+        else:
+            self.process = self.run
 
     # -- one message --------------------------------------------------------------------------
 
@@ -196,14 +206,14 @@ class Pipeline:
                 )
                 acked = await settler.ack(message)
                 if ctx is not None:
-                    ctx._settle("no_handler" if acked else "handed_back")
+                    self._done(ctx, "no_handler" if acked else "handed_back")
                 return
             if message.retry is not None and message.retry.handler is not None:
                 matches = self._retried(matches, message.retry.handler, envelope.id)
                 if not matches:
                     acked = await settler.ack(message)
                     if ctx is not None:
-                        ctx._settle("no_handler" if acked else "handed_back")
+                        self._done(ctx, "no_handler" if acked else "handed_back")
                     return
             if ctx is not None:
                 ctx._matches = matches
@@ -232,29 +242,44 @@ class Pipeline:
                 except Exception as exc:
                     settle_failed(message, exc)
                 if ctx is not None:
-                    ctx._settle("handled")
+                    self._done(ctx, "handled")
             else:
                 await settler.nack(message)
                 if ctx is not None:
-                    ctx._settle("handed_back")
+                    self._done(ctx, "handed_back")
         except asyncio.CancelledError:
             await settler.nack(message)
-            if ctx is not None:
-                ctx._settle("handed_back")
+            if ctx is not None and ctx.outcome is None:
+                self._done(ctx, "handed_back")
             raise
         except DeadLetterError as exc:
             self._on_fatal(exc)  # first: stop fetching before the hand-back can come back
             await settler.nack(message)
             if ctx is not None:
-                ctx._settle("handed_back", exc)
+                self._done(ctx, "handed_back", exc)
         except Exception as exc:
             logger.exception(
                 "could not settle a message from %s; handing it back for redelivery",
                 loggable(message.topic),
             )
             await settler.nack(message)
-            if ctx is not None:
-                ctx._settle("handed_back", exc)
+            if ctx is not None and ctx.outcome is None:
+                self._done(ctx, "handed_back", exc)
+
+    def _done(
+        self, ctx: ConsumeContext, outcome: Outcome, error: BaseException | None = None
+    ) -> None:
+        """Record how ``ctx``'s message was settled and run the ``after_consume`` hooks."""
+        # Once per message: no method call more than needed.
+        ctx.duration = perf_counter() - ctx.started
+        ctx.outcome = outcome
+        if error is not None:
+            ctx.error = error
+        for hook in self._after:
+            try:
+                hook(ctx)
+            except Exception as exc:
+                hook_failed(hook, exc)
 
     async def _dead_letter(
         self,
@@ -269,7 +294,7 @@ class Pipeline:
         if ctx is not None:
             if stored:
                 ctx.failure = failure
-            ctx._settle("dead_lettered" if stored else "handed_back", failure.error)
+            self._done(ctx, "dead_lettered" if stored else "handed_back", failure.error)
 
     async def _retry_later(
         self,
@@ -285,7 +310,7 @@ class Pipeline:
         if ctx is not None:
             if done and failure is not None:
                 ctx.failure = failure
-            ctx._settle("retried" if done else "handed_back")
+            self._done(ctx, "retried" if done else "handed_back")
 
     def _retries_counted(self, message: Message) -> bool:
         """A delivery whose count includes broker retries (JetStream) within their number."""
@@ -373,7 +398,10 @@ class Pipeline:
                     # Published (or replied) before the ack: part of the attempt.
                     staged = await self.outputs.deliver(result, route, envelope, message)
             except Exception as exc:
-                if retry.should_retry(exc, attempt):
+                retrying = retry.should_retry(exc, attempt)
+                if ctx is not None:
+                    ctx._failed(route, attempt, exc, retrying)
+                if retrying:
                     delay = retry.delay(attempt)
                     logger.warning(
                         "handler %s failed on event %s (attempt %d/%d: %s: %s); %s in %.2fs",
@@ -450,6 +478,10 @@ class Pipeline:
     def _terminal(self, ctx: ConsumeContext) -> Awaitable[None]:
         return self.run(ctx.message, ctx)
 
+    def _observed(self, message: Message) -> Awaitable[None]:
+        """:meth:`run` with a context for the ``after_consume`` hooks (no consume scope)."""
+        return self.run(message, ConsumeContext(message))
+
     async def run_observed(self, message: Message) -> None:
         """:meth:`run` inside the ``consume`` middleware chain."""
         consume = self._chain
@@ -461,7 +493,7 @@ class Pipeline:
         except asyncio.CancelledError:
             if ctx.outcome is None:
                 await self.settler.nack(message)
-                ctx._settle("handed_back")
+                self._done(ctx, "handed_back")
             raise
         except Exception as exc:
             if ctx.outcome is not None:
@@ -493,7 +525,8 @@ class Pipeline:
     async def _unsettled(self, ctx: ConsumeContext, failure: Failure) -> None:
         """A consume middleware failed before the message was settled: dead-letter it."""
         try:
-            await self._dead_letter(ctx.message, failure, ctx.event_id, None)
+            await self._dead_letter(ctx.message, failure, ctx.event_id, ctx)
         except DeadLetterError as exc:
             self._on_fatal(exc)
             await self.settler.nack(ctx.message)
+            self._done(ctx, "handed_back", exc)

@@ -54,6 +54,8 @@ class Scheduler:
         #: messages fetched and not yet settled, and the bytes of their payloads
         self.held = 0
         self.held_bytes = 0
+        #: messages settled (or handed back) so far: health reads it to see progress
+        self.released = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._keys: dict[Hashable, deque[Message]] = {}
         self._ready: deque[Message] = deque()
@@ -169,6 +171,7 @@ class Scheduler:
             logger.error("listener task failed", exc_info=task.exception())
 
     def _release(self, message: Message) -> None:
+        self.released += 1
         self.held -= 1
         self.held_bytes -= len(message.payload)
         room = self._room

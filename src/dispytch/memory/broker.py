@@ -254,6 +254,21 @@ class MemoryBroker:
                 total += len(self._logs[topic]) - cursor
         return total
 
+    def lag(self, group_name: str) -> dict[str, int]:
+        """Records of each topic ``group_name`` has not read yet (and those waiting for
+        redelivery), topics with none left out."""
+        group = self._groups.get(group_name)
+        if group is None:
+            return {}
+        out = {
+            topic: len(self._logs[topic]) - cursor
+            for topic, cursor in group.cursors.items()
+            if len(self._logs[topic]) > cursor
+        }
+        for record in group.redeliver:
+            out[record.topic] = out.get(record.topic, 0) + 1
+        return out
+
     async def wait_idle(self, timeout: float = 10.0) -> None:
         """Return once every group acked everything published so far; TimeoutError otherwise."""
         async with asyncio.timeout(timeout):

@@ -130,6 +130,10 @@ class MemoryConsumer(Consumer):
         )
         return True
 
+    async def lag(self) -> dict[str, int]:
+        """Records of each topic the group has not read yet."""
+        return self.broker.lag(self.group)
+
     async def close(self) -> None:
         """Hand every unacked message back to the group, as a broker does when a client leaves."""
         self._closed = True

@@ -22,6 +22,7 @@ from dispytch.errors import ConfigurationError, SubscriptionLostError
 from dispytch.listener.consumer import Consumer, Failure, Message, Retried, RetryLater
 from dispytch.nats import _compat
 from dispytch.nats.dead_letters import DeadLetterStore
+from dispytch.nats.lag import jetstream_lag
 from dispytch.nats.streams import stream_for
 from dispytch.nats.subjects import consumer_name, covers, overlaps
 from dispytch.nats.wire import to_message
@@ -427,6 +428,10 @@ class NATSConsumer(Consumer):
                 await msg.nak()
             except nats.errors.Error as exc:  # connection gone: ack_wait redelivers it
                 logger.debug("could not hand back a fetched message: %s", exc)
+
+    async def lag(self) -> dict[str, int]:
+        """Messages not yet delivered, per durable consumer (JetStream's ``num_pending``)."""
+        return await jetstream_lag(self.subscriptions)
 
 
 class NATSGroupConsumer(NATSConsumer):

@@ -20,6 +20,7 @@ from dispytch.rabbitmq import _compat
 from dispytch.rabbitmq.acks import ChannelAcks
 from dispytch.rabbitmq.dead_letters import DEFAULT_DEAD_LETTER_EXCHANGE, DeadLetterStore
 from dispytch.rabbitmq.failover import connect
+from dispytch.rabbitmq.lag import queue_depths
 from dispytch.rabbitmq.wire import lenient_message, to_message
 from dispytch.routing import TopicPattern
 
@@ -387,6 +388,10 @@ class RabbitMQConsumer(Consumer):
         self._acks.clear()
         self._armed = False
         self._buffer.put_nowait(None)
+
+    async def lag(self) -> dict[str, int]:
+        """Messages ready in each consumed queue (RabbitMQ's queue depth)."""
+        return await queue_depths(self.queues)
 
 
 class RabbitMQGroupConsumer(RabbitMQConsumer):

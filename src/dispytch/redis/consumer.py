@@ -18,6 +18,7 @@ from dispytch.readahead import ReadAhead
 from dispytch.redis import _compat
 from dispytch.redis.connection import CONNECTION_ERRORS, Reconnection, pause, stop_reader
 from dispytch.redis.dead_letters import DEFAULT_DEAD_LETTER_MAXLEN, DeadLetterWriter
+from dispytch.redis.lag import ping
 from dispytch.redis.records import NO_HEADERS, channel_message
 from dispytch.redis.topics import subscription_glob
 from dispytch.routing import TopicPattern
@@ -429,3 +430,7 @@ class RedisConsumer(Consumer):
             await self.pubsub.connection_pool.disconnect()
         if self._redis is not None and self._owns_redis:
             await self._redis.aclose()
+
+    async def lag(self) -> None:
+        """Pub/Sub keeps no backlog: only checks that Redis answers (``PING``)."""
+        await ping(self._redis or Redis(connection_pool=self.pubsub.connection_pool))

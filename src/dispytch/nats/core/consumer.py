@@ -15,6 +15,7 @@ from dispytch.errors import ConfigurationError, SubscriptionLostError
 from dispytch.listener.consumer import Consumer, Failure, Message
 from dispytch.nats import _compat
 from dispytch.nats.dead_letters import DeadLetterStore
+from dispytch.nats.lag import round_trip
 from dispytch.nats.wire import core_message
 from dispytch.poison import Overflow
 from dispytch.readahead import ReadAhead
@@ -245,3 +246,7 @@ class NATSCoreConsumer(Consumer):
                 "consumer closed (core NATS cannot redeliver them)",
                 dropped,
             )
+
+    async def lag(self) -> None:
+        """Core NATS keeps no backlog: only checks that the server answers (PING/PONG)."""
+        await round_trip(self.connection)

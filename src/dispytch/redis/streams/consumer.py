@@ -23,6 +23,7 @@ from dispytch.poison import shown
 from dispytch.redis.connection import CONNECTION_ERRORS, Reconnection, pause, stop_reader
 from dispytch.redis.consumer import DEFAULT_MAX_BUFFER_BYTES
 from dispytch.redis.dead_letters import DeadLetterWriter
+from dispytch.redis.lag import streams_lag
 from dispytch.redis.records import entry_message, stream_name
 from dispytch.redis.retries import RetryScheduler
 from dispytch.redis.streams.acks import AckBatcher
@@ -708,6 +709,10 @@ class RedisStreamsConsumer(Consumer):
             await pipe.execute(raise_on_error=False)
         except CONNECTION_ERRORS:
             pass
+
+    async def lag(self) -> dict[str, int]:
+        """Entries of each stream not yet delivered to the group (``XINFO GROUPS``)."""
+        return await streams_lag(self.redis, self.group, self.streams)
 
 
 def _raw(stream: Stream) -> bytes:
