@@ -39,7 +39,11 @@ async def emit_and_see_handled(url: str, options: dict[str, Any], service: Servi
 
 
 def broker_logs(run_dir: Path) -> str:
-    return "\n".join(p.read_text(errors="replace")[-3000:] for p in run_dir.rglob("*.log"))
+    """The broker's logs (start and end), for a failure message; the run dir is kept then."""
+    texts = [p.read_text(errors="replace") for p in run_dir.rglob("*.log")]
+    return f"(run dir {run_dir} kept)\n" + "\n".join(
+        t[:2000] + "\n...\n" + t[-3000:] for t in texts
+    )
 
 
 class Ping(EventBase):
@@ -69,6 +73,7 @@ async def test_readyz_follows_the_broker_down_and_back(
     monkeypatch.setenv(variable, str(port))
     await brokers_sh("up", service_name)
     service = None
+    passed = False
     try:
         source = SERVICE.replace("**OPTIONS", "**" + repr(options))
         env = {**os.environ, "OPS_URL": url.format(port=port)}
@@ -79,7 +84,8 @@ async def test_readyz_follows_the_broker_down_and_back(
 
         stopped = time.monotonic()
         await brokers_sh("down", service_name)
-        shutil.rmtree(run_dir, ignore_errors=True)
+        if passed:
+            shutil.rmtree(run_dir, ignore_errors=True)
         await asyncio.to_thread(
             poll, lambda: get_json(probe + "/readyz")[0] == 503, "not ready", 15.0
         )
@@ -101,6 +107,7 @@ async def test_readyz_follows_the_broker_down_and_back(
                 f"{get_json(probe + '/readyz')}\n{service.output}\n{logs}"
             ) from None
         await emit_and_see_handled(env["OPS_URL"], options, service)  # and it works again
+        passed = True
         print(
             f"{name}: not ready {took:.1f}s after the stop, ready "
             f"{time.monotonic() - back:.1f}s after the restart"
@@ -109,4 +116,5 @@ async def test_readyz_follows_the_broker_down_and_back(
         if service is not None:
             service.stop()
         await brokers_sh("down", service_name)
-        shutil.rmtree(run_dir, ignore_errors=True)
+        if passed:
+            shutil.rmtree(run_dir, ignore_errors=True)
