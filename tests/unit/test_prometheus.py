@@ -10,11 +10,12 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from dispytch import App, ConfigurationError, Event, EventBase
+from dispytch import App, ConfigurationError, Event, EventBase, EventListener, HandlerGroup
 from dispytch.prometheus import MAX_LAG_SERIES, PrometheusMiddleware, _bounded, _by_pattern
 from dispytch.testing import TestClient
 from tests.helpers import wait_until
-from tests.unit.support import Body, Placed, envelope
+from tests.unit.support import Body, Placed, envelope, running
+from tests.unit.test_undecodable_chain import Feed, poisoned
 
 
 class UserEvent(EventBase):
@@ -314,3 +315,26 @@ async def test_broker_delayed_retries_count_as_retries_then_handled() -> None:
         assert value(registry, "dispytch_retries_total", **placed) == 2
         assert value(registry, "dispytch_handled_total", **placed) == 1
         assert value(registry, "dispytch_handled_total", **audited) == 1  # not run again
+
+
+async def test_an_undecodable_delivery_is_counted_as_a_decode_dead_letter() -> None:
+    """A delivery the adapter marked undecodable takes the listener's dead-letter chain; the
+    ``after_consume`` hook alone (no consume scope) sees it and counts it once, reason decode."""
+    registry = CollectorRegistry()
+    consumer = Feed(poisoned())
+    listener = EventListener(consumer, middleware=[PrometheusMiddleware(registry)])
+    group = HandlerGroup()
+
+    @group.handler(topic="orders", event="placed")
+    async def placed(event: Event[Body]) -> None:
+        raise AssertionError("an undecodable delivery reached a handler")
+
+    listener.add_handler_group(group)
+    async with running(listener):
+        await wait_until(lambda: consumer.acked, what="the ack after the dead letter")
+        dead = value(
+            registry, "dispytch_dead_letters_total", handler="", event_type="", reason="decode"
+        )
+        assert dead == 1
+        labels = handler_labels(placed.__qualname__, "orders", "placed")
+        assert value(registry, "dispytch_handled_total", **labels) == 0
