@@ -9,28 +9,21 @@ from pathlib import Path
 RUN = Path(__file__).resolve().parents[2] / "bench" / "run.py"
 
 
-def test_harness_runs_on_the_memory_backend_and_prints_a_table() -> None:
+def bench(program: Path, *args: str, timeout: float = 60) -> str:
+    """Run a bench program with ``args``; its standard output, once it exited 0."""
     done = subprocess.run(
-        [
-            sys.executable,
-            str(RUN),
-            "--backends",
-            "memory",
-            "--scenarios",
-            "consume,publish",
-            "--variants",
-            "raw,dispytch",
-            "--events",
-            "200",
-            "--repeats",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
+        [sys.executable, str(program), *args], capture_output=True, text=True, timeout=timeout
     )
     assert done.returncode == 0, done.stderr
-    out = done.stdout
+    return done.stdout
+
+
+def test_harness_runs_on_the_memory_backend_and_prints_a_table() -> None:
+    out = bench(
+        RUN,
+        *("--backends", "memory", "--scenarios", "consume,publish"),
+        *("--variants", "raw,dispytch", "--events", "200", "--repeats", "1"),
+    )
     assert "ERROR" not in out, out
     assert "| backend | scenario |" in out
     for kind in ("consume", "publish-seq", "publish-batch"):
@@ -45,54 +38,23 @@ def test_harness_runs_on_the_memory_backend_and_prints_a_table() -> None:
 
 
 def test_dlq_replay_bench_runs_on_the_memory_backend() -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(RUN.parent / "dlq_replay.py"),
-            "--backends",
-            "memory",
-            "--letters",
-            "50",
-            "--repeats",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
+    out = bench(
+        RUN.parent / "dlq_replay.py", "--backends", "memory", "--letters", "50", "--repeats", "1"
     )
-    assert done.returncode == 0, done.stderr
-    row = next(line for line in done.stdout.splitlines() if line.startswith("| memory |"))
+    row = next(line for line in out.splitlines() if line.startswith("| memory |"))
     listed, replayed = (float(c.strip().replace(",", "")) for c in row.strip("|").split("|")[1:])
     assert listed > 0 and replayed > 0
 
 
 def test_middleware_and_compare_options_run_and_print_their_tables() -> None:
     src = Path(__file__).resolve().parents[2] / "src"
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(RUN),
-            "--backends",
-            "memory",
-            "--scenarios",
-            "consume",
-            "--variants",
-            "dispytch",
-            "--middleware",
-            "none,prometheus,otel",
-            "--compare-src",
-            str(src),
-            "--events",
-            "200",
-            "--repeats",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
+    out = bench(
+        RUN,
+        *("--backends", "memory", "--scenarios", "consume", "--variants", "dispytch"),
+        *("--middleware", "none,prometheus,otel", "--compare-src", str(src)),
+        *("--events", "200", "--repeats", "1"),
         timeout=90,
     )
-    assert done.returncode == 0, done.stderr
-    out = done.stdout
     assert "ERROR" not in out, out
     for variant in ("dispytch+prometheus", "dispytch+otel", "dispytch@compare"):
         assert f"memory consume #1 {variant}:" in out, out
