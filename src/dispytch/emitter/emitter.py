@@ -61,6 +61,10 @@ class EventEmitter:
     ) -> None:
         self.producer = producer
         self.serializer = serializer or JSONSerializer()
+        # A serializer written for 0.10 has only serialize(dict).
+        self._serialize_event: Callable[[EventBase, int | None], bytes] = getattr(
+            self.serializer, "serialize_event", None
+        ) or (lambda event, timestamp_ms: self.serializer.serialize(event.envelope(timestamp_ms)))
         rules = topic_rules or getattr(producer, "topic_rules", None)
         self.topic_rules: TopicRules = rules if isinstance(rules, TopicRules) else GENERIC
         self._on_timeout: TimeoutCallback | None = None
@@ -86,9 +90,7 @@ class EventEmitter:
 
     def encode(self, event: EventBase, timestamp_ms: int | None = None) -> tuple[str, bytes]:
         """The concrete topic and the bytes for ``event``."""
-        return event.topic(self.topic_rules), self.serializer.serialize(
-            event.envelope(timestamp_ms)
-        )
+        return event.topic(self.topic_rules), self._serialize_event(event, timestamp_ms)
 
     def _send(
         self,

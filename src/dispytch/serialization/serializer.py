@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dispytch.events import EventBase
 
 
 class Serializer(ABC):
@@ -11,3 +14,11 @@ class Serializer(ABC):
 
     @abstractmethod
     def serialize(self, payload: dict[str, Any]) -> bytes: ...
+
+    def serialize_event(self, event: EventBase, timestamp_ms: int | None = None) -> bytes:
+        """The bytes of ``event``'s envelope: ``serialize(event.envelope(timestamp_ms))``.
+
+        What the emitter calls. A codec overrides it when it can write the envelope without
+        building the dict first; the bytes must stay those of :meth:`serialize`.
+        """
+        return self.serialize(event.envelope(timestamp_ms))

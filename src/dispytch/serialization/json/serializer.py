@@ -2,19 +2,42 @@
 
 from __future__ import annotations
 
+import codecs
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from dispytch.serialization.json.envelope import envelope_json
 from dispytch.serialization.serializer import Serializer
+
+if TYPE_CHECKING:
+    from dispytch.events import EventBase
 
 __all__ = ["JSONSerializer"]
 
 
 class JSONSerializer(Serializer):
+    """``json.dumps`` of the envelope, as Dispytch 0.10 wrote it.
+
+    Events are written by pydantic-core straight from the model (see
+    :mod:`dispytch.serialization.json.envelope`), with the same bytes; a subclass that
+    overrides :meth:`serialize` gets it called for every event instead.
+    """
+
     content_type = "application/json"
 
     def __init__(self, encoding: str = "utf-8") -> None:
         self.encoding = encoding
+        # The direct path writes ASCII only, which is these encodings' bytes too.
+        self._direct = type(self).serialize is JSONSerializer.serialize and codecs.lookup(
+            encoding
+        ).name in ("utf-8", "ascii")
 
     def serialize(self, payload: dict[str, Any]) -> bytes:
         return json.dumps(payload).encode(self.encoding)
+
+    def serialize_event(self, event: EventBase, timestamp_ms: int | None = None) -> bytes:
+        if self._direct:
+            data = envelope_json(event, timestamp_ms)
+            if data is not None:
+                return data
+        return self.serialize(event.envelope(timestamp_ms))
