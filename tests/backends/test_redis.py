@@ -22,9 +22,10 @@ from dispytch import (
     HandlerGroup,
     TopicSegment,
 )
-from dispytch.emitter.producer import ProducerTimeout
+from dispytch.emitter.producer import Outgoing, ProducerTimeout
 from dispytch.errors import EmitError
 from dispytch.routing import TopicPattern
+from tests.backends.proxy import FaultyProxy
 from tests.helpers import eventually, require_broker, wait_until
 
 redis_asyncio = pytest.importorskip("redis.asyncio")
@@ -318,6 +319,113 @@ async def test_emit_many_is_published_in_call_order(redis: Any, uid: str) -> Non
         assert msg is not None, f"only {len(got)} of 500 arrived"
         got.append(int(msg["data"]))
     assert got == list(range(500))
+    await pubsub.aclose()
+
+
+async def _kill_clients(redis: Any, name: str) -> int:
+    """Close this test's connections named ``name`` on the shared server; how many."""
+    ids = [c["id"] for c in await redis.client_list() if c.get("name") == name]
+    for client_id in ids:
+        await redis.execute_command("CLIENT", "KILL", "ID", client_id)
+    return len(ids)
+
+
+async def test_a_send_after_the_connection_was_killed_reconnects(redis: Any, uid: str) -> None:
+    name = f"dispytch-producer-{uid}"
+    client = redis_asyncio.Redis.from_url(URL, client_name=name)
+    producer = RedisProducer(client)
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(f"k_{uid}")
+    await pubsub.get_message(timeout=5)
+    try:
+        await producer.send(f"k_{uid}", b"1")
+        assert await _kill_clients(redis, name) == 1  # the producer's own connection
+        # The dead connection is found on the next write and reopened, as the client retries
+        # its own commands: the send is confirmed, not an error.
+        await producer.send(f"k_{uid}", b"2")
+        await producer.send_many([Outgoing(f"k_{uid}", b"3"), Outgoing(f"k_{uid}", b"4")])
+        got = []
+        while len(got) < 4:
+            msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
+            assert msg is not None, f"only {got} arrived"
+            got.append(msg["data"])
+        assert got == [b"1", b"2", b"3", b"4"]
+    finally:
+        await producer.close()
+        await pubsub.aclose()
+        await client.aclose()
+    assert await _kill_clients(redis, name) == 0  # close gave the connection back, and
+
+
+async def test_a_single_connection_client_publishes_through_its_own_commands(
+    redis: Any, uid: str
+) -> None:
+    # No pool to borrow a connection from: the client's commands and pipelines are used.
+    client = redis_asyncio.Redis.from_url(URL, single_connection_client=True)
+    producer = RedisProducer(client, max_batch=3)
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(f"s_{uid}")
+    await pubsub.get_message(timeout=5)
+    try:
+        await producer.send(f"s_{uid}", b"0")
+        results = await producer.send_many([Outgoing(f"s_{uid}", b"%d" % i) for i in range(1, 8)])
+        assert results == [None] * 7
+        got = []
+        while len(got) < 8:
+            msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
+            assert msg is not None, f"only {got} arrived"
+            got.append(int(msg["data"]))
+        assert got == list(range(8))
+    finally:
+        await producer.close()
+        await pubsub.aclose()
+        await client.aclose()
+
+
+async def test_close_waits_for_the_send_being_written_and_a_cancelled_send_leaves_no_reply(
+    redis: Any, uid: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="dispytch.redis")
+    heard = f"heard_{uid}"
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(heard)
+    await pubsub.get_message(timeout=5)
+    async with FaultyProxy(6379) as proxy:
+        client = redis_asyncio.Redis.from_url(f"redis://127.0.0.1:{proxy.port}/0")
+        producer = RedisProducer(client)
+        try:
+            await producer.send(heard, b"warm-up")  # connected
+            # A send cancelled while its reply is held: the reply (0 receivers) must not be
+            # read as the reply of the next send, which one subscriber hears.
+            proxy.stall()
+            lost = asyncio.create_task(producer.send(f"nobody_{uid}", b"x"))
+            await asyncio.sleep(0.1)
+            lost.cancel()
+            await asyncio.gather(lost, return_exceptions=True)
+            proxy.resume()
+            caplog.clear()
+            await producer.send(heard, b"after")
+            assert not [r for r in caplog.records if "no subscriber" in r.getMessage()]
+
+            proxy.stall()
+            sending = asyncio.create_task(producer.send(heard, b"last"))
+            await asyncio.sleep(0.1)
+            closing = asyncio.create_task(producer.close())
+            await asyncio.sleep(0.1)
+            assert not closing.done()  # the send in flight is waited for
+            proxy.resume()
+            await asyncio.wait_for(asyncio.gather(sending, closing), 5)
+            with pytest.raises(EmitError, match="closed"):
+                await producer.send(heard, b"late")
+        finally:
+            await producer.close()
+            await client.aclose()
+    got = []
+    while len(got) < 3:
+        msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
+        assert msg is not None, f"only {got} arrived"
+        got.append(msg["data"])
+    assert got == [b"warm-up", b"after", b"last"]
     await pubsub.aclose()
 
 

@@ -182,6 +182,28 @@ async def test_send_many_reports_each_entry_and_keeps_call_order(redis: Any, uid
     assert isinstance(closed[0], EmitError) and "closed" in str(closed[0])
 
 
+@pytest.mark.parametrize("held", [True, False], ids=["held-connection", "client-pipeline"])
+async def test_an_emit_without_the_replicas_asked_for_is_not_confirmed(
+    redis: Any, uid: str, held: bool
+) -> None:
+    """WAIT follows a lone send as it follows a batch (the local Redis has no replica)."""
+    stream, not_a_stream = f"waited_{uid}", f"plain_{uid}"
+    await redis.set(not_a_stream, b"a string key")
+    producer = RedisStreamsProducer(redis, wait_replicas=1, wait_timeout=0.05)
+    if not held:
+        producer._pool = None
+    with pytest.raises(EmitError, match="0 of the 1 replica"):
+        await producer.send(stream, b"lone")
+    results = await producer.send_many(
+        [Outgoing(stream, b"a"), Outgoing(not_a_stream, b"refused"), Outgoing(stream, b"b")]
+    )
+    assert isinstance(results[1], EmitError) and "is the key a stream" in str(results[1])
+    for result in (results[0], results[2]):
+        assert isinstance(result, EmitError) and "Redis stored 2 entries but 0" in str(result)
+    assert len(await redis.xrange(stream)) == 3  # stored, not confirmed
+    await producer.close()
+
+
 async def test_batched_acks_really_acknowledge(redis: Any, uid: str) -> None:
     topic = f"bulk_{uid}"
     group = f"g_{uid}"

@@ -59,7 +59,11 @@ def test_redis_internals_are_there_on_the_installed_redis_py() -> None:
 
     from dispytch.redis import _compat
 
+    from redis.asyncio import Redis
+
     assert _compat.reply_reader(Connection()) is not None
+    assert _compat.held_pool(Redis()) is not None
+    assert _compat.held_pool(Redis(single_connection_client=True)) is None
     assert _compat.tls_context_supported()
     assert _compat.sentinel_following_supported()
 
@@ -70,7 +74,10 @@ def test_redis_fallbacks(fallbacks: list[str], caplog: pytest.LogCaptureFixture)
 
     from dispytch.redis import _compat
 
+    from redis.asyncio import Redis
+
     assert _compat.reply_reader(Connection()) is None
+    assert _compat.held_pool(Redis()) is None  # the producers use the client's pipelines
     assert not _compat.tls_context_supported()
     already_warned = _compat._warned_sentinel
     assert not _compat.sentinel_following_supported()

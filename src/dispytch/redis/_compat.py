@@ -11,6 +11,11 @@ Redis tests against the newest redis-py (``.ci/run``, "newest clients").
   and ``read_response(timeout=..., disconnect_on_error=False, push_request=True)``, the calls
   ``PubSub.parse_response`` makes, without its per-call timeout and health-check wrapping.
   Fallback: ``None``; the reader takes each reply through the public ``parse_response``.
+* :func:`held_pool` / :func:`idle_bytes`: the producers hold one connection of the client's
+  pool and check it before each write with that same ``can_read`` (bytes or the end of the
+  stream arrived while it was idle: reconnect), as the pool checks a connection it lends.
+  Fallback: ``None`` (no check); the producers send through the client's commands and
+  pipelines, which take a checked connection from the pool every time.
 * :class:`ContextTLSConnection`: a TLS connection that uses the backend's
   ``ssl.SSLContext``, by overriding ``SSLConnection._connection_arguments``. Fallback: none
   that keeps the context, so :func:`tls_context_supported` is false and the backend refuses
@@ -30,13 +35,20 @@ import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from redis.asyncio.connection import SSLConnection
-from redis.asyncio.sentinel import SentinelManagedConnection, SentinelManagedSSLConnection
+from redis.asyncio import Redis
+from redis.asyncio.connection import ConnectionPool, SSLConnection
+from redis.asyncio.sentinel import (
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+    SentinelManagedSSLConnection,
+)
 
 __all__ = [
     "ContextTLSConnection",
     "FollowingConnection",
     "FollowingSSLConnection",
+    "held_pool",
+    "idle_bytes",
     "private",
     "reply_reader",
     "sentinel_following_supported",
@@ -72,6 +84,33 @@ def reply_reader(connection: Any) -> ReplyReader | None:
     return has_reply, functools.partial(
         read, timeout=math.inf, disconnect_on_error=False, push_request=True
     )
+
+
+def _idle_check(connection: Any) -> Any:
+    # redis-py 8 renamed the check for buffered reply bytes (the old name now warns).
+    return private(connection, "can_read") or private(connection, "can_read_destructive")
+
+
+def held_pool(redis: Any) -> ConnectionPool | None:
+    """The pool of ``redis`` a producer may borrow one connection from for its lifetime:
+    ``None`` for a single-connection client, another kind of client, connections without the
+    idle check (the fallback), and a Sentinel pool whose connections would not follow a new
+    master when they reconnect."""
+    if not isinstance(redis, Redis) or getattr(redis, "connection", None) is not None:
+        return None
+    pool = getattr(redis, "connection_pool", None)
+    if not isinstance(pool, ConnectionPool) or not callable(_idle_check(pool.connection_class)):
+        return None
+    if isinstance(pool, SentinelConnectionPool) and not sentinel_following_supported():
+        return None
+    return pool
+
+
+async def idle_bytes(connection: Any) -> bool:
+    """Whether bytes (or the end of the stream) arrived on an idle ``connection`` of a
+    :func:`held_pool` (so it is reconnected before the next command)."""
+    check = _idle_check(connection)
+    return bool(await check()) if callable(check) else False
 
 
 # -- TLS with the backend's context ------------------------------------------------------------

@@ -2,38 +2,79 @@
 
 Both modes' producers are one of these: they differ only in the command queued per send
 (``PUBLISH`` or ``XADD``) and in what Redis' reply means.
+
+Commands go out on a connection the producer borrows from the client's pool for its lifetime:
+packed, written and their replies read with the connection's own methods. Before each write
+the connection is checked as the pool checks one it lends (closed by the server while idle:
+reconnect), and a failed round trip is retried as the client retries its commands (the
+connection's ``retry``). That skips what the client does around every command (pool checkout
+and return, metrics, response callbacks): about a third of the CPU of a confirmed send. A
+client without a pool to borrow from (a single-connection client, another kind, or a
+redis-py whose connections cannot be checked: see :func:`dispytch.redis._compat.held_pool`)
+gets its commands and pipelines.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections import deque
 from collections.abc import Sequence
 from typing import Any, ClassVar, Generic, TypeVar
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
-from redis.exceptions import RedisError
+from redis.asyncio.connection import AbstractConnection, ConnectionPool
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from dispytch.emitter.producer import Outgoing, Producer, ProducerTimeout
 from dispytch.errors import ConfigurationError, EmitError
+from dispytch.redis import _compat
+from dispytch.redis.connection import CONNECTION_ERRORS
 
 __all__ = ["PipelinedProducer"]
 
 ItemT = TypeVar("ItemT")
 
 
+class _Batch:
+    """The outcomes of one ``send_many``: a slot per message, one future for them all.
+
+    A future per message (and ``gather`` over them) would cost a callback and an event-loop
+    turn per message when the replies come in; a batch costs one.
+    """
+
+    __slots__ = ("future", "results", "waiting")
+
+    def __init__(self, future: asyncio.Future[None], size: int) -> None:
+        self.future = future
+        self.results: list[BaseException | None] = [None] * size
+        self.waiting = 0
+
+    def settle(self, index: int, error: BaseException | None) -> None:
+        self.results[index] = error
+        self.waiting -= 1
+        if not self.waiting and not self.future.done():
+            self.future.set_result(None)
+
+
+#: A queued command: (topic, item, future of a single send or batch of a send_many, index in
+#: the batch; -1 for a single send, whose future gets Redis' reply).
+_Entry = tuple[str, Any, "asyncio.Future[Any] | _Batch", int]
+
+
 class PipelinedProducer(Producer, Generic[ItemT]):
     """Queues sends and writes them, in call order, as pipelined batches of one command each.
 
-    One background task writes one batch (at most ``max_batch`` commands) at a time, so
-    concurrent sends (``emit_many``, many tasks) reach Redis in call order. Each send gets the
-    reply to its own command; it raises :class:`ProducerTimeout` when no reply came within
-    ``timeout`` seconds, and :class:`EmitError` when Redis refused it or the connection failed.
+    A send with nothing else queued or being written is written at once, as one command. The
+    sends that come meanwhile (``emit_many``, many tasks) queue, and one background task
+    writes them (at most ``max_batch`` commands per round trip) after it, so they reach Redis
+    in call order. Each send gets the reply to its own command; it raises
+    :class:`ProducerTimeout` when no reply came within ``timeout`` seconds, and
+    :class:`EmitError` when Redis refused it or the connection failed.
 
-    A subclass names its ``command``, builds an item with :meth:`_item` and writes it with
-    :meth:`_queue`.
+    A subclass names its ``command``, builds an item with :meth:`_item` and the command's
+    arguments with :meth:`_args`.
     """
 
     #: The Redis command of one send, for messages (``"PUBLISH"``).
@@ -49,21 +90,29 @@ class PipelinedProducer(Producer, Generic[ItemT]):
         self.redis = redis
         self.timeout = timeout
         self.max_batch = max_batch
-        self._pending: deque[tuple[str, ItemT, asyncio.Future[Any]]] = deque()
+        self._pending: deque[_Entry] = deque()
         self._flusher: asyncio.Task[None] | None = None
+        # A send is writing its own command (no flusher task): what comes meanwhile queues.
+        self._busy = False
+        self._idle: list[asyncio.Future[None]] = []
         self._closed = False
+        # The borrowed connection (see the module docstring); None until the first send, and
+        # for a client that has no pool to borrow from.
+        self._pool: ConnectionPool | None = _compat.held_pool(redis)
+        self._connection: AbstractConnection | None = None
 
-    def _queue(self, pipe: Pipeline, topic: str, item: ItemT) -> None:
-        """Add the command that sends ``item`` to ``topic`` to ``pipe``."""
+    def _args(self, topic: str, item: ItemT) -> tuple[Any, ...]:
+        """The command (name and arguments) that sends ``item`` to ``topic``."""
         raise NotImplementedError
 
     def _item(self, message: Outgoing) -> ItemT:
-        """What :meth:`_queue` sends for ``message`` (as ``send`` builds it)."""
+        """What :meth:`_args` sends for ``message`` (as ``send`` builds it)."""
         raise NotImplementedError
 
-    def _confirm(self, pipe: Pipeline) -> bool:
-        """Add a command after a batch that confirms it further (``WAIT``); ``True`` if added."""
-        return False
+    def _confirm(self) -> tuple[Any, ...] | None:
+        """A command written after each batch (and lone send) that confirms it further
+        (``WAIT``), or ``None``."""
+        return None
 
     def _confirmed(self, reply: Any, count: int) -> EmitError | None:
         """What the reply to :meth:`_confirm`'s command means for the ``count`` sends of the
@@ -73,37 +122,116 @@ class PipelinedProducer(Producer, Generic[ItemT]):
     async def send_many(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
         """Queue every message for the next batches, then wait for each one's reply.
 
-        Same outcome per message as ``send``, without a coroutine and task per message.
+        Same outcome per message as ``send``, without a coroutine, task or future per message.
         """
-        futures: list[asyncio.Future[Any]] = []
-        loop = asyncio.get_running_loop()
-        for message in messages:
+        batch = _Batch(asyncio.get_running_loop().create_future(), len(messages))
+        if self._closed:
+            batch.results = [self._closed_error() for _ in messages]
+            return batch.results
+        pending = self._pending
+        for index, message in enumerate(messages):
             try:
-                futures.append(self._enqueue(message.topic, self._item(message)))
-            except Exception as exc:  # closed, or a message this backend cannot carry
-                failed = loop.create_future()
-                failed.set_exception(exc)
-                futures.append(failed)
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        return [r if isinstance(r, BaseException) else None for r in results]
+                item = self._item(message)
+            except Exception as exc:  # a message this backend cannot carry
+                batch.results[index] = exc
+                continue
+            pending.append((message.topic, item, batch, index))
+            batch.waiting += 1
+        if batch.waiting:
+            self._start_flusher()
+            await batch.future
+        return batch.results
 
     async def _submit(self, topic: str, item: ItemT) -> Any:
         """Send ``item`` with the next batch; return Redis' reply to its command."""
-        return await self._enqueue(topic, item)
-
-    def _enqueue(self, topic: str, item: ItemT) -> asyncio.Future[Any]:
-        """Queue ``item`` for the next batch; the future gets Redis' reply to its command."""
         if self._closed:
-            raise EmitError(
-                f"this {type(self).__name__} is closed; emit through a started app/producer"
-            )
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((topic, item, future))
-        if self._flusher is None:
+            raise self._closed_error()
+        if self._busy or self._flusher is not None:
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self._pending.append((topic, item, future, -1))
+            return await future
+        # Nothing queued or being written: one command, from here (no task, no pipeline).
+        self._busy = True
+        try:
+            return await self._send_one(topic, item)
+        finally:
+            self._busy = False
+            if self._pending:
+                self._start_flusher()
+            else:
+                _wake(self._idle)
+
+    async def _send_one(self, topic: str, item: ItemT) -> Any:
+        commands = [self._args(topic, item)]
+        confirm = self._confirm()
+        if confirm is not None:
+            commands.append(confirm)
+        try:
+            async with asyncio.timeout(self.timeout):
+                if self._pool is None and confirm is None:
+                    client: Any = self.redis
+                    return await client.execute_command(*commands[0])
+                replies = await self._exchange(commands)
+        except (TimeoutError, RedisTimeoutError) as exc:
+            raise self._timed_out(1, exc) from exc
+        except ResponseError as exc:
+            raise self._refused(topic, exc) from exc
+        except (RedisError, OSError) as exc:
+            raise self._unreachable(exc) from exc
+        reply = replies[0]
+        if isinstance(reply, BaseException):
+            raise self._refused(topic, reply)
+        if confirm is not None:
+            unconfirmed = self._confirmed(replies[1], 1)
+            if unconfirmed is not None:
+                raise unconfirmed
+        return reply
+
+    async def _exchange(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Write ``commands`` in one round trip; their replies in order (a refused command's
+        error in its place)."""
+        pool = self._pool
+        if pool is not None:
+            return await self._round_trip(pool, commands)
+        pipe = self.redis.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        results: list[Any] = await pipe.execute(raise_on_error=False)
+        return results
+
+    async def _round_trip(self, pool: ConnectionPool, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Write ``commands`` on the borrowed connection and read their replies, in order (a
+        refused command's ``ResponseError`` in its place)."""
+        connection = self._connection
+        if connection is None:
+            connection = self._connection = await _borrow(pool)
+        elif connection.is_connected:
+            await _fresh(connection)
+        packed = connection.pack_commands(commands)
+
+        async def exchange() -> list[Any]:
+            # A failed write or read disconnects (redis-py does that itself), so no reply is
+            # ever left for the next round trip; the next write connects again.
+            await connection.send_packed_command(packed)
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(await connection.read_response())
+                except ResponseError as exc:
+                    replies.append(exc)
+            return replies
+
+        async def failed(error: Exception) -> None:
+            await connection.disconnect()
+
+        replies: list[Any] = await connection.retry.call_with_retry(exchange, failed)
+        return replies
+
+    def _start_flusher(self) -> None:
+        if self._flusher is None and not self._busy:
             self._flusher = asyncio.create_task(
                 self._flush(), name=f"dispytch-redis-{self.command.lower()}"
             )
-        return future
 
     async def _flush(self) -> None:
         # One flusher at a time: batches go out one after the other, so call order is kept.
@@ -114,62 +242,113 @@ class PipelinedProducer(Producer, Generic[ItemT]):
         finally:
             self._flusher = None
             while self._pending:  # only when cancelled: nobody will send these any more
-                _fail(self._pending.popleft()[2], EmitError("the producer stopped before sending"))
+                _settle(self._pending.popleft(), EmitError("the producer stopped before sending"))
+            _wake(self._idle)
 
-    async def _write(self, batch: list[tuple[str, ItemT, asyncio.Future[Any]]]) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        for topic, item, _ in batch:
-            self._queue(pipe, topic, item)
-        confirming = self._confirm(pipe)
+    async def _write(self, batch: list[_Entry]) -> None:
+        args = self._args
+        commands = [args(topic, item) for topic, item, _, _ in batch]
+        confirm = self._confirm()
+        if confirm is not None:
+            commands.append(confirm)
         try:
             async with asyncio.timeout(self.timeout):
-                results = await pipe.execute(raise_on_error=False)
+                results = await self._exchange(commands)
         except (TimeoutError, RedisTimeoutError) as exc:
-            error: EmitError = ProducerTimeout(
-                f"Redis did not confirm {len(batch)} {self.command} command(s) within "
-                f"{self.timeout}s ({exc or type(exc).__name__}); they may or may not have been "
-                f"{self.outcome}. Check that Redis is reachable, or raise the producer's timeout."
-            )
+            error: EmitError = self._timed_out(len(batch), exc)
         except (RedisError, OSError) as exc:
-            error = EmitError(
-                f"could not {self.command} to Redis ({type(exc).__name__}: {exc}); check that "
-                "Redis is running and reachable"
-            )
+            error = self._unreachable(exc)
         except BaseException:
-            for _, _, future in batch:
-                _fail(future, EmitError("the producer was cancelled while sending"))
+            for entry in batch:
+                _settle(entry, EmitError("the producer was cancelled while sending"))
             raise
         else:
             unconfirmed = None
-            if confirming:
-                accepted = sum(not isinstance(r, BaseException) for r in results[:-1])
-                unconfirmed = self._confirmed(results.pop(), accepted)
-            for (topic, _, future), result in zip(batch, results, strict=True):
-                if future.done():
-                    continue  # the caller gave up (cancelled)
-                if unconfirmed is not None and not isinstance(result, BaseException):
-                    future.set_exception(unconfirmed)
-                elif isinstance(result, BaseException):
-                    future.set_exception(
-                        EmitError(
-                            f"Redis refused {self.command} to {topic!r}: {result}"
-                            f"{self.refusal_hint}"
-                        )
-                    )
+            if confirm is not None:
+                reply = results.pop()
+                accepted = sum(not isinstance(r, BaseException) for r in results)
+                unconfirmed = self._confirmed(reply, accepted)
+            for entry, result in zip(batch, results, strict=True):
+                if isinstance(result, BaseException):
+                    _settle(entry, self._refused(entry[0], result))
+                elif unconfirmed is not None:
+                    _settle(entry, unconfirmed)
                 else:
-                    future.set_result(result)
+                    _settle(entry, None, result)
             return
-        for _, _, future in batch:
-            _fail(future, error)
+        for entry in batch:
+            _settle(entry, error)
+
+    def _timed_out(self, count: int, exc: BaseException) -> ProducerTimeout:
+        return ProducerTimeout(
+            f"Redis did not confirm {count} {self.command} command(s) within {self.timeout}s "
+            f"({exc or type(exc).__name__}); they may or may not have been {self.outcome}. "
+            "Check that Redis is reachable, or raise the producer's timeout."
+        )
+
+    def _unreachable(self, exc: BaseException) -> EmitError:
+        return EmitError(
+            f"could not {self.command} to Redis ({type(exc).__name__}: {exc}); check that "
+            "Redis is running and reachable"
+        )
+
+    def _refused(self, topic: str, exc: BaseException) -> EmitError:
+        return EmitError(f"Redis refused {self.command} to {topic!r}: {exc}{self.refusal_hint}")
+
+    def _closed_error(self) -> EmitError:
+        return EmitError(
+            f"this {type(self).__name__} is closed; emit through a started app/producer"
+        )
 
     async def close(self) -> None:
         """Wait for sends in progress, then refuse new ones. The Redis client stays open."""
         self._closed = True
-        flusher = self._flusher
-        if flusher is not None:
-            await asyncio.gather(flusher, return_exceptions=True)
+        while self._busy or self._flusher is not None:
+            idle: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._idle.append(idle)
+            await idle
+        connection, self._connection = self._connection, None
+        if connection is not None and self._pool is not None:
+            released = self._pool.release(connection)
+            if inspect.isawaitable(released):
+                await released
 
 
-def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
-    if not future.done():
-        future.set_exception(error)
+async def _fresh(connection: AbstractConnection) -> None:
+    """Drop ``connection`` if the server closed it (or left bytes on it) while it was idle, as
+    the pool checks a connection before it lends it: the write then opens a new one, and a
+    command is never written where its reply could not come back."""
+    try:
+        if await _compat.idle_bytes(connection):
+            await connection.disconnect()
+    except CONNECTION_ERRORS:
+        await connection.disconnect()
+
+
+async def _borrow(pool: ConnectionPool) -> AbstractConnection:
+    """A connection of ``pool`` (redis-py before 5.3 wants a command name, later ones none)."""
+    get: Any = pool.get_connection
+    if inspect.signature(get).parameters["command_name"].default is inspect.Parameter.empty:
+        connection: AbstractConnection = await get("PUBLISH")
+    else:
+        connection = await get()
+    return connection
+
+
+def _settle(entry: _Entry, error: BaseException | None, reply: Any = None) -> None:
+    waiter, index = entry[2], entry[3]
+    if isinstance(waiter, _Batch):
+        waiter.settle(index, error)
+    elif waiter.done():
+        pass  # the caller gave up (cancelled)
+    elif error is not None:
+        waiter.set_exception(error)
+    else:
+        waiter.set_result(reply)
+
+
+def _wake(waiters: list[asyncio.Future[None]]) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)
+    waiters.clear()

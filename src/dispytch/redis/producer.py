@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import Any
 
 from pydantic import BaseModel
-from redis.asyncio.client import Pipeline
 
 from dispytch.emitter.producer import Outgoing
 from dispytch.redis.pipeline import PipelinedProducer
@@ -64,5 +64,5 @@ class RedisProducer(PipelinedProducer[bytes]):
     def _item(self, message: Outgoing) -> bytes:
         return message.payload
 
-    def _queue(self, pipe: Pipeline, topic: str, item: bytes) -> None:
-        pipe.publish(topic, item)
+    def _args(self, topic: str, item: bytes) -> tuple[Any, ...]:
+        return ("PUBLISH", topic, item)

@@ -7,7 +7,6 @@ from typing import Any
 
 from pydantic import BaseModel
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 
 from dispytch.emitter.producer import Outgoing
 from dispytch.errors import ConfigurationError, EmitError
@@ -21,7 +20,7 @@ __all__ = ["REPLY_TTL_MS", "RedisStreamsProducer"]
 REPLY_TTL_MS = 60_000
 
 
-class RedisStreamsProducer(PipelinedProducer[dict[Any, Any]]):
+class RedisStreamsProducer(PipelinedProducer[tuple[Any, ...]]):
     """Appends events to Redis Streams (the stream's key is the event's topic).
 
     ``send`` returns once Redis replied to ``XADD`` with the new entry's id: the entry is stored
@@ -79,6 +78,10 @@ class RedisStreamsProducer(PipelinedProducer[dict[Any, Any]]):
         self.maxlen = maxlen
         self.wait_replicas = wait_replicas
         self._wait_ms = max(1, round(wait_timeout * 1000))
+        # The XADD arguments before the fields, as redis-py's xadd() writes them.
+        self._head: tuple[Any, ...] = (
+            ("*",) if maxlen is None else ("MAXLEN", "~", str(maxlen), "*")
+        )
 
     async def send(
         self,
@@ -90,25 +93,22 @@ class RedisStreamsProducer(PipelinedProducer[dict[Any, Any]]):
         key: bytes | None = None,
     ) -> None:
         """XADD ``payload``, ``key`` and ``headers`` to stream ``topic``; return once stored."""
-        await self._submit(topic, encode_fields(payload, key, headers))
+        await self._submit(topic, _flat(encode_fields(payload, key, headers)))
 
     async def send_reply(self, address: str, payload: bytes, headers: Mapping[str, str]) -> None:
         """XADD the reply to the requester's inbox stream, then give the stream a TTL, so the
         inbox of a requester that died disappears by itself."""
-        await self._submit(address, encode_fields(payload, None, headers))
+        await self._submit(address, _flat(encode_fields(payload, None, headers)))
         await self.redis.pexpire(address, REPLY_TTL_MS)
 
-    def _item(self, message: Outgoing) -> dict[Any, Any]:
-        return encode_fields(message.payload, message.key, message.headers)
+    def _item(self, message: Outgoing) -> tuple[Any, ...]:
+        return _flat(encode_fields(message.payload, message.key, message.headers))
 
-    def _queue(self, pipe: Pipeline, topic: str, item: dict[Any, Any]) -> None:
-        pipe.xadd(topic, item, maxlen=self.maxlen, approximate=True)
+    def _args(self, topic: str, item: tuple[Any, ...]) -> tuple[Any, ...]:
+        return ("XADD", topic, *self._head, *item)
 
-    def _confirm(self, pipe: Pipeline) -> bool:
-        if not self.wait_replicas:
-            return False
-        pipe.execute_command("WAIT", self.wait_replicas, self._wait_ms)
-        return True
+    def _confirm(self) -> tuple[Any, ...] | None:
+        return ("WAIT", self.wait_replicas, self._wait_ms) if self.wait_replicas else None
 
     def _confirmed(self, reply: Any, count: int) -> EmitError | None:
         if isinstance(reply, int) and reply >= self.wait_replicas:
@@ -120,3 +120,7 @@ class RedisStreamsProducer(PipelinedProducer[dict[Any, Any]]):
             "them, so the emit is not confirmed (it may be delivered anyway). Check the "
             "replicas (INFO replication), or lower wait_replicas"
         )
+
+
+def _flat(fields: dict[Any, Any]) -> tuple[Any, ...]:
+    return tuple(part for pair in fields.items() for part in pair)
