@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from dispytch import App, Event, EventBase, EventEmitter, EventListener, TopicSegment
 from dispytch.dead_letter import DeadLetter
+from dispytch.emitter.producer import Outgoing, ProducerTimeout
 from dispytch.errors import EmitError
 from dispytch.nats import (
     DeadLetterStore,
@@ -29,6 +30,7 @@ from dispytch.nats import (
 from dispytch.nats.consumer import NATSGroupConsumer
 from dispytch.routing import TopicPattern
 from tests.backends.nats_streams import delete_streams
+from tests.backends.proxy import FaultyProxy
 from tests.helpers import require_broker, wait_until
 
 URL = "nats://127.0.0.1:4222"
@@ -137,6 +139,63 @@ async def test_emit_to_uncovered_subject_raises_then_subjects_option_covers_it(
     info = await server.js.stream_info(server.stream)
     assert info.state.messages == 2
     assert sorted(info.config.subjects or []) == sorted([topic, f"{topic}.>"])
+
+
+async def test_send_many_reports_each_message_and_keeps_the_order(server: Server) -> None:
+    topic = server.topic("batch")
+    full = server.topic("full")
+    await server.js.add_stream(name=server.stream, subjects=[topic])
+    # A stream that refuses new messages once it holds two: its PubAcks carry an error.
+    await server.js.add_stream(
+        name=f"{server.stream}_full", subjects=[full], max_msgs=2, discard="new"
+    )
+    producer = NATSProducer(server.js, timeout=5)
+    try:
+        outgoing = [Outgoing(topic, b"%d" % i, key=b"k") for i in range(50)]
+        outgoing.insert(10, Outgoing(server.topic("uncaptured"), b"lost"))
+        outgoing.insert(20, Outgoing(topic, b"x" * (server.nc.max_payload + 1)))
+        outgoing += [Outgoing(full, b"a"), Outgoing(full, b"b"), Outgoing(full, b"c")]
+        results = await producer.send_many(outgoing)
+        assert isinstance(results[10], EmitError) and "no JetStream stream" in str(results[10])
+        assert isinstance(results[20], EmitError) and "payload" in str(results[20])
+        assert results[-3:-1] == [None, None]
+        assert isinstance(results[-1], EmitError) and "refused" in str(results[-1])
+        assert [r for i, r in enumerate(results[:-3]) if i not in (10, 20)] == [None] * 50
+        sub = await server.js.pull_subscribe(topic, durable="reader", stream=server.stream)
+        got: list[bytes] = []
+        while len(got) < 50:
+            for msg in await sub.fetch(50, timeout=5):
+                got.append(msg.data)
+                assert msg.headers and msg.headers["x-dispytch-key"] == "k"
+        assert got == [b"%d" % i for i in range(50)]
+        # A single send goes the same way.
+        with pytest.raises(EmitError, match="refused"):
+            await producer.send(full, b"d")
+    finally:
+        await producer.close()
+        await delete_streams(URL, f"{server.stream}_full")
+
+
+async def test_pubacks_that_do_not_come_time_out_and_late_ones_are_dropped(
+    server: Server,
+) -> None:
+    topic = server.topic("late")
+    await server.js.add_stream(name=server.stream, subjects=[topic])
+    async with FaultyProxy(4222) as proxy:
+        nc = await nats.connect(f"nats://127.0.0.1:{proxy.port}")
+        producer = NATSProducer(nc.jetstream(), timeout=0.5)
+        try:
+            await producer.send(topic, b"first")
+            proxy.stall()
+            results = await producer.send_many([Outgoing(topic, b"a"), Outgoing(topic, b"b")])
+            assert all(isinstance(r, ProducerTimeout) for r in results), results
+            proxy.resume()  # the late PubAcks arrive now, and find nobody waiting
+            assert await producer.send_many([Outgoing(topic, b"c")]) == [None]
+        finally:
+            await producer.close()
+            await nc.close()
+    info = await server.js.stream_info(server.stream)
+    assert info.state.messages == 4  # the timed-out ones may well be stored: they were
 
 
 async def _group_consumer(

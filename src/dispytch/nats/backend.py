@@ -263,6 +263,8 @@ class NATSBackend(Backend):
         return NATSInbox(self.require(self.connection))
 
     async def close_connections(self) -> None:
+        if self._producer is not None:
+            await self._producer.close()
         connection, self.connection = self.connection, None
         self.jetstream = None
         self._producer = self._dead_letters = None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import nats.errors
 import nats.js.errors
@@ -10,10 +10,11 @@ from nats.aio.client import Client as NATSClient
 from nats.js import JetStreamContext
 from pydantic import BaseModel
 
-from dispytch.emitter.producer import Producer, ProducerTimeout
+from dispytch.emitter.producer import Outgoing, Producer
 from dispytch.errors import EmitError, InvalidTopicError
 from dispytch.nats._compat import connection_of
 from dispytch.nats.config import NATSEventConfig
+from dispytch.nats.pubacks import PubAcks, Publish, not_sent, not_stored, refused, timed_out
 from dispytch.nats.wire import MSG_ID_HEADER, nats_headers
 from dispytch.topic_rules import NATS
 from dispytch.untrusted import loggable
@@ -73,7 +74,9 @@ class NATSProducer(Producer):
     ``send`` returns once a stream stored the message (its PubAck arrived). A subject no stream
     captures raises :class:`~dispytch.errors.EmitError` (add the subject to a stream, see
     :class:`~dispytch.nats.NATSBackend`'s ``subjects``); no PubAck within ``timeout`` seconds
-    raises :class:`~dispytch.emitter.producer.ProducerTimeout`. Concurrent sends are pipelined.
+    raises :class:`~dispytch.emitter.producer.ProducerTimeout`. Concurrent sends are pipelined,
+    and ``send_many`` writes a whole batch before it waits for the PubAcks (see
+    :mod:`dispytch.nats.pubacks`).
 
     Replies to requests (:meth:`send_reply`) go to the requester's inbox subject as core NATS
     messages through ``replies``, not to a stream.
@@ -100,6 +103,7 @@ class NATSProducer(Producer):
         self.replies = replies
         #: The context's connection (the backend passes it; else read from the context).
         self.connection = connection if connection is not None else connection_of(jetstream)
+        self._acks = PubAcks(self.connection, timeout) if self.connection is not None else None
 
     async def send_reply(self, address: str, payload: bytes, headers: Mapping[str, str]) -> None:
         """Publish a reply on the requester's inbox subject (core NATS, confirmed by the
@@ -120,23 +124,64 @@ class NATSProducer(Producer):
         headers: Mapping[str, str] | None = None,
         key: bytes | None = None,
     ) -> None:
-        if isinstance(config, NATSEventConfig):
-            merged = dict(config.headers or {})
-            if headers:
-                merged.update(headers)
-            if config.msg_id is not None:
-                merged[MSG_ID_HEADER] = config.msg_id
-            if key is None and config.partition_key is not None:
-                key = config.partition_key.encode()
-            headers = merged
-        await publish_acked(
-            self.jetstream,
-            topic,
-            payload,
-            nats_headers(headers, key),
-            self.timeout,
-            self.connection,
-        )
+        if self._acks is None:  # a context whose connection we cannot reach: a request
+            await publish_acked(
+                self.jetstream,
+                topic,
+                payload,
+                _headers(config, headers, key),
+                self.timeout,
+                self.connection,
+            )
+            return
+        (error,) = await self.send_many([Outgoing(topic, payload, config, key, headers)])
+        if error is not None:
+            raise error
+
+    async def send_many(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
+        """Publish every message, then wait for all their PubAcks."""
+        acks = self._acks
+        if acks is None:  # a context whose connection we cannot reach: one request each
+            return await super().send_many(messages)
+        max_payload = acks.connection.max_payload
+        results: list[BaseException | None] = [None] * len(messages)
+        batch: list[Publish] = []
+        indexes: list[int] = []
+        for index, m in enumerate(messages):
+            headers = _headers(m.config, m.headers, m.key)
+            try:
+                check_publishable(m.topic, m.payload, headers, max_payload)
+            except EmitError as exc:
+                results[index] = exc
+                continue
+            batch.append((m.topic, m.payload, headers))
+            indexes.append(index)
+        if batch:
+            for index, outcome in zip(indexes, await acks.publish(batch), strict=True):
+                results[index] = outcome
+        return results
+
+    async def close(self) -> None:
+        """Stop listening for PubAcks. The connection stays open."""
+        if self._acks is not None:
+            await self._acks.close()
+
+
+def _headers(
+    config: BaseModel | None, headers: Mapping[str, str] | None, key: bytes | None
+) -> dict[str, str] | None:
+    """The wire headers of one event: its config's headers and ``msg_id``, the emit's
+    headers, the ordering key."""
+    if isinstance(config, NATSEventConfig):
+        merged = dict(config.headers or {})
+        if headers:
+            merged.update(headers)
+        if config.msg_id is not None:
+            merged[MSG_ID_HEADER] = config.msg_id
+        if key is None and config.partition_key is not None:
+            key = config.partition_key.encode()
+        headers = merged
+    return nats_headers(headers, key)
 
 
 async def publish_acked(
@@ -155,27 +200,10 @@ async def publish_acked(
     try:
         await jetstream.publish(subject, payload, timeout=timeout, headers=headers)
     except nats.js.errors.NoStreamResponseError:
-        raise EmitError(
-            f"no JetStream stream answered for subject {subject!r}, so the event was not "
-            "stored: either its stream is electing a new leader (a cluster node was lost; "
-            "retry in a few seconds) or no stream stores the subject. For the latter, "
-            "start a consumer for this topic first (the app adds the topics its handlers "
-            "subscribe to to its stream) or list it in the backend's subjects option, e.g. "
-            f"App('nats://...', subjects=[{subject!r}]) (a wildcard such as 'orders.>' covers "
-            "many topics)"
-        ) from None
+        raise not_stored(subject) from None
     except nats.errors.TimeoutError as exc:
-        raise ProducerTimeout(
-            f"JetStream did not acknowledge the event for {subject!r} within {timeout}s; it "
-            "may or may not have been stored"
-        ) from exc
+        raise timed_out(subject, timeout) from exc
     except nats.js.errors.APIError as exc:
-        raise EmitError(
-            f"JetStream refused the event for {subject!r}: {exc.description} "
-            f"(code {exc.err_code}); check the stream's limits and state"
-        ) from exc
+        raise refused(subject, exc.description, exc.err_code) from exc
     except nats.errors.Error as exc:
-        raise EmitError(
-            f"could not publish to {subject!r} ({type(exc).__name__}: {exc}); the event was "
-            "not stored: check the payload size and subject, or retry once connected"
-        ) from exc
+        raise not_sent(subject, exc) from exc

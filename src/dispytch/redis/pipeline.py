@@ -27,6 +27,7 @@ from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from dispytch.emitter.outcomes import Outcomes
 from dispytch.emitter.producer import Outgoing, Producer, ProducerTimeout
 from dispytch.errors import ConfigurationError, EmitError
 from dispytch.redis import _compat
@@ -37,30 +38,9 @@ __all__ = ["PipelinedProducer"]
 ItemT = TypeVar("ItemT")
 
 
-class _Batch:
-    """The outcomes of one ``send_many``: a slot per message, one future for them all.
-
-    A future per message (and ``gather`` over them) would cost a callback and an event-loop
-    turn per message when the replies come in; a batch costs one.
-    """
-
-    __slots__ = ("future", "results", "waiting")
-
-    def __init__(self, future: asyncio.Future[None], size: int) -> None:
-        self.future = future
-        self.results: list[BaseException | None] = [None] * size
-        self.waiting = 0
-
-    def settle(self, index: int, error: BaseException | None) -> None:
-        self.results[index] = error
-        self.waiting -= 1
-        if not self.waiting and not self.future.done():
-            self.future.set_result(None)
-
-
-#: A queued command: (topic, item, future of a single send or batch of a send_many, index in
+#: A queued command: (topic, item, future of a single send or outcomes of a send_many, index in
 #: the batch; -1 for a single send, whose future gets Redis' reply).
-_Entry = tuple[str, Any, "asyncio.Future[Any] | _Batch", int]
+_Entry = tuple[str, Any, "asyncio.Future[Any] | Outcomes", int]
 
 
 class PipelinedProducer(Producer, Generic[ItemT]):
@@ -124,10 +104,9 @@ class PipelinedProducer(Producer, Generic[ItemT]):
 
         Same outcome per message as ``send``, without a coroutine, task or future per message.
         """
-        batch = _Batch(asyncio.get_running_loop().create_future(), len(messages))
         if self._closed:
-            batch.results = [self._closed_error() for _ in messages]
-            return batch.results
+            return [self._closed_error() for _ in messages]
+        batch = Outcomes(asyncio.get_running_loop().create_future(), len(messages))
         pending = self._pending
         for index, message in enumerate(messages):
             try:
@@ -136,7 +115,8 @@ class PipelinedProducer(Producer, Generic[ItemT]):
                 batch.results[index] = exc
                 continue
             pending.append((message.topic, item, batch, index))
-            batch.waiting += 1
+            batch.expect()
+        batch.seal()
         if batch.waiting:
             self._start_flusher()
             await batch.future
@@ -337,7 +317,7 @@ async def _borrow(pool: ConnectionPool) -> AbstractConnection:
 
 def _settle(entry: _Entry, error: BaseException | None, reply: Any = None) -> None:
     waiter, index = entry[2], entry[3]
-    if isinstance(waiter, _Batch):
+    if isinstance(waiter, Outcomes):
         waiter.settle(index, error)
     elif waiter.done():
         pass  # the caller gave up (cancelled)
