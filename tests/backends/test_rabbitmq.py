@@ -237,6 +237,26 @@ async def test_emit_to_unroutable_key_raises(broker: Broker) -> None:
         await RabbitMQProducer(exchange).send("nobody.here", b"{}")
 
 
+async def test_a_send_is_framed_without_an_aio_pika_message(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _channel, exchange, queue = await broker.bound_exchange("t")
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("an aio_pika.Message was built for a send")
+
+    monkeypatch.setattr(aio_pika.Message, "__init__", refuse)
+    await RabbitMQProducer(exchange).send("t", b"{}", headers={"a": "b"}, key=b"k")
+    monkeypatch.undo()
+    got = await queue.get(timeout=5)
+    await got.ack()
+    assert (got.body, got.headers["a"], got.delivery_mode) == (
+        b"{}",
+        "b",
+        aio_pika.DeliveryMode.PERSISTENT,
+    )
+
+
 async def test_confirm_timeout_raises_producer_timeout(broker: Broker) -> None:
     _channel, exchange, _queue = await broker.bound_exchange("t")
     # No broker confirms within a microsecond: the wait times out before the round trip.
@@ -684,7 +704,9 @@ async def test_app_recovers_after_connection_reset(broker: Broker) -> None:
             assert proxy.accepted >= connections + 2  # both reconnected
     finally:
         await proxy.close()
-    assert got == [1, 2]
+    # 1 comes again when its ack was still on its way as the connection dropped (at least
+    # once); 2, emitted after the reset, is handled once.
+    assert got[0] == 1 and set(got) == {1, 2} and got.count(2) == 1, got
 
 
 # -- poison deliveries: what pamqp itself cannot decode ----------------------------------------

@@ -185,9 +185,10 @@ async def _publish(
             if parts and (n % _WRITE_EVERY == 0 or n == len(messages)):
                 await _write(ledger, outcomes, chunk, b"".join(parts), slots, ids)
                 parts, chunk = [], []
-                # Let the connection write this part while the next one is marshalled, so the
-                # broker starts storing the batch before all of it is encoded.
-                await asyncio.sleep(0)
+                if n < len(messages):
+                    # Let the connection write this part while the next one is marshalled, so
+                    # the broker starts storing the batch before all of it is encoded.
+                    await asyncio.sleep(0)
     outcomes.seal()
     if not slots:
         return outcomes.results

@@ -23,7 +23,6 @@ from dispytch.rabbitmq.wire import (
     PublishRefusedError,
     confirm_error,
     encode_key,
-    publish_confirmed,
     publish_error,
     wait_reconnected,
 )
@@ -44,7 +43,8 @@ class RabbitMQProducer(Producer):
     ``send`` returns once RabbitMQ confirmed the message and routed it to at least one queue:
     the message is published with ``mandatory=True``, and a returned (unroutable) message raises
     :class:`~dispytch.errors.EmitError`. A timeout raises
-    :class:`~dispytch.emitter.producer.ProducerTimeout`. Concurrent sends are pipelined.
+    :class:`~dispytch.emitter.producer.ProducerTimeout`. Concurrent sends are pipelined. A
+    send is a batch of one (see :meth:`send_many`): no aio-pika message is built for it.
 
     Open the exchange's channel with ``publisher_confirms=True`` (aio-pika's default); without
     confirms RabbitMQ acknowledges nothing and ``send`` cannot know the message was stored.
@@ -139,12 +139,9 @@ class RabbitMQProducer(Producer):
         headers: Mapping[str, str] | None = None,
         key: bytes | None = None,
     ) -> None:
-        exchange, message = self._prepare(payload, config, headers, key)
-        try:
-            await publish_confirmed(exchange, message, topic, self.timeout)
-        except PublishRefusedError:
-            self._refused(exchange)
-            raise
+        (error,) = await self.send_many([Outgoing(topic, payload, config, key, headers)])
+        if error is not None:
+            raise error
 
     async def send_many(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
         """Publish the whole batch in one write per exchange, then wait for every confirm.
