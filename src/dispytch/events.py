@@ -34,7 +34,7 @@ class TopicTemplate:
     wildcard, whitespace or control character, not empty, within the broker's length).
     """
 
-    __slots__ = ("_ends", "_literal", "_starts", "fields", "template")
+    __slots__ = ("_ends", "_literal", "_starts", "fields", "fixed", "template")
 
     def __init__(self, template: str) -> None:
         self.template = template
@@ -58,6 +58,8 @@ class TopicTemplate:
         self.fields: tuple[str, ...] = tuple(names)
         # Without placeholders the topic is fixed; "{{" still means "{", as with placeholders.
         self._literal = "".join(text for text, _, _, _ in parsed)
+        #: The topic, when it has no placeholders (``None`` otherwise).
+        self.fixed: str | None = None if names else self._literal
         # The placeholder the topic starts / ends with, if any (reserved prefixes and suffixes).
         self._starts: str | None = None
         self._ends: str | None = None

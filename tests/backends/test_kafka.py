@@ -253,6 +253,20 @@ async def test_send_many_frames_batches_per_partition_like_single_sends(
     assert [r.value for r in await _read_all(f"{topic}.other", 1)] == [b"elsewhere"]
 
 
+async def test_send_many_splits_what_one_record_batch_cannot_hold(topic: str, admin: Any) -> None:
+    await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    client = AIOKafkaProducer(bootstrap_servers=SERVERS, max_batch_size=1024)
+    producer = KafkaProducer(client)
+    outgoing = [Outgoing(topic, b"%03d" % n + b"." * 100) for n in range(200)]
+    outgoing.insert(100, Outgoing(topic, b"big" + b"." * 5000))  # alone in a batch of its own
+    results = await producer.send_many(outgoing)
+    await producer.close()
+    await client.stop()
+    assert results == [None] * 201
+    values = [r.value for r in sorted(await _read_all(topic, 201), key=lambda r: r.offset)]
+    assert values == [m.payload for m in outgoing]
+
+
 # -- commits never pass an unsettled record --------------------------------------------------
 
 

@@ -26,6 +26,8 @@ logger = logging.getLogger("dispytch.emitter")
 
 TimeoutCallback = Callable[[EventBase], Awaitable[None] | None]
 
+_TOPIC = EventBase.topic
+
 
 def ordering_key(config: BaseModel | None) -> bytes | None:
     """The ordering key of an event: its backend config's ``partition_key``, as bytes."""
@@ -90,7 +92,14 @@ class EventEmitter:
 
     def encode(self, event: EventBase, timestamp_ms: int | None = None) -> tuple[str, bytes]:
         """The concrete topic and the bytes for ``event``."""
-        return event.topic(self.topic_rules), self._serialize_event(event, timestamp_ms)
+        return self._topic(event), self._serialize_event(event, timestamp_ms)
+
+    def _topic(self, event: EventBase) -> str:
+        cls = type(event)
+        template = cls.__topic_template__
+        if template is not None and template.fixed is not None and cls.topic is _TOPIC:
+            return template.fixed  # no placeholder to fill or check
+        return event.topic(self.topic_rules)
 
     def _send(
         self,
@@ -119,9 +128,14 @@ class EventEmitter:
         """Send one event with optional ``headers``; return after the broker confirmed it."""
         try:
             if self._publish is None:
-                topic, payload = self.encode(event)
                 config = event.backend_config
-                await self._send(topic, payload, config, headers, ordering_key(config))
+                await self._send(
+                    self._topic(event),
+                    self._serialize_event(event, None),
+                    config,
+                    headers,
+                    None if config is None else ordering_key(config),
+                )
             else:
                 await self._published(PublishContext([self._outbound(event, headers)], False))
         except ProducerTimeout:
@@ -160,10 +174,18 @@ class EventEmitter:
         """``events`` encoded for :meth:`Producer.send_many`, not sent."""
         now = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
         out = []
+        topic_of, serialize = self._topic, self._serialize_event
         for event in events:
-            topic, payload = self.encode(event, now)
             config = event.backend_config
-            out.append(Outgoing(topic, payload, config, ordering_key(config), headers))
+            out.append(
+                Outgoing(
+                    topic_of(event),
+                    serialize(event, now),
+                    config,
+                    None if config is None else ordering_key(config),
+                    headers,
+                )
+            )
         return out
 
     async def _send_many(self, outgoing: list[Outgoing]) -> list[BaseException | None]:

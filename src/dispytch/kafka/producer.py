@@ -32,6 +32,8 @@ _BATCH_MIN = 16
 DEFAULT_METADATA_TIMEOUT = 5.0
 #: Topic names remembered as valid (so each is checked once); forgotten past this many.
 _VALID_TOPICS = 4096
+#: ``(key, timestamp_ms, headers)`` of a record framed by ``send_many``.
+_Fields = tuple[bytes | None, int | None, list[tuple[str, bytes]] | None]
 
 
 def record_key(value: Any) -> bytes | None:
@@ -203,13 +205,19 @@ class KafkaProducer(Producer):
         results: list[BaseException | None] = [None] * len(messages)
         # (topic, partition) -> indexes of its records, in call order.
         groups: dict[tuple[str, int], list[int]] = {}
-        records: list[tuple[bytes | None, int | None, list[tuple[str, bytes]] | None]] = []
+        # The records with a config or headers: index -> (key, timestamp_ms, headers). The
+        # others (most) take their key from the message and have neither.
+        fields: dict[int, _Fields] = {}
         # topic -> (every partition, the available ones, the one for unkeyed records)
         layouts: dict[str, tuple[list[int], list[int], int]] = {}
+        last: tuple[str, int] | None = None
+        indexes: list[int] = []
         for i, message in enumerate(messages):
-            topic = message.topic
-            key, partition, timestamp_ms, headers = _record_fields(message)
-            records.append((key, timestamp_ms, headers))
+            topic, key = message.topic, message.key
+            partition: int | None = None
+            if message.config is not None or message.headers:
+                key, partition, timestamp_ms, headers = _record_fields(message)
+                fields[i] = (key, timestamp_ms, headers)
             try:
                 layout = layouts.get(topic)
                 if layout is None:
@@ -223,14 +231,14 @@ class KafkaProducer(Producer):
             except KafkaError as exc:
                 results[i] = _emit_error(topic, exc)
                 continue
-            groups.setdefault((topic, partition), []).append(i)
+            if last is None or last[1] != partition or last[0] != topic:
+                last = (topic, partition)
+                indexes = groups.setdefault(last, [])
+            indexes.append(i)
         deliveries: list[tuple[list[int], asyncio.Future[Any] | BaseException]] = []
-        for (topic, partition), indexes in groups.items():
+        for (topic, partition), group in groups.items():
             async with self._enqueue[hash(topic) % _STRIPES]:
-                for chunk, delivery in await self._submit(
-                    topic, partition, indexes, messages, records
-                ):
-                    deliveries.append((chunk, delivery))
+                deliveries += await self._submit(topic, partition, group, messages, fields)
         for chunk, delivery in deliveries:
             error: BaseException | None = None
             if isinstance(delivery, BaseException):
@@ -259,41 +267,50 @@ class KafkaProducer(Producer):
         partition: int,
         indexes: list[int],
         messages: Sequence[Outgoing],
-        records: list[tuple[bytes | None, int | None, list[tuple[str, bytes]] | None]],
+        fields: dict[int, _Fields],
     ) -> list[tuple[list[int], asyncio.Future[Any] | BaseException]]:
         """Frame the records of one partition into record batches and hand them to the client."""
         out: list[tuple[list[int], asyncio.Future[Any] | BaseException]] = []
+        create = self.producer.create_batch
         builder: Any = None
         chunk: list[int] = []
-        pending = list(indexes)
-        while pending:
-            i = pending[0]
-            key, timestamp_ms, headers = records[i]
-            if builder is None:
-                builder = self.producer.create_batch()
-            appended = builder.append(
-                timestamp=timestamp_ms, key=key, value=messages[i].payload, headers=headers or []
-            )
-            if appended is not None:
-                chunk.append(i)
-                pending.pop(0)
-                if pending:
-                    continue
-            if not chunk:  # does not fit even an empty batch
-                out.append(([i], _emit_error(topic, MessageSizeTooLargeError())))
-                pending.pop(0)
-                builder = None
-                continue
-            builder.close()
-            try:
-                delivery: asyncio.Future[Any] | BaseException = await self.producer.send_batch(
-                    builder, topic, partition=partition
+        for i in indexes:
+            message = messages[i]
+            extra = fields.get(i) if fields else None
+            if extra is None:
+                key, timestamp_ms, headers = message.key, None, None
+            else:
+                key, timestamp_ms, headers = extra
+            while True:
+                if builder is None:
+                    builder = create()
+                appended = builder.append(
+                    timestamp=timestamp_ms, key=key, value=message.payload, headers=headers
                 )
-            except KafkaError as exc:
-                delivery = _emit_error(topic, exc)
-            out.append((chunk, delivery))
-            builder, chunk = None, []
+                if appended is not None:
+                    chunk.append(i)
+                    break
+                if not chunk:  # does not fit even an empty batch
+                    out.append(([i], _emit_error(topic, MessageSizeTooLargeError())))
+                    builder = None
+                    break
+                out.append((chunk, await self._hand_over(builder, topic, partition)))
+                builder, chunk = None, []
+        if chunk:
+            out.append((chunk, await self._hand_over(builder, topic, partition)))
         return out
+
+    async def _hand_over(
+        self, builder: Any, topic: str, partition: int
+    ) -> asyncio.Future[Any] | BaseException:
+        builder.close()
+        try:
+            delivery: asyncio.Future[Any] = await self.producer.send_batch(
+                builder, topic, partition=partition
+            )
+        except KafkaError as exc:
+            return _emit_error(topic, exc)
+        return delivery
 
     async def _append(self, message: Outgoing) -> asyncio.Future[Any]:
         key, partition, timestamp_ms, headers = _record_fields(message)
