@@ -25,6 +25,7 @@ from dispytch import EventBase
 from dispytch.emitter.emitter import EventEmitter
 from dispytch.emitter.producer import Producer
 from dispytch.serialization.json import JSONDeserializer, JSONSerializer
+from dispytch.serialization.json import envelope as envelope_module
 from dispytch.serialization.json.envelope import envelope_json, float_free
 from dispytch.serialization.serializer import Serializer
 
@@ -168,6 +169,61 @@ def test_the_bytes_are_json_dumps_bytes_for_thousands_of_events() -> None:
             assert serializer.serialize_event(event, 42) == _010(event)
             direct += envelope_json(event, 42) is not None
     assert direct > 2000  # most events took pydantic-core's path, not the fallback
+
+
+class Flat(EventBase):
+    """No list of objects in it: a batch of these is written in one call."""
+
+    __topic__ = "flat"
+    __event_type__ = "flat"
+
+    text: str
+    tag: Tag
+    values: list[float] = []
+
+
+def test_a_batch_has_the_bytes_json_dumps_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(99)
+    calls: list[int] = []
+    real_run = envelope_module._run
+
+    def counting(plan: Any, events: Any, timestamp_ms: int) -> Any:
+        written = real_run(plan, events, timestamp_ms)
+        calls.append(len(events) if written is not None else 0)
+        return written
+
+    monkeypatch.setattr(envelope_module, "_run", counting)
+    serializer = JSONSerializer()
+    for _ in range(300):
+        events: list[EventBase] = []
+        kind = rng.random()  # mostly one class per batch, as emit_many is mostly used
+        for _ in range(rng.randint(0, 12)):
+            roll = kind if rng.random() < 0.8 else rng.random()
+            if roll < 0.4:
+                events.append(
+                    Flat(
+                        id=_text(rng),
+                        text=_text(rng),
+                        tag=Tag(label=_text(rng), names=[_text(rng)]),
+                        values=[rng.random() for _ in range(rng.randint(0, 2))],
+                    )
+                )
+            else:
+                events.append(_plain(rng) if roll < 0.7 else _floats(rng))
+        assert serializer.serialize_events(events, 7) == [_010(e, 7) for e in events]
+    assert sum(calls) > 300  # runs written in one call, not only event by event
+
+
+def test_a_batch_of_events_whose_only_field_is_excluded_has_empty_bodies() -> None:
+    class Hidden(EventBase):
+        __topic__ = "t"
+        __event_type__ = "hidden"
+        secret: str = Field(exclude=True)
+
+    events = [Hidden(id=f"h{n}", secret="s") for n in range(3)]
+    assert JSONSerializer().serialize_events(events, 1) == [
+        b'{"id": "h%d", "type": "hidden", "body": {}, "timestamp": 1}' % n for n in range(3)
+    ]
 
 
 def test_the_schema_check_tells_float_free_classes_apart() -> None:

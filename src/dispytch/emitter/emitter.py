@@ -67,6 +67,9 @@ class EventEmitter:
         self._serialize_event: Callable[[EventBase, int | None], bytes] = getattr(
             self.serializer, "serialize_event", None
         ) or (lambda event, timestamp_ms: self.serializer.serialize(event.envelope(timestamp_ms)))
+        self._serialize_events: Callable[[Sequence[EventBase], int], list[bytes]] = getattr(
+            self.serializer, "serialize_events", None
+        ) or (lambda events, timestamp_ms: [self._serialize_event(e, timestamp_ms) for e in events])
         rules = topic_rules or getattr(producer, "topic_rules", None)
         self.topic_rules: TopicRules = rules if isinstance(rules, TopicRules) else GENERIC
         self._on_timeout: TimeoutCallback | None = None
@@ -173,14 +176,15 @@ class EventEmitter:
     ) -> list[Outgoing]:
         """``events`` encoded for :meth:`Producer.send_many`, not sent."""
         now = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
+        events = events if isinstance(events, list | tuple) else list(events)
         out = []
-        topic_of, serialize = self._topic, self._serialize_event
-        for event in events:
+        topic_of = self._topic
+        for event, payload in zip(events, self._serialize_events(events, now), strict=True):
             config = event.backend_config
             out.append(
                 Outgoing(
                     topic_of(event),
-                    serialize(event, now),
+                    payload,
                     config,
                     None if config is None else ordering_key(config),
                     headers,

@@ -140,10 +140,12 @@ class KafkaProducer(Producer):
         valid = self._valid
         refused: dict[str, EmitError] = {}
         new: list[str] = []
+        last = None
         for message in messages:
             topic = message.topic
-            if topic in valid or topic in refused or topic in new:
+            if topic is last or topic in valid or topic in refused or topic in new:
                 continue
+            last = topic
             try:
                 check_topic(topic)
             except InvalidTopicError as exc:
@@ -212,17 +214,22 @@ class KafkaProducer(Producer):
         layouts: dict[str, tuple[list[int], list[int], int]] = {}
         last: tuple[str, int] | None = None
         indexes: list[int] = []
-        for i, message in enumerate(messages):
-            topic, key = message.topic, message.key
+        layout_topic: str | None = None
+        every: list[int] = []
+        available: list[int] = []
+        unkeyed = 0
+        for i, (topic, _, config, key, headers) in enumerate(messages):
             partition: int | None = None
-            if message.config is not None or message.headers:
-                key, partition, timestamp_ms, headers = _record_fields(message)
-                fields[i] = (key, timestamp_ms, headers)
+            if config is not None or headers:
+                key, partition, timestamp_ms, record_headers = _record_fields(messages[i])
+                fields[i] = (key, timestamp_ms, record_headers)
             try:
-                layout = layouts.get(topic)
-                if layout is None:
-                    layout = layouts[topic] = await self._layout(topic)
-                every, available, unkeyed = layout
+                if topic is not layout_topic:
+                    layout = layouts.get(topic)
+                    if layout is None:
+                        layout = layouts[topic] = await self._layout(topic)
+                    every, available, unkeyed = layout
+                    layout_topic = topic
                 if partition is None:
                     # Where the client's own partitioner puts a keyed record.
                     partition = unkeyed if key is None else partitioner(key, every, available)
@@ -275,17 +282,17 @@ class KafkaProducer(Producer):
         builder: Any = None
         chunk: list[int] = []
         for i in indexes:
-            message = messages[i]
+            _, payload, _, key, _ = messages[i]
             extra = fields.get(i) if fields else None
             if extra is None:
-                key, timestamp_ms, headers = message.key, None, None
+                timestamp_ms, headers = None, None
             else:
                 key, timestamp_ms, headers = extra
             while True:
                 if builder is None:
                     builder = create()
                 appended = builder.append(
-                    timestamp=timestamp_ms, key=key, value=message.payload, headers=headers
+                    timestamp=timestamp_ms, key=key, value=payload, headers=headers
                 )
                 if appended is not None:
                     chunk.append(i)

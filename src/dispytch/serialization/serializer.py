@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -22,3 +23,8 @@ class Serializer(ABC):
         building the dict first; the bytes must stay those of :meth:`serialize`.
         """
         return self.serialize(event.envelope(timestamp_ms))
+
+    def serialize_events(self, events: Sequence[EventBase], timestamp_ms: int) -> list[bytes]:
+        """The bytes of each event's envelope, all with ``timestamp_ms`` (``emit_many``)."""
+        serialize_event = self.serialize_event
+        return [serialize_event(event, timestamp_ms) for event in events]

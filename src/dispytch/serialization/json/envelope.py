@@ -18,27 +18,38 @@ Where the two writers differ, the event takes the dict path (:func:`envelope_jso
 * the DEL character, which ``json.dumps`` escapes and pydantic-core does not;
 * strings pydantic-core cannot write (lone surrogates) and classes that customise
   ``envelope``, ``model_dump`` or ``event_type``.
+
+A batch (:func:`envelopes_json`, what ``emit_many`` uses) is written by one pydantic-core call
+per run of events of one class: the list ``[{"id": ..., <fields>}, ...]`` indented by zero.
+Its top-level elements are split at ``\n},\n{\n``, which a body holds only inside a list of
+objects: when the split does not give one piece per event, the run is written event by event.
+Each piece is ``{"id": <id>, <fields>}``: the envelope is that with the type after the id and
+the timestamp at the end, which is why the class must serialize ``id`` first, under its name.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
 from dispytch.events import EventBase
 
-__all__ = ["envelope_json", "float_free"]
+__all__ = ["envelope_json", "envelopes_json", "float_free"]
 
 #: Spellings in pydantic-core's output that ``json.dumps`` would write differently (see above).
 _DIFFERS = re.compile(rb"\x7f|null|0\.0000|\de-\d(?!\d)")
 #: A set, not a frozenset: pydantic-core reads a set without converting it.
 _ID = {"id"}
 _ATTRIBUTE = "__dispytch_json_envelope__"
+#: Between two top-level objects of a list written with ``indent=0``.
+_SEPARATOR = b"\n},\n{\n"
+#: What never occurs in JSON text (control characters are escaped): marks the splits.
+_SPLIT = b"\x00"
 
 #: Schema nodes whose JSON is the same from both writers and holds no float.
 _PLAIN = frozenset(
@@ -146,15 +157,19 @@ class _Plan:
 
     Kept on the class (a subclass inherits the attribute, hence ``cls``)."""
 
-    __slots__ = ("checked", "cls", "head", "to_json")
+    __slots__ = ("batched", "checked", "cls", "dump_many", "head", "to_json", "type_json")
 
     def __init__(self, cls: type[EventBase]) -> None:
         self.cls = cls
         self.to_json: Callable[..., bytes] = cls.__pydantic_serializer__.to_json
         #: Everything between the id and the body; ``None``: the class takes the dict path.
         self.head: bytes | None = None
+        self.type_json = b""
         #: Whether the bytes need a look for spellings the two writers disagree on.
         self.checked = True
+        #: Whether a batch can be written in one call (see the module docstring).
+        self.batched = False
+        self.dump_many: Callable[..., bytes] | None = None
         event_type = getattr(cls, "__event_type__", None)
         if (
             cls.envelope is EventBase.envelope
@@ -162,9 +177,44 @@ class _Plan:
             and cls.event_type is EventBase.event_type
             and isinstance(event_type, str)
         ):
-            self.head = b', "type": %s, "body": ' % encode_basestring_ascii(event_type).encode()
+            self.type_json = encode_basestring_ascii(event_type).encode()
+            self.head = b', "type": %s, "body": ' % self.type_json
             self.checked = not float_free(cls.__pydantic_core_schema__)
+            self.batched = _id_first(cls)
         setattr(cls, _ATTRIBUTE, self)
+
+    def many(self) -> Callable[..., bytes] | None:
+        """``dump_json`` of a list of this class's events (built on the first batch)."""
+        if self.dump_many is None and self.batched:
+            try:
+                self.dump_many = TypeAdapter(list[self.cls]).dump_json  # type: ignore[name-defined]
+            except Exception:  # a class pydantic cannot build a list adapter for
+                self.batched = False
+        return self.dump_many
+
+
+def _id_first(cls: type[EventBase]) -> bool:
+    """Whether ``cls`` serializes ``id`` first, under that name, followed by other fields."""
+    fields = cls.model_fields
+    first = next(iter(fields), None)
+    if first != "id" or len(fields) < 2:
+        return False
+    field = fields["id"]
+    if field.alias is not None or field.serialization_alias is not None or field.exclude:
+        return False
+    decorators = cls.__pydantic_decorators__
+    if decorators.model_serializers:
+        return False
+    return not any(
+        "id" in d.info.fields or "*" in d.info.fields for d in decorators.field_serializers.values()
+    )
+
+
+def _plan_of(cls: type[EventBase]) -> _Plan:
+    plan: _Plan | None = getattr(cls, _ATTRIBUTE, None)
+    if plan is None or plan.cls is not cls:
+        plan = _Plan(cls)
+    return plan
 
 
 def envelope_json(event: EventBase, timestamp_ms: int | None = None) -> bytes | None:
@@ -197,3 +247,62 @@ def envelope_json(event: EventBase, timestamp_ms: int | None = None) -> bytes | 
         body.replace(b",\n", b", ").replace(b"\n", b""),
         timestamp_ms,
     )
+
+
+def envelopes_json(events: Sequence[EventBase], timestamp_ms: int) -> list[bytes | None]:
+    """:func:`envelope_json` of each event, written a run of one class at a time."""
+    out: list[bytes | None] = []
+    count = len(events)
+    start = 0
+    while start < count:
+        cls = type(events[start])
+        end = start + 1
+        while end < count and type(events[end]) is cls:
+            end += 1
+        run = events[start:end] if start or end < count else events
+        written = _run(_plan_of(cls), run, timestamp_ms) if end - start > 1 else None
+        out += written or [envelope_json(event, timestamp_ms) for event in run]
+        start = end
+    return out
+
+
+def _run(plan: _Plan, events: Sequence[EventBase], timestamp_ms: int) -> list[bytes | None] | None:
+    """The envelopes of ``events`` (all of ``plan``'s class) from one pydantic-core call, or
+    ``None`` when the run must be written event by event."""
+    dump = plan.many()
+    if dump is None or timestamp_ms.__class__ is not int:
+        return None
+    try:
+        data: bytes = dump(events, indent=0, by_alias=True)
+        if not data.isascii():
+            data = dump(events, indent=0, ensure_ascii=True, by_alias=True)
+    except ValueError:
+        return None
+    if data.count(_SEPARATOR) != len(events) - 1:
+        return None  # a body holds a list of objects: the split would cut it
+    if plan.checked:
+        if _DIFFERS.search(data) is not None:
+            return None
+    elif b"\x7f" in data:
+        return None
+    pieces = (
+        data.replace(_SEPARATOR, b"}\x00{")
+        .replace(b",\n", b", ")
+        .replace(b"\n", b"")[1:-1]
+        .split(_SPLIT)
+    )
+    middle = b', "type": %s, "body": {' % plan.type_json
+    tail = b', "timestamp": %d}' % timestamp_ms
+    out: list[bytes | None] = []
+    for event, piece in zip(events, pieces, strict=True):
+        event_id = event.id
+        if event_id.__class__ is not str:
+            out.append(None)
+            continue
+        # piece: {"id": <id>, <fields>}; the id's JSON is what json.dumps writes (ASCII).
+        cut = 7 + len(encode_basestring_ascii(event_id))
+        if piece[cut : cut + 2] != b", ":
+            out.append(envelope_json(event, timestamp_ms))
+            continue
+        out.append(piece[:cut] + middle + piece[cut + 2 :] + tail)
+    return out

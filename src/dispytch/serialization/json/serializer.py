@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import codecs
 import json
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from dispytch.serialization.json.envelope import envelope_json
+from dispytch.serialization.json.envelope import envelope_json, envelopes_json
 from dispytch.serialization.serializer import Serializer
 
 if TYPE_CHECKING:
@@ -41,3 +42,12 @@ class JSONSerializer(Serializer):
             if data is not None:
                 return data
         return self.serialize(event.envelope(timestamp_ms))
+
+    def serialize_events(self, events: Sequence[EventBase], timestamp_ms: int) -> list[bytes]:
+        if not self._direct:
+            return super().serialize_events(events, timestamp_ms)
+        serialize = self.serialize
+        return [
+            data if data is not None else serialize(event.envelope(timestamp_ms))
+            for event, data in zip(events, envelopes_json(events, timestamp_ms), strict=True)
+        ]
