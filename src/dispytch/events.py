@@ -126,11 +126,7 @@ class EventBase(BaseModel):
     @property
     def backend_config(self) -> BaseModel | None:
         """The per-event backend config if one was given, else the class's."""
-        # Straight from pydantic's private-attribute dict: ``self._dispytch_config`` goes
-        # through BaseModel.__getattr__, which costs more than the rest of an emit's envelope.
-        private = self.__pydantic_private__
-        config = private.get("_dispytch_config") if private else None
-        return config or type(self).__backend_config__
+        return own_config(self) or type(self).__backend_config__
 
     def topic(self, rules: TopicRules | None = None) -> str:
         """The concrete topic this event goes to, placeholders filled in (and checked against
@@ -159,6 +155,14 @@ class EventBase(BaseModel):
             "body": self.model_dump(mode="json", by_alias=True, exclude={"id"}),
             "timestamp": int(time.time() * 1000) if timestamp_ms is None else timestamp_ms,
         }
+
+
+def own_config(event: EventBase) -> BaseModel | None:
+    """The backend config given to this event itself (``None``: the class's applies)."""
+    # Straight from pydantic's private-attribute dict: ``event._dispytch_config`` goes through
+    # BaseModel.__getattr__, which costs more than the rest of an emit's envelope.
+    private = event.__pydantic_private__
+    return private.get("_dispytch_config") if private else None
 
 
 @dataclass(slots=True, frozen=True)

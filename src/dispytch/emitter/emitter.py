@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from dispytch.emitter.calling import accepts, send_caller
-from dispytch.events import EventBase
+from dispytch.events import EventBase, own_config
 from dispytch.middleware import Outbound, PublishContext, chain, run_hooks, scope_methods
 from dispytch.seam import Outgoing, Producer, ProducerTimeout
 from dispytch.serialization.json import JSONSerializer
@@ -27,6 +27,8 @@ logger = logging.getLogger("dispytch.emitter")
 TimeoutCallback = Callable[[EventBase], Awaitable[None] | None]
 
 _TOPIC = EventBase.topic
+_BACKEND_CONFIG = EventBase.backend_config
+_new_tuple = tuple.__new__
 
 
 def ordering_key(config: BaseModel | None) -> bytes | None:
@@ -177,17 +179,32 @@ class EventEmitter:
         """``events`` encoded for :meth:`Producer.send_many`, not sent."""
         now = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
         events = events if isinstance(events, list | tuple) else list(events)
-        out = []
-        topic_of = self._topic
+        out: list[Outgoing] = []
+        append = out.append
+        last: type[EventBase] | None = None
+        topic: str | None = None
+        default: BaseModel | None = None
+        plain = True
         for event, payload in zip(events, self._serialize_events(events, now), strict=True):
-            config = event.backend_config
-            out.append(
-                Outgoing(
-                    topic_of(event),
-                    payload,
-                    config,
-                    None if config is None else ordering_key(config),
-                    headers,
+            cls = type(event)
+            if cls is not last:  # what is the same for every event of a class, once per run
+                last = cls
+                template = cls.__topic_template__
+                topic = template.fixed if template is not None and cls.topic is _TOPIC else None
+                plain = cls.backend_config is _BACKEND_CONFIG
+                default = cls.__backend_config__
+            config = (own_config(event) or default) if plain else event.backend_config
+            # A named tuple built without its Python-level __new__ (a third of the cost).
+            append(
+                _new_tuple(
+                    Outgoing,
+                    (
+                        self._topic(event) if topic is None else topic,
+                        payload,
+                        config,
+                        None if config is None else ordering_key(config),
+                        headers,
+                    ),
                 )
             )
         return out

@@ -301,8 +301,8 @@ def _run(plan: _Plan, events: Sequence[EventBase], timestamp_ms: int) -> list[by
             continue
         # piece: {"id": <id>, <fields>}; the id's JSON is what json.dumps writes (ASCII).
         cut = 7 + len(encode_basestring_ascii(event_id))
-        if piece[cut : cut + 2] != b", ":
+        if not piece.startswith(b", ", cut):  # no field after the id: the others are excluded
             out.append(envelope_json(event, timestamp_ms))
             continue
-        out.append(piece[:cut] + middle + piece[cut + 2 :] + tail)
+        out.append(b"".join((piece[:cut], middle, piece[cut + 2 :], tail)))
     return out
