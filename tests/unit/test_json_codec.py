@@ -18,13 +18,20 @@ import uuid
 from typing import Any, Literal
 
 import pytest
-from pydantic import BaseModel, ConfigDict, Field, computed_field, field_serializer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    computed_field,
+    field_serializer,
+    field_validator,
+)
 from pydantic_core import from_json
 
 from dispytch import EventBase
 from dispytch.emitter.emitter import EventEmitter
 from dispytch.emitter.producer import Producer
-from dispytch.serialization.json import JSONDeserializer, JSONSerializer
+from dispytch.serialization.json import JSONDeserializer, JSONSerializer, compiled
 from dispytch.serialization.json import envelope as envelope_module
 from dispytch.serialization.json.envelope import envelope_json, float_free
 from dispytch.serialization.serializer import Serializer
@@ -224,6 +231,83 @@ def test_a_batch_of_events_whose_only_field_is_excluded_has_empty_bodies() -> No
     assert JSONSerializer().serialize_events(events, 1) == [
         b'{"id": "h%d", "type": "hidden", "body": {}, "timestamp": 1}' % n for n in range(3)
     ]
+
+
+class Point(BaseModel):
+    x: int
+    label: str
+
+
+class Simple(EventBase):
+    """Plain values only: written by a compiled writer."""
+
+    __topic__ = "simple"
+    __event_type__ = "simple\u00e9 %s {}"
+
+    text: str = Field(alias="Text%d")
+    count: int
+    ratio: float
+    flag: bool
+    note: str | None = None
+    level: int | None = None
+    mode: Literal["a", "b"] = "a"
+    point: Point
+    hidden: str = Field(default="h", exclude=True)
+
+    @field_validator("text")
+    @classmethod
+    def _same(cls, value: str) -> str:
+        return value
+
+
+class Child(Point):
+    extra: int = 0
+
+
+def _simple(rng: random.Random) -> Simple:
+    return Simple(
+        id=_text(rng),
+        **{"Text%d": _text(rng)},
+        count=rng.choice([0, -1, 10**30, rng.randint(-999, 999)]),
+        ratio=_float(rng),
+        flag=rng.random() < 0.5,
+        note=rng.choice([None, _text(rng)]),
+        level=rng.choice([None, rng.randint(-5, 5)]),
+        mode=rng.choice(["a", "b"]),
+        point=Point(x=rng.randint(0, 9), label=_text(rng)),
+    )
+
+
+def test_a_class_of_plain_values_gets_a_compiled_writer_with_the_same_bytes() -> None:
+    assert compiled.writer(Simple, Simple.__event_type__) is not None
+    for cls in (Plain, Floats, Flat):  # lists, dicts, datetimes...: pydantic-core writes those
+        assert compiled.writer(cls, "x") is None
+    rng = random.Random(5)
+    serializer = JSONSerializer()
+    events = [_simple(rng) for _ in range(2000)]
+    written = [compiled.writer(Simple, Simple.__event_type__)(e, 9) for e in events]  # type: ignore[misc]
+    assert all(w is not None for w in written)
+    assert written == [_010(e, 9) for e in events]
+    assert serializer.serialize_events(events, 9) == written
+    assert [serializer.serialize_event(e, 9) for e in events[:50]] == written[:50]
+
+
+@pytest.mark.filterwarnings("ignore:Pydantic serializer warnings")
+def test_a_value_of_another_type_than_declared_takes_the_general_path() -> None:
+    write = compiled.writer(Simple, Simple.__event_type__)
+    assert write is not None
+    base = _simple(random.Random(1))
+    odd = [
+        base.model_copy(update={"count": True}),  # a bool where an int is declared
+        base.model_copy(update={"ratio": 3}),  # an int where a float is declared
+        base.model_copy(update={"flag": 1}),
+        base.model_copy(update={"text": Color.RED}),  # a str subclass
+        base.model_copy(update={"point": Child(x=1, label="c", extra=5)}),  # a subclass
+        base.model_copy(update={"id": 7}),
+    ]
+    for event in odd:
+        assert write(event, 1) is None
+        assert JSONSerializer().serialize_event(event, 1) == _010(event, 1)
 
 
 def test_the_schema_check_tells_float_free_classes_apart() -> None:

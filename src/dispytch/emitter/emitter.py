@@ -7,7 +7,7 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel
 
@@ -29,6 +29,17 @@ TimeoutCallback = Callable[[EventBase], Awaitable[None] | None]
 _TOPIC = EventBase.topic
 _BACKEND_CONFIG = EventBase.backend_config
 _new_tuple = tuple.__new__
+#: Event classes whose _Kind an emitter remembers before the memo resets.
+_KINDS = 1024
+
+
+class _Kind(NamedTuple):
+    """What the emits of one event class share."""
+
+    #: The topic, when it has no placeholders (``None``: rendered per event).
+    topic: str | None
+    #: Whether ``backend_config`` is EventBase's (the per-event config, else the class's).
+    plain: bool
 
 
 def ordering_key(config: BaseModel | None) -> bytes | None:
@@ -78,6 +89,9 @@ class EventEmitter:
         # send's convention (keywords as 0.10 called it, or positional; key/headers if taken),
         # read once here, never per emit; None: the standard signature, called directly.
         self._call = send_caller(producer.send)
+        # A send with the standard signature that is a coroutine function: emit() hands its
+        # coroutine to the caller as it is.
+        self._plain_send = self._call is None and inspect.iscoroutinefunction(producer.send)
         # Producer's own send_many passes key= and headers=, which a seed-era send may refuse.
         self._batched = (
             isinstance(producer, Producer) and type(producer).send_many is not Producer.send_many
@@ -89,6 +103,7 @@ class EventEmitter:
         self._publish: Callable[[PublishContext], Awaitable[None]] | None = (
             chain(publish, self._publish_terminal) if publish or self._after else None
         )
+        self._kinds: dict[type[EventBase], _Kind] = {}
 
     def on_timeout(self, callback: TimeoutCallback) -> TimeoutCallback:
         """Register ``callback(event)`` (sync or async) to be called when an emit times out."""
@@ -101,10 +116,21 @@ class EventEmitter:
 
     def _topic(self, event: EventBase) -> str:
         cls = type(event)
+        topic = (self._kinds.get(cls) or self._learn(cls)).topic
+        return event.topic(self.topic_rules) if topic is None else topic
+
+    def _learn(self, cls: type[EventBase]) -> _Kind:
+        """What every event of ``cls`` shares, read on its first emit."""
         template = cls.__topic_template__
-        if template is not None and template.fixed is not None and cls.topic is _TOPIC:
-            return template.fixed  # no placeholder to fill or check
-        return event.topic(self.topic_rules)
+        kind = _Kind(
+            # A topic without placeholders: nothing to fill or check.
+            template.fixed if template is not None and cls.topic is _TOPIC else None,
+            cls.backend_config is _BACKEND_CONFIG,
+        )
+        if len(self._kinds) >= _KINDS:  # classes made on the fly: keep the memo bounded
+            self._kinds.clear()
+        self._kinds[cls] = kind
+        return kind
 
     def _send(
         self,
@@ -129,18 +155,33 @@ class EventEmitter:
                 type(self.producer).__name__,
             )
 
-    async def emit(self, event: EventBase, *, headers: Mapping[str, str] | None = None) -> None:
-        """Send one event with optional ``headers``; return after the broker confirmed it."""
+    def emit(
+        self, event: EventBase, *, headers: Mapping[str, str] | None = None
+    ) -> Awaitable[None]:
+        """Send one event with optional ``headers``; the awaitable returns after the broker
+        confirmed it (and raises otherwise)."""
+        if self._publish is not None or self._on_timeout is not None or not self._plain_send:
+            return self._emit(event, headers)
+        # The producer's own coroutine, awaited by the caller: no coroutine of ours around it.
+        topic, payload, config, key = self._prepare(event)
+        return self.producer.send(topic, payload, config, headers=headers, key=key)
+
+    def _prepare(self, event: EventBase) -> tuple[str, bytes, BaseModel | None, bytes | None]:
+        """The topic, bytes, backend config and ordering key of one event."""
+        cls = type(event)
+        kind = self._kinds.get(cls) or self._learn(cls)
+        topic = kind.topic if kind.topic is not None else event.topic(self.topic_rules)
+        config = (
+            (own_config(event) or cls.__backend_config__) if kind.plain else event.backend_config
+        )
+        payload = self._serialize_event(event, None)
+        return topic, payload, config, None if config is None else ordering_key(config)
+
+    async def _emit(self, event: EventBase, headers: Mapping[str, str] | None) -> None:
         try:
             if self._publish is None:
-                config = event.backend_config
-                await self._send(
-                    self._topic(event),
-                    self._serialize_event(event, None),
-                    config,
-                    headers,
-                    None if config is None else ordering_key(config),
-                )
+                topic, payload, config, key = self._prepare(event)
+                await self._send(topic, payload, config, headers, key)
             else:
                 await self._published(PublishContext([self._outbound(event, headers)], False))
         except ProducerTimeout:
@@ -181,17 +222,15 @@ class EventEmitter:
         events = events if isinstance(events, list | tuple) else list(events)
         out: list[Outgoing] = []
         append = out.append
-        last: type[EventBase] | None = None
+        kinds, last = self._kinds, None
         topic: str | None = None
         default: BaseModel | None = None
         plain = True
         for event, payload in zip(events, self._serialize_events(events, now), strict=True):
             cls = type(event)
-            if cls is not last:  # what is the same for every event of a class, once per run
+            if cls is not last:
                 last = cls
-                template = cls.__topic_template__
-                topic = template.fixed if template is not None and cls.topic is _TOPIC else None
-                plain = cls.backend_config is _BACKEND_CONFIG
+                topic, plain = kinds.get(cls) or self._learn(cls)
                 default = cls.__backend_config__
             config = (own_config(event) or default) if plain else event.backend_config
             # A named tuple built without its Python-level __new__ (a third of the cost).

@@ -38,6 +38,7 @@ from typing import Any
 from pydantic import BaseModel, TypeAdapter
 
 from dispytch.events import EventBase
+from dispytch.serialization.json.compiled import Writer, writer
 
 __all__ = ["envelope_json", "envelopes_json", "float_free"]
 
@@ -157,7 +158,7 @@ class _Plan:
 
     Kept on the class (a subclass inherits the attribute, hence ``cls``)."""
 
-    __slots__ = ("batched", "checked", "cls", "dump_many", "head", "to_json", "type_json")
+    __slots__ = ("batched", "checked", "cls", "dump_many", "head", "to_json", "type_json", "write")
 
     def __init__(self, cls: type[EventBase]) -> None:
         self.cls = cls
@@ -170,6 +171,8 @@ class _Plan:
         #: Whether a batch can be written in one call (see the module docstring).
         self.batched = False
         self.dump_many: Callable[..., bytes] | None = None
+        #: The class's compiled writer (:mod:`.compiled`), if its fields are plain values.
+        self.write: Writer | None = None
         event_type = getattr(cls, "__event_type__", None)
         if (
             cls.envelope is EventBase.envelope
@@ -181,6 +184,7 @@ class _Plan:
             self.head = b', "type": %s, "body": ' % self.type_json
             self.checked = not float_free(cls.__pydantic_core_schema__)
             self.batched = _id_first(cls)
+            self.write = writer(cls, event_type)
         setattr(cls, _ATTRIBUTE, self)
 
     def many(self) -> Callable[..., bytes] | None:
@@ -218,19 +222,23 @@ def _plan_of(cls: type[EventBase]) -> _Plan:
 
 
 def envelope_json(event: EventBase, timestamp_ms: int | None = None) -> bytes | None:
-    """``json.dumps(event.envelope(timestamp_ms)).encode()``, written by pydantic-core; or
-    ``None`` where the two would differ (the caller then takes the dict path)."""
+    """``json.dumps(event.envelope(timestamp_ms)).encode()``, written by a compiled writer
+    (:mod:`.compiled`) or pydantic-core; or ``None`` where that would differ (the caller then
+    takes the dict path)."""
     cls = type(event)
     plan: _Plan | None = getattr(cls, _ATTRIBUTE, None)
     if plan is None or plan.cls is not cls:
         plan = _Plan(cls)
-    head = plan.head
-    event_id = event.id
-    if head is None or event_id.__class__ is not str:
-        return None
     if timestamp_ms is None:
         timestamp_ms = int(time.time() * 1000)
-    elif timestamp_ms.__class__ is not int:
+    write = plan.write
+    if write is not None:
+        written = write(event, timestamp_ms)
+        if written is not None:
+            return written
+    head = plan.head
+    event_id = event.id
+    if head is None or event_id.__class__ is not str or timestamp_ms.__class__ is not int:
         return None
     try:
         body: bytes = plan.to_json(event, indent=0, ensure_ascii=True, by_alias=True, exclude=_ID)
@@ -269,6 +277,11 @@ def envelopes_json(events: Sequence[EventBase], timestamp_ms: int) -> list[bytes
 def _run(plan: _Plan, events: Sequence[EventBase], timestamp_ms: int) -> list[bytes | None] | None:
     """The envelopes of ``events`` (all of ``plan``'s class) from one pydantic-core call, or
     ``None`` when the run must be written event by event."""
+    write = plan.write
+    if write is not None:
+        return [
+            write(event, timestamp_ms) or envelope_json(event, timestamp_ms) for event in events
+        ]
     dump = plan.many()
     if dump is None or timestamp_ms.__class__ is not int:
         return None
