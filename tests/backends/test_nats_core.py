@@ -16,6 +16,7 @@ from dispytch import App, Event, EventBase, EventEmitter, EventListener
 from dispytch.emitter.producer import Outgoing
 from dispytch.errors import ConfigurationError, EmitError
 from dispytch.nats.core import NATSCoreBackend, NATSCoreConsumer, NATSCoreProducer
+from tests.backends.proxy import FaultyProxy
 from tests.helpers import require_broker, wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -155,6 +156,30 @@ async def test_a_send_returns_only_after_its_publish_went_out_before_the_ping(
     finally:
         transport.write, transport.writelines, transport.drain = write, writelines, drain
     assert unwritten == 0
+
+
+async def test_close_waits_for_the_sends_being_confirmed(subject: str) -> None:
+    require_broker("nats_core", 4222)
+    async with FaultyProxy(4222) as proxy:
+        nc = await nats.connect(f"nats://127.0.0.1:{proxy.port}")
+        sub = await nc.subscribe(subject)
+        producer = NATSCoreProducer(nc, timeout=10)
+        try:
+            await producer.send(subject, b"0")
+            proxy.stall()  # no PONG now: the first send waits on its own round trip
+            first = asyncio.create_task(producer.send(subject, b"1"))
+            await asyncio.sleep(0.05)
+            later = [asyncio.create_task(producer.send(subject, b"%d" % i)) for i in (2, 3)]
+            await asyncio.sleep(0.05)
+            closing = asyncio.create_task(producer.close())
+            await asyncio.sleep(0.1)
+            assert not any(t.done() for t in (first, *later, closing))
+            proxy.resume()
+            await asyncio.wait_for(asyncio.gather(first, *later, closing), 10)
+            got = [(await sub.next_msg(timeout=5)).data for _ in range(4)]
+            assert got == [b"0", b"1", b"2", b"3"]
+        finally:
+            await nc.close()
 
 
 async def test_a_slow_handler_holds_at_most_buffer_size_and_loses_nothing(

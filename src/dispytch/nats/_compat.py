@@ -8,9 +8,10 @@ live server, and CI runs the NATS tests against the newest nats-py too (``.ci/ru
 
 What else reads private state, and the fallback:
 
-* :func:`flush_pending` (``Client._flush_pending``): the publishes nats-py buffered reach the
-  socket before a confirming PING. Fallback: ``flush()`` round trips until the public
-  ``pending_data_size`` is 0.
+* :func:`flush_pending` (``Client._pending``, ``_pending_data_size`` and ``_transport``, as
+  nats-py's flusher task writes them; else ``Client._flush_pending``): the publishes nats-py
+  buffered reach the socket before a confirming PING. Fallback: ``flush()`` round trips until
+  the public ``pending_data_size`` is 0.
 * :func:`reader_alive` (``Client._reading_task``): a connection that looks connected but no
   longer reads. Fallback: taken as alive (a deaf connection is then noticed only by nats-py's
   own pings).
@@ -53,7 +54,9 @@ without TLS, though not an active attacker.
   futures that are already done; :func:`reader_alive` tells whether the read loop still runs,
   for connections hardened too late or broken another way.
 * *The publishes buffered by nats-py* must reach the socket before a confirming PING
-  (:func:`flush_pending`).
+  (:func:`flush_pending`: it writes nats-py's pending buffer, ``Client._pending``, to
+  ``Client._transport`` as nats-py's flusher task does; else it waits for that task through
+  ``Client._flush_pending``; else a first round trip).
 """
 
 from __future__ import annotations
@@ -285,6 +288,21 @@ async def force_reconnect(connection: Client) -> None:
 async def flush_pending(connection: Client, timeout: float) -> None:
     """Have nats-py write the publishes it buffered to the socket, and wait for that: a PING
     written right after this returns (with no await in between) follows them on the wire."""
+    pending = private(connection, "_pending")
+    writelines = getattr(private(connection, "_transport"), "writelines", None)
+    if (
+        connection.is_connected
+        and isinstance(pending, list)
+        and isinstance(private(connection, "_pending_data_size"), int)
+        and callable(writelines)
+    ):
+        # What nats-py's flusher task does, done here and now: no waiting for the task to be
+        # scheduled. No drain: the PONG that confirms them waits for every byte to go out.
+        if pending:
+            writelines(pending[:])
+            connection._pending = []
+            connection._pending_data_size = 0
+        return
     flush = private(connection, "_flush_pending")
     if flush is not None:
         await asyncio.wait_for(flush(force_flush=True), timeout)

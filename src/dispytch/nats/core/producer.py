@@ -55,6 +55,10 @@ class NATSCoreProducer(Producer):
         # them all (the server answers PINGs in order, after what came before them).
         self._unconfirmed: list[asyncio.Future[None]] = []
         self._confirmer: asyncio.Task[None] | None = None
+        # A send is confirming its own publish (no task): sends meanwhile wait for the next
+        # round, which a confirmer task runs once this one is done.
+        self._busy = False
+        self._idle: list[asyncio.Future[None]] = []
 
     async def send(
         self,
@@ -66,7 +70,21 @@ class NATSCoreProducer(Producer):
         key: bytes | None = None,
     ) -> None:
         await self._publish(topic, payload, nats_headers(headers, key))
-        await self._confirmation()
+        if self._busy or self._confirmer is not None:
+            await self._confirmation()
+            return
+        # Nothing else awaits a round trip: this send makes its own, with no task between.
+        self._busy = True
+        try:
+            error = await self._round_trip(1)
+        finally:
+            self._busy = False
+            if self._unconfirmed:
+                self._start_confirmer()
+            else:
+                _wake(self._idle)
+        if error is not None:
+            raise error
 
     async def send_many(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
         """Publish every message, then confirm them all with one round trip."""
@@ -106,9 +124,12 @@ class NATSCoreProducer(Producer):
         """A future set once the server has everything published so far."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._unconfirmed.append(future)
-        if self._confirmer is None:
-            self._confirmer = asyncio.create_task(self._confirm(), name="dispytch-nats-confirm")
+        self._start_confirmer()
         return future
+
+    def _start_confirmer(self) -> None:
+        if self._confirmer is None and not self._busy:
+            self._confirmer = asyncio.create_task(self._confirm(), name="dispytch-nats-confirm")
 
     async def _confirm(self) -> None:
         batch: list[asyncio.Future[None]] = []
@@ -130,6 +151,7 @@ class NATSCoreProducer(Producer):
                 if not future.done():
                     future.set_exception(EmitError("the producer stopped before confirming"))
             self._unconfirmed = []
+            _wake(self._idle)
 
     async def _round_trip(self, count: int) -> EmitError | None:
         connection = self.connection
@@ -171,6 +193,14 @@ class NATSCoreProducer(Producer):
 
     async def close(self) -> None:
         """Wait for a confirmation round in progress. The connection stays open."""
-        confirmer = self._confirmer
-        if confirmer is not None:
-            await asyncio.gather(confirmer, return_exceptions=True)
+        while self._busy or self._confirmer is not None:
+            idle: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._idle.append(idle)
+            await idle
+
+
+def _wake(waiters: list[asyncio.Future[None]]) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)
+    waiters.clear()
