@@ -157,19 +157,30 @@ async def consume_dispytch(spec: Spec) -> dict[str, Any]:
     return await dispytch_side.consume(spec, queue_type="classic")
 
 
-def _faststream_subscriber(spec: Spec, prefetch: int) -> tuple[Any, Any]:
+def _faststream_subscriber(spec: Spec, prefetch: int | None) -> tuple[Any, Any]:
     from faststream.rabbit import Channel, RabbitBroker, RabbitQueue
 
     broker = RabbitBroker(spec.url, logger=None)
     subscriber = broker.subscriber(
         RabbitQueue(spec.group, declare=False),
-        channel=Channel(prefetch_count=prefetch),
+        **({} if prefetch is None else {"channel": Channel(prefetch_count=prefetch)}),
     )
     return broker, subscriber
 
 
 async def consume_faststream(spec: Spec) -> dict[str, Any]:
-    broker, subscriber = _faststream_subscriber(spec, int(spec.options.get("concurrency", 100)))
+    return await _faststream_consume(spec, int(spec.options.get("concurrency", 100)))
+
+
+async def consume_faststream_defaults(spec: Spec) -> dict[str, Any]:
+    """FastStream as it comes: its default channel has no prefetch limit (the broker pushes
+    the whole backlog into the client's memory), and its default AckPolicy.REJECT_ON_ERROR
+    drops a message whose handler failed (rejected without requeue, no dead letter)."""
+    return await _faststream_consume(spec, None)
+
+
+async def _faststream_consume(spec: Spec, prefetch: int | None) -> dict[str, Any]:
+    broker, subscriber = _faststream_subscriber(spec, prefetch)
     meter = Meter(spec.events)
 
     @subscriber  # type: ignore[untyped-decorator]
