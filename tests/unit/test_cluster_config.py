@@ -213,11 +213,8 @@ class _Pipe:
         self.commands: list[tuple[Any, ...]] = []
         self.replies = replies
 
-    def xadd(self, *args: Any, **kwargs: Any) -> None:
-        self.commands.append(("XADD", args[0]))
-
     def execute_command(self, *args: Any) -> None:
-        self.commands.append(args)
+        self.commands.append(args[:2] if args[0] == "XADD" else args)
 
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
         return self.replies
@@ -229,6 +226,11 @@ class _Redis:
 
     def pipeline(self, transaction: bool = True) -> _Pipe:
         return self.pipe
+
+    async def execute_command(self, *args: Any) -> Any:
+        """A lone command (no confirmation asked for) is sent without a pipeline."""
+        self.pipe.execute_command(*args)
+        return self.pipe.replies[0]
 
 
 async def test_streams_emit_waits_for_replicas_and_raises_when_they_do_not_confirm() -> None:
@@ -361,10 +363,10 @@ async def test_rabbitmq_nack_reopens_the_publishing_channel_at_most_every_few_se
     exchange.name = "dispytch"
     exchange.channel = channel
 
-    async def nacked(*args: Any) -> None:
-        raise PublishRefusedError("nack")
+    async def nacked(self: Any, exchange: Any, batch: list[Any]) -> list[BaseException | None]:
+        return [PublishRefusedError("nack") for _ in batch]
 
-    monkeypatch.setattr(producer_module, "publish_confirmed", nacked)
+    monkeypatch.setattr(producer_module.RabbitMQProducer, "_publish_now", nacked)
     producer = producer_module.RabbitMQProducer(exchange)
     for _ in range(3):
         with pytest.raises(PublishRefusedError):

@@ -55,11 +55,10 @@ def fallbacks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 @pytest.mark.private_access
 def test_redis_internals_are_there_on_the_installed_redis_py() -> None:
     pytest.importorskip("redis")
+    from redis.asyncio import Redis
     from redis.asyncio.connection import Connection
 
     from dispytch.redis import _compat
-
-    from redis.asyncio import Redis
 
     assert _compat.reply_reader(Connection()) is not None
     assert _compat.held_pool(Redis()) is not None
@@ -70,11 +69,10 @@ def test_redis_internals_are_there_on_the_installed_redis_py() -> None:
 
 def test_redis_fallbacks(fallbacks: list[str], caplog: pytest.LogCaptureFixture) -> None:
     pytest.importorskip("redis")
+    from redis.asyncio import Redis
     from redis.asyncio.connection import Connection
 
     from dispytch.redis import _compat
-
-    from redis.asyncio import Redis
 
     assert _compat.reply_reader(Connection()) is None
     assert _compat.held_pool(Redis()) is None  # the producers use the client's pipelines

@@ -96,7 +96,7 @@ def held_pool(redis: Any) -> ConnectionPool | None:
     ``None`` for a single-connection client, another kind of client, connections without the
     idle check (the fallback), and a Sentinel pool whose connections would not follow a new
     master when they reconnect."""
-    if not isinstance(redis, Redis) or getattr(redis, "connection", None) is not None:
+    if not isinstance(redis, Redis) or getattr(redis, "single_connection_client", True):
         return None
     pool = getattr(redis, "connection_pool", None)
     if not isinstance(pool, ConnectionPool) or not callable(_idle_check(pool.connection_class)):
