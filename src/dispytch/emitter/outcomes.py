@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
-__all__ = ["Outcomes"]
+__all__ = ["Outcomes", "wake"]
 
 
 class Outcomes:
@@ -42,3 +42,12 @@ class Outcomes:
         self.sealed = True
         if not self.waiting and not self.future.done():
             self.future.set_result(None)
+
+
+def wake(waiters: list[asyncio.Future[None]]) -> None:
+    """Set every waiter that is not done yet (a producer's ``close`` waiting for sends in
+    progress), and forget them."""
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)
+    waiters.clear()

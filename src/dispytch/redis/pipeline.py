@@ -27,7 +27,7 @@ from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from dispytch.emitter.outcomes import Outcomes
+from dispytch.emitter.outcomes import Outcomes, wake
 from dispytch.emitter.producer import Outgoing, Producer, ProducerTimeout
 from dispytch.errors import ConfigurationError, EmitError
 from dispytch.redis import _compat
@@ -139,7 +139,7 @@ class PipelinedProducer(Producer, Generic[ItemT]):
             if self._pending:
                 self._start_flusher()
             else:
-                _wake(self._idle)
+                wake(self._idle)
 
     async def _send_one(self, topic: str, item: ItemT) -> Any:
         commands = [self._args(topic, item)]
@@ -223,7 +223,7 @@ class PipelinedProducer(Producer, Generic[ItemT]):
             self._flusher = None
             while self._pending:  # only when cancelled: nobody will send these any more
                 _settle(self._pending.popleft(), EmitError("the producer stopped before sending"))
-            _wake(self._idle)
+            wake(self._idle)
 
     async def _write(self, batch: list[_Entry]) -> None:
         args = self._args
@@ -325,10 +325,3 @@ def _settle(entry: _Entry, error: BaseException | None, reply: Any = None) -> No
         waiter.set_exception(error)
     else:
         waiter.set_result(reply)
-
-
-def _wake(waiters: list[asyncio.Future[None]]) -> None:
-    for waiter in waiters:
-        if not waiter.done():
-            waiter.set_result(None)
-    waiters.clear()

@@ -9,6 +9,7 @@ import nats.errors
 from nats.aio.client import Client as NATSClient
 from pydantic import BaseModel
 
+from dispytch.emitter.outcomes import wake
 from dispytch.emitter.producer import Outgoing, Producer, ProducerTimeout
 from dispytch.errors import EmitError
 from dispytch.nats import _compat
@@ -82,7 +83,7 @@ class NATSCoreProducer(Producer):
             if self._unconfirmed:
                 self._start_confirmer()
             else:
-                _wake(self._idle)
+                wake(self._idle)
         if error is not None:
             raise error
 
@@ -151,7 +152,7 @@ class NATSCoreProducer(Producer):
                 if not future.done():
                     future.set_exception(EmitError("the producer stopped before confirming"))
             self._unconfirmed = []
-            _wake(self._idle)
+            wake(self._idle)
 
     async def _round_trip(self, count: int) -> EmitError | None:
         connection = self.connection
@@ -197,10 +198,3 @@ class NATSCoreProducer(Producer):
             idle: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._idle.append(idle)
             await idle
-
-
-def _wake(waiters: list[asyncio.Future[None]]) -> None:
-    for waiter in waiters:
-        if not waiter.done():
-            waiter.set_result(None)
-    waiters.clear()
