@@ -28,9 +28,11 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     reference = (site / "reference" / "index.html").read_text()
     assert "publishes" in reference  # mkdocstrings rendered App's methods
-    for page in ("getting-started", "concepts/testing", "backends/kafka", "asyncapi", "fastapi"):
+    pages = ("getting-started", "concepts/testing", "backends/kafka", "asyncapi", "fastapi")
+    for page in (*pages, "benchmarks"):
         assert (site / page / "index.html").exists(), page
-    assert not (site / "benchmarks").exists()  # the lab notebook stays out of the site
+    assert not (site / "performance").exists()  # merged into the one results page
+    assert "FastStream defaults" in (site / "benchmarks" / "index.html").read_text()
     fonts = [p for p in site.rglob("*.html") if "fonts.googleapis" in p.read_text()]
     assert fonts == []
 
