@@ -611,6 +611,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.middleware = [m for m in args.middleware.split(",") if m] or ["none"]
     if args.compare_src:
         args.compare_src = os.path.abspath(args.compare_src)
+        if not os.path.isfile(os.path.join(args.compare_src, "dispytch", "__init__.py")):
+            p.error(f"--compare-src {args.compare_src}: no dispytch package there (give a src/)")
     for name, allowed in (
         ("backends", BACKENDS),
         ("scenarios", SCENARIOS),

@@ -224,12 +224,10 @@ class App:
             raise ListenerError("the app is not started; use 'async with app:' or app.start()")
         return self._emitter
 
-    def emit(
-        self, event: EventBase, *, headers: Mapping[str, str] | None = None
-    ) -> Awaitable[None]:
-        """Emit one event (with ``headers``, which handlers read as ``event.headers``); the
-        awaitable returns after the broker confirmed it, raises otherwise."""
-        return self.emitter.emit(event, headers=headers)
+    async def emit(self, event: EventBase, *, headers: Mapping[str, str] | None = None) -> None:
+        """Emit one event (with ``headers``, which handlers read as ``event.headers``); return
+        after the broker confirmed it, raise otherwise."""
+        await self.emitter.emit(event, headers=headers)
 
     async def emit_many(
         self, events: Iterable[EventBase], *, headers: Mapping[str, str] | None = None

@@ -68,3 +68,14 @@ def test_middleware_and_compare_options_run_and_print_their_tables() -> None:
     compared = [line for line in out.splitlines() if line.startswith("| memory | consume |")]
     assert len(compared) == 3, out  # the main table, the comparison, the middleware table
     assert "memory consume with prometheus: client CPU" in out
+
+
+def test_compare_src_without_a_dispytch_package_is_refused(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(RUN), "--backends", "memory", "--compare-src", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "no dispytch package there" in done.stderr

@@ -5,16 +5,29 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import json
 import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
+from unittest.mock import create_autospec
 
 import pytest
 from pydantic import BaseModel
 
-from dispytch import App, Dependency, Event, EventListener, HandlerGroup, RegistrationError
+from dispytch import (
+    App,
+    Dependency,
+    Event,
+    EventBase,
+    EventEmitter,
+    EventListener,
+    HandlerGroup,
+    RegistrationError,
+    TopicSegment,
+)
 from dispytch.di.context import EventHandlerContext
+from dispytch.errors import InvalidTopicError
 from dispytch.listener.consumer import Consumer, Failure, Message
 from dispytch.memory import MemoryBroker
 from dispytch.serialization.deserializer import Deserializer, MessagePayload
@@ -312,3 +325,29 @@ def test_message_payload_is_an_envelope_with_0_10_construction() -> None:
     )
     with pytest.raises(DeserializationError):
         MessagePayload(id=1, type="payment_made", body={}, timestamp=3)  # type: ignore[arg-type]
+
+
+# -- emit is a coroutine function, as in 0.10 ------------------------------------------------------
+
+
+class Shipped(EventBase):
+    __topic__ = "shipments.{region}"
+    __event_type__ = "shipped"
+    region: Annotated[str, TopicSegment()]
+
+
+async def test_emit_is_a_coroutine_function_and_fails_when_awaited() -> None:
+    """0.10 users mock the emitter with ``create_autospec`` and start emits as tasks: ``emit`` is
+    an ``async def``, and a bad event fails where it is awaited, not where it is called."""
+    assert inspect.iscoroutinefunction(EventEmitter.emit)
+    assert inspect.iscoroutinefunction(App.emit)
+    mock = create_autospec(EventEmitter, instance=True)
+    await mock.emit(Shipped(region="eu"))
+    mock.emit.assert_awaited_once()
+
+    async with App("memory://emit-is-a-coroutine", group="g") as app:
+        pending = app.emit(Shipped(region="eu\nwest"))  # a control character: refused
+        task = asyncio.ensure_future(pending)
+        with pytest.raises(InvalidTopicError):
+            await task
+        await asyncio.create_task(app.emit(Shipped(region="eu")))

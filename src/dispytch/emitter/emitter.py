@@ -155,16 +155,14 @@ class EventEmitter:
                 type(self.producer).__name__,
             )
 
-    def emit(
-        self, event: EventBase, *, headers: Mapping[str, str] | None = None
-    ) -> Awaitable[None]:
-        """Send one event with optional ``headers``; the awaitable returns after the broker
-        confirmed it (and raises otherwise)."""
+    async def emit(self, event: EventBase, *, headers: Mapping[str, str] | None = None) -> None:
+        """Send one event with optional ``headers``; return after the broker confirmed it
+        (and raise otherwise)."""
         if self._publish is not None or self._on_timeout is not None or not self._plain_send:
-            return self._emit(event, headers)
-        # The producer's own coroutine, awaited by the caller: no coroutine of ours around it.
+            await self._emit(event, headers)
+            return
         topic, payload, config, key = self._prepare(event)
-        return self.producer.send(topic, payload, config, headers=headers, key=key)
+        await self.producer.send(topic, payload, config, headers=headers, key=key)
 
     def _prepare(self, event: EventBase) -> tuple[str, bytes, BaseModel | None, bytes | None]:
         """The topic, bytes, backend config and ordering key of one event."""
