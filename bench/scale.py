@@ -11,7 +11,7 @@ Against the cluster profile (``bash scripts/cluster/cluster.sh up``) by default.
   numbers in order) is loaded, then 1, 2 and 4 consumer processes drain it, as separate
   ``dispytch run`` processes and as ``dispytch run --workers N``. The rate is taken from the
   moment every process handled its first event (all joined, partitions assigned) to the last
-  event. Kafka: a 6-partition topic (keys spread over the partitions); RabbitMQ: the group's
+  event. Kafka: a 6-partition topic (--kafka-partitions) (keys spread over the partitions); RabbitMQ: the group's
   quorum queue; NATS: one JetStream durable; Redis: one Streams consumer group.
 * **rebalance** (``--rebalance``): a producer emits ~``--rate`` events/s; consumer A runs, B
   joins, later B leaves (SIGTERM). Reported: how long B took from "listening" to its first event,
@@ -109,6 +109,7 @@ class Run:
     url: str
     work_us: float
     concurrency: int
+    partitions: int = KAFKA_PARTITIONS
     uid: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
 
     @property
@@ -123,7 +124,7 @@ class Run:
         if self.backend == "nats":
             return {"stream": f"scale_{self.uid}", "dead_letter_stream": f"scale_{self.uid}_dlq"}
         if self.backend == "kafka":
-            return {"topic_partitions": KAFKA_PARTITIONS}
+            return {"topic_partitions": self.partitions}
         return {}
 
     def env(self, out: Path) -> dict[str, str]:
@@ -214,7 +215,7 @@ async def prepare(run: Run) -> None:
         from dispytch.kafka.replication import TopicSettings, create_topics
 
         servers = run.url.split("://", 1)[1].split(",")
-        await create_topics(servers, {}, [run.topic], TopicSettings(partitions=KAFKA_PARTITIONS))
+        await create_topics(servers, {}, [run.topic], TopicSettings(partitions=run.partitions))
         return
     # The others: a consumer app of the group that starts and stops declares everything.
     app = App(run.url, group=run.group, **run.options())
@@ -478,6 +479,7 @@ async def main() -> None:
     parser.add_argument("--processes", default="1,2,4")
     parser.add_argument("--modes", default="separate,workers")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--kafka-partitions", type=int, default=KAFKA_PARTITIONS)
     parser.add_argument("--rebalance", action="store_true", help="also measure join/leave")
     parser.add_argument("--rate", type=int, default=1000, help="events/s in --rebalance")
     args = parser.parse_args()
@@ -494,7 +496,7 @@ async def main() -> None:
         for _ in range(args.repeats):
             for n in counts:
                 for mode in modes if n > 1 else ["separate"]:
-                    run = Run(backend, url, args.work_us, args.concurrency)
+                    run = Run(backend, url, args.work_us, args.concurrency, args.kafka_partitions)
                     result = await drain(run, n, mode, args.events, args.keys, args.pad)
                     rows[result.label].append(result)
                     print(
