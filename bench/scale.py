@@ -12,7 +12,8 @@ Against the cluster profile (``bash scripts/cluster/cluster.sh up``) by default.
   ``dispytch run`` processes and as ``dispytch run --workers N``. The rate is taken from the
   moment every process handled its first event (all joined, partitions assigned) to the last
   event. Kafka: a 6-partition topic (``--kafka-partitions``; keys spread over the partitions);
-  RabbitMQ: the group's quorum queue; NATS: one JetStream durable; Redis: one Streams consumer group.
+  RabbitMQ: the group's quorum queue; NATS: one JetStream durable; Redis: one Streams consumer
+  group.
 * **rebalance** (``--rebalance``): a producer emits ~``--rate`` events/s; consumer A runs, B
   joins, later B leaves (SIGTERM). Reported: how long B took from "listening" to its first event,
   and the longest pause in the group's handling around the join and around the leave.
