@@ -1,11 +1,13 @@
 """AMQP 0-9-1 frames byte by byte, for tests that play a hostile publisher: any bytes where
 pamqp would only write UTF-8 (routing keys, header names, short-string properties) and any
-64-bit timestamp."""
+64-bit timestamp; and a publisher that sends them to a live broker."""
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from collections.abc import Sequence
+from typing import Any
 
 
 def short(data: bytes) -> bytes:
@@ -43,3 +45,57 @@ def content_header(
         flags |= 0x0040
         props += struct.pack(">Q", timestamp)
     return struct.pack(">HHQH", 60, 0, body_size, flags) + props
+
+
+def publish_frames(
+    channel: int, exchange: str, routing_key: bytes, body: bytes, **properties: Any
+) -> bytes:
+    """basic.publish + content header + body, byte by byte, with whatever bytes a hostile
+    publisher chooses for the routing key, header names and values, message id and timestamp
+    (``properties``: the keywords of :func:`content_header`)."""
+    method = struct.pack(">HHH", 60, 40, 0) + short(exchange.encode()) + short(routing_key)
+    header = content_header(len(body), persistent=True, **properties)
+    return frame(1, method + b"\x00", channel) + frame(2, header, channel) + frame(3, body, channel)
+
+
+class RawPublisher:
+    """Publishes raw frames on one aiormq connection, each confirmed by the broker:
+    ``async with RawPublisher(url) as raw: await raw.publish(exchange, key, body, ...)``."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._connection: Any = None
+        self._channel: Any = None
+
+    async def __aenter__(self) -> RawPublisher:
+        import aiormq
+
+        self._connection = await aiormq.connect(self.url)
+        self._channel = await self._connection.channel()
+        await self._channel.confirm_delivery()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._connection.close()
+
+    async def publish(
+        self, exchange: str, routing_key: bytes, body: bytes, **properties: Any
+    ) -> None:
+        """Publish and wait until the broker stored the message (its confirm)."""
+        from aiormq.abc import ChannelFrame
+
+        channel = self._channel
+        frames = publish_frames(channel.number, exchange, routing_key, body, **properties)
+        confirmed = channel.create_future()
+        channel.confirmations[channel.delivery_tag + 1] = confirmed
+        channel.delivery_tag += 1
+        await channel.write_queue.put(ChannelFrame(frames, should_close=False))
+        await asyncio.wait_for(confirmed, 10)
+
+
+async def publish_raw(
+    url: str, exchange: str, routing_key: bytes, body: bytes, **properties: Any
+) -> None:
+    """One raw publish on a connection of its own (see :class:`RawPublisher`)."""
+    async with RawPublisher(url) as raw:
+        await raw.publish(exchange, routing_key, body, **properties)

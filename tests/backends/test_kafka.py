@@ -6,7 +6,6 @@ import asyncio
 import base64
 import contextlib
 import json
-import struct
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -34,11 +33,10 @@ aiokafka = pytest.importorskip("aiokafka")
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 from aiokafka.partitioner import DefaultPartitioner  # noqa: E402
-from aiokafka.record.default_records import DefaultRecordBase  # noqa: E402
-from aiokafka.record.util import calc_crc32c  # noqa: E402
 
 from dispytch.kafka import KafkaConsumer, KafkaEventConfig, KafkaProducer  # noqa: E402
 from dispytch.kafka.consumer import KafkaFetchError  # noqa: E402
+from tests.kafka_batches import Codec, send_batch  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -535,62 +533,16 @@ async def _send_batch(
     topic: str,
     records: list[tuple[bytes, list[tuple[bytes, bytes]]]],
     partition: int = 0,
-    compression: str | None = None,
+    compression: Codec = None,
 ) -> None:
-    """Write one record batch with aiokafka, then replace placeholder header names with the
-    given raw bytes (same length) and fix the batch CRC: a header name no Kafka client would
-    write, as a hostile publisher can."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=SERVERS, enable_idempotence=False, compression_type=compression
-    )
-    await producer.start()
-    try:
-        batch = producer.create_batch()
-        swaps: list[tuple[bytes, bytes]] = []
-        for value, headers in records:
-            named = []
-            for name, header_value in headers:
-                placeholder = uuid.uuid4().hex[: len(name)].encode() if len(name) <= 32 else name
-                swaps.append((placeholder, name))
-                named.append((placeholder.decode(), header_value))
-            batch.append(timestamp=None, key=None, value=value, headers=named)
-        build = batch._build
-
-        def poisoned() -> bytearray:
-            buffer = build()
-            body = bytearray(codec_decode(compression, bytes(buffer[61:])))
-            for placeholder, name in swaps:
-                at = body.find(placeholder)
-                body[at : at + len(name)] = name
-            buffer[61:] = codec_encode(compression, bytes(body))
-            struct.pack_into(">i", buffer, 8, len(buffer) - 12)
-            crc = calc_crc32c(bytes(buffer[DefaultRecordBase.ATTRIBUTES_OFFSET :]))
-            struct.pack_into(">I", buffer, DefaultRecordBase.CRC_OFFSET, crc)
-            return buffer
-
-        batch._build = poisoned
-        batch.close()
-        await (await producer.send_batch(batch, topic, partition=partition))
-    finally:
-        await producer.stop()
-
-
-def codec_decode(compression: str | None, data: bytes) -> bytes:
-    from aiokafka.codec import gzip_decode
-
-    return data if compression is None else bytes(gzip_decode(data))
-
-
-def codec_encode(compression: str | None, data: bytes) -> bytes:
-    from aiokafka.codec import gzip_encode
-
-    return data if compression is None else bytes(gzip_encode(data))
+    """One record batch whose header names may be any bytes (see ``tests.kafka_batches``)."""
+    await send_batch(SERVERS, topic, records, partition, compression)
 
 
 @pytest.mark.parametrize("compression", [None, "gzip"])
 @pytest.mark.private_access
 async def test_a_header_name_that_is_not_utf8_is_dead_lettered_and_the_rest_flows(
-    topic: str, admin: Any, compression: str | None
+    topic: str, admin: Any, compression: Codec
 ) -> None:
     await admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
     # Partition 1 holds good records fetched together with the poison of partition 0: none may

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import socket
 import sys
 import time
 import uuid
@@ -37,6 +36,7 @@ from tests.backends.nats_streams import delete_streams
 from tests.backends.proxy import FaultyProxy
 from tests.backends.slow_reader import BIG, read_slowly
 from tests.helpers import eventually, require_broker, wait_until
+from tests.nats_raw import hpub, raw_publish
 
 SERVER = "nats://127.0.0.1:4222"
 MODES = ["nats", "nats_core"]
@@ -105,23 +105,6 @@ async def setup(request: pytest.FixtureRequest) -> AsyncIterator[Setup]:
     yield state
     await nc.close()
     await delete_streams(SERVER, state.stream, state.dlq)
-
-
-async def _raw(publishes: list[bytes]) -> None:
-    """Send protocol lines from a raw socket: what no client library would let through."""
-    with socket.create_connection(("127.0.0.1", 4222)) as raw:
-        raw.recv(4096)  # INFO
-        raw.sendall(b'CONNECT {"verbose":false,"headers":true}\r\n' + b"".join(publishes))
-        raw.sendall(b"PING\r\n")
-        reply = b""
-        while b"PONG" not in reply:
-            reply += raw.recv(4096)
-        assert b"-ERR" not in reply, reply
-
-
-def hpub(subject: bytes, header_block: bytes, body: bytes) -> bytes:
-    size = len(header_block)
-    return b"HPUB %s %d %d\r\n%s%s\r\n" % (subject, size, size + len(body), header_block, body)
 
 
 async def _soon(condition: Callable[[], bool]) -> bool:
@@ -193,7 +176,7 @@ async def test_subjects_and_header_blocks_nats_py_cannot_decode_are_dead_lettere
     app = setup.app(got)
     await app.start()
     bad_subject = f"{setup.prefix}.".encode() + b"\xff\xfe"
-    await _raw(
+    await raw_publish(
         [
             hpub(bad_subject, b"NATS/1.0\r\ntrace: t-1\r\n\r\n", envelope("subject")),
             hpub(f"{setup.prefix}.h".encode(), b"NATS/1.0 100 \xff\xfe\r\n\r\n", envelope("hdr")),

@@ -4,7 +4,6 @@
 import asyncio
 import base64
 import json
-import struct
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from dispytch.rabbitmq import (
     RabbitMQProducer,
 )
 from dispytch.routing import TopicPattern
-from tests.amqp_frames import content_header, frame, short
+from tests.amqp_frames import publish_raw
 from tests.helpers import eventually, require_broker, wait_until
 
 URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -712,32 +711,8 @@ async def test_app_recovers_after_connection_reset(broker: Broker) -> None:
 # -- poison deliveries: what pamqp itself cannot decode ----------------------------------------
 
 
-def _raw_publish_frames(
-    channel: int, exchange: str, routing_key: bytes, body: bytes, **properties: Any
-) -> bytes:
-    """basic.publish + content header + body, byte by byte, with whatever bytes a hostile
-    publisher chooses for the routing key, header names, message id and timestamp."""
-    method = struct.pack(">HHH", 60, 40, 0) + short(exchange.encode()) + short(routing_key)
-    header = content_header(len(body), persistent=True, **properties)
-    return frame(1, method + b"\x00", channel) + frame(2, header, channel) + frame(3, body, channel)
-
-
 async def _publish_raw(exchange: str, routing_key: bytes, body: bytes, **parts: Any) -> None:
-    import aiormq
-    from aiormq.abc import ChannelFrame
-
-    connection = await aiormq.connect(URL)
-    try:
-        channel = await connection.channel()
-        await channel.confirm_delivery()
-        frames = _raw_publish_frames(channel.number, exchange, routing_key, body, **parts)
-        confirmed = channel.create_future()
-        channel.confirmations[channel.delivery_tag + 1] = confirmed
-        channel.delivery_tag += 1
-        await channel.write_queue.put(ChannelFrame(frames, should_close=False))
-        await asyncio.wait_for(confirmed, 10)  # the broker stored it
-    finally:
-        await connection.close()
+    await publish_raw(URL, exchange, routing_key, body, **parts)
 
 
 def _b64(data: bytes) -> str:
