@@ -23,16 +23,17 @@ def frame(kind: int, payload: bytes, channel: int = 1) -> bytes:
 def content_header(
     body_size: int,
     *,
-    headers: Sequence[tuple[bytes, bytes]] = (),
+    headers: Sequence[tuple[bytes, bytes | int]] = (),
     message_id: bytes | None = None,
     timestamp: int | None = None,
     persistent: bool = False,
 ) -> bytes:
-    """The payload of a content header frame: headers (long-string values), delivery mode,
-    message id and timestamp, as given."""
+    """The payload of a content header frame: headers (long-string values; an ``int`` is a
+    signed 64-bit one, as RabbitMQ writes ``x-delivery-count``), delivery mode, message id and
+    timestamp, as given."""
     flags, props = 0, b""
     if headers:
-        table = b"".join(short(k) + b"S" + struct.pack(">I", len(v)) + v for k, v in headers)
+        table = b"".join(short(k) + _field_value(v) for k, v in headers)
         flags |= 0x2000
         props += struct.pack(">I", len(table)) + table
     if persistent:
@@ -47,6 +48,16 @@ def content_header(
     return struct.pack(">HHQH", 60, 0, body_size, flags) + props
 
 
+def _field_value(value: bytes | int) -> bytes:
+    if isinstance(value, int):
+        return b"l" + struct.pack(">q", value)
+    return b"S" + struct.pack(">I", len(value)) + value
+
+
+#: RabbitMQ's default ``frame_max``; a larger body goes in several body frames.
+FRAME_MAX = 131072
+
+
 def publish_frames(
     channel: int, exchange: str, routing_key: bytes, body: bytes, **properties: Any
 ) -> bytes:
@@ -55,7 +66,9 @@ def publish_frames(
     (``properties``: the keywords of :func:`content_header`)."""
     method = struct.pack(">HHH", 60, 40, 0) + short(exchange.encode()) + short(routing_key)
     header = content_header(len(body), persistent=True, **properties)
-    return frame(1, method + b"\x00", channel) + frame(2, header, channel) + frame(3, body, channel)
+    room = FRAME_MAX - 8  # frame header and end byte
+    bodies = b"".join(frame(3, body[at : at + room], channel) for at in range(0, len(body), room))
+    return frame(1, method + b"\x00", channel) + frame(2, header, channel) + bodies
 
 
 class RawPublisher:

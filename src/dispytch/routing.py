@@ -92,12 +92,26 @@ class TopicPattern:
     @property
     def regex(self) -> str:
         """Anchored regular expression; each placeholder is a named group of one segment, each
-        ``*`` segment an unnamed one."""
-        one = f"[^{re.escape(self.delimiter)}]+" if self.delimiter else ".+"
+        ``*`` segment an unnamed one.
+
+        A placeholder also matches an *empty* segment (``user::events``), so that a delivered
+        topic no emitter would write is routed to the segment check and dead-lettered as a
+        validation failure (rule ``empty``) instead of being acknowledged unseen; a ``*``
+        segment matches only a non-empty one, as in Dispytch 0.10.
+        """
+        if self.delimiter:
+            not_delimiter = f"[^{re.escape(self.delimiter)}]"
+            named, unnamed = not_delimiter + "*", not_delimiter + "+"
+        else:
+            named = unnamed = ".+"
         return (
             "^"
             + re.escape(self.delimiter).join(
-                re.escape(text) if name is None else f"(?P<{name}>{one})" if name else f"({one})"
+                re.escape(text)
+                if name is None
+                else f"(?P<{name}>{named})"
+                if name
+                else f"({unnamed})"
                 for text, name in self._parts()
             )
             + "$"

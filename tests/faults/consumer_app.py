@@ -43,6 +43,7 @@ from pydantic import BaseModel
 
 from dispytch import App, Event
 from dispytch.dedup import DedupStore
+from tests.faults.record_file import RecordFile
 
 
 class PoisonError(Exception):
@@ -51,19 +52,6 @@ class PoisonError(Exception):
 
 class Seq(BaseModel):
     seq: int
-
-
-class RecordFile:
-    """Append-only file of sequence numbers, one per line; one ``write`` per line."""
-
-    def __init__(self, path: str, durable: bool) -> None:
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        self._durable = durable
-
-    def add(self, seq: int) -> None:
-        os.write(self._fd, b"%d\n" % seq)
-        if self._durable:
-            os.fsync(self._fd)
 
 
 def _env_float(name: str, default: float) -> float:

@@ -247,7 +247,8 @@ class Producer:
 
 @dataclass
 class ConsumerProcess:
-    """``python -m dispytch run tests.faults.consumer_app:build`` in its own process."""
+    """``python -m dispytch run tests.faults.consumer_app:build`` (or another ``target``) in
+    its own process."""
 
     url: str
     topic: str
@@ -266,6 +267,8 @@ class ConsumerProcess:
     #: a Redis URL: the app gets ``dedup=RedisDedup(url)`` (see ``consumer_app``)
     dedup: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    #: the app ``dispytch run`` runs (it reads the ``FAULT_*`` variables)
+    target: str = CONSUMER_TARGET
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     runs: int = 0
 
@@ -302,7 +305,7 @@ class ConsumerProcess:
         }
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "dispytch", "run", CONSUMER_TARGET, "--log-level", "INFO"],
+                [sys.executable, "-m", "dispytch", "run", self.target, "--log-level", "INFO"],
                 cwd=REPO,
                 env=env,
                 stdin=subprocess.DEVNULL,

@@ -61,7 +61,8 @@ def test_regex_form_captures_one_segment() -> None:
     match = regex.match("user:42:events")
     assert match is not None and match.groupdict() == {"user_id": "42"}
     assert regex.match("user:4:2:events") is None  # a placeholder never spans a delimiter
-    assert regex.match("user::events") is None  # nor matches an empty segment
+    # An empty segment is captured (the consumer's segment check then refuses it).
+    assert regex.match("user::events").groupdict() == {"user_id": ""}  # type: ignore[union-attr]
     assert regex.match("user:42:events:more") is None  # anchored
     assert regex.match("xuser:42:events") is None
 

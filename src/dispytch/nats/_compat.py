@@ -42,7 +42,8 @@ without TLS, though not an active attacker.
   raises inside the connection's read loop, which then ends: the connection stays "connected"
   and hears nothing more. A hardened connection decodes those defensively (a subject that is
   not UTF-8 keeps its bytes as surrogate escapes; a header block that cannot be parsed becomes
-  :class:`UnparsedHeaders`), so the consumer can dead-letter the message.
+  :class:`UnparsedHeaders`), so the consumer can dead-letter the message. So does a header
+  whose name is not ASCII, which nats-py would drop without a word.
 * *A publisher can forge a status line.* A header block starting ``NATS/1.0 404`` makes
   nats-py's JetStream fetch take a stored message for a server status (it is dropped, or the
   fetch raises) and redeliver it forever. A message JetStream delivers (its reply is an
@@ -245,11 +246,24 @@ def _header_block(headers: dict[str, str]) -> bytes:
 def _headers_parser(original: Any) -> Any:
     async def process_headers(self: Any, headers: bytes) -> Any:
         try:
-            return await original(headers)
+            parsed = await original(headers)
         except Exception:
             return UnparsedHeaders(bytes(headers))
+        if headers and not headers.isascii() and _names_not_ascii(headers):
+            return UnparsedHeaders(bytes(headers))
+        return parsed
 
     return process_headers
+
+
+def _names_not_ascii(block: bytes) -> bool:
+    """Whether a header line of ``block`` has a name that is not ASCII: nats-py (2.16) drops
+    such a header without a word, and the message would reach its handler without it."""
+    for line in bytes(block).split(b"\r\n")[1:]:
+        name, colon, _ = line.partition(b":")
+        if colon and not name.isascii():
+            return True
+    return False
 
 
 async def _process_pong(self: Any) -> None:
