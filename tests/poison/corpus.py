@@ -153,6 +153,9 @@ class Case:
     expect_on: Mapping[str, Expect] = field(default_factory=dict)
     #: a log-injection case: this text follows a newline or control character in the input
     forged: str = ""
+    #: bytes the dead letter must keep in its ``x-dispytch-undecodable*`` headers (base64 or
+    #: as text); a topic that is not UTF-8 must be kept whole in ``…-original-topic-b64``
+    kept: bytes = b""
 
     def expected(self, backend: str) -> Expect:
         return self.expect_on.get(backend, self.expect)
@@ -320,6 +323,7 @@ def _cases() -> list[Case]:
         "a valid event with a header whose name is not UTF-8",
         Expect("dead_letter", "decode", "headers"),
         needs=("headers",),
+        kept=b"\xffname\xfe",
         # Memory normalises header names to text at publish (escaped): an ordinary event.
         expect_on={"memory": HANDLED},
     )
@@ -331,6 +335,7 @@ def _cases() -> list[Case]:
         "a valid event with a header whose value is not UTF-8",
         Expect("dead_letter", "decode", "headers"),
         needs=("headers",),
+        kept=b"\xff\xfe\x00",
         # Legal where header values are bytes (Kafka, AMQP long strings, NATS): handlers see
         # replacement characters; memory normalises it at publish. A Redis stream header is
         # text by Dispytch's own entry layout.
@@ -380,6 +385,7 @@ def _cases() -> list[Case]:
         "a valid event whose x-dispytch-key-b64 header is not base64",
         Expect("dead_letter", "decode", "key"),
         only=NATS,
+        kept=b"!!!not base64",
     )
     def _(t: Target, seq: int, home: bytes) -> Bad:
         return Bad(envelope(seq), headers=((b"x-dispytch-key-b64", b"!!!not base64"),))
@@ -389,6 +395,7 @@ def _cases() -> list[Case]:
         "a valid event whose header block nats-py cannot parse",
         Expect("dead_letter", "decode", "headers"),
         only=NATS,
+        kept=b"NATS/1.0 100 \xff\xfe",
     )
     def _(t: Target, seq: int, home: bytes) -> Bad:
         return Bad(envelope(seq), header_block=b"NATS/1.0 100 \xff\xfe\r\n\r\n")
@@ -398,6 +405,7 @@ def _cases() -> list[Case]:
         "a valid event with a status line only the server may send (503)",
         Expect("dead_letter", "decode", "headers"),
         only=NATS,
+        kept=b"NATS/1.0 503",
         # Core NATS stores nothing: there a status line is only a header named Status.
         expect_on={"nats_core": HANDLED},
     )
@@ -409,6 +417,7 @@ def _cases() -> list[Case]:
         "a stream entry without a payload field",
         Expect("dead_letter", "decode", "payload"),
         only=("redis_streams",),
+        kept=b"\xff\xfe",
     )
     def _(t: Target, seq: int, home: bytes) -> Bad:
         return Bad(b"", fields={b"other": b"\xff\xfe", b"seq": str(seq).encode()})
