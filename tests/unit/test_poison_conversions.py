@@ -165,6 +165,22 @@ def test_any_nats_delivery_makes_a_message(
 
 
 @pytest.mark.private_access
+def test_a_header_name_that_is_not_ascii_makes_the_headers_undecodable() -> None:
+    # nats-py 2.16 drops such a header without a word: the handler would never see it.
+    client = _client()
+    block = b"NATS/1.0\r\ntrace: t-1\r\n\xffname\xfe: v\r\n\r\n"
+    headers = asyncio.run(client._process_headers(block))
+    assert isinstance(headers, _compat.UnparsedHeaders) and headers.raw == block
+    message = core_message(client._build_message(1, b"s", b"", b"x", headers))
+    assert isinstance(message.undecodable, Undecodable) and message.undecodable.parts == (
+        "headers",
+    )
+    # A value that is not UTF-8 is nats-py's to decode (replacement characters): handled.
+    plain = asyncio.run(client._process_headers(b"NATS/1.0\r\nname: \xff\r\n\r\n"))
+    assert not isinstance(plain, _compat.UnparsedHeaders) and plain == {"name": "\ufffd"}
+
+
+@pytest.mark.private_access
 def test_a_hardened_client_skips_pongs_of_timed_out_flushes() -> None:
     async def run() -> list[bool]:
         client = _client()
