@@ -398,8 +398,10 @@ class RedisStreamsWire(RedisWire):
 
     async def left(self, topic: bytes) -> int | None:
         groups = await self.redis.xinfo_groups(topic)
-        [mine] = [g for g in groups if g["name"] in (self.group, self.group.encode())]
-        return int(mine["pending"]) + int(mine.get("lag") or 0)
+        mine = [g for g in groups if g["name"] in (self.group, self.group.encode())]
+        if not mine:  # the group never read this stream
+            return int(await self.redis.xlen(topic))
+        return int(mine[0]["pending"]) + int(mine[0].get("lag") or 0)
 
 
 # -- NATS --------------------------------------------------------------------------------------
