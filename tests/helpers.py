@@ -54,3 +54,12 @@ def require_broker(name: str, port: int) -> None:
             f"{name} is listed in DISPYTCH_BROKERS but 127.0.0.1:{port} does not answer; "
             "run: bash scripts/brokers.sh up"
         )
+
+
+def is_utf8(raw: bytes) -> bool:
+    """Whether ``raw`` decodes as UTF-8."""
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return False
+    return True

@@ -20,6 +20,7 @@ from dispytch import App
 from dispytch.backend import backend_from_url
 from dispytch.dead_letter import DeadLetter
 from tests.faults.harness import ConsumerProcess, wait_for
+from tests.helpers import is_utf8
 from tests.poison.corpus import Bad
 from tests.poison.service import make_app, skipped
 
@@ -261,7 +262,7 @@ class KafkaWire(Wire):
         from tests.kafka_batches import send_batch
 
         headers = [(bytes(n), v) for n, v in bad.headers if isinstance(v, bytes)]
-        if bad.codec is not None or not all(_utf8(n) for n, _ in headers):
+        if bad.codec is not None or not all(is_utf8(n) for n, _ in headers):
             assert bad.key is None, "a raw batch carries no key here"
             await send_batch(
                 self.servers,
@@ -507,14 +508,6 @@ class MemoryWire(Wire):
 
     async def dead_letters(self, topic: str) -> list[DeadLetter]:
         return self.broker.dead_letters(topic)
-
-
-def _utf8(raw: bytes) -> bool:
-    try:
-        raw.decode()
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 WIRES: dict[str, Callable[[str, str], Wire]] = {

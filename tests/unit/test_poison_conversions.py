@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from dispytch.listener.consumer import Failure, Message
 from dispytch.poison import UNDECODABLE_HEADER, Undecodable, dead_letter_headers
+from tests.helpers import is_utf8
 
 nats = pytest.importorskip("nats")
 pytest.importorskip("redis")
@@ -33,14 +34,6 @@ FAILURE = Failure("handler", "E", "boom\nline two", "h", 1, 1)
 HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
-def _utf8(raw: bytes) -> bool:
-    try:
-        raw.decode()
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
 def _writable(headers: dict[str, str]) -> None:
     for name, value in headers.items():
         assert isinstance(name, str) and isinstance(value, str)
@@ -55,7 +48,7 @@ def _writable(headers: dict[str, str]) -> None:
 def test_any_pubsub_channel_makes_a_message(channel: bytes, data: bytes) -> None:
     message = channel_message(channel, data)
     assert message.payload == data and isinstance(message.topic, str)
-    if _utf8(channel):
+    if is_utf8(channel):
         assert message.topic == channel.decode() and message.undecodable is None
     else:
         undecodable = message.undecodable
@@ -82,7 +75,9 @@ def test_any_stream_entry_makes_a_message(stream: str | bytes, entry: dict[bytes
     message = entry_message(stream, "1-0", entry, 3)
     assert isinstance(message.topic, str) and message.delivery_attempt == 3
     headers_ok = all(
-        _utf8(name[2:]) and _utf8(value) for name, value in entry.items() if name.startswith(b"h:")
+        is_utf8(name[2:]) and is_utf8(value)
+        for name, value in entry.items()
+        if name.startswith(b"h:")
     )
     readable = isinstance(stream, str) and b"payload" in entry and headers_ok
     if readable:
@@ -147,7 +142,7 @@ def test_any_nats_delivery_makes_a_message(
     assert isinstance(message, Message) and message.payload == data
     assert isinstance(message.topic, str)
     undecodable = message.undecodable
-    if not _utf8(subject):
+    if not is_utf8(subject):
         assert isinstance(undecodable, Undecodable) and "topic" in undecodable.parts
         raw = undecodable.headers["x-dispytch-original-topic-b64"]
         assert base64.b64decode(raw) == subject
