@@ -17,7 +17,12 @@ Where the two writers differ, the event takes the dict path (:func:`envelope_jso
   ``null``, which could be an infinity) and take the dict path when one occurs;
 * the DEL character, which ``json.dumps`` escapes and pydantic-core does not;
 * strings pydantic-core cannot write (lone surrogates) and classes that customise
-  ``envelope``, ``model_dump`` or ``event_type``.
+  ``envelope``, ``model_dump`` or ``event_type``;
+* integers longer than ``sys.get_int_max_str_digits()``, which ``json.dumps`` refuses
+  (``ValueError``) and pydantic-core writes: bodies long enough to hold one are searched for it;
+* classes whose objects may hold one key twice (:func:`distinct_keys`, checked once per class):
+  0.10's dict kept one, pydantic-core writes both; and classes that write infinities and NaN as
+  strings (``ser_json_inf_nan="strings"``), which 0.10's ``model_dump`` left floats.
 
 A batch (:func:`envelopes_json`, what ``emit_many`` uses) is written by one pydantic-core call
 per run of events of one class: the list ``[{"id": ..., <fields>}, ...]`` indented by zero.
@@ -30,6 +35,7 @@ the timestamp at the end, which is why the class must serialize ``id`` first, un
 from __future__ import annotations
 
 import re
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from json.encoder import encode_basestring_ascii
@@ -40,7 +46,7 @@ from pydantic import BaseModel, TypeAdapter
 from dispytch.events import EventBase
 from dispytch.serialization.json.compiled import Writer, writer
 
-__all__ = ["envelope_json", "envelopes_json", "float_free"]
+__all__ = ["distinct_keys", "envelope_json", "envelopes_json", "float_free"]
 
 #: Spellings in pydantic-core's output that ``json.dumps`` would write differently (see above).
 _DIFFERS = re.compile(rb"\x7f|null|0\.0000|\de-\d(?!\d)")
@@ -153,6 +159,96 @@ def _plain(node: dict[str, Any]) -> bool:
     return not config or config.get("ser_json_temporal", "iso8601") == "iso8601"
 
 
+#: Dict key schemas whose distinct values have distinct JSON keys (``1`` and ``"1"`` do not).
+_KEYS = frozenset({"str", "int", "bool", "uuid", "enum"})
+#: Schema nodes whose fields' keys must be distinct: (fields key, how a field names its key).
+_OBJECTS = {"model-fields": "fields", "typed-dict": "fields", "dataclass-args": "fields"}
+#: The shortest integer ``sys.set_int_max_str_digits`` allows to refuse (its minimum is 640).
+_DIGITS_GATE = 640
+
+
+def distinct_keys(schema: Any) -> bool:
+    """Whether every object ``schema`` serializes has distinct keys, by construction.
+
+    ``model_dump`` builds a dict, so two fields serialized under one name (an alias equal to
+    another field's name or alias, a computed field's alias, an extra field, dict keys ``1``
+    and ``"1"``) leave one key in 0.10's bytes, where pydantic-core writes both. Refused: such
+    aliases, models and typed dicts that allow extra fields, dicts whose keys are not plain
+    (``str``, ``int``, ``bool``, UUID, enum), values of unknown type (``Any``, a bare ``list``
+    or ``dict``) and custom serializers without a return type, which may hold such a dict.
+    """
+    for node in _nodes(schema):
+        kind = node["type"]
+        if kind == "any" or _infers(node.get("serialization")):
+            return False
+        config = node.get("config") or {}
+        if (
+            config.get("extra_fields_behavior") == "allow"
+            or node.get("extra_behavior") == "allow"
+            or node.get("extras_schema") is not None
+            or config.get("ser_json_inf_nan") == "strings"
+        ):
+            return False
+        if kind == "dict" and not _plain_keys(node.get("keys_schema")):
+            return False
+        if kind in ("list", "set", "frozenset", "generator") and "items_schema" not in node:
+            return False
+        if kind == "dict" and "values_schema" not in node:
+            return False
+        if kind in _OBJECTS and not _unique_names(node):
+            return False
+    return True
+
+
+def _infers(serialization: Any) -> bool:
+    """Whether a custom serializer's result is written by inference (no return schema)."""
+    if not isinstance(serialization, dict):
+        return False
+    if serialization.get("type") in ("function-plain", "function-wrap"):
+        return_schema = serialization.get("return_schema")
+        return return_schema is None or not distinct_keys(return_schema)
+    return False
+
+
+def _plain_keys(keys: Any) -> bool:
+    while isinstance(keys, dict) and keys.get("type") in ("lax-or-strict", "json-or-python"):
+        keys = keys.get("strict_schema") or keys.get("python_schema")
+    if not isinstance(keys, dict) or "serialization" in keys:
+        return False
+    kind = keys.get("type")
+    if kind == "literal":
+        expected = keys.get("expected") or []
+        return len({type(value) for value in expected}) <= 1 and all(
+            type(value) in (str, int) for value in expected
+        )
+    return kind in _KEYS
+
+
+def _unique_names(node: dict[str, Any]) -> bool:
+    fields = node.get("fields") or {}
+    entries = fields if isinstance(fields, list) else [{"name": k, **v} for k, v in fields.items()]
+    names = [
+        field.get("serialization_alias") or field.get("name")
+        for field in entries
+        if isinstance(field, dict) and not field.get("serialization_exclude")
+    ]
+    names += [
+        field.get("alias") or field.get("property_name")
+        for field in node.get("computed_fields") or ()
+        if isinstance(field, dict)
+    ]
+    return len(names) == len(set(names))
+
+
+def _too_many_digits(data: bytes) -> bool:
+    """Whether ``data`` may hold an integer ``json.dumps`` refuses to write (or a string of as
+    many digits: the dict path then decides)."""
+    if len(data) <= _DIGITS_GATE:
+        return False
+    limit = sys.get_int_max_str_digits()
+    return bool(limit) and re.search(rb"\d{%d}" % (limit + 1), data) is not None
+
+
 class _Plan:
     """How one event class's envelope is written, worked out on its first emit.
 
@@ -179,6 +275,7 @@ class _Plan:
             and cls.model_dump is BaseModel.model_dump
             and cls.event_type is EventBase.event_type
             and isinstance(event_type, str)
+            and distinct_keys(cls.__pydantic_core_schema__)
         ):
             self.type_json = encode_basestring_ascii(event_type).encode()
             self.head = b', "type": %s, "body": ' % self.type_json
@@ -249,6 +346,8 @@ def envelope_json(event: EventBase, timestamp_ms: int | None = None) -> bytes | 
             return None
     elif b"\x7f" in body:
         return None
+    if _too_many_digits(body):
+        return None
     return b'{"id": %s%s%s, "timestamp": %d}' % (
         encode_basestring_ascii(event_id).encode(),
         head,
@@ -297,6 +396,8 @@ def _run(plan: _Plan, events: Sequence[EventBase], timestamp_ms: int) -> list[by
         if _DIFFERS.search(data) is not None:
             return None
     elif b"\x7f" in data:
+        return None
+    if _too_many_digits(data):
         return None
     pieces = (
         data.replace(_SEPARATOR, b"}\x00{")
