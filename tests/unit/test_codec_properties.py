@@ -16,11 +16,19 @@ import json
 import math
 import uuid
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel, ConfigDict, Field, computed_field, field_serializer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    computed_field,
+    field_serializer,
+)
 
 from dispytch import DecodeError, EventBase
 from dispytch.serialization.deserializer import envelope_from_mapping
@@ -330,6 +338,40 @@ def test_an_integer_json_dumps_refuses_is_refused_on_every_path() -> None:
         assert outcome(write) is ValueError  # 0.10's json.dumps error, not unreadable bytes
     near = Mixed(id="x", counts={"n": 10**4299}, texts=["1" * 5000])
     assert JSONSerializer().serialize_events([near, near], 1) == [reference(near, 1)] * 2
+
+
+class SerializedId(EventBase):
+    __topic__ = "t"
+    __event_type__ = "serialized-id"
+
+    id: Annotated[str, PlainSerializer(str.upper, return_type=str)] = "a"
+    values: list[int] = []
+
+
+def test_an_id_with_its_own_serializer_goes_into_the_envelope_as_it_is() -> None:
+    events = [SerializedId(id="ab", values=[1]), SerializedId(id="cd")]
+    assert JSONSerializer().serialize_events(events, 1) == [
+        b'{"id": "ab", "type": "serialized-id", "body": {"values": [1]}, "timestamp": 1}',
+        b'{"id": "cd", "type": "serialized-id", "body": {"values": []}, "timestamp": 1}',
+    ]
+
+
+@SETTINGS
+@given(
+    event=MIXED_EVENTS | SCALAR_EVENTS,
+    field=st.sampled_from(sorted(set(Mixed.model_fields) | set(Scalars.model_fields))),
+    value=ANYTHING,
+)
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydantic's "serialized value may not be..."
+def test_a_value_set_without_validation_is_written_as_0_10_wrote_it(
+    event: EventBase, field: str, value: Any
+) -> None:
+    if field in type(event).model_fields:
+        object.__setattr__(event, field, value)
+    expected = reference(event, 1)
+    assert outcome(lambda: JSONSerializer().serialize_event(event, 1)) == expected
+    batch = outcome(lambda: JSONSerializer().serialize_events([event, event], 1))
+    assert batch == ([expected] * 2 if isinstance(expected, bytes) else expected)
 
 
 # -- decoding ------------------------------------------------------------------------------------

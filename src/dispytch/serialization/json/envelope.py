@@ -18,6 +18,8 @@ Where the two writers differ, the event takes the dict path (:func:`envelope_jso
 * the DEL character, which ``json.dumps`` escapes and pydantic-core does not;
 * strings pydantic-core cannot write (lone surrogates) and classes that customise
   ``envelope``, ``model_dump`` or ``event_type``;
+* values of another type than declared (set without validation), which pydantic-core would
+  write by inference, where 0.10's dict may merge keys: its warning is made an error;
 * integers longer than ``sys.get_int_max_str_digits()``, which ``json.dumps`` refuses
   (``ValueError``) and pydantic-core writes: bodies long enough to hold one are searched for it;
 * classes whose objects may hold one key twice (:func:`distinct_keys`, checked once per class):
@@ -120,6 +122,7 @@ _CHILDREN = (
     "python_schema",
 )
 _SCALARS = (str, int, bool, type(None))
+_WRAPPERS = ("function-after", "function-before", "function-wrap")
 
 
 def float_free(schema: Any) -> bool:
@@ -301,7 +304,13 @@ def _id_first(cls: type[EventBase]) -> bool:
     if first != "id" or len(fields) < 2:
         return False
     field = fields["id"]
-    if field.alias is not None or field.serialization_alias is not None or field.exclude:
+    if (
+        field.alias is not None
+        or field.serialization_alias is not None
+        or field.exclude
+        or getattr(field, "exclude_if", None) is not None
+        or not _written_as_is(cls, "id")
+    ):
         return False
     decorators = cls.__pydantic_decorators__
     if decorators.model_serializers:
@@ -309,6 +318,21 @@ def _id_first(cls: type[EventBase]) -> bool:
     return not any(
         "id" in d.info.fields or "*" in d.info.fields for d in decorators.field_serializers.values()
     )
+
+
+def _written_as_is(cls: type[EventBase], name: str) -> bool:
+    """Whether field ``name`` of ``cls`` is a ``str`` written as it is (no serializer, as an
+    annotated ``PlainSerializer`` would add, on it or on what wraps it)."""
+    try:
+        schema = cls.__pydantic_core_schema__
+        if schema["type"] == "definitions":
+            schema = schema["schema"]
+        node = schema["schema"]["fields"][name]["schema"]
+        while node["type"] in ("default", *_WRAPPERS) and "serialization" not in node:
+            node = node["schema"]
+    except (KeyError, TypeError):
+        return False
+    return node["type"] == "str" and "serialization" not in node
 
 
 def _plan_of(cls: type[EventBase]) -> _Plan:
@@ -338,8 +362,10 @@ def envelope_json(event: EventBase, timestamp_ms: int | None = None) -> bytes | 
     if head is None or event_id.__class__ is not str or timestamp_ms.__class__ is not int:
         return None
     try:
-        body: bytes = plan.to_json(event, indent=0, ensure_ascii=True, by_alias=True, exclude=_ID)
-    except ValueError:  # a lone surrogate, say: json.dumps escapes it
+        body: bytes = plan.to_json(
+            event, indent=0, ensure_ascii=True, by_alias=True, exclude=_ID, warnings="error"
+        )
+    except ValueError:  # a lone surrogate (json.dumps escapes it), a value of an undeclared type
         return None
     if plan.checked:
         if _DIFFERS.search(body) is not None:
@@ -385,9 +411,9 @@ def _run(plan: _Plan, events: Sequence[EventBase], timestamp_ms: int) -> list[by
     if dump is None or timestamp_ms.__class__ is not int:
         return None
     try:
-        data: bytes = dump(events, indent=0, by_alias=True)
+        data: bytes = dump(events, indent=0, by_alias=True, warnings="error")
         if not data.isascii():
-            data = dump(events, indent=0, ensure_ascii=True, by_alias=True)
+            data = dump(events, indent=0, ensure_ascii=True, by_alias=True, warnings="error")
     except ValueError:
         return None
     if data.count(_SEPARATOR) != len(events) - 1:
