@@ -384,6 +384,15 @@ def test_a_value_set_without_validation_is_written_as_0_10_wrote_it(
     assert batch == ([expected] * 2 if isinstance(expected, bytes) else expected)
 
 
+def test_a_serializer_subclass_that_overrides_serialize_event_is_called_by_emit_many() -> None:
+    class Marked(JSONSerializer):
+        def serialize_event(self, event: EventBase, timestamp_ms: int | None = None) -> bytes:
+            return b"marked " + super().serialize_event(event, timestamp_ms)
+
+    events = [Mixed(id="a"), Mixed(id="b")]
+    assert Marked().serialize_events(events, 1) == [b"marked " + reference(e, 1) for e in events]  # type: ignore[operator]
+
+
 # -- decoding ------------------------------------------------------------------------------------
 
 _SPACE = st.sampled_from(["", " ", "\n", "\t", "\r", "\x0c", "\x0b", "\xa0", "\ufeff"])

@@ -21,7 +21,8 @@ class JSONSerializer(Serializer):
 
     Events are written by pydantic-core straight from the model (see
     :mod:`dispytch.serialization.json.envelope`), with the same bytes; a subclass that
-    overrides :meth:`serialize` gets it called for every event instead.
+    overrides :meth:`serialize` gets it called for every event instead, and one that overrides
+    :meth:`serialize_event` gets that called for every event of ``emit_many`` too.
     """
 
     content_type = "application/json"
@@ -32,6 +33,10 @@ class JSONSerializer(Serializer):
         self._direct = type(self).serialize is JSONSerializer.serialize and codecs.lookup(
             encoding
         ).name in ("utf-8", "ascii")
+        # emit_many writes a run in one go only when serialize_event is this class's too.
+        self._batched = (
+            self._direct and type(self).serialize_event is JSONSerializer.serialize_event
+        )
 
     def serialize(self, payload: dict[str, Any]) -> bytes:
         return json.dumps(payload).encode(self.encoding)
@@ -44,7 +49,7 @@ class JSONSerializer(Serializer):
         return self.serialize(event.envelope(timestamp_ms))
 
     def serialize_events(self, events: Sequence[EventBase], timestamp_ms: int) -> list[bytes]:
-        if not self._direct:
+        if not self._batched:
             return super().serialize_events(events, timestamp_ms)
         serialize = self.serialize
         return [
