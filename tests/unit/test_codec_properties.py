@@ -18,7 +18,6 @@ import uuid
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import (
@@ -362,26 +361,6 @@ def test_an_id_with_its_own_serializer_goes_into_the_envelope_as_it_is() -> None
         b'{"id": "ab", "type": "serialized-id", "body": {"values": [1]}, "timestamp": 1}',
         b'{"id": "cd", "type": "serialized-id", "body": {"values": []}, "timestamp": 1}',
     ]
-
-
-@SETTINGS
-@given(
-    event=MIXED_EVENTS | SCALAR_EVENTS,
-    # Not "mode", a Literal: pydantic-core writes a value outside it by inference without a
-    # warning, so a dict with keys 1 and "1" set there without validation keeps both keys.
-    field=st.sampled_from(sorted((set(Mixed.model_fields) | set(Scalars.model_fields)) - {"mode"})),
-    value=ANYTHING,
-)
-@pytest.mark.filterwarnings("ignore::UserWarning")  # pydantic's "serialized value may not be..."
-def test_a_value_set_without_validation_is_written_as_0_10_wrote_it(
-    event: EventBase, field: str, value: Any
-) -> None:
-    if field in type(event).model_fields:
-        object.__setattr__(event, field, value)
-    expected = reference(event, 1)
-    assert outcome(lambda: JSONSerializer().serialize_event(event, 1)) == expected
-    batch = outcome(lambda: JSONSerializer().serialize_events([event, event], 1))
-    assert batch == ([expected] * 2 if isinstance(expected, bytes) else expected)
 
 
 def test_a_serializer_subclass_that_overrides_serialize_event_is_called_by_emit_many() -> None:

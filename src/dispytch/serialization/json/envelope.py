@@ -18,10 +18,9 @@ Where the two writers differ, the event takes the dict path (:func:`envelope_jso
 * the DEL character, which ``json.dumps`` escapes and pydantic-core does not;
 * strings pydantic-core cannot write (lone surrogates) and classes that customise
   ``envelope``, ``model_dump`` or ``event_type``;
-* values of another type than declared (set without validation), which pydantic-core would
-  write by inference, where 0.10's dict may merge keys: its warning is made an error;
 * integers longer than ``sys.get_int_max_str_digits()``, which ``json.dumps`` refuses
-  (``ValueError``) and pydantic-core writes: bodies long enough to hold one are searched for it;
+  (``ValueError``) and pydantic-core writes: the bytes of a class that can hold an integer are
+  searched for such a run of digits when they are long enough to hold one;
 * classes whose objects may hold one key twice (:func:`distinct_keys`, checked once per class):
   0.10's dict kept one, pydantic-core writes both; and classes that write infinities and NaN as
   strings (``ser_json_inf_nan="strings"``), which 0.10's ``model_dump`` left floats.
@@ -48,7 +47,7 @@ from pydantic import BaseModel, TypeAdapter
 from dispytch.events import EventBase
 from dispytch.serialization.json.compiled import Writer, writer
 
-__all__ = ["distinct_keys", "envelope_json", "envelopes_json", "float_free"]
+__all__ = ["distinct_keys", "envelope_json", "envelopes_json", "float_free", "holds_ints"]
 
 #: Spellings in pydantic-core's output that ``json.dumps`` would write differently (see above).
 _DIFFERS = re.compile(rb"\x7f|null|0\.0000|\de-\d(?!\d)")
@@ -166,8 +165,8 @@ def _plain(node: dict[str, Any]) -> bool:
 _KEYS = frozenset({"str", "int", "bool", "uuid", "enum"})
 #: Schema nodes whose fields' keys must be distinct: (fields key, how a field names its key).
 _OBJECTS = {"model-fields": "fields", "typed-dict": "fields", "dataclass-args": "fields"}
-#: The shortest integer ``sys.set_int_max_str_digits`` allows to refuse (its minimum is 640).
-_DIGITS_GATE = 640
+#: Every digit made a "0": a run of digits becomes a run of zeros, found by a plain search.
+_ZEROS = bytes.maketrans(b"123456789", b"000000000")
 
 
 def distinct_keys(schema: Any) -> bool:
@@ -243,13 +242,19 @@ def _unique_names(node: dict[str, Any]) -> bool:
     return len(names) == len(set(names))
 
 
+def holds_ints(schema: Any) -> bool:
+    """Whether what ``schema`` serializes may hold an integer (custom serializers may)."""
+    return any(
+        node["type"] in ("int", "enum", "literal") or "serialization" in node
+        for node in _nodes(schema)
+    )
+
+
 def _too_many_digits(data: bytes) -> bool:
     """Whether ``data`` may hold an integer ``json.dumps`` refuses to write (or a string of as
     many digits: the dict path then decides)."""
-    if len(data) <= _DIGITS_GATE:
-        return False
     limit = sys.get_int_max_str_digits()
-    return bool(limit) and re.search(rb"\d{%d}" % (limit + 1), data) is not None
+    return 0 < limit < len(data) and b"0" * (limit + 1) in data.translate(_ZEROS)
 
 
 class _Plan:
@@ -257,7 +262,17 @@ class _Plan:
 
     Kept on the class (a subclass inherits the attribute, hence ``cls``)."""
 
-    __slots__ = ("batched", "checked", "cls", "dump_many", "head", "to_json", "type_json", "write")
+    __slots__ = (
+        "batched",
+        "checked",
+        "cls",
+        "dump_many",
+        "head",
+        "ints",
+        "to_json",
+        "type_json",
+        "write",
+    )
 
     def __init__(self, cls: type[EventBase]) -> None:
         self.cls = cls
@@ -267,6 +282,8 @@ class _Plan:
         self.type_json = b""
         #: Whether the bytes need a look for spellings the two writers disagree on.
         self.checked = True
+        #: Whether the bytes need a look for integers json.dumps refuses to write.
+        self.ints = True
         #: Whether a batch can be written in one call (see the module docstring).
         self.batched = False
         self.dump_many: Callable[..., bytes] | None = None
@@ -283,6 +300,7 @@ class _Plan:
             self.type_json = encode_basestring_ascii(event_type).encode()
             self.head = b', "type": %s, "body": ' % self.type_json
             self.checked = not float_free(cls.__pydantic_core_schema__)
+            self.ints = holds_ints(cls.__pydantic_core_schema__)
             self.batched = _id_first(cls)
             self.write = writer(cls, event_type)
         setattr(cls, _ATTRIBUTE, self)
@@ -362,17 +380,15 @@ def envelope_json(event: EventBase, timestamp_ms: int | None = None) -> bytes | 
     if head is None or event_id.__class__ is not str or timestamp_ms.__class__ is not int:
         return None
     try:
-        body: bytes = plan.to_json(
-            event, indent=0, ensure_ascii=True, by_alias=True, exclude=_ID, warnings="error"
-        )
-    except ValueError:  # a lone surrogate (json.dumps escapes it), a value of an undeclared type
+        body: bytes = plan.to_json(event, indent=0, ensure_ascii=True, by_alias=True, exclude=_ID)
+    except ValueError:  # a lone surrogate, say: json.dumps escapes it
         return None
     if plan.checked:
         if _DIFFERS.search(body) is not None:
             return None
     elif b"\x7f" in body:
         return None
-    if _too_many_digits(body):
+    if plan.ints and _too_many_digits(body):
         return None
     return b'{"id": %s%s%s, "timestamp": %d}' % (
         encode_basestring_ascii(event_id).encode(),
@@ -411,9 +427,9 @@ def _run(plan: _Plan, events: Sequence[EventBase], timestamp_ms: int) -> list[by
     if dump is None or timestamp_ms.__class__ is not int:
         return None
     try:
-        data: bytes = dump(events, indent=0, by_alias=True, warnings="error")
+        data: bytes = dump(events, indent=0, by_alias=True)
         if not data.isascii():
-            data = dump(events, indent=0, ensure_ascii=True, by_alias=True, warnings="error")
+            data = dump(events, indent=0, ensure_ascii=True, by_alias=True)
     except ValueError:
         return None
     if data.count(_SEPARATOR) != len(events) - 1:
@@ -423,7 +439,7 @@ def _run(plan: _Plan, events: Sequence[EventBase], timestamp_ms: int) -> list[by
             return None
     elif b"\x7f" in data:
         return None
-    if _too_many_digits(data):
+    if plan.ints and _too_many_digits(data):
         return None
     pieces = (
         data.replace(_SEPARATOR, b"}\x00{")
