@@ -13,7 +13,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/python.sh
 ensure_python dev pytest pytest_asyncio pytest_timeout hypothesis aiokafka aio_pika redis nats \
   msgpack fastapi uvicorn httpx yaml mkdocs material mkdocstrings_handlers.python \
-  prometheus_client opentelemetry.sdk
+  prometheus_client opentelemetry.sdk cramjam
 bash scripts/brokers.sh tools
 BACKENDS="${DISPYTCH_BROKERS-kafka,rabbitmq,redis,redis_streams,nats,nats_core,secure}"
 
