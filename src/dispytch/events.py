@@ -174,6 +174,20 @@ class Envelope:
     body: dict[str, Any]
     timestamp: int
 
+    def __init__(self, id: str, type: str, body: dict[str, Any], timestamp: int) -> None:
+        # Frozen, built once per message: the slots' own setters cost less than the
+        # object.__setattr__ calls of the generated __init__.
+        _set_id(self, id)
+        _set_type(self, type)
+        _set_body(self, body)
+        _set_timestamp(self, timestamp)
+
+
+_set_id = Envelope.__dict__["id"].__set__
+_set_type = Envelope.__dict__["type"].__set__
+_set_body = Envelope.__dict__["body"].__set__
+_set_timestamp = Envelope.__dict__["timestamp"].__set__
+
 
 BodyT = TypeVar("BodyT")
 

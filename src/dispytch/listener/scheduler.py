@@ -59,8 +59,10 @@ class Scheduler:
         self._tasks: set[asyncio.Task[None]] = set()
         self._keys: dict[Hashable, deque[Message]] = {}
         self._ready: deque[Message] = deque()
-        self._idle: list[asyncio.Future[None]] = []
+        self._idle: list[asyncio.Future[bool]] = []
         self._workers = 0
+        #: workers woken (or spawned) that have not yet looked at the ready queue
+        self._waking = 0
         # Set while the fetch loop waits for room; _release wakes it.
         self._room: asyncio.Future[None] | None = None
         self._settled: asyncio.Event | None = None
@@ -77,7 +79,6 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         ordering = self.ordering
         ready = self._ready
-        idle = self._idle
         try:
             while True:
                 held = self.held
@@ -105,13 +106,8 @@ class Scheduler:
                 if key is None:
                     # Unkeyed work goes to a pool of long-lived workers: no task per message.
                     ready.append(message)
-                    if idle:
-                        waiter = idle.pop()
-                        if not waiter.done():
-                            waiter.set_result(None)
-                    elif self._workers < limit:
-                        self._workers += 1
-                        self._spawn(self._worker())
+                    if not self._waking:
+                        self._wake(False)
                     continue
                 queued = self._keys.get(key)
                 if queued is not None:
@@ -124,23 +120,57 @@ class Scheduler:
             if aclose is not None:
                 await aclose()
 
-    async def _worker(self) -> None:
+    def _wake(self, busy: bool) -> bool:
+        """Get one more worker on its way to the ready queue: an idle one, or a new one while
+        there are fewer than ``concurrency``. ``busy``: the waker went on to run a handler.
+        Whether one is on its way."""
+        idle = self._idle
+        while idle:
+            waiter = idle.pop()
+            if not waiter.done():
+                waiter.set_result(busy)
+                self._waking += 1
+                return True
+        if self._workers < self.concurrency and not self._closing:
+            self._workers += 1
+            self._waking += 1
+            self._spawn(self._worker(busy))
+            return True
+        return False
+
+    async def _worker(self, busy: bool) -> None:
+        # Workers wake one another in a chain: fetching wakes one, and a worker that takes a
+        # message while more are ready wakes the next before it runs its handler. Handlers
+        # that never wait run back to back in one worker: no task switch per message. A
+        # worker woken that way that still finds work ready knows every other worker waits
+        # in a handler: it starts workers for all of that work at once (up to concurrency).
         ready = self._ready
         process = self.process
         loop = asyncio.get_running_loop()
         try:
             while True:
+                self._waking -= 1  # this worker, on its way, has arrived
+                if busy:
+                    while len(ready) > self._waking + 1 and self._wake(True):
+                        pass
                 while ready and not self._closing:
                     message = ready.popleft()
+                    if ready and not self._waking:
+                        self._wake(True)
                     try:
                         await process(message)
                     finally:
                         self._release(message)
                 if self._closing:  # work that swallowed its cancellation ends here
                     return
-                waiter: asyncio.Future[None] = loop.create_future()
+                waiter: asyncio.Future[bool] = loop.create_future()
                 self._idle.append(waiter)
-                await waiter
+                try:
+                    busy = await waiter
+                except asyncio.CancelledError:
+                    if waiter.done() and not waiter.cancelled():
+                        self._waking -= 1  # woken, then cancelled before it could arrive
+                    raise
         finally:
             self._workers -= 1
 

@@ -245,6 +245,8 @@ def _header_block(headers: dict[str, str]) -> bytes:
 
 def _headers_parser(original: Any) -> Any:
     async def process_headers(self: Any, headers: bytes) -> Any:
+        if not headers:  # most messages: what nats-py returns for them, without its call
+            return None
         try:
             parsed = await original(headers)
         except Exception:
