@@ -187,6 +187,9 @@ async def test_core_nats_confirms_without_flush_pending(fallbacks: list[str], ui
         got = await _round_trip(app, f"cfb.{uid}", count=200)
         connection = app.backend.connection  # type: ignore[attr-defined]
         assert _compat.private(connection, "_flush_pending") is None  # the fallback
+        # ...and the subscriptions deliver through nats-py's documented callback
+        (consumer,) = app.backend._consumers
+        assert all(sub._cb is not None for sub in consumer.subscriptions)  # type: ignore[attr-defined]
         await app.stop()
         with pytest.raises(EmitError):  # a closed connection confirms nothing
             await _compat_send(connection, f"cfb.{uid}")

@@ -16,6 +16,7 @@ from dispytch import App, Event, EventBase, EventEmitter, EventListener
 from dispytch.emitter.producer import Outgoing
 from dispytch.errors import ConfigurationError, EmitError
 from dispytch.nats.core import NATSCoreBackend, NATSCoreConsumer, NATSCoreProducer
+from dispytch.routing import TopicPattern
 from tests.backends.proxy import FaultyProxy
 from tests.helpers import require_broker, wait_until
 
@@ -207,6 +208,33 @@ async def test_a_slow_handler_holds_at_most_buffer_size_and_loses_nothing(
     assert peak <= 4
     listener.stop()
     await asyncio.wait_for(task, 10)
+
+
+@pytest.mark.private_access
+async def test_the_reader_hands_messages_over_and_the_pending_limits_still_apply(
+    nc: NATSClient, subject: str
+) -> None:
+    backend = NATSCoreBackend(URL, buffer_size=2, pending_msgs_limit=3)
+    await backend.connect()
+    consumer = backend.consumer("direct", prefetch=1)
+    assert isinstance(consumer, NATSCoreConsumer)
+    await consumer.start([TopicPattern.parse(subject, ".")])
+    (sub,) = consumer.subscriptions
+    # No queue and no task of nats-py's between its reader and the consumer.
+    assert sub._cb is None and sub._wait_for_msgs_task is None
+    for i in range(8):  # nobody takes them: 2 buffered, 3 queued, 3 dropped
+        await nc.publish(subject, str(i).encode())
+    await nc.flush()
+    await wait_until(lambda: consumer.dropped == 3, what="3 drops")
+    stream = consumer.listen()
+    got = [(await asyncio.wait_for(anext(stream), 5)).payload for _ in range(5)]
+    assert got == [b"0", b"1", b"2", b"3", b"4"]
+    assert sub.pending_bytes == 0  # nats-py's accounting is left balanced
+    await nc.publish(subject, b"after")  # room again: nothing more is dropped
+    assert (await asyncio.wait_for(anext(stream), 5)).payload == b"after"
+    assert consumer.dropped == 3
+    await stream.aclose()  # type: ignore[attr-defined]
+    await backend.close()
 
 
 async def test_dead_letters_go_to_jetstream(subject: str) -> None:

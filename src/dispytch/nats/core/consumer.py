@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Sequence
 
 import nats.errors
 from nats.aio.client import Client as NATSClient
@@ -43,10 +44,11 @@ class NATSCoreConsumer(Consumer):
     every group gets every message. Without it, every subscriber gets every message.
 
     **Bounded in bytes.** Messages are buffered up to ``buffer_size`` messages and
-    ``max_buffer_bytes`` payload bytes ahead of the listener; beyond that the subscription's own
-    pending queue in nats-py fills, and past ``pending_msgs_limit`` messages or
-    ``pending_bytes_limit`` bytes nats-py drops messages (core NATS has no backpressure towards
-    publishers). The backend reports such drops with an ERROR line (at most one every 10 s) and
+    ``max_buffer_bytes`` payload bytes ahead of the listener; beyond that up to
+    ``pending_msgs_limit`` messages and ``pending_bytes_limit`` bytes more wait, and past those
+    nats-py drops messages (core NATS has no backpressure towards publishers). nats-py's reader
+    hands each message straight to the consumer, which keeps nats-py's pending limits (where
+    the installed nats-py does not allow that, the messages wait in its own pending queue). The backend reports such drops with an ERROR line (at most one every 10 s) and
     counts them in :attr:`dropped`; with a connection of your own, nats-py calls your
     ``error_cb`` with ``SlowConsumerError``. nats-py resubscribes by itself after a reconnect.
 
@@ -103,6 +105,10 @@ class NATSCoreConsumer(Consumer):
         self.watch_interval = watch_interval
         self.subscriptions: list[Subscription] = []
         self._buffer: ReadAhead[Msg] = ReadAhead(buffer_size, self.max_buffer_bytes)
+        #: What does not fit in the buffer, within the pending limits (when nats-py hands
+        #: messages over directly; else nats-py's own pending queue holds it)
+        self._queued: deque[Msg] = deque()
+        self._queued_bytes = 0
         self._closed = False
         self._lost: SubscriptionLostError | None = None
         self._watchdog: asyncio.Task[None] | None = None
@@ -133,13 +139,11 @@ class NATSCoreConsumer(Consumer):
             )
         for subject in subjects:
             try:
-                sub = await self.connection.subscribe(
-                    subject,
-                    queue=self.queue,
-                    cb=self._on_message,
-                    pending_msgs_limit=self.pending_msgs_limit,
-                    pending_bytes_limit=self.pending_bytes_limit,
-                )
+                sub = await self._subscribe(subject, direct=True)
+                if not _compat.deliver_directly(sub, self._accept):
+                    # This nats-py cannot hand messages over directly: its callback, then.
+                    await sub.unsubscribe()
+                    sub = await self._subscribe(subject, direct=False)
             except nats.errors.Error as exc:
                 raise ConfigurationError(
                     f"cannot subscribe to NATS subject {subject!r} ({type(exc).__name__}: "
@@ -156,6 +160,46 @@ class NATSCoreConsumer(Consumer):
                 f"({type(exc).__name__}: {exc}); check the connection"
             ) from None
         self._watchdog = asyncio.create_task(self._watch(), name="dispytch-nats-core-watchdog")
+
+    def _subscribe(self, subject: str, *, direct: bool) -> Awaitable[Subscription]:
+        return self.connection.subscribe(
+            subject,
+            queue=self.queue,
+            cb=None if direct else self._on_message,
+            pending_msgs_limit=self.pending_msgs_limit,
+            pending_bytes_limit=self.pending_bytes_limit,
+        )
+
+    def _accept(self, msg: Msg) -> bool:
+        # Called by nats-py's reader for each message (see _compat.deliver_directly): into the
+        # read-ahead buffer while it has room, else queued as nats-py would (within its
+        # pending limits); ``False`` has nats-py drop it as a slow consumer's.
+        if self._closed:
+            return True
+        size = len(msg.data)
+        queued = self._queued
+        buffer = self._buffer
+        if not queued and not buffer.full:
+            buffer.put(msg, size)
+            buffer.wake()
+            return True
+        if (0 < self.pending_msgs_limit <= len(queued)) or (
+            0 < self.pending_bytes_limit <= self._queued_bytes + size
+        ):
+            return False
+        queued.append(msg)
+        self._queued_bytes += size
+        return True
+
+    def _refill(self) -> None:
+        """Move queued messages into the read-ahead buffer while it has room."""
+        queued = self._queued
+        buffer = self._buffer
+        while queued and not buffer.full:
+            msg = queued.popleft()
+            size = len(msg.data)
+            self._queued_bytes -= size
+            buffer.put(msg, size)
 
     async def _on_message(self, msg: Msg) -> None:
         # Called by nats-py's per-subscription task, one message at a time: waiting here
@@ -196,8 +240,11 @@ class NATSCoreConsumer(Consumer):
         await self.start([])
         buffer = self._buffer
         take = buffer.take
+        queued = self._queued
         while True:
             while (msg := take()) is not None:
+                if queued:
+                    self._refill()
                 yield core_message(msg)
             if self._lost is not None and not self._closed:
                 raise self._lost
@@ -239,7 +286,9 @@ class NATSCoreConsumer(Consumer):
                 await sub.unsubscribe()
             except nats.errors.Error as exc:  # connection closed: nothing to unsubscribe
                 logger.debug("could not unsubscribe from %r: %s", sub.subject, exc)
-        dropped = self._buffer.close()
+        dropped = self._buffer.close() + len(self._queued)
+        self._queued.clear()
+        self._queued_bytes = 0
         if dropped:
             logger.warning(
                 "dropping %d core NATS message(s) received but not handled before the "
