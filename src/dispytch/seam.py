@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeVar
 
 from pydantic import BaseModel
 
+from dispytch import allocator
 from dispytch.dead_letter import DeadLetter
 from dispytch.errors import ConfigurationError, EmitError
 from dispytch.redaction import redact, secrets_of
@@ -409,6 +410,7 @@ class Backend(ABC):
                 return
             if self.security is not None:
                 self.security.before_connect()
+            allocator.prime()
             await self.open_connections()
             self._connected = True
 

@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 
 from pydantic import BaseModel
 
+from dispytch import allocator
 from dispytch.emitter.calling import accepts, send_caller
 from dispytch.events import EventBase, own_config
 from dispytch.middleware import Outbound, PublishContext, chain, run_hooks, scope_methods
@@ -74,6 +75,7 @@ class EventEmitter:
         topic_rules: TopicRules | None = None,
         middleware: Sequence[object] | None = None,
     ) -> None:
+        allocator.prime()
         self.producer = producer
         self.serializer = serializer or JSONSerializer()
         # A serializer written for 0.10 has only serialize(dict).

@@ -24,6 +24,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+from dispytch import allocator
 from dispytch.dedup import DedupStore, MemoryDedup
 from dispytch.emitter.emitter import EventEmitter
 from dispytch.errors import ConfigurationError, ListenerError, RegistrationError, ShutdownError
@@ -378,6 +379,7 @@ class EventListener:
         if self._running:
             raise ListenerError("this listener is already listening; create another one")
         self._running = True
+        allocator.prime()
         try:
             await self._listen()
         finally:

@@ -48,9 +48,10 @@ class NATSCoreConsumer(Consumer):
     ``pending_msgs_limit`` messages and ``pending_bytes_limit`` bytes more wait, and past those
     nats-py drops messages (core NATS has no backpressure towards publishers). nats-py's reader
     hands each message straight to the consumer, which keeps nats-py's pending limits (where
-    the installed nats-py does not allow that, the messages wait in its own pending queue). The backend reports such drops with an ERROR line (at most one every 10 s) and
-    counts them in :attr:`dropped`; with a connection of your own, nats-py calls your
-    ``error_cb`` with ``SlowConsumerError``. nats-py resubscribes by itself after a reconnect.
+    the installed nats-py does not allow that, the messages wait in its own pending queue).
+    The backend reports such drops with an ERROR line (at most one every 10 s) and counts them
+    in :attr:`dropped`; with a connection of your own, nats-py calls your ``error_cb`` with
+    ``SlowConsumerError``. nats-py resubscribes by itself after a reconnect.
 
     **Poison-proof.** A message Dispytch cannot read (a subject that is not UTF-8, a header
     block nats-py cannot parse, an ``x-dispytch-key-b64`` header that is not base64) never
