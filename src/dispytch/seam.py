@@ -193,6 +193,9 @@ class Consumer(ABC):
     stage_outputs: Callable[[Message, list[Outgoing]], Awaitable[None]] | None = None
     #: Whether :meth:`retry_later` works (``retry_mode="broker"`` handlers need it).
     supports_broker_retries: ClassVar[bool] = False
+    #: Whether :meth:`ack` does anything; ``False`` for a broker without acknowledgements (core
+    #: NATS, Redis Pub/Sub): the listener then does not call it after a success.
+    acks: ClassVar[bool] = True
 
     @abstractmethod
     def listen(self) -> AsyncIterator[Message]:

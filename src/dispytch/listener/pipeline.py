@@ -138,7 +138,8 @@ class Pipeline:
         self.max_deliveries = max_deliveries
         self.topic_rules = topic_rules
         self._on_fatal = on_fatal
-        self._ack = settler.consumer.ack
+        consumer = settler.consumer
+        self._ack = consumer.ack if consumer.acks else None
         self._matches: dict[str, dict[str, list[Match]]] = {}
         self._memoised = 0
         self._chain: Callable[[ConsumeContext], Awaitable[None]] | None = (
@@ -237,10 +238,11 @@ class Pipeline:
                 await self._dead_letter(message, failure, envelope.id, ctx)
                 return
             if settler.open:
-                try:
-                    await self._ack(message)
-                except Exception as exc:
-                    settle_failed(message, exc)
+                if self._ack is not None:
+                    try:
+                        await self._ack(message)
+                    except Exception as exc:
+                        settle_failed(message, exc)
                 if ctx is not None:
                     self._done(ctx, "handled")
             else:

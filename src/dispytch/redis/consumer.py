@@ -101,6 +101,8 @@ class RedisConsumer(Consumer):
             backend sets it for the pool it built for the consumer).
     """
 
+    acks = False  # at most once: nothing to acknowledge
+
     def __init__(
         self,
         pubsub: PubSub,

@@ -75,6 +75,8 @@ class NATSCoreConsumer(Consumer):
     segments become ``*``), or for ``subjects`` when given.
     """
 
+    acks = False  # at most once: nothing to acknowledge
+
     def __init__(
         self,
         connection: NATSClient,
