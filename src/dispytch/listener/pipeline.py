@@ -32,6 +32,9 @@ __all__ = ["Pipeline", "Route"]
 
 logger = logging.getLogger("dispytch.listener")
 
+#: The segment values of a handler whose topic has no segments.
+_NO_VALUES: list[Any] = []
+
 #: Distinct (topic, event type) pairs whose handler lists are memoised before the memo resets.
 _MATCH_CACHE_SIZE = 4096
 
@@ -51,6 +54,7 @@ class Route:
         "key",
         "name",
         "pattern",
+        "plain",
         "plan",
         "retry",
         "spec",
@@ -82,6 +86,10 @@ class Route:
         #: the middleware chain for one attempt; ``None`` when there is no middleware
         self.call: Callable[[HandlerCall], Awaitable[Any]] | None = (
             chain(middleware, self._terminal) if middleware else None
+        )
+        #: no dedup, middleware, timeout or topic segments: the pipeline runs a first attempt inline
+        self.plain = (
+            dedup is None and self.call is None and timeout is None and not self.plan.segments
         )
 
     def _terminal(self, call: HandlerCall) -> Awaitable[Any]:
@@ -220,7 +228,26 @@ class Pipeline:
                 ctx._matches = matches
             if len(matches) == 1:
                 route, segments = matches[0]
-                outcome = await self._run_handler(route, segments, envelope, message, ctx)
+                if route.plain and not segments and message.retry is None:
+                    # The first attempt here (one coroutine less per message); a failure
+                    # goes on in _run_handler, which also words a validation error.
+                    plan = route.plan
+                    try:
+                        events = plan.events(envelope, message.topic, message.headers)
+                    except PayloadValidationError:
+                        outcome = await self._run_handler(route, segments, envelope, message, ctx)
+                    else:
+                        try:
+                            result = await plan.start(events, _NO_VALUES)
+                            if result is not None:
+                                await self.outputs.deliver(result, route, envelope, message)
+                            outcome = None
+                        except Exception as exc:
+                            outcome = await self._run_handler(
+                                route, segments, envelope, message, ctx, exc
+                            )
+                else:
+                    outcome = await self._run_handler(route, segments, envelope, message, ctx)
                 if isinstance(outcome, RetryLater):
                     await self._retry_later(message, [outcome], None, envelope.id, ctx)
                     return
@@ -363,7 +390,10 @@ class Pipeline:
         envelope: Envelope,
         message: Message,
         ctx: ConsumeContext | None,
+        failed: Exception | None = None,
     ) -> Failure | RetryLater | None:
+        """Run ``route``'s handler on the event, with its retries; ``failed``: how the first
+        attempt, already made, failed."""
         dedup = route.dedup
         if dedup is not None:
             key = dedup_key(route.dedup_prefix, envelope.id)
@@ -386,6 +416,9 @@ class Pipeline:
             attempt = max(1, min(message.retry.attempt, retry.attempts))
         while True:
             try:
+                if failed is not None:
+                    error, failed = failed, None
+                    raise error
                 if call is not None:
                     result = await call(
                         HandlerCall(
