@@ -159,6 +159,44 @@ async def test_a_send_returns_only_after_its_publish_went_out_before_the_ping(
     assert unwritten == 0
 
 
+async def test_start_returns_only_after_the_server_read_the_subscriptions(
+    nc: NATSClient, subject: str
+) -> None:
+    """The PONG that start() waits for answers a PING written after the SUBs: a message
+    published from elsewhere once start() returned is never missed (nats-py writes the PING
+    at once but leaves the SUB in its buffer for its flusher task)."""
+    connection = await nats.connect(SERVER)
+    transport: Any = connection._transport
+    written: list[bytes] = []  # what reached the socket, in order
+    write, writelines = transport.write, transport.writelines
+
+    def spy_write(data: bytes) -> None:
+        written.append(bytes(data))
+        write(data)
+
+    def spy_writelines(parts: list[bytes]) -> None:
+        written.append(b"".join(bytes(p) for p in parts))
+        writelines(parts)
+
+    transport.write, transport.writelines = spy_write, spy_writelines
+    consumer = NATSCoreConsumer(connection, subjects=[subject, f"{subject}.b"], queue="g")
+    try:
+        await consumer.start([])
+        wire = b"".join(written)
+        last_ping = wire.rindex(b"PING\r\n")
+        for name in (subject, f"{subject}.b"):
+            assert -1 < wire.find(f"SUB {name} g ".encode()) < last_ping, wire
+        await nc.publish(subject, b"1")  # and so: heard
+        stream = consumer.listen()
+        message = await asyncio.wait_for(anext(stream), 5)
+        await stream.aclose()
+        assert message.payload == b"1"
+    finally:
+        transport.write, transport.writelines = write, writelines
+        await consumer.close()
+        await connection.close()
+
+
 async def test_close_waits_for_the_sends_being_confirmed(subject: str) -> None:
     require_broker("nats_core", 4222)
     async with FaultyProxy(4222) as proxy:

@@ -9,9 +9,10 @@ live server, and CI runs the NATS tests against the newest nats-py too (``.ci/ru
 What else reads private state, and the fallback:
 
 * :func:`flush_pending` (``Client._pending``, ``_pending_data_size`` and ``_transport``, as
-  nats-py's flusher task writes them; else ``Client._flush_pending``): the publishes nats-py
-  buffered reach the socket before a confirming PING. Fallback: ``flush()`` round trips until
-  the public ``pending_data_size`` is 0.
+  nats-py's flusher task writes them; else ``Client._flush_pending``): the publishes and
+  subscriptions nats-py buffered reach the socket before a confirming PING
+  (:func:`round_trip`). Fallback: ``flush()`` round trips until the public
+  ``pending_data_size`` is 0.
 * :func:`reader_alive` (``Client._reading_task``): a connection that looks connected but no
   longer reads. Fallback: taken as alive (a deaf connection is then noticed only by nats-py's
   own pings).
@@ -93,9 +94,13 @@ __all__ = [
     "private",
     "probe_tls",
     "reader_alive",
+    "round_trip",
 ]
 
 logger = logging.getLogger("dispytch.nats")
+
+#: Seconds a server gets to answer a confirming PING by default (nats-py's own default).
+CONFIRM_TIMEOUT = 10.0
 
 #: The nats-py versions the private access below was checked against.
 VERIFIED_VERSIONS = ("2.16.0",)
@@ -390,6 +395,15 @@ async def flush_pending(connection: Client, timeout: float) -> None:
     async with asyncio.timeout(timeout):
         while connection.pending_data_size:
             await connection.flush(timeout=timeout)  # type: ignore[arg-type]
+
+
+async def round_trip(connection: Client, timeout: float = CONFIRM_TIMEOUT) -> None:
+    """A PING/PONG that confirms everything written before it: nats-py (2.16) writes a PING
+    to the socket at once but leaves subscriptions and publishes in its pending buffer for its
+    flusher task, so its PONG alone could come back before the server has read them (a
+    message published right after a ``subscribe()`` and ``flush()`` would then be missed)."""
+    await flush_pending(connection, timeout)
+    await connection.flush(timeout=timeout)  # type: ignore[arg-type]
 
 
 def connection_of(subscription: Any) -> Client | None:

@@ -9,6 +9,7 @@ from nats.aio.client import Client as NATSClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from dispytch.nats import _compat
 from dispytch.request import Deliver, ReplyInbox
 
 __all__ = ["INBOX_PREFIX", "NATSInbox"]
@@ -34,7 +35,7 @@ class NATSInbox(ReplyInbox):
 
         self._subscription = await self.connection.subscribe(self.address, cb=on_reply)
         # The server knows the subscription before the first request goes out.
-        await self.connection.flush()
+        await _compat.round_trip(self.connection)
 
     async def close(self) -> None:
         subscription, self._subscription = self._subscription, None

@@ -153,11 +153,11 @@ class NATSCoreConsumer(Consumer):
                     f"{exc}); check the subject and the connection"
                 ) from None
             self.subscriptions.append(sub)
-        # The SUBs are on the wire once the server answers a PING: nothing published after
-        # start() returns is missed.
+        # The SUBs are on the wire, ahead of a PING, once the server answers it: nothing
+        # published after start() returns is missed.
         try:
-            await self.connection.flush()
-        except nats.errors.Error as exc:
+            await _compat.round_trip(self.connection)
+        except (nats.errors.Error, TimeoutError) as exc:
             raise ConfigurationError(
                 f"the NATS server did not confirm the subscriptions to {subjects} "
                 f"({type(exc).__name__}: {exc}); check the connection"

@@ -163,11 +163,8 @@ class NATSCoreProducer(Producer):
                 # flush() would return at once, confirming nothing.
                 raise nats.errors.ConnectionReconnectingError()
             await self._check_reader()
-            # nats-py writes a PING to the socket at once but leaves publishes in its pending
-            # buffer for its flusher task: the PING could overtake them, and its PONG would
-            # confirm publishes the server has not read. So the buffer goes out first.
-            await _compat.flush_pending(connection, self.timeout)
-            await connection.flush(timeout=self.timeout)  # type: ignore[arg-type]
+            # The publishes nats-py buffered go out before the PING (see _compat.round_trip).
+            await _compat.round_trip(connection, self.timeout)
             if connection.stats["reconnects"] != reconnects or not connection.is_connected:
                 raise nats.errors.ConnectionReconnectingError()
             # flush() returns at once, without a PONG, when the reader is gone.
