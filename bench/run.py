@@ -43,7 +43,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
-from harness.common import RESULT_PREFIX, Spec, emit_result  # noqa: E402
+from harness.common import RESULT_PREFIX, TURN_PREFIX, Spec, emit_result  # noqa: E402
 
 BACKENDS = ("memory", "kafka", "rabbitmq", "redis", "redis_streams", "nats", "nats_core")
 SCENARIOS = ("consume", "publish", "io", "memory")
@@ -198,7 +198,7 @@ def machine() -> str:
     )
 
 
-async def run_worker(python: str, spec: Spec, timeout: float) -> dict[str, Any]:
+async def start_worker(python: str, spec: Spec, turns: bool = False) -> asyncio.subprocess.Process:
     env = None
     source = spec.options.get("source")
     if source:  # --compare-src: this Dispytch, not the checkout's, first on the path
@@ -206,16 +206,26 @@ async def run_worker(python: str, spec: Spec, timeout: float) -> dict[str, Any]:
             **os.environ,
             "PYTHONPATH": os.pathsep.join([source, os.environ.get("PYTHONPATH", "")]),
         }
-    proc = await asyncio.create_subprocess_exec(
+    return await asyncio.create_subprocess_exec(
         python,
         os.path.join(HERE, "run.py"),
         "--worker",
         spec.dumps(),
+        stdin=asyncio.subprocess.PIPE if turns else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         cwd=os.path.dirname(HERE),
         env=env,
     )
+
+
+def worker_error(err: bytes, returncode: int | None) -> dict[str, Any]:
+    tail = err.decode().strip().splitlines()[-3:]
+    return {"error": " | ".join(tail) or f"worker exited with {returncode}"}
+
+
+async def run_worker(python: str, spec: Spec, timeout: float) -> dict[str, Any]:
+    proc = await start_worker(python, spec)
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
     except TimeoutError:
@@ -226,8 +236,57 @@ async def run_worker(python: str, spec: Spec, timeout: float) -> dict[str, Any]:
         if line.startswith(RESULT_PREFIX):
             result: dict[str, Any] = json.loads(line[len(RESULT_PREFIX) :])
             return result
-    tail = err.decode().strip().splitlines()[-3:]
-    return {"error": " | ".join(tail) or f"worker exited with {proc.returncode}"}
+    return worker_error(err, proc.returncode)
+
+
+async def run_in_turns(jobs: list[tuple[str, Spec]], timeout: float) -> list[dict[str, Any]]:
+    """Run the workers of ``jobs`` at once, one timed turn at a time, in rotation (see
+    ``harness.common.Turns``): the sequential emits of every variant meet the same broker and
+    machine state. ``timeout`` bounds each turn."""
+    procs = [await start_worker(python, spec, turns=True) for python, spec in jobs]
+    errors = [asyncio.create_task(p.stderr.read()) for p in procs]  # type: ignore[union-attr]
+    results: list[dict[str, Any] | None] = [None] * len(procs)
+
+    async def waiting(i: int) -> bool:
+        """Read worker ``i`` until it waits for a turn (True) or has finished (False)."""
+        stdout = procs[i].stdout
+        assert stdout is not None
+        while line := await asyncio.wait_for(stdout.readline(), timeout):
+            text = line.decode()
+            if text.startswith(TURN_PREFIX):
+                return True
+            if text.startswith(RESULT_PREFIX):
+                results[i] = json.loads(text[len(RESULT_PREFIX) :])
+        return False
+
+    try:
+        active = [i for i in range(len(procs)) if await waiting(i)]
+        while active:
+            for i in list(active):
+                stdin = procs[i].stdin
+                assert stdin is not None
+                stdin.write(b"go\n")
+                await stdin.drain()
+                if not await waiting(i):
+                    active.remove(i)
+    except TimeoutError:
+        for i, result in enumerate(results):
+            if result is None:
+                results[i] = {"error": f"a turn took longer than {timeout:.0f}s"}
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                if proc.stdin is not None:
+                    proc.stdin.close()
+                try:
+                    await asyncio.wait_for(proc.wait(), 10)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+    return [
+        result if result is not None else worker_error(await err, proc.returncode)
+        for result, err, proc in zip(results, errors, procs, strict=True)
+    ]
 
 
 def spec_options(args: argparse.Namespace, scenario: str) -> tuple[int, dict[str, Any]]:
@@ -320,12 +379,14 @@ async def bench_backend(run: Run, backend: str) -> None:
                         compare = {**options, "middleware": "none", "source": args.compare_src}
                         specs.append(Spec(scenario, backend, variant, n, url=url, options=compare))
                 await setup.prepare(scenario, specs)
-                for spec in specs:
-                    python = sys.executable
-                    if spec.variant.startswith("faststream"):
-                        assert run.faststream_python is not None
-                        python = run.faststream_python
-                    result = await run_worker(python, spec, args.worker_timeout)
+                jobs = [(python_of(run, spec), spec) for spec in specs]
+                if scenario == "publish" and args.interleave and getattr(module, "TURNS", True):
+                    for spec in specs:
+                        spec.options["interleave"] = args.interleave
+                    results = await run_in_turns(jobs, args.worker_timeout)
+                else:
+                    results = [await run_worker(*job, args.worker_timeout) for job in jobs]
+                for spec, result in zip(specs, results, strict=True):
                     name = label_of(spec)
                     run.say(f"  {backend} {scenario} #{repeat + 1} {describe(name, result)}")
                     if "sequential" in result:
@@ -336,6 +397,14 @@ async def bench_backend(run: Run, backend: str) -> None:
                         run.rows.append(Row(backend, scenario, name, repeat, result))
     finally:
         await setup.cleanup()
+
+
+def python_of(run: Run, spec: Spec) -> str:
+    """The interpreter of ``spec``'s worker: FastStream's for its variants."""
+    if spec.variant.startswith("faststream"):
+        assert run.faststream_python is not None
+        return run.faststream_python
+    return sys.executable
 
 
 def label_of(spec: Spec) -> str:
@@ -584,6 +653,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=100, help="prefetch / Dispytch concurrency")
     p.add_argument("--sequential", type=int, default=None, help="sequential emits (events/10)")
     p.add_argument("--batch", type=int, default=1000, help="events per batched emit")
+    p.add_argument(
+        "--interleave",
+        type=int,
+        default=100,
+        help="publish: the variants' workers run at once and take turns of this many "
+        "sequential emits (then one turn each for the batched ones), so every variant's "
+        "round trips meet the same broker state; 0 runs each worker alone, one after another",
+    )
     p.add_argument(
         "--capped-events",
         type=int,

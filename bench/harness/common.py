@@ -170,6 +170,9 @@ def timed_publish_result(n: int, wall: float, cpu: float, **extra: Any) -> dict[
 class Stopwatch:
     """Wall clock and process CPU of a block: ``with Stopwatch() as w: ...; w.wall, w.cpu``."""
 
+    def __init__(self) -> None:
+        self.wall = self.cpu = 0.0
+
     def __enter__(self) -> Stopwatch:
         self.wall = self.cpu = 0.0
         self._w = time.perf_counter()
@@ -179,6 +182,11 @@ class Stopwatch:
     def __exit__(self, *exc: object) -> None:
         self.wall = time.perf_counter() - self._w
         self.cpu = time.process_time() - self._c
+
+    def add(self, other: Stopwatch) -> None:
+        """Count ``other``'s times in too (a measurement made in turns)."""
+        self.wall += other.wall
+        self.cpu += other.cpu
 
 
 def envelopes(n: int) -> list[dict[str, Any]]:
@@ -195,6 +203,31 @@ def publish_sizes(spec: Spec) -> tuple[int, int]:
     return sequential, int(spec.options.get("batch", 1000))
 
 
+TURN_PREFIX = "BENCH-TURN"
+
+
+class Turns:
+    """Lockstep with the other variants' workers (``bench/run.py --interleave``): before each
+    timed slice the worker says ``BENCH-TURN`` on stdout and waits for a line on stdin, so the
+    orchestrator runs one slice at a time, the variants' slices alternating. Round trips then
+    meet the same broker and machine state whichever variant makes them."""
+
+    def __init__(self) -> None:
+        self._reader: asyncio.StreamReader | None = None
+        self.taken = 0
+
+    async def take(self) -> None:
+        if self._reader is None:
+            self._reader = asyncio.StreamReader()
+            protocol = asyncio.StreamReaderProtocol(self._reader)
+            await asyncio.get_running_loop().connect_read_pipe(lambda: protocol, sys.stdin)
+        sys.stdout.write(TURN_PREFIX + "\n")
+        sys.stdout.flush()
+        if not await self._reader.readline():
+            raise SystemExit("the orchestrator went away")
+        self.taken += 1
+
+
 async def timed_publish(
     spec: Spec,
     one: Callable[[Any], Awaitable[Any]],
@@ -202,21 +235,36 @@ async def timed_publish(
     items: Callable[[int], Sequence[Any]] = envelopes,
 ) -> dict[str, Any]:
     """The publish measurement: ``one(item)`` awaited for each sequential emit (each must
-    return only once confirmed), then ``many(batch)`` for every ``--batch`` of ``--events``."""
+    return only once confirmed), then ``many(batch)`` for every ``--batch`` of ``--events``.
+
+    With ``options["interleave"] = k`` the sequential emits run in turns of ``k``, and the
+    batched ones in one more turn (see :class:`Turns`); the times are the sums of the turns.
+    """
     seq_n, batch = publish_sizes(spec)
+    slice_size = int(spec.options.get("interleave") or 0) or seq_n
+    turns = Turns() if spec.options.get("interleave") else None
     sequential = items(seq_n)
     # Building the inputs allocates a lot: a collection it triggers would land in the timed
     # window of whichever variant happens to cross the threshold. Collect before timing.
     gc.collect()
-    with Stopwatch() as seq:
-        for item in sequential:
-            await one(item)
+    seq = Stopwatch()
+    for start in range(0, seq_n, slice_size):
+        if turns is not None:
+            await turns.take()
+        with Stopwatch() as turn:
+            for item in sequential[start : start + slice_size]:
+                await one(item)
+        seq.add(turn)
     batched = items(spec.events)
     gc.collect()
+    if turns is not None:
+        await turns.take()
     with Stopwatch() as many_watch:
         for i in range(0, len(batched), batch):
             await many(batched[i : i + batch])
-    return publish_results(seq_n, seq, spec.events, many_watch, batch)
+    result = publish_results(seq_n, seq, spec.events, many_watch, batch)
+    result["turns"] = turns.taken if turns is not None else 0
+    return result
 
 
 def publish_results(

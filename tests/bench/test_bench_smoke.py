@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
@@ -79,3 +80,22 @@ def test_compare_src_without_a_dispytch_package_is_refused(tmp_path: Path) -> No
     )
     assert done.returncode == 2
     assert "no dispytch package there" in done.stderr
+
+
+def test_publish_workers_take_turns_and_a_failing_one_reports_its_error() -> None:
+    sys.path.insert(0, str(RUN.parent))
+    try:
+        import run as bench_run  # bench/run.py
+    finally:
+        sys.path.remove(str(RUN.parent))
+    options = {"sequential": 200, "batch": 100, "interleave": 50}
+    specs = [
+        bench_run.Spec("publish", "memory", variant, 300, url="memory://", options=options)
+        for variant in ("raw", "dispytch", "nosuchvariant")
+    ]
+    jobs = [(sys.executable, spec) for spec in specs]
+    raw, dispytch, broken = asyncio.run(bench_run.run_in_turns(jobs, timeout=60))
+    for result in (raw, dispytch):
+        assert result["sequential"]["events"] == 200 and result["batched"]["events"] == 300
+        assert result["turns"] == 200 // 50 + 1  # the sequential emits in turns, one batched
+    assert "nosuchvariant" in broken["error"]
