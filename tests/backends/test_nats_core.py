@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import nats
@@ -119,14 +119,10 @@ async def test_send_many_reports_each_message(nc: NATSClient, subject: str) -> N
         await producer.send(subject, b"late")
 
 
-async def test_a_send_returns_only_after_its_publish_went_out_before_the_ping(
-    nc: NATSClient, subject: str
-) -> None:
-    """The PONG that confirms a send answers a PING written after the send's PUB, also when
-    the socket pushes back (nats-py writes PINGs at once but buffers publishes)."""
-    transport: Any = nc._transport
-    written: list[bytes] = []  # what reached the socket, in order
-    write, writelines, drain = transport.write, transport.writelines, transport.drain
+def spy_on_writes(transport: Any) -> tuple[list[bytes], Callable[[], None]]:
+    """Record what nats-py writes to ``transport``'s socket, in order; and how to stop."""
+    written: list[bytes] = []
+    write, writelines = transport.write, transport.writelines
 
     def spy_write(data: bytes) -> None:
         written.append(bytes(data))
@@ -136,11 +132,27 @@ async def test_a_send_returns_only_after_its_publish_went_out_before_the_ping(
         written.append(b"".join(bytes(p) for p in parts))
         writelines(parts)
 
+    def restore() -> None:
+        transport.write, transport.writelines = write, writelines
+
+    transport.write, transport.writelines = spy_write, spy_writelines
+    return written, restore
+
+
+async def test_a_send_returns_only_after_its_publish_went_out_before_the_ping(
+    nc: NATSClient, subject: str
+) -> None:
+    """The PONG that confirms a send answers a PING written after the send's PUB, also when
+    the socket pushes back (nats-py writes PINGs at once but buffers publishes)."""
+    transport: Any = nc._transport
+    written, restore = spy_on_writes(transport)
+    drain = transport.drain
+
     async def slow_drain() -> None:  # back-pressure: the flusher task lags behind
         await asyncio.sleep(0.01)
         await drain()
 
-    transport.write, transport.writelines, transport.drain = spy_write, spy_writelines, slow_drain
+    transport.drain = slow_drain
     producer = NATSCoreProducer(nc)
     unwritten = 0
 
@@ -155,7 +167,8 @@ async def test_a_send_returns_only_after_its_publish_went_out_before_the_ping(
         for round_ in range(5):
             await asyncio.gather(*(one(round_ * 100 + i) for i in range(100)))
     finally:
-        transport.write, transport.writelines, transport.drain = write, writelines, drain
+        restore()
+        transport.drain = drain
     assert unwritten == 0
 
 
@@ -166,19 +179,7 @@ async def test_start_returns_only_after_the_server_read_the_subscriptions(
     published from elsewhere once start() returned is never missed (nats-py writes the PING
     at once but leaves the SUB in its buffer for its flusher task)."""
     connection = await nats.connect(SERVER)
-    transport: Any = connection._transport
-    written: list[bytes] = []  # what reached the socket, in order
-    write, writelines = transport.write, transport.writelines
-
-    def spy_write(data: bytes) -> None:
-        written.append(bytes(data))
-        write(data)
-
-    def spy_writelines(parts: list[bytes]) -> None:
-        written.append(b"".join(bytes(p) for p in parts))
-        writelines(parts)
-
-    transport.write, transport.writelines = spy_write, spy_writelines
+    written, restore = spy_on_writes(connection._transport)
     consumer = NATSCoreConsumer(connection, subjects=[subject, f"{subject}.b"], queue="g")
     try:
         await consumer.start([])
@@ -192,7 +193,7 @@ async def test_start_returns_only_after_the_server_read_the_subscriptions(
         await stream.aclose()
         assert message.payload == b"1"
     finally:
-        transport.write, transport.writelines = write, writelines
+        restore()
         await consumer.close()
         await connection.close()
 
