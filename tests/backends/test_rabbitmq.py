@@ -509,7 +509,11 @@ async def test_batched_acks_never_cover_unsettled_deliveries(broker: Broker) -> 
         assert [s for s in sent[2:] if s[0] == "ack"] == [("ack", 9, False)]
         assert all(s[0] == "nack" and s[1] > 9 for s in sent[2:] if s[0] != "ack")
         await channel.close()  # 8 was never settled: the broker requeues it
-        assert await broker.ready_count(queue_name) == 2  # 8, and 5 handed back
+
+        async def requeued() -> bool:  # the queue takes them back after the close returns
+            return await broker.ready_count(queue_name) == 2  # 8, and 5 handed back
+
+        await eventually(requeued, "8 and 5 back in the queue")
     finally:
         await connection.close()
 
